@@ -1,0 +1,176 @@
+//! The job process: looking up `SP_USER`, spawning `/bin/sh -c "$SP_COMMAND"`
+//! in a new session (its own process group), signalling that group, and the
+//! waiter thread that reaps it.
+//!
+//! `spawn` runs in the daemon before any other thread exists, so the
+//! `pre_exec` closure only makes async-signal-safe system calls on data
+//! prepared beforehand (the group list is resolved before the fork).
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Sender;
+
+use crate::config::Config;
+use crate::supervisor::Event;
+
+/// A passwd entry, resolved in the launcher (an unknown user fails there).
+#[derive(Clone, Debug)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+    pub home: String,
+    pub shell: String,
+}
+
+fn c_string(bytes: *const libc::c_char) -> String {
+    if bytes.is_null() {
+        return String::new();
+    }
+    unsafe { CStr::from_ptr(bytes) }.to_string_lossy().into_owned()
+}
+
+/// Look up `name` in the passwd database, with its supplementary groups.
+pub fn lookup_user(name: &str) -> Result<UserInfo, String> {
+    let c_name = CString::new(name).map_err(|_| "contains a NUL byte".to_string())?;
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    if rc != 0 {
+        return Err(format!("getpwnam_r failed: {}", io::Error::from_raw_os_error(rc)));
+    }
+    if found.is_null() {
+        return Err(format!("no such user {name:?}"));
+    }
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut count = groups.len() as libc::c_int;
+        let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), entry.pw_gid, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            break;
+        }
+        if groups.len() >= 65_536 {
+            return Err("getgrouplist: too many groups".to_string());
+        }
+        let wanted = (count.max(0) as usize).max(groups.len() * 2);
+        groups.resize(wanted, 0);
+    }
+    Ok(UserInfo {
+        name: name.to_string(),
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+        groups,
+        home: c_string(entry.pw_dir),
+        shell: c_string(entry.pw_shell),
+    })
+}
+
+/// Is `SP_USER` allowed for us? Root may be anyone; others only themselves.
+pub fn check_user_allowed(user: &UserInfo) -> Result<(), String> {
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 || euid == user.uid {
+        Ok(())
+    } else {
+        Err(format!("running as uid {euid}, not root: cannot switch to user {:?}", user.name))
+    }
+}
+
+/// A running job.
+pub struct Job {
+    pub pid: i32,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+/// Start the job. The error is the `spawn` error as the OS gave it.
+pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
+    let mut command = Command::new("/bin/sh");
+    command.arg("-c").arg(&cfg.command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(cwd) = &cfg.cwd {
+        command.current_dir(cwd);
+    }
+    // Switch only when it changes something: a user running as itself needs
+    // (and, unprivileged, may have) no setgroups.
+    let switch = user.filter(|u| unsafe { libc::geteuid() } == 0 || u.uid != unsafe { libc::geteuid() });
+    if let Some(user) = user {
+        command
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name)
+            .env("SHELL", if user.shell.is_empty() { "/bin/sh" } else { &user.shell });
+    }
+    let ids = switch.map(|u| (u.uid, u.gid, u.groups.clone()));
+    unsafe {
+        command.pre_exec(move || {
+            // A new session: the job gets its own process group (pgid = pid),
+            // so the whole tree can be signalled, and no controlling terminal.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                // Order matters: groups and gid need root, so uid goes last.
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // Paranoia: dropping privileges must be irreversible.
+                if *uid != 0 && libc::setuid(0) == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
+            }
+            Ok(())
+        });
+    }
+    // std's spawn resets the signal mask and SIGPIPE in the child, so the job
+    // does not inherit the signals the wrapper blocks for its signal thread.
+    let mut child = command.spawn()?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other("spawned job has no pipes"));
+    };
+    Ok(Job { pid: child.id() as i32, stdout: File::from(std::os::fd::OwnedFd::from(stdout)), stderr: File::from(std::os::fd::OwnedFd::from(stderr)) })
+}
+
+/// Send `signal` to the job's whole process group. `false`: the group is gone.
+pub fn signal_group(pgid: i32, signal: i32) -> bool {
+    // Negative pid = process group. ESRCH means no process is left in it.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Become the reaper of our orphaned descendants (Linux 3.4+), so zombies of
+/// the job's children are ours to reap and "the group is gone" can be seen.
+/// On older kernels this fails and init reaps them instead.
+pub fn become_subreaper() {
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// The waiter thread: reaps every child (the job and, as subreaper, its
+/// orphans) and reports the job's status once. Ends when no child is left.
+pub fn spawn_waiter(job_pid: i32, events: Sender<Event>) -> io::Result<()> {
+    std::thread::Builder::new().name("waiter".into()).stack_size(64 * 1024).spawn(move || {
+        loop {
+            let mut status = 0;
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    _ => return, // ECHILD: nothing left to reap
+                }
+            }
+            if pid == job_pid && events.send(Event::ChildExited { status }).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Configuration: the `SP_*` environment Salt passes, turned into a validated
+//! `Config` (run once by the launcher, before anything is started).
+//!
+//! `Config::from_lookup` is pure (it takes a lookup function, not the real
+//! environment) so it can be unit-tested and fuzzed. Every bad value is an
+//! error naming its variable; nothing is silently ignored. An empty value
+//! counts as unset for optional variables, because Salt passes `""` for
+//! settings a job leaves out.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error: the variable and what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)
+    }
+}
+
+fn bad<T>(var: &'static str, problem: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError { var, problem: problem.into() })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Off,
+    Normal,
+    Debug,
+}
+
+/// A parsed `ws://host[:port][/path]` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsUrl {
+    /// The URL as given, for the WebSocket handshake request.
+    pub raw: String,
+    /// Host without brackets (an IPv6 literal is bare here).
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub url: WsUrl,
+    pub job_name: String,
+    pub job_instance: String,
+    pub command: String,
+    /// `None`: resolve the host's FQDN in the daemon (never in the launch path).
+    pub machine_id: Option<String>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<String>,
+    /// `None`: no limit (`SP_TIMEOUT` unset or 0).
+    pub timeout: Option<Duration>,
+    pub output_interval: Duration,
+    pub log_level: LogLevel,
+    pub log_dir: PathBuf,
+    pub allow_overlap: bool,
+    pub lockfile: PathBuf,
+    /// Unacknowledged output held in memory before spilling to the spool file.
+    pub buffer_limit: usize,
+    /// Where the spool file goes: `SP_SPOOL_DIR`, else the log directory.
+    pub spool_dir: PathBuf,
+}
+
+/// Every variable we read, with a one-line description (for `--help`).
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("SP_WEBSOCKET_URL", "required; ws://host:port of the Saltpeter server (wss:// is not supported)"),
+    ("SP_JOB_NAME", "required; the job's name"),
+    ("SP_JOB_INSTANCE", "required (or SP_JOB_INSTANCE_NAME); this run's instance id"),
+    ("SP_COMMAND", "required; run as /bin/sh -c \"$SP_COMMAND\""),
+    ("SP_MACHINE_ID", "default: this host's fully qualified name"),
+    ("SP_CWD", "working directory of the job (must exist)"),
+    ("SP_USER", "run the job as this user (root only)"),
+    ("SP_TIMEOUT", "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124"),
+    ("SP_OUTPUT_INTERVAL_MS", "default 1000; how long output may be batched"),
+    ("SP_WRAPPER_LOGLEVEL", "normal (default), debug or off"),
+    ("SP_WRAPPER_LOGDIR", "default /var/log/sp_wrapper; log file <dir>/<job>.log"),
+    ("SP_ALLOW_OVERLAP", "true (default; also 1/yes) or false (also 0/no)"),
+    ("SP_LOCKFILE", "default /tmp/sp_wrapper_<job>.lock (used when overlap is not allowed)"),
+    ("SP_BUFFER_MAX_MB", "default 64; unacknowledged output kept in memory before spilling to disk"),
+    ("SP_SPOOL_DIR", "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills"),
+];
+
+const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
+const DEFAULT_INTERVAL_MS: u64 = 1000;
+const DEFAULT_BUFFER_MB: usize = 64;
+/// Longest encoded job name used in a file name (NAME_MAX is 255, leave room
+/// for the `sp_wrapper_` prefix and the suffixes).
+const MAX_NAME_COMPONENT: usize = 200;
+
+impl Config {
+    /// Validate the environment given by `lookup` (`None` = unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // Empty counts as unset: Salt passes "" for settings a job leaves out.
+        let get = |var: &str| lookup(var).filter(|v| !v.is_empty());
+        let required = |var: &'static str| match get(var) {
+            Some(v) => Ok(v),
+            None => bad(var, "not set (required)"),
+        };
+
+        let url = parse_url(&required("SP_WEBSOCKET_URL")?)?;
+        let job_name = required("SP_JOB_NAME")?;
+        let job_file_name = file_name_component(&job_name)?;
+        let job_instance = match get("SP_JOB_INSTANCE").or_else(|| get("SP_JOB_INSTANCE_NAME")) {
+            Some(v) => v,
+            None => return bad("SP_JOB_INSTANCE", "not set (required; SP_JOB_INSTANCE_NAME also accepted)"),
+        };
+        let command = required("SP_COMMAND")?;
+
+        let timeout = match get("SP_TIMEOUT") {
+            None => None,
+            Some(v) => match parse_whole("SP_TIMEOUT", &v, u64::from(u32::MAX))? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+        };
+        let output_interval = match get("SP_OUTPUT_INTERVAL_MS") {
+            None => Duration::from_millis(DEFAULT_INTERVAL_MS),
+            Some(v) => Duration::from_millis(parse_whole("SP_OUTPUT_INTERVAL_MS", &v, 3_600_000)?),
+        };
+        let log_level = match get("SP_WRAPPER_LOGLEVEL").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("normal") | Some("info") => LogLevel::Normal,
+            Some("debug") => LogLevel::Debug,
+            Some("off") | Some("none") => LogLevel::Off,
+            Some(other) => return bad("SP_WRAPPER_LOGLEVEL", format!("expected normal, debug or off, got {other:?}")),
+        };
+        let log_dir = absolute_path("SP_WRAPPER_LOGDIR", get("SP_WRAPPER_LOGDIR"))?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR));
+        let allow_overlap = match get("SP_ALLOW_OVERLAP").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("true") | Some("1") | Some("yes") => true,
+            Some("false") | Some("0") | Some("no") => false,
+            Some(other) => return bad("SP_ALLOW_OVERLAP", format!("expected true/1/yes or false/0/no, got {other:?}")),
+        };
+        let lockfile = absolute_path("SP_LOCKFILE", get("SP_LOCKFILE"))?
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/sp_wrapper_{job_file_name}.lock")));
+        let buffer_limit = match get("SP_BUFFER_MAX_MB") {
+            None => DEFAULT_BUFFER_MB << 20,
+            Some(v) => match parse_whole("SP_BUFFER_MAX_MB", &v, 1 << 20)? {
+                0 => return bad("SP_BUFFER_MAX_MB", "must be at least 1"),
+                mb => (mb as usize) << 20,
+            },
+        };
+        let spool_dir = absolute_path("SP_SPOOL_DIR", get("SP_SPOOL_DIR"))?.unwrap_or_else(|| log_dir.clone());
+        let cwd = match get("SP_CWD") {
+            None => None,
+            Some(v) if v.contains('\0') => return bad("SP_CWD", "contains a NUL byte"),
+            Some(v) => Some(PathBuf::from(v)),
+        };
+        let user = get("SP_USER");
+        if user.as_deref().is_some_and(|u| u.contains('\0')) {
+            return bad("SP_USER", "contains a NUL byte");
+        }
+
+        Ok(Config {
+            url,
+            job_name,
+            job_instance,
+            command,
+            machine_id: get("SP_MACHINE_ID"),
+            cwd,
+            user,
+            timeout,
+            output_interval,
+            log_level,
+            log_dir,
+            allow_overlap,
+            lockfile,
+            buffer_limit,
+            spool_dir,
+        })
+    }
+
+    /// The job name as used in file names (see `file_name_component`).
+    pub fn job_file_name(&self) -> String {
+        // Validated in from_lookup, so this cannot fail here.
+        file_name_component(&self.job_name).unwrap_or_else(|_| "job".to_string())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.job_file_name()))
+    }
+}
+
+/// A job name made safe as one file-name component: bytes outside
+/// `[A-Za-z0-9._-]` become `%XX`, and a leading `.` too, so no name can be
+/// `..`, contain `/` or NUL, or be hidden. Plain names are unchanged, so logs
+/// and locks keep the names the Python wrapper gave them.
+pub fn file_name_component(job_name: &str) -> Result<String, ConfigError> {
+    let mut encoded = String::with_capacity(job_name.len());
+    for (i, byte) in job_name.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0);
+        if plain {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if encoded.len() > MAX_NAME_COMPONENT {
+        return bad("SP_JOB_NAME", format!("too long for a file name ({} bytes once encoded, at most {MAX_NAME_COMPONENT})", encoded.len()));
+    }
+    Ok(encoded)
+}
+
+fn parse_whole(var: &'static str, value: &str, max: u64) -> Result<u64, ConfigError> {
+    let trimmed = value.trim();
+    match trimmed.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => bad(var, format!("{trimmed} is too large (at most {max})")),
+        Err(_) => bad(var, format!("expected a whole number, got {value:?}")),
+    }
+}
+
+fn absolute_path(var: &'static str, value: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.contains('\0') => bad(var, "contains a NUL byte"),
+        Some(v) if !Path::new(&v).is_absolute() => bad(var, format!("must be an absolute path, got {v:?}")),
+        Some(v) => Ok(Some(PathBuf::from(v))),
+    }
+}
+
+/// Accepts `ws://host[:port][/path]`; the server always passes `ws://host:port`.
+pub fn parse_url(raw: &str) -> Result<WsUrl, ConfigError> {
+    const VAR: &str = "SP_WEBSOCKET_URL";
+    let raw = raw.trim();
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return bad(VAR, format!("expected ws://host:port, got {raw:?}"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "ws" => {}
+        "wss" => return bad(VAR, "wss:// (TLS) is not supported; use ws://"),
+        other => return bad(VAR, format!("unsupported scheme {other:?}; expected ws://")),
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return bad(VAR, "user information in the URL is not supported");
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return bad(VAR, format!("unclosed [ in {raw:?}"));
+        };
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return bad(VAR, format!("no host in {raw:?}"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(VAR, format!("invalid host in {raw:?}"));
+    }
+    let port = match port {
+        None | Some("") => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return bad(VAR, format!("invalid port {p:?}")),
+        },
+    };
+    Ok(WsUrl { raw: raw.to_string(), host: host.to_string(), port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = [
+            ("SP_WEBSOCKET_URL", "ws://127.0.0.1:8889"),
+            ("SP_JOB_NAME", "backup"),
+            ("SP_JOB_INSTANCE", "backup_1"),
+            ("SP_COMMAND", "echo hi"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            if v.is_empty() {
+                map.remove(*k);
+            } else {
+                map.insert(k.to_string(), v.to_string());
+            }
+        }
+        map
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = env(pairs);
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(&[]).expect("valid");
+        assert_eq!(cfg.url.host, "127.0.0.1");
+        assert_eq!(cfg.url.port, 8889);
+        assert_eq!(cfg.timeout, None);
+        assert_eq!(cfg.output_interval, Duration::from_millis(1000));
+        assert_eq!(cfg.log_level, LogLevel::Normal);
+        assert_eq!(cfg.log_dir, PathBuf::from("/var/log/sp_wrapper"));
+        assert!(cfg.allow_overlap);
+        assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_backup.lock"));
+        assert_eq!(cfg.buffer_limit, 64 << 20);
+        assert_eq!(cfg.machine_id, None);
+        assert_eq!(cfg.log_path(), PathBuf::from("/var/log/sp_wrapper/backup.log"));
+    }
+
+    #[test]
+    fn each_missing_required_variable_is_named() {
+        for var in ["SP_WEBSOCKET_URL", "SP_JOB_NAME", "SP_JOB_INSTANCE", "SP_COMMAND"] {
+            let error = parse(&[(var, "")]).expect_err("must fail");
+            assert_eq!(error.var, var);
+            assert!(error.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn instance_falls_back_to_the_older_name() {
+        let cfg = parse(&[("SP_JOB_INSTANCE", ""), ("SP_JOB_INSTANCE_NAME", "old_7")]).expect("valid");
+        assert_eq!(cfg.job_instance, "old_7");
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_defaults() {
+        for (var, value) in [
+            ("SP_TIMEOUT", "ten"),
+            ("SP_TIMEOUT", "-1"),
+            ("SP_OUTPUT_INTERVAL_MS", "1.5"),
+            ("SP_WRAPPER_LOGLEVEL", "loud"),
+            ("SP_ALLOW_OVERLAP", "maybe"),
+            ("SP_WRAPPER_LOGDIR", "relative/dir"),
+            ("SP_LOCKFILE", "x.lock"),
+            ("SP_BUFFER_MAX_MB", "0"),
+        ] {
+            let error = parse(&[(var, value)]).expect_err(value);
+            assert_eq!(error.var, var, "{value}");
+        }
+    }
+
+    #[test]
+    fn timeout_zero_means_no_limit() {
+        assert_eq!(parse(&[("SP_TIMEOUT", "0")]).expect("valid").timeout, None);
+        assert_eq!(parse(&[("SP_TIMEOUT", "30")]).expect("valid").timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn overlap_spellings() {
+        for yes in ["true", "TRUE", "1", "yes"] {
+            assert!(parse(&[("SP_ALLOW_OVERLAP", yes)]).expect("valid").allow_overlap);
+        }
+        for no in ["false", "0", "no", "False"] {
+            assert!(!parse(&[("SP_ALLOW_OVERLAP", no)]).expect("valid").allow_overlap);
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("ws://[::1]:9000").expect("v6").host, "::1");
+        assert_eq!(parse_url("ws://server").expect("no port").port, 80);
+        assert_eq!(parse_url("ws://server:1234/path").expect("path").port, 1234);
+        assert!(parse_url("wss://server:1").expect_err("tls").problem.contains("wss"));
+        for bad in ["http://x:1", "server:80", "ws://", "ws://:80", "ws://h:0", "ws://h:99999", "ws://h:x"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_names_cannot_escape_their_directory() {
+        assert_eq!(file_name_component("backup-db_1.daily").expect("ok"), "backup-db_1.daily");
+        assert_eq!(file_name_component("../escape").expect("ok"), "%2E.%2Fescape");
+        assert_eq!(file_name_component("..").expect("ok"), "%2E.");
+        assert_eq!(file_name_component("a/b").expect("ok"), "a%2Fb");
+        assert_eq!(file_name_component(".hidden").expect("ok"), "%2Ehidden");
+        for name in ["../escape", "..", "a/b", "x\u{1}", "/etc/passwd", "日本"] {
+            let encoded = file_name_component(name).expect("ok");
+            assert!(!encoded.contains('/') && encoded != ".." && !encoded.starts_with('.'), "{name} -> {encoded}");
+        }
+        assert!(file_name_component(&"x".repeat(300)).is_err());
+        let cfg = parse(&[("SP_JOB_NAME", "../escape")]).expect("valid");
+        assert_eq!(cfg.log_path(), PathBuf::from("/var/log/sp_wrapper/%2E.%2Fescape.log"));
+        assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_%2E.%2Fescape.lock"));
+    }
+}

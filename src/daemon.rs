@@ -1,0 +1,179 @@
+//! Detaching from Salt, and the launch contract (PROTOCOL.md, "How the
+//! server starts the wrapper").
+//!
+//! The launcher (the process Salt started) forks; the child calls `setsid`
+//! and forks again, so the daemon is in its own session, is not a session
+//! leader (it can never reacquire a terminal) and is reparented to init.
+//! The daemon puts /dev/null on 0, 1 and 2 and closes every other inherited
+//! descriptor, so Salt's pipes are released. It then takes the lock, opens
+//! the log and starts the job, and only then reports over a status pipe:
+//! `OK <pid>`, or `ERR <code> <message>`. The launcher prints the result and
+//! exits with it, so Salt sees success only once the job really runs, and
+//! otherwise one clear line with a meaningful code.
+//!
+//! All of this happens before the process has any thread, as `fork` requires.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::exit_codes;
+
+/// Salt gives the wrapper 30 s; answer before that even if the daemon hangs.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(25);
+
+pub enum Detached {
+    /// In the launcher: the daemon has reported; exit with this code.
+    Launcher(i32),
+    /// In the daemon: report how the start went.
+    Daemon(StatusReporter),
+}
+
+pub struct StatusReporter {
+    pipe: File,
+}
+
+impl StatusReporter {
+    pub fn started(mut self, pid: i32) {
+        let _ = writeln!(self.pipe, "OK {pid}");
+    }
+
+    pub fn failed(mut self, code: i32, message: &str) {
+        let _ = writeln!(self.pipe, "ERR {code} {}", message.replace('\n', " "));
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn fork() -> io::Result<libc::pid_t> {
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        pid => Ok(pid),
+    }
+}
+
+/// Fork into launcher and daemon. Must be called while single-threaded.
+pub fn detach() -> io::Result<Detached> {
+    let (read_end, write_end) = pipe()?;
+    let first = fork()?;
+    if first > 0 {
+        drop(write_end);
+        // The intermediate child exits at once; reap it so it is no zombie.
+        let mut status = 0;
+        unsafe { libc::waitpid(first, &mut status, 0) };
+        return Ok(Detached::Launcher(await_report(read_end)));
+    }
+    // Intermediate child: new session, then fork the daemon and leave.
+    unsafe {
+        libc::setsid();
+        match libc::fork() {
+            -1 => libc::_exit(exit_codes::WRAPPER_ERROR),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+    }
+    drop(read_end);
+    release_stdio(write_end.as_raw_fd());
+    Ok(Detached::Daemon(StatusReporter { pipe: File::from(write_end) }))
+}
+
+/// In the launcher: wait for the daemon's report, print it, give the exit code.
+fn await_report(read_end: OwnedFd) -> i32 {
+    let mut poll = libc::pollfd { fd: read_end.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ready = unsafe { libc::poll(&mut poll, 1, REPORT_TIMEOUT.as_millis() as i32) };
+    if ready <= 0 {
+        eprintln!("sp_wrapper: the daemon did not report within {} s", REPORT_TIMEOUT.as_secs());
+        return exit_codes::WRAPPER_ERROR;
+    }
+    let mut report = String::new();
+    let _ = File::from(read_end).take(64 * 1024).read_to_string(&mut report);
+    let line = report.lines().next().unwrap_or("");
+    if line.starts_with("OK ") {
+        println!("Wrapper started successfully");
+        return exit_codes::SUCCESS;
+    }
+    if let Some(rest) = line.strip_prefix("ERR ") {
+        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+        eprintln!("{message}");
+        return code.parse().unwrap_or(exit_codes::WRAPPER_ERROR);
+    }
+    eprintln!("sp_wrapper: the daemon exited before starting the job");
+    exit_codes::WRAPPER_ERROR
+}
+
+/// /dev/null on 0, 1, 2; close every other inherited descriptor but `keep`.
+fn release_stdio(keep: RawFd) {
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    close_inherited_fds(&[keep]);
+}
+
+/// Close every descriptor above 2 except `keep`. Uses /proc/self/fd, not
+/// `close_range` (Linux 5.9; the fleet has 2.6.32), with a bounded loop as
+/// the fallback when /proc is not mounted.
+pub fn close_inherited_fds(keep: &[RawFd]) {
+    let listed: Option<Vec<RawFd>> = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect());
+    let candidates: Vec<RawFd> = match listed {
+        Some(fds) => fds,
+        None => {
+            let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+            (3..max.clamp(256, 65_536) as RawFd).collect()
+        }
+    };
+    for fd in candidates {
+        if fd > 2 && !keep.contains(&fd) {
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// This host's fully qualified name, like Python's `socket.getfqdn()`: the
+/// canonical name of the hostname if it has a dot, else the hostname. May
+/// consult DNS, so it runs in the daemon, never before Salt gets its answer.
+pub fn fqdn() -> String {
+    let mut buffer = [0u8; 256];
+    let hostname = if unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0 {
+        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if hostname.is_empty() {
+        return "localhost".to_string();
+    }
+    let Ok(c_host) = std::ffi::CString::new(hostname.clone()) else { return hostname };
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_flags = libc::AI_CANONNAME;
+    hints.ai_family = libc::AF_UNSPEC;
+    let mut result: *mut libc::addrinfo = std::ptr::null_mut();
+    let mut name = hostname.clone();
+    if unsafe { libc::getaddrinfo(c_host.as_ptr(), std::ptr::null(), &hints, &mut result) } == 0 && !result.is_null() {
+        let canon = unsafe { (*result).ai_canonname };
+        if !canon.is_null() {
+            let canon = unsafe { std::ffi::CStr::from_ptr(canon) }.to_string_lossy().into_owned();
+            if canon.contains('.') {
+                name = canon;
+            }
+        }
+        unsafe { libc::freeaddrinfo(result) };
+    }
+    name
+}

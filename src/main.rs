@@ -1,0 +1,311 @@
+//! `sp_wrapper`: the Saltpeter job agent. Salt starts it on a minion with
+//! `SP_*` variables; it returns to Salt at once, then (detached) runs the job
+//! and reports it to the server over a WebSocket. docs/architecture.md has
+//! the map; this file is the thin shell: flags, configuration, launch, and
+//! the wiring of the threads around the supervisor.
+
+mod child;
+mod config;
+mod daemon;
+mod exit_codes;
+mod link;
+mod lockfile;
+mod logger;
+mod outbox;
+mod protocol;
+mod readers;
+mod spool;
+mod supervisor;
+mod utf8;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::time::Instant;
+
+use config::Config;
+use link::{LinkCommand, LinkHandle};
+use protocol::Stream;
+use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The job's process group, for the panic hook (0 = no job yet).
+static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn usage() -> String {
+    let mut text = format!(
+        "sp_wrapper {VERSION}: runs one Saltpeter job and reports it to the server\n\n\
+         usage: sp_wrapper [--foreground]    (configured by environment variables)\n\
+         \x20      sp_wrapper --version | --help\n\n\
+         --foreground  do not detach: show the job's output here too and exit with its result\n\n\
+         variables:\n"
+    );
+    for (name, what) in config::VARIABLES {
+        text.push_str(&format!("  {name:<22} {what}\n"));
+    }
+    text.push_str(
+        "\nexit codes (and complete.retcode):\n\
+         \x20 0 success; 1-123 the command's own; 1 also: invalid configuration at launch\n\
+         \x20 124 killed after SP_TIMEOUT; 126/127 cannot execute / not found; 128+N died of signal N\n\
+         \x20 143 killed on the server's request; 254 overlap refused (lock held); 255 wrapper error\n",
+    );
+    text
+}
+
+fn run() -> i32 {
+    let mut foreground = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--version" | "-V" => {
+                println!("sp_wrapper {VERSION}");
+                return exit_codes::SUCCESS;
+            }
+            "--help" | "-h" => {
+                print!("{}", usage());
+                return exit_codes::SUCCESS;
+            }
+            "--foreground" => foreground = true,
+            other => {
+                eprintln!("sp_wrapper: unknown argument {other:?} (see --help)");
+                return exit_codes::CONFIG;
+            }
+        }
+    }
+    println!("Saltpeter Wrapper version {VERSION}");
+    let _ = std::io::stdout().flush();
+
+    let cfg = match Config::from_lookup(|var| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned())) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(exit_codes::CONFIG, &format!("sp_wrapper: {e}")),
+    };
+    let user = match &cfg.user {
+        None => None,
+        Some(name) => match child::lookup_user(name).and_then(|u| child::check_user_allowed(&u).map(|_| u)) {
+            Ok(user) => Some(user),
+            Err(e) => return fail(exit_codes::CONFIG, &format!("sp_wrapper: SP_USER: {e}")),
+        },
+    };
+    if let Some(cwd) = &cfg.cwd {
+        if !cwd.is_dir() {
+            return fail(exit_codes::CONFIG, &format!("sp_wrapper: SP_CWD: {} is not an existing directory", cwd.display()));
+        }
+    }
+
+    if foreground {
+        let started = match start_job(&cfg, user.as_ref()) {
+            Ok(started) => started,
+            Err((code, message)) => return fail(code, &message),
+        };
+        return supervise(&cfg, started, true).retcode;
+    }
+    match daemon::detach() {
+        Err(e) => fail(exit_codes::WRAPPER_ERROR, &format!("sp_wrapper: fork failed: {e}")),
+        Ok(daemon::Detached::Launcher(code)) => code,
+        Ok(daemon::Detached::Daemon(reporter)) => match start_job(&cfg, user.as_ref()) {
+            Err((code, message)) => {
+                reporter.failed(code, &message);
+                code
+            }
+            Ok(started) => {
+                reporter.started(started.job.pid);
+                supervise(&cfg, started, false);
+                exit_codes::SUCCESS
+            }
+        },
+    }
+}
+
+fn fail(code: i32, message: &str) -> i32 {
+    eprintln!("{message}");
+    code
+}
+
+/// What `start_job` hands to `supervise`.
+struct Started {
+    job: child::Job,
+    lock: Option<lockfile::Lock>,
+    log: Option<logger::LogHandle>,
+    log_error: Option<String>,
+    at: Instant,
+}
+
+/// Everything that can fail before the job runs, in the process that will
+/// supervise it: the lock, the log, the spawn.
+fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i32, String)> {
+    block_wrapper_signals();
+    child::become_subreaper();
+    let lock = if cfg.allow_overlap {
+        None
+    } else {
+        match lockfile::Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
+            Ok(lock) => Some(lock),
+            Err(lockfile::LockError::Held { pid }) => {
+                let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                return Err((
+                    exit_codes::OVERLAP,
+                    format!("LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed", cfg.job_name),
+                ));
+            }
+            Err(lockfile::LockError::Io { path, error }) => {
+                return Err((exit_codes::WRAPPER_ERROR, format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display())));
+            }
+        }
+    };
+    let (log, log_error) = match logger::init(cfg) {
+        Ok(handle) => (handle, None),
+        Err(e) => (None, Some(e)),
+    };
+    let job = match child::spawn(cfg, user) {
+        Ok(job) => job,
+        Err(e) => {
+            log::error!("cannot start the job: {e}");
+            if let Some(lock) = lock {
+                lock.release();
+            }
+            return Err((exit_codes::spawn_failure(&e), format!("sp_wrapper: cannot run /bin/sh for SP_COMMAND: {e}")));
+        }
+    };
+    JOB_PGID.store(job.pid, Ordering::Relaxed);
+    install_panic_hook();
+    log::info!("starting job (pid {}, wrapper {VERSION}): {}", job.pid, cfg.command);
+    Ok(Started { job, lock, log, log_error, at: Instant::now() })
+}
+
+/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
+/// `sigwait`, so every thread must have them blocked. std's spawn unblocks
+/// them in the job.
+fn block_wrapper_signals() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn spawn_signal_thread(events: Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || {
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, signal);
+            }
+        }
+        loop {
+            let mut signal = 0;
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 && events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// With `panic = "abort"` nothing unwinds: log the panic and kill the job's
+/// group, so a wrapper bug never leaves an unsupervised job behind.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("sp_wrapper panicked: {info}; killing the job");
+        let pgid = JOB_PGID.load(Ordering::Relaxed);
+        if pgid > 0 {
+            child::signal_group(pgid, libc::SIGKILL);
+        }
+    }));
+}
+
+/// The real `Effects`: the link thread, the job's group, the log, our stdout.
+struct World {
+    link: LinkHandle,
+    pgid: i32,
+    log: Option<logger::LogHandle>,
+}
+
+impl Effects for World {
+    fn link(&mut self, command: LinkCommand) {
+        self.link.send(command);
+    }
+
+    fn signal_group(&mut self, signal: i32) -> bool {
+        child::signal_group(self.pgid, signal)
+    }
+
+    fn tee(&mut self, stream: Stream, text: &str) {
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().write_all(text.as_bytes()),
+            Stream::Stderr => std::io::stderr().write_all(text.as_bytes()),
+        };
+    }
+
+    fn reopen_log(&mut self) {
+        if let Some(log) = &self.log {
+            log.reopen();
+        }
+    }
+
+    fn log_undelivered(&mut self, text: &str) {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.append_raw(text) {
+                log::error!("cannot write undelivered output to {}: {e}", log.path().display());
+            }
+        }
+    }
+}
+
+/// Wire the threads around the supervisor and run it to the end.
+fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
+    let Started { job, lock, log, log_error, at } = started;
+    let (events, inbox) = channel();
+    let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
+    let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
+        .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))
+        .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
+        .and_then(|_| spawn_signal_thread(events.clone()))
+        .and_then(|_| link::spawn_link(cfg.url.clone(), events.clone()));
+    let link = match threads {
+        Ok(link) => link,
+        Err(e) => {
+            // Without its threads the wrapper cannot supervise: do not leave
+            // the job running unobserved.
+            log::error!("cannot start the wrapper's threads: {e}; killing the job");
+            child::signal_group(job.pid, libc::SIGKILL);
+            if let Some(lock) = lock {
+                lock.release();
+            }
+            return Outcome { retcode: exit_codes::WRAPPER_ERROR, delivered: false };
+        }
+    };
+    drop(events);
+    let spool_name = format!("{}.{}.{}.spool", cfg.job_file_name(), std::process::id(), job.pid);
+    let spool_candidates = vec![cfg.spool_dir.join(&spool_name), std::env::temp_dir().join(&spool_name)];
+    let settings = Settings {
+        job_instance: cfg.job_instance.clone(),
+        machine: machine.clone(),
+        version: VERSION.to_string(),
+        job_pid: job.pid,
+        output_interval: cfg.output_interval,
+        timeout: cfg.timeout,
+        tee: foreground,
+    };
+    let encoder = protocol::Encoder::new(&cfg.job_name, &cfg.job_instance, &machine);
+    let outbox = outbox::Outbox::new(cfg.buffer_limit, spool_candidates);
+    let world = World { link, pgid: job.pid, log };
+    let mut supervisor = Supervisor::new(world, settings, encoder, outbox, at);
+    if let Some(error) = log_error {
+        supervisor.handle(Event::Output { stream: Stream::Stdout, text: format!("[WRAPPER LOG ERROR] {error}\n") }, at);
+    }
+    log::info!("machine id {machine}, server {}", cfg.url.raw);
+    let outcome = supervisor.run(inbox);
+    log::info!("wrapper done (retcode {}, delivered: {})", outcome.retcode, outcome.delivered);
+    if let Some(lock) = lock {
+        lock.release();
+    }
+    outcome
+}

@@ -1,0 +1,564 @@
+//! The ACK-tracked outbound queue of job output. Owned by the supervisor
+//! thread; a plain struct with no threads and no clock, unit-tested alone.
+//!
+//! Output text is appended to an open batch; a sealed batch is a future
+//! `output` message. Sealed batches are numbered globally (0, 1, 2, ...) in
+//! job order and stay here until the server ACKs them: in memory up to the
+//! byte bound, then in the spool file (`spool.rs`).
+//!
+//! The wire `seq` of a batch is `global - wire_base`. The real server keeps
+//! its expected seq per socket and starts again at 0 after a reconnect, so
+//! after each reconnect the answer to our `sync_request` decides:
+//! - `last_seq == -1` (fresh per-socket state): renumber, so the oldest
+//!   unACKed batch is seq 0 on the new socket;
+//! - `last_seq >= 0` (a server that tracks seqs per job): keep the numbering
+//!   and retire what the server says it already has.
+//!
+//! Batches sent but not ACKed when a connection drops are sent again: never
+//! lost. If the server had appended one and only its ACK was lost, it appears
+//! twice; the window of batches in flight bounds how much (docs/delivery.md).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use crate::protocol::Stream;
+use crate::spool::Spool;
+
+/// Most text in one `output` message (500 KiB, as the Python wrapper).
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// What `on_nack` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Resend from the oldest unACKed batch.
+    Resend,
+    /// Nothing to do (a repeat of a NACK already acted on, or nonsense).
+    Ignored,
+}
+
+/// Output that could be kept neither in memory nor on disk.
+#[derive(Debug, Default)]
+struct Loss {
+    bytes: u64,
+    reason: String,
+}
+
+fn loss_marker(loss: &Loss) -> String {
+    format!("\n[sp_wrapper: {} bytes of output were lost here: {}]\n", loss.bytes, loss.reason)
+}
+
+pub struct Outbox {
+    /// Sealed unACKed batches in memory, oldest first; `memory[0]` is global `front`.
+    memory: VecDeque<Batch>,
+    memory_bytes: usize,
+    memory_limit: usize,
+    /// Sealed batches after those in `memory`, on disk.
+    spool: Option<Spool>,
+    spool_candidates: Vec<PathBuf>,
+    /// Global number of `memory[0]` = number of batches retired.
+    front: u64,
+    /// How many batches from the front have been sent on the current connection.
+    sent: usize,
+    wire_base: u64,
+    /// Highest global number sent under the current numbering.
+    sent_high: Option<u64>,
+    /// The global front at the last NACK we acted on: repeats for the same
+    /// front are the rest of the window being refused, not news.
+    nack_front: Option<u64>,
+    open: Option<Batch>,
+    max_batch: usize,
+    loss: Option<Loss>,
+    pub acked_bytes: u64,
+    pub lost_bytes: u64,
+    pub spooled_batches: u64,
+}
+
+impl Outbox {
+    /// `spool_candidates`: where to create the spool file, tried in order.
+    pub fn new(memory_limit: usize, spool_candidates: Vec<PathBuf>) -> Self {
+        Self::with_batch_limit(memory_limit, spool_candidates, MAX_BATCH_BYTES)
+    }
+
+    pub fn with_batch_limit(memory_limit: usize, spool_candidates: Vec<PathBuf>, max_batch: usize) -> Self {
+        Outbox {
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            memory_limit,
+            spool: None,
+            spool_candidates,
+            front: 0,
+            sent: 0,
+            wire_base: 0,
+            sent_high: None,
+            nack_front: None,
+            open: None,
+            max_batch: max_batch.max(4),
+            loss: None,
+            acked_bytes: 0,
+            lost_bytes: 0,
+            spooled_batches: 0,
+        }
+    }
+
+    /// Append job output. Seals the open batch when the stream changes (so
+    /// messages keep arrival order) and whenever it reaches the size limit.
+    pub fn push(&mut self, stream: Stream, mut text: &str) {
+        if self.open.as_ref().is_some_and(|b| b.stream != stream) {
+            self.seal();
+        }
+        while !text.is_empty() {
+            let open = self.open.get_or_insert_with(|| Batch { stream, text: String::new() });
+            let room = self.max_batch - open.text.len();
+            if text.len() <= room {
+                open.text.push_str(text);
+                text = "";
+            } else {
+                let mut cut = room;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                open.text.push_str(&text[..cut]);
+                text = &text[cut..];
+            }
+            if open.text.len() + 3 >= self.max_batch {
+                // Full (a 4-byte character may not fit in the last 3 bytes).
+                self.seal();
+            }
+        }
+    }
+
+    pub fn open_bytes(&self) -> usize {
+        self.open.as_ref().map_or(0, |b| b.text.len())
+    }
+
+    /// Close the open batch, making it sendable.
+    pub fn seal(&mut self) {
+        if let Some(batch) = self.open.take() {
+            if !batch.text.is_empty() {
+                self.place(batch);
+            }
+        }
+    }
+
+    fn place(&mut self, batch: Batch) {
+        if let Some(loss) = self.loss.take() {
+            // The marker goes where the loss happened, before anything newer.
+            // If even it finds no room, this batch joins the same loss.
+            let marker = Batch { stream: Stream::Stderr, text: loss_marker(&loss) };
+            if self.try_place(marker).is_err() {
+                self.loss = Some(loss);
+                self.lose(batch.text.len(), None);
+                return;
+            }
+        }
+        let len = batch.text.len();
+        if let Err(reason) = self.try_place(batch) {
+            self.lose(len, Some(reason));
+        }
+    }
+
+    fn lose(&mut self, bytes: usize, reason: Option<String>) {
+        let loss = self.loss.get_or_insert_with(Loss::default);
+        loss.bytes += bytes as u64;
+        if let Some(reason) = reason {
+            loss.reason = reason;
+        }
+        self.lost_bytes += bytes as u64;
+    }
+
+    /// Memory while under the bound and nothing is spooled (order!), else the spool.
+    fn try_place(&mut self, batch: Batch) -> Result<(), String> {
+        let spooling = self.spool.as_ref().is_some_and(|s| !s.is_empty());
+        if !spooling && self.memory_bytes + batch.text.len() <= self.memory_limit {
+            self.memory_bytes += batch.text.len();
+            self.memory.push_back(batch);
+            return Ok(());
+        }
+        self.spool_push(&batch)
+    }
+
+    fn spool_push(&mut self, batch: &Batch) -> Result<(), String> {
+        if self.spool.is_none() {
+            let mut errors = Vec::new();
+            for path in &self.spool_candidates {
+                match Spool::create(path) {
+                    Ok(spool) => {
+                        self.spool = Some(spool);
+                        break;
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", path.display())),
+                }
+            }
+            if self.spool.is_none() {
+                return Err(format!("memory bound reached and no spool file could be created ({})", errors.join("; ")));
+            }
+        }
+        let spool = self.spool.as_mut().ok_or("no spool")?;
+        match spool.push(batch.stream, &batch.text) {
+            Ok(()) => {
+                self.spooled_batches += 1;
+                Ok(())
+            }
+            Err(e) => Err(format!("memory bound reached and writing {} failed: {e}", spool.path().display())),
+        }
+    }
+
+    /// The spool file in use, if output has spilled to disk and not all come back.
+    pub fn spool_path(&self) -> Option<PathBuf> {
+        self.spool.as_ref().filter(|s| !s.is_empty()).map(|s| s.path().to_path_buf())
+    }
+
+    /// Remove an emptied spool file.
+    pub fn release_empty_spool(&mut self) {
+        if self.spool.as_ref().is_some_and(|s| s.is_empty()) {
+            self.spool = None;
+        }
+    }
+
+    /// Sealed batches not yet ACKed (memory and spool).
+    pub fn unacked_batches(&self) -> usize {
+        self.memory.len() + self.spool.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Nothing sealed, nothing open: all output is ACKed.
+    pub fn is_empty(&self) -> bool {
+        self.unacked_batches() == 0 && self.open.is_none() && self.loss.is_none()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.sent
+    }
+
+    /// Bytes held in memory (sealed batches only).
+    #[cfg(test)]
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+
+    fn wire_seq(&self, global: u64) -> u64 {
+        global - self.wire_base
+    }
+
+    /// The wire seq the next new message would get (for `complete`).
+    pub fn next_wire_seq(&self) -> u64 {
+        self.wire_seq(self.front + self.unacked_batches() as u64)
+    }
+
+    /// The last wire seq ACKed under the current numbering, or -1.
+    pub fn last_acked_wire_seq(&self) -> i64 {
+        self.front as i64 - self.wire_base as i64 - 1
+    }
+
+    /// The next batch to send on this connection, if the window allows:
+    /// marks it sent and returns its wire seq.
+    pub fn next_to_send(&mut self, max_in_flight: usize) -> Option<(u64, &Batch)> {
+        if self.sent >= max_in_flight {
+            return None;
+        }
+        if self.sent == self.memory.len() {
+            // All of memory is in flight: bring the next batch back from disk.
+            let spool = self.spool.as_mut()?;
+            match spool.pop() {
+                Ok(Some((stream, text))) => {
+                    self.memory_bytes += text.len();
+                    self.memory.push_back(Batch { stream, text });
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    // The spooled rest cannot be read back: count it lost.
+                    let bytes = spool.pending_bytes();
+                    self.lost_bytes += bytes;
+                    self.spool = None;
+                    self.loss = Some(Loss { bytes, reason: format!("reading the spool file failed: {e}") });
+                    return None;
+                }
+            }
+        }
+        let global = self.front + self.sent as u64;
+        self.sent += 1;
+        self.sent_high = Some(self.sent_high.map_or(global, |h| h.max(global)));
+        let seq = self.wire_seq(global);
+        self.memory.get(self.sent - 1).map(|batch| (seq, batch))
+    }
+
+    fn retire(&mut self, count: usize) -> usize {
+        let mut bytes = 0;
+        for _ in 0..count {
+            let Some(batch) = self.memory.pop_front() else { break };
+            bytes += batch.text.len();
+            self.front += 1;
+            self.sent = self.sent.saturating_sub(1);
+        }
+        self.memory_bytes -= bytes;
+        self.acked_bytes += bytes as u64;
+        bytes
+    }
+
+    /// An `ack` for output `seq`. The server ACKs a seq only once it has every
+    /// earlier one on this socket, so an ACK retires everything up to it, but
+    /// never beyond what was really sent (a hostile ACK retires nothing).
+    /// Returns the bytes retired.
+    pub fn on_ack(&mut self, seq: i64) -> usize {
+        let Ok(seq) = u64::try_from(seq) else { return 0 };
+        let Some(global) = self.wire_base.checked_add(seq) else { return 0 };
+        if global < self.front || global >= self.front + self.sent as u64 {
+            return 0; // a duplicate ACK, or one for something not in flight
+        }
+        self.retire((global - self.front + 1) as usize)
+    }
+
+    /// A `nack`: the server expects wire seq `expected` next.
+    pub fn on_nack(&mut self, expected: i64) -> NackOutcome {
+        let Ok(expected) = u64::try_from(expected) else { return NackOutcome::Ignored };
+        let front_wire = self.wire_seq(self.front);
+        if expected < front_wire {
+            // The server's numbering is behind ours (it lost per-socket state
+            // we did not see go): number the oldest unACKed batch `expected`.
+            self.wire_base = self.front - expected;
+            self.sent_high = None;
+        } else {
+            let claimed = expected - front_wire;
+            if claimed > self.sent as u64 {
+                return NackOutcome::Ignored; // claims data we never sent
+            }
+            self.retire(claimed as usize);
+            if self.nack_front == Some(self.front) {
+                return NackOutcome::Ignored; // already resending from here
+            }
+        }
+        self.nack_front = Some(self.front);
+        self.sent = 0;
+        NackOutcome::Resend
+    }
+
+    /// The connection dropped: whatever was in flight must be sent again.
+    pub fn on_disconnect(&mut self) {
+        self.sent = 0;
+        self.nack_front = None;
+    }
+
+    /// The server's `sync_response` on a new connection (see the module docs).
+    pub fn on_sync(&mut self, last_seq: i64) {
+        if last_seq < 0 {
+            self.wire_base = self.front;
+            self.sent_high = None;
+        } else if let Some(high) = self.sent_high {
+            let claimed = self.wire_base.saturating_add(last_seq as u64).min(high);
+            if claimed >= self.front {
+                // Not in flight on this socket yet, so count from the front.
+                // Sent batches are still in memory (only ACKs evict them).
+                let count = (claimed - self.front + 1) as usize;
+                self.retire(count.min(self.memory.len()));
+            }
+        }
+        self.sent = 0;
+    }
+
+    /// Everything not delivered, oldest first, for the log when delivery is
+    /// abandoned. Seals the open batch and empties the outbox.
+    pub fn take_undelivered(&mut self, mut each: impl FnMut(&Batch)) {
+        self.seal();
+        for batch in self.memory.drain(..) {
+            each(&batch);
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            while let Ok(Some((stream, text))) = spool.pop() {
+                each(&Batch { stream, text });
+            }
+        }
+        // A pending loss is always the newest thing: `place` emits it before
+        // any later batch.
+        if let Some(loss) = self.loss.take() {
+            each(&Batch { stream: Stream::Stderr, text: loss_marker(&loss) });
+        }
+        self.memory_bytes = 0;
+        self.sent = 0;
+        self.spool = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> Outbox {
+        Outbox::with_batch_limit(1 << 20, Vec::new(), 10)
+    }
+
+    fn send_all(outbox: &mut Outbox, window: usize) -> Vec<(u64, String)> {
+        let mut sent = Vec::new();
+        while let Some((seq, batch)) = outbox.next_to_send(window) {
+            sent.push((seq, batch.text.clone()));
+        }
+        sent
+    }
+
+    #[test]
+    fn batches_split_at_the_limit_on_char_boundaries() {
+        let mut ob = outbox();
+        ob.push(Stream::Stdout, "aaaaaaaaé€😀bbbb");
+        ob.seal();
+        let texts: Vec<String> = send_all(&mut ob, 100).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(texts.concat(), "aaaaaaaaé€😀bbbb");
+        assert!(texts.iter().all(|t| t.len() <= 10), "{texts:?}");
+    }
+
+    #[test]
+    fn stream_change_seals_to_keep_arrival_order() {
+        let mut ob = outbox();
+        ob.push(Stream::Stdout, "o1");
+        ob.push(Stream::Stderr, "e1");
+        ob.push(Stream::Stdout, "o2");
+        ob.seal();
+        let sent: Vec<_> = std::iter::from_fn(|| ob.next_to_send(9).map(|(s, b)| (s, b.stream, b.text.clone()))).collect();
+        assert_eq!(
+            sent,
+            vec![(0, Stream::Stdout, "o1".into()), (1, Stream::Stderr, "e1".into()), (2, Stream::Stdout, "o2".into())]
+        );
+    }
+
+    #[test]
+    fn window_bounds_messages_in_flight_and_acks_retire_cumulatively() {
+        let mut ob = outbox();
+        for i in 0..6 {
+            ob.push(Stream::Stdout, &format!("m{i}"));
+            ob.seal();
+        }
+        assert_eq!(send_all(&mut ob, 3).len(), 3);
+        assert_eq!(ob.next_to_send(3), None);
+        assert_eq!(ob.on_ack(1), 4); // retires m0 and m1
+        assert_eq!(ob.in_flight(), 1);
+        assert_eq!(send_all(&mut ob, 3).iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4]);
+        ob.on_ack(4);
+        assert_eq!(send_all(&mut ob, 3), vec![(5, "m5".into())]);
+        ob.on_ack(5);
+        assert!(ob.is_empty());
+        assert_eq!(ob.next_wire_seq(), 6);
+    }
+
+    #[test]
+    fn hostile_acks_retire_nothing_unsent() {
+        let mut ob = outbox();
+        for i in 0..3 {
+            ob.push(Stream::Stdout, &format!("m{i}"));
+            ob.seal();
+        }
+        ob.next_to_send(1);
+        for bogus in [-1, 1, 2, 99, i64::MAX, i64::MIN] {
+            assert_eq!(ob.on_ack(bogus), 0, "{bogus}");
+        }
+        assert_eq!(ob.unacked_batches(), 3);
+        assert_eq!(ob.on_ack(0), 2);
+        assert_eq!(ob.on_ack(0), 0, "duplicate ack");
+    }
+
+    #[test]
+    fn reconnect_to_a_per_socket_server_renumbers_from_zero_and_resends_unacked() {
+        let mut ob = outbox();
+        for i in 0..4 {
+            ob.push(Stream::Stdout, &format!("m{i}"));
+            ob.seal();
+        }
+        send_all(&mut ob, 4);
+        ob.on_ack(1); // m0, m1 delivered; m2, m3 in flight when the link drops
+        ob.on_disconnect();
+        ob.on_sync(-1); // fresh socket: the server expects 0
+        assert_eq!(send_all(&mut ob, 4), vec![(0, "m2".into()), (1, "m3".into())]);
+        ob.on_ack(1);
+        assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn reconnect_to_a_per_job_server_keeps_numbering_and_skips_what_it_has() {
+        let mut ob = outbox();
+        for i in 0..4 {
+            ob.push(Stream::Stdout, &format!("m{i}"));
+            ob.seal();
+        }
+        send_all(&mut ob, 4);
+        ob.on_ack(0);
+        ob.on_disconnect();
+        // The server appended m1 and m2 but their ACKs were lost.
+        ob.on_sync(2);
+        assert_eq!(send_all(&mut ob, 4), vec![(3, "m3".into())]);
+        // An absurd claim retires only what was sent.
+        let mut ob2 = outbox();
+        ob2.push(Stream::Stdout, "x");
+        ob2.seal();
+        ob2.on_sync(1_000_000);
+        assert_eq!(send_all(&mut ob2, 4), vec![(0, "x".into())]);
+    }
+
+    #[test]
+    fn nack_resends_once_and_rebases_when_the_server_is_behind() {
+        let mut ob = outbox();
+        for i in 0..3 {
+            ob.push(Stream::Stdout, &format!("m{i}"));
+            ob.seal();
+        }
+        send_all(&mut ob, 3);
+        // The server has m0 and wants 1; m2 arrived out of order.
+        assert_eq!(ob.on_nack(1), NackOutcome::Resend);
+        assert_eq!(ob.on_nack(1), NackOutcome::Ignored, "repeat for the same front");
+        assert_eq!(send_all(&mut ob, 3), vec![(1, "m1".into()), (2, "m2".into())]);
+        // Nonsense is ignored.
+        assert_eq!(ob.on_nack(-5), NackOutcome::Ignored);
+        assert_eq!(ob.on_nack(1_000), NackOutcome::Ignored);
+        // A server that forgot its state and expects 0: renumber.
+        assert_eq!(ob.on_nack(0), NackOutcome::Resend);
+        assert_eq!(send_all(&mut ob, 3), vec![(0, "m1".into()), (1, "m2".into())]);
+    }
+
+    #[test]
+    fn beyond_the_memory_bound_output_spills_to_disk_in_order() {
+        let dir = std::env::temp_dir().join(format!("sp_outbox_spill_{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let spool_path = dir.join("job.spool");
+        let _ = std::fs::remove_file(&spool_path);
+        let mut ob = Outbox::with_batch_limit(25, vec![spool_path.clone()], 10);
+        let expected: String = (0..20).map(|i| format!("line{i:02}\n")).collect();
+        ob.push(Stream::Stdout, &expected);
+        ob.seal();
+        assert!(ob.memory_bytes() <= 25);
+        assert!(ob.spool_path().is_some(), "spilled");
+        let mut delivered = String::new();
+        loop {
+            let sent = send_all(&mut ob, 2);
+            if sent.is_empty() {
+                break;
+            }
+            assert!(ob.memory_bytes() <= 25 + 2 * 10);
+            for (_, text) in &sent {
+                delivered.push_str(text);
+            }
+            ob.on_ack(sent.last().map(|(s, _)| *s as i64).unwrap_or(-1));
+        }
+        assert_eq!(delivered, expected);
+        assert!(ob.is_empty());
+        ob.release_empty_spool();
+        assert!(!spool_path.exists(), "spool removed once delivered");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_memory_or_disk_the_loss_is_counted_and_marked() {
+        let mut ob = Outbox::with_batch_limit(8, vec![PathBuf::from("/nonexistent/dir/x.spool")], 10);
+        ob.push(Stream::Stdout, "12345678");
+        ob.seal();
+        ob.push(Stream::Stdout, "lost-data");
+        ob.seal();
+        ob.push(Stream::Stdout, "after");
+        ob.seal();
+        assert_eq!(ob.lost_bytes, 9 + 5);
+        let mut all = String::new();
+        ob.take_undelivered(|b| all.push_str(&b.text));
+        assert!(all.starts_with("12345678"));
+        assert!(all.contains("14 bytes of output were lost here"), "{all}");
+    }
+}

@@ -1,0 +1,384 @@
+//! The wire format (PROTOCOL.md): building the frames we send and decoding the
+//! frames the server sends. Pure: no I/O, no threads, no clock (the caller
+//! passes the time).
+//!
+//! Outbound frames are written by hand: the identity fields are escaped once,
+//! and output data is escaped in a single pass straight into the frame buffer,
+//! which is the only per-byte work on the hot output path. Inbound frames are
+//! parsed with `serde_json` and validated field by field; anything malformed or
+//! unknown is a `DecodeError` or `Inbound::Other`, never a panic.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Which of the job's pipes a piece of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
+/// Builds every frame we send. Holds the identity fields pre-escaped.
+pub struct Encoder {
+    /// `"job_name":"..","job_instance":"..","machine":".."`
+    identity: String,
+}
+
+impl Encoder {
+    pub fn new(job_name: &str, job_instance: &str, machine: &str) -> Self {
+        let mut identity = String::with_capacity(64);
+        identity.push_str("\"job_name\":");
+        push_json_string(&mut identity, job_name);
+        identity.push_str(",\"job_instance\":");
+        push_json_string(&mut identity, job_instance);
+        identity.push_str(",\"machine\":");
+        push_json_string(&mut identity, machine);
+        Self { identity }
+    }
+
+    fn begin(&self, kind: &str, now: SystemTime, extra_capacity: usize) -> String {
+        let mut frame = String::with_capacity(160 + self.identity.len() + extra_capacity);
+        frame.push_str("{\"type\":\"");
+        frame.push_str(kind);
+        frame.push_str("\",");
+        frame.push_str(&self.identity);
+        frame.push_str(",\"timestamp\":\"");
+        push_timestamp(&mut frame, now);
+        frame.push('"');
+        frame
+    }
+
+    fn end(mut frame: String) -> String {
+        frame.push('}');
+        frame
+    }
+
+    pub fn connect(&self, now: SystemTime) -> String {
+        Self::end(self.begin("connect", now, 0))
+    }
+
+    pub fn start(&self, now: SystemTime, pid: i32, version: &str) -> String {
+        let mut frame = self.begin("start", now, version.len());
+        let _ = write!(frame, ",\"pid\":{pid},\"version\":");
+        push_json_string(&mut frame, version);
+        Self::end(frame)
+    }
+
+    pub fn heartbeat(&self, now: SystemTime) -> String {
+        Self::end(self.begin("heartbeat", now, 0))
+    }
+
+    pub fn output(&self, now: SystemTime, stream: Stream, seq: u64, data: &str) -> String {
+        // Most output needs no escaping; reserve a little for what does.
+        let mut frame = self.begin("output", now, data.len() + data.len() / 16 + 16);
+        let _ = write!(frame, ",\"stream\":\"{}\",\"seq\":{seq},\"data\":", stream.name());
+        push_json_string(&mut frame, data);
+        Self::end(frame)
+    }
+
+    pub fn complete(&self, now: SystemTime, retcode: i32, seq: u64) -> String {
+        let mut frame = self.begin("complete", now, 0);
+        let _ = write!(frame, ",\"retcode\":{retcode},\"seq\":{seq}");
+        Self::end(frame)
+    }
+
+    pub fn killed(&self, now: SystemTime) -> String {
+        Self::end(self.begin("killed", now, 0))
+    }
+
+    pub fn sync_request(&self, now: SystemTime, last_acked_seq: i64, next_seq: u64) -> String {
+        let mut frame = self.begin("sync_request", now, 0);
+        let _ = write!(frame, ",\"last_acked_seq\":{last_acked_seq},\"next_seq\":{next_seq}");
+        Self::end(frame)
+    }
+}
+
+/// Append `text` as a JSON string literal (with quotes), in one pass: runs of
+/// bytes that need no escape are copied whole.
+pub fn push_json_string(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let bytes = text.as_bytes();
+    let mut run_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &str = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // Only ASCII bytes are escaped, so `i` is always a char boundary.
+        out.push_str(&text[run_start..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(byte >> 4) as usize] as char);
+            out.push(HEX[(byte & 0xf) as usize] as char);
+        } else {
+            out.push_str(escape);
+        }
+        run_start = i + 1;
+    }
+    out.push_str(&text[run_start..]);
+    out.push('"');
+}
+
+/// Append `now` as `2026-11-22T08:40:02.123456+00:00`: the only shape that
+/// Python's `datetime.fromisoformat` accepts before 3.11 (a `Z` suffix makes
+/// the server drop the whole frame).
+pub fn push_timestamp(out: &mut String, now: SystemTime) {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since_epoch.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// What an `ack` acknowledges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckKind {
+    Connect,
+    Start,
+    Output,
+    Complete,
+    Other,
+}
+
+/// A frame from the server, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Ack { kind: AckKind, seq: Option<i64> },
+    Nack { expected_seq: i64 },
+    SyncResponse { last_seq: i64 },
+    Kill { job_instance: Option<String>, machine: Option<String> },
+    Error { code: String, message: String },
+    /// A well-formed frame of a type we do not act on.
+    Other(String),
+}
+
+/// Why an inbound frame was rejected (logged at debug level, then ignored).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(what: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(what.into()))
+}
+
+/// A sequence number: a JSON integer. Anything else (a float, a string, a
+/// number beyond i64) is rejected rather than guessed at.
+fn seq_field(frame: &Value, name: &str) -> Result<Option<i64>, DecodeError> {
+    match frame.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) => Ok(Some(v)),
+            None => err(format!("{name} is not an integer")),
+        },
+        Some(_) => err(format!("{name} is not a number")),
+    }
+}
+
+fn text_field(frame: &Value, name: &str) -> Result<Option<String>, DecodeError> {
+    match frame.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => err(format!("{name} is not a string")),
+    }
+}
+
+/// Decode one text frame from the server.
+pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
+    let frame: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return err(format!("invalid JSON: {e}")),
+    };
+    if !frame.is_object() {
+        return err("frame is not a JSON object");
+    }
+    let Some(kind) = text_field(&frame, "type")? else {
+        return err("frame has no type");
+    };
+    Ok(match kind.as_str() {
+        "ack" => {
+            let ack_kind = match text_field(&frame, "ack_type")?.as_deref() {
+                Some("connect") => AckKind::Connect,
+                Some("start") => AckKind::Start,
+                Some("output") => AckKind::Output,
+                Some("complete") => AckKind::Complete,
+                _ => AckKind::Other,
+            };
+            let seq = seq_field(&frame, "seq")?;
+            if ack_kind == AckKind::Output && seq.is_none() {
+                return err("output ack without seq");
+            }
+            Inbound::Ack { kind: ack_kind, seq }
+        }
+        "nack" => match seq_field(&frame, "expected_seq")? {
+            Some(expected_seq) => Inbound::Nack { expected_seq },
+            None => return err("nack without expected_seq"),
+        },
+        "sync_response" => match seq_field(&frame, "last_seq")? {
+            Some(last_seq) => Inbound::SyncResponse { last_seq },
+            None => return err("sync_response without last_seq"),
+        },
+        "kill" => Inbound::Kill {
+            job_instance: text_field(&frame, "job_instance")?,
+            machine: text_field(&frame, "machine")?,
+        },
+        "error" => Inbound::Error {
+            code: text_field(&frame, "code")?.unwrap_or_default(),
+            message: text_field(&frame, "message")?.unwrap_or_default(),
+        },
+        other => Inbound::Other(other.chars().take(64).collect()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64, micros: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into())
+    }
+
+    #[test]
+    fn timestamps_have_the_shape_python_parses() {
+        let mut s = String::new();
+        push_timestamp(&mut s, at(0, 0));
+        assert_eq!(s, "1970-01-01T00:00:00.000000+00:00");
+        s.clear();
+        // 2026-11-22T08:40:02.123456+00:00
+        push_timestamp(&mut s, at(1_795_336_802, 123_456));
+        assert_eq!(s, "2026-11-22T08:40:02.123456+00:00");
+        s.clear();
+        push_timestamp(&mut s, at(951_782_400, 1)); // leap day 2000
+        assert_eq!(s, "2000-02-29T00:00:00.000001+00:00");
+    }
+
+    #[test]
+    fn json_strings_round_trip_through_serde() {
+        let samples = ["", "plain", "quote \" back \\ slash", "ctl \u{0}\u{1}\u{1f}\t\r\n", "ünï 😀"];
+        for sample in samples {
+            let mut out = String::new();
+            push_json_string(&mut out, sample);
+            let back: String = serde_json::from_str(&out).expect("valid JSON string");
+            assert_eq!(back, sample);
+        }
+    }
+
+    #[test]
+    fn frames_carry_every_required_field_including_zero_values() {
+        let enc = Encoder::new("job\"1", "inst", "host.example");
+        let frames = [
+            enc.connect(at(1, 0)),
+            enc.start(at(1, 0), 42, "1.0.0"),
+            enc.heartbeat(at(1, 0)),
+            enc.output(at(1, 0), Stream::Stderr, 0, "a\nb"),
+            enc.complete(at(1, 0), 0, 0),
+            enc.sync_request(at(1, 0), -1, 0),
+            enc.killed(at(1, 0)),
+        ];
+        for frame in &frames {
+            let v: Value = serde_json::from_str(frame).expect("frame is JSON");
+            assert_eq!(v["job_name"], "job\"1");
+            assert_eq!(v["job_instance"], "inst");
+            assert_eq!(v["machine"], "host.example");
+            assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with("+00:00")));
+        }
+        let out: Value = serde_json::from_str(&frames[3]).expect("json");
+        assert_eq!(out["seq"], 0);
+        assert_eq!(out["stream"], "stderr");
+        assert_eq!(out["data"], "a\nb");
+        let done: Value = serde_json::from_str(&frames[4]).expect("json");
+        assert_eq!(done["retcode"], 0);
+        assert_eq!(done["seq"], 0);
+    }
+
+    #[test]
+    fn decodes_what_the_real_server_sends() {
+        assert_eq!(
+            decode(r#"{"type":"ack","ack_type":"output","seq":7,"timestamp":"x"}"#),
+            Ok(Inbound::Ack { kind: AckKind::Output, seq: Some(7) })
+        );
+        assert_eq!(
+            decode(r#"{"type":"nack","nack_type":"out_of_order","expected_seq":0,"received_seq":3}"#),
+            Ok(Inbound::Nack { expected_seq: 0 })
+        );
+        assert_eq!(decode(r#"{"type":"sync_response","last_seq":-1}"#), Ok(Inbound::SyncResponse { last_seq: -1 }));
+        assert_eq!(
+            decode(r#"{"type":"error","code":"JOB_NOT_FOUND","message":"gone"}"#),
+            Ok(Inbound::Error { code: "JOB_NOT_FOUND".into(), message: "gone".into() })
+        );
+        assert!(matches!(decode(r#"{"type":"kill","job_instance":"i","machine":"m"}"#), Ok(Inbound::Kill { .. })));
+    }
+
+    #[test]
+    fn rejects_hostile_frames_without_panicking() {
+        for bad in [
+            "",
+            "not json",
+            "[1,2]",
+            "42",
+            r#"{"no":"type"}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"ack","ack_type":"output"}"#,
+            r#"{"type":"ack","ack_type":"output","seq":"7"}"#,
+            r#"{"type":"ack","ack_type":"output","seq":1.5}"#,
+            r#"{"type":"ack","ack_type":"output","seq":99999999999999999999999}"#,
+            r#"{"type":"nack","expected_seq":null}"#,
+            r#"{"type":"sync_response","last_seq":[]}"#,
+            r#"{"type":"kill","job_instance":{}}"#,
+        ] {
+            assert!(decode(bad).is_err(), "accepted {bad:?}");
+        }
+        assert_eq!(decode(r#"{"type":"surprise"}"#), Ok(Inbound::Other("surprise".into())));
+    }
+}
