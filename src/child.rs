@@ -31,7 +31,9 @@ fn c_string(bytes: *const libc::c_char) -> String {
     if bytes.is_null() {
         return String::new();
     }
-    unsafe { CStr::from_ptr(bytes) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(bytes) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Look up `name` in the passwd database, with its supplementary groups.
@@ -40,9 +42,20 @@ pub fn lookup_user(name: &str) -> Result<UserInfo, String> {
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
     if rc != 0 {
-        return Err(format!("getpwnam_r failed: {}", io::Error::from_raw_os_error(rc)));
+        return Err(format!(
+            "getpwnam_r failed: {}",
+            io::Error::from_raw_os_error(rc)
+        ));
     }
     if found.is_null() {
         return Err(format!("no such user {name:?}"));
@@ -50,7 +63,14 @@ pub fn lookup_user(name: &str) -> Result<UserInfo, String> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
         let mut count = groups.len() as libc::c_int;
-        let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), entry.pw_gid, groups.as_mut_ptr(), &mut count) };
+        let rc = unsafe {
+            libc::getgrouplist(
+                c_name.as_ptr(),
+                entry.pw_gid,
+                groups.as_mut_ptr(),
+                &mut count,
+            )
+        };
         if rc >= 0 {
             groups.truncate(count.max(0) as usize);
             break;
@@ -77,7 +97,10 @@ pub fn check_user_allowed(user: &UserInfo) -> Result<(), String> {
     if euid == 0 || euid == user.uid {
         Ok(())
     } else {
-        Err(format!("running as uid {euid}, not root: cannot switch to user {:?}", user.name))
+        Err(format!(
+            "running as uid {euid}, not root: cannot switch to user {:?}",
+            user.name
+        ))
     }
 }
 
@@ -91,19 +114,32 @@ pub struct Job {
 /// Start the job. The error is the `spawn` error as the OS gave it.
 pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
     let mut command = Command::new("/bin/sh");
-    command.arg("-c").arg(&cfg.command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .arg("-c")
+        .arg(&cfg.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(cwd) = &cfg.cwd {
         command.current_dir(cwd);
     }
     // Switch only when it changes something: a user running as itself needs
     // (and, unprivileged, may have) no setgroups.
-    let switch = user.filter(|u| unsafe { libc::geteuid() } == 0 || u.uid != unsafe { libc::geteuid() });
+    let switch =
+        user.filter(|u| unsafe { libc::geteuid() } == 0 || u.uid != unsafe { libc::geteuid() });
     if let Some(user) = user {
         command
             .env("HOME", &user.home)
             .env("USER", &user.name)
             .env("LOGNAME", &user.name)
-            .env("SHELL", if user.shell.is_empty() { "/bin/sh" } else { &user.shell });
+            .env(
+                "SHELL",
+                if user.shell.is_empty() {
+                    "/bin/sh"
+                } else {
+                    &user.shell
+                },
+            );
     }
     let ids = switch.map(|u| (u.uid, u.gid, u.groups.clone()));
     unsafe {
@@ -135,7 +171,11 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(io::Error::other("spawned job has no pipes"));
     };
-    Ok(Job { pid: child.id() as i32, stdout: File::from(std::os::fd::OwnedFd::from(stdout)), stderr: File::from(std::os::fd::OwnedFd::from(stderr)) })
+    Ok(Job {
+        pid: child.id() as i32,
+        stdout: File::from(std::os::fd::OwnedFd::from(stdout)),
+        stderr: File::from(std::os::fd::OwnedFd::from(stderr)),
+    })
 }
 
 /// Send `signal` to the job's whole process group. `false`: the group is gone.
@@ -157,20 +197,23 @@ pub fn become_subreaper() {
 /// The waiter thread: reaps every child (the job and, as subreaper, its
 /// orphans) and reports the job's status once. Ends when no child is left.
 pub fn spawn_waiter(job_pid: i32, events: Sender<Event>) -> io::Result<()> {
-    std::thread::Builder::new().name("waiter".into()).stack_size(64 * 1024).spawn(move || {
-        loop {
-            let mut status = 0;
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid < 0 {
-                match io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    _ => return, // ECHILD: nothing left to reap
+    std::thread::Builder::new()
+        .name("waiter".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                let mut status = 0;
+                let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+                if pid < 0 {
+                    match io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        _ => return, // ECHILD: nothing left to reap
+                    }
+                }
+                if pid == job_pid && events.send(Event::ChildExited { status }).is_err() {
+                    return;
                 }
             }
-            if pid == job_pid && events.send(Event::ChildExited { status }).is_err() {
-                return;
-            }
-        }
-    })?;
+        })?;
     Ok(())
 }

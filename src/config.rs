@@ -25,7 +25,10 @@ impl fmt::Display for ConfigError {
 }
 
 fn bad<T>(var: &'static str, problem: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError { var, problem: problem.into() })
+    Err(ConfigError {
+        var,
+        problem: problem.into(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,21 +73,48 @@ pub struct Config {
 
 /// Every variable we read, with a one-line description (for `--help`).
 pub const VARIABLES: &[(&str, &str)] = &[
-    ("SP_WEBSOCKET_URL", "required; ws://host:port of the Saltpeter server (wss:// is not supported)"),
+    (
+        "SP_WEBSOCKET_URL",
+        "required; ws://host:port of the Saltpeter server (wss:// is not supported)",
+    ),
     ("SP_JOB_NAME", "required; the job's name"),
-    ("SP_JOB_INSTANCE", "required (or SP_JOB_INSTANCE_NAME); this run's instance id"),
+    (
+        "SP_JOB_INSTANCE",
+        "required (or SP_JOB_INSTANCE_NAME); this run's instance id",
+    ),
     ("SP_COMMAND", "required; run as /bin/sh -c \"$SP_COMMAND\""),
     ("SP_MACHINE_ID", "default: this host's fully qualified name"),
     ("SP_CWD", "working directory of the job (must exist)"),
     ("SP_USER", "run the job as this user (root only)"),
-    ("SP_TIMEOUT", "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124"),
-    ("SP_OUTPUT_INTERVAL_MS", "default 1000; how long output may be batched"),
+    (
+        "SP_TIMEOUT",
+        "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124",
+    ),
+    (
+        "SP_OUTPUT_INTERVAL_MS",
+        "default 1000; how long output may be batched",
+    ),
     ("SP_WRAPPER_LOGLEVEL", "normal (default), debug or off"),
-    ("SP_WRAPPER_LOGDIR", "default /var/log/sp_wrapper; log file <dir>/<job>.log"),
-    ("SP_ALLOW_OVERLAP", "true (default; also 1/yes) or false (also 0/no)"),
-    ("SP_LOCKFILE", "default /tmp/sp_wrapper_<job>.lock (used when overlap is not allowed)"),
-    ("SP_BUFFER_MAX_MB", "default 64; unacknowledged output kept in memory before spilling to disk"),
-    ("SP_SPOOL_DIR", "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills"),
+    (
+        "SP_WRAPPER_LOGDIR",
+        "default /var/log/sp_wrapper; log file <dir>/<job>.log",
+    ),
+    (
+        "SP_ALLOW_OVERLAP",
+        "true (default; also 1/yes) or false (also 0/no)",
+    ),
+    (
+        "SP_LOCKFILE",
+        "default /tmp/sp_wrapper_<job>.lock (used when overlap is not allowed)",
+    ),
+    (
+        "SP_BUFFER_MAX_MB",
+        "default 64; unacknowledged output kept in memory before spilling to disk",
+    ),
+    (
+        "SP_SPOOL_DIR",
+        "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills",
+    ),
 ];
 
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
@@ -109,7 +139,12 @@ impl Config {
         let job_file_name = file_name_component(&job_name)?;
         let job_instance = match get("SP_JOB_INSTANCE").or_else(|| get("SP_JOB_INSTANCE_NAME")) {
             Some(v) => v,
-            None => return bad("SP_JOB_INSTANCE", "not set (required; SP_JOB_INSTANCE_NAME also accepted)"),
+            None => {
+                return bad(
+                    "SP_JOB_INSTANCE",
+                    "not set (required; SP_JOB_INSTANCE_NAME also accepted)",
+                );
+            }
         };
         let command = required("SP_COMMAND")?;
 
@@ -124,18 +159,34 @@ impl Config {
             None => Duration::from_millis(DEFAULT_INTERVAL_MS),
             Some(v) => Duration::from_millis(parse_whole("SP_OUTPUT_INTERVAL_MS", &v, 3_600_000)?),
         };
-        let log_level = match get("SP_WRAPPER_LOGLEVEL").map(|v| v.to_ascii_lowercase()).as_deref() {
+        let log_level = match get("SP_WRAPPER_LOGLEVEL")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("normal") | Some("info") => LogLevel::Normal,
             Some("debug") => LogLevel::Debug,
             Some("off") | Some("none") => LogLevel::Off,
-            Some(other) => return bad("SP_WRAPPER_LOGLEVEL", format!("expected normal, debug or off, got {other:?}")),
+            Some(other) => {
+                return bad(
+                    "SP_WRAPPER_LOGLEVEL",
+                    format!("expected normal, debug or off, got {other:?}"),
+                );
+            }
         };
         let log_dir = absolute_path("SP_WRAPPER_LOGDIR", get("SP_WRAPPER_LOGDIR"))?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR));
-        let allow_overlap = match get("SP_ALLOW_OVERLAP").map(|v| v.to_ascii_lowercase()).as_deref() {
+        let allow_overlap = match get("SP_ALLOW_OVERLAP")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("true") | Some("1") | Some("yes") => true,
             Some("false") | Some("0") | Some("no") => false,
-            Some(other) => return bad("SP_ALLOW_OVERLAP", format!("expected true/1/yes or false/0/no, got {other:?}")),
+            Some(other) => {
+                return bad(
+                    "SP_ALLOW_OVERLAP",
+                    format!("expected true/1/yes or false/0/no, got {other:?}"),
+                );
+            }
         };
         let lockfile = absolute_path("SP_LOCKFILE", get("SP_LOCKFILE"))?
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/sp_wrapper_{job_file_name}.lock")));
@@ -146,7 +197,8 @@ impl Config {
                 mb => (mb as usize) << 20,
             },
         };
-        let spool_dir = absolute_path("SP_SPOOL_DIR", get("SP_SPOOL_DIR"))?.unwrap_or_else(|| log_dir.clone());
+        let spool_dir =
+            absolute_path("SP_SPOOL_DIR", get("SP_SPOOL_DIR"))?.unwrap_or_else(|| log_dir.clone());
         let cwd = match get("SP_CWD") {
             None => None,
             Some(v) if v.contains('\0') => return bad("SP_CWD", "contains a NUL byte"),
@@ -194,7 +246,8 @@ impl Config {
 pub fn file_name_component(job_name: &str) -> Result<String, ConfigError> {
     let mut encoded = String::with_capacity(job_name.len());
     for (i, byte) in job_name.bytes().enumerate() {
-        let plain = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0);
+        let plain =
+            byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0);
         if plain {
             encoded.push(byte as char);
         } else {
@@ -202,7 +255,13 @@ pub fn file_name_component(job_name: &str) -> Result<String, ConfigError> {
         }
     }
     if encoded.len() > MAX_NAME_COMPONENT {
-        return bad("SP_JOB_NAME", format!("too long for a file name ({} bytes once encoded, at most {MAX_NAME_COMPONENT})", encoded.len()));
+        return bad(
+            "SP_JOB_NAME",
+            format!(
+                "too long for a file name ({} bytes once encoded, at most {MAX_NAME_COMPONENT})",
+                encoded.len()
+            ),
+        );
     }
     Ok(encoded)
 }
@@ -220,7 +279,9 @@ fn absolute_path(var: &'static str, value: Option<String>) -> Result<Option<Path
     match value {
         None => Ok(None),
         Some(v) if v.contains('\0') => bad(var, "contains a NUL byte"),
-        Some(v) if !Path::new(&v).is_absolute() => bad(var, format!("must be an absolute path, got {v:?}")),
+        Some(v) if !Path::new(&v).is_absolute() => {
+            bad(var, format!("must be an absolute path, got {v:?}"))
+        }
         Some(v) => Ok(Some(PathBuf::from(v))),
     }
 }
@@ -265,7 +326,11 @@ pub fn parse_url(raw: &str) -> Result<WsUrl, ConfigError> {
             _ => return bad(VAR, format!("invalid port {p:?}")),
         },
     };
-    Ok(WsUrl { raw: raw.to_string(), host: host.to_string(), port })
+    Ok(WsUrl {
+        raw: raw.to_string(),
+        host: host.to_string(),
+        port,
+    })
 }
 
 #[cfg(test)]
@@ -311,12 +376,20 @@ mod tests {
         assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_backup.lock"));
         assert_eq!(cfg.buffer_limit, 64 << 20);
         assert_eq!(cfg.machine_id, None);
-        assert_eq!(cfg.log_path(), PathBuf::from("/var/log/sp_wrapper/backup.log"));
+        assert_eq!(
+            cfg.log_path(),
+            PathBuf::from("/var/log/sp_wrapper/backup.log")
+        );
     }
 
     #[test]
     fn each_missing_required_variable_is_named() {
-        for var in ["SP_WEBSOCKET_URL", "SP_JOB_NAME", "SP_JOB_INSTANCE", "SP_COMMAND"] {
+        for var in [
+            "SP_WEBSOCKET_URL",
+            "SP_JOB_NAME",
+            "SP_JOB_INSTANCE",
+            "SP_COMMAND",
+        ] {
             let error = parse(&[(var, "")]).expect_err("must fail");
             assert_eq!(error.var, var);
             assert!(error.to_string().starts_with(var));
@@ -325,7 +398,8 @@ mod tests {
 
     #[test]
     fn instance_falls_back_to_the_older_name() {
-        let cfg = parse(&[("SP_JOB_INSTANCE", ""), ("SP_JOB_INSTANCE_NAME", "old_7")]).expect("valid");
+        let cfg =
+            parse(&[("SP_JOB_INSTANCE", ""), ("SP_JOB_INSTANCE_NAME", "old_7")]).expect("valid");
         assert_eq!(cfg.job_instance, "old_7");
     }
 
@@ -349,16 +423,27 @@ mod tests {
     #[test]
     fn timeout_zero_means_no_limit() {
         assert_eq!(parse(&[("SP_TIMEOUT", "0")]).expect("valid").timeout, None);
-        assert_eq!(parse(&[("SP_TIMEOUT", "30")]).expect("valid").timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse(&[("SP_TIMEOUT", "30")]).expect("valid").timeout,
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
     fn overlap_spellings() {
         for yes in ["true", "TRUE", "1", "yes"] {
-            assert!(parse(&[("SP_ALLOW_OVERLAP", yes)]).expect("valid").allow_overlap);
+            assert!(
+                parse(&[("SP_ALLOW_OVERLAP", yes)])
+                    .expect("valid")
+                    .allow_overlap
+            );
         }
         for no in ["false", "0", "no", "False"] {
-            assert!(!parse(&[("SP_ALLOW_OVERLAP", no)]).expect("valid").allow_overlap);
+            assert!(
+                !parse(&[("SP_ALLOW_OVERLAP", no)])
+                    .expect("valid")
+                    .allow_overlap
+            );
         }
     }
 
@@ -367,26 +452,54 @@ mod tests {
         assert_eq!(parse_url("ws://[::1]:9000").expect("v6").host, "::1");
         assert_eq!(parse_url("ws://server").expect("no port").port, 80);
         assert_eq!(parse_url("ws://server:1234/path").expect("path").port, 1234);
-        assert!(parse_url("wss://server:1").expect_err("tls").problem.contains("wss"));
-        for bad in ["http://x:1", "server:80", "ws://", "ws://:80", "ws://h:0", "ws://h:99999", "ws://h:x"] {
+        assert!(
+            parse_url("wss://server:1")
+                .expect_err("tls")
+                .problem
+                .contains("wss")
+        );
+        for bad in [
+            "http://x:1",
+            "server:80",
+            "ws://",
+            "ws://:80",
+            "ws://h:0",
+            "ws://h:99999",
+            "ws://h:x",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn job_names_cannot_escape_their_directory() {
-        assert_eq!(file_name_component("backup-db_1.daily").expect("ok"), "backup-db_1.daily");
-        assert_eq!(file_name_component("../escape").expect("ok"), "%2E.%2Fescape");
+        assert_eq!(
+            file_name_component("backup-db_1.daily").expect("ok"),
+            "backup-db_1.daily"
+        );
+        assert_eq!(
+            file_name_component("../escape").expect("ok"),
+            "%2E.%2Fescape"
+        );
         assert_eq!(file_name_component("..").expect("ok"), "%2E.");
         assert_eq!(file_name_component("a/b").expect("ok"), "a%2Fb");
         assert_eq!(file_name_component(".hidden").expect("ok"), "%2Ehidden");
         for name in ["../escape", "..", "a/b", "x\u{1}", "/etc/passwd", "日本"] {
             let encoded = file_name_component(name).expect("ok");
-            assert!(!encoded.contains('/') && encoded != ".." && !encoded.starts_with('.'), "{name} -> {encoded}");
+            assert!(
+                !encoded.contains('/') && encoded != ".." && !encoded.starts_with('.'),
+                "{name} -> {encoded}"
+            );
         }
         assert!(file_name_component(&"x".repeat(300)).is_err());
         let cfg = parse(&[("SP_JOB_NAME", "../escape")]).expect("valid");
-        assert_eq!(cfg.log_path(), PathBuf::from("/var/log/sp_wrapper/%2E.%2Fescape.log"));
-        assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_%2E.%2Fescape.lock"));
+        assert_eq!(
+            cfg.log_path(),
+            PathBuf::from("/var/log/sp_wrapper/%2E.%2Fescape.log")
+        );
+        assert_eq!(
+            cfg.lockfile,
+            PathBuf::from("/tmp/sp_wrapper_%2E.%2Fescape.lock")
+        );
     }
 }

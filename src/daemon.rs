@@ -81,19 +81,30 @@ pub fn detach() -> io::Result<Detached> {
     }
     drop(read_end);
     release_stdio(write_end.as_raw_fd());
-    Ok(Detached::Daemon(StatusReporter { pipe: File::from(write_end) }))
+    Ok(Detached::Daemon(StatusReporter {
+        pipe: File::from(write_end),
+    }))
 }
 
 /// In the launcher: wait for the daemon's report, print it, give the exit code.
 fn await_report(read_end: OwnedFd) -> i32 {
-    let mut poll = libc::pollfd { fd: read_end.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut poll = libc::pollfd {
+        fd: read_end.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ready = unsafe { libc::poll(&mut poll, 1, REPORT_TIMEOUT.as_millis() as i32) };
     if ready <= 0 {
-        eprintln!("sp_wrapper: the daemon did not report within {} s", REPORT_TIMEOUT.as_secs());
+        eprintln!(
+            "sp_wrapper: the daemon did not report within {} s",
+            REPORT_TIMEOUT.as_secs()
+        );
         return exit_codes::WRAPPER_ERROR;
     }
     let mut report = String::new();
-    let _ = File::from(read_end).take(64 * 1024).read_to_string(&mut report);
+    let _ = File::from(read_end)
+        .take(64 * 1024)
+        .read_to_string(&mut report);
     let line = report.lines().next().unwrap_or("");
     if line.starts_with("OK ") {
         println!("Wrapper started successfully");
@@ -128,9 +139,10 @@ fn release_stdio(keep: RawFd) {
 /// `close_range` (Linux 5.9; the fleet has 2.6.32), with a bounded loop as
 /// the fallback when /proc is not mounted.
 pub fn close_inherited_fds(keep: &[RawFd]) {
-    let listed: Option<Vec<RawFd>> = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect());
+    let listed: Option<Vec<RawFd>> = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    });
     let candidates: Vec<RawFd> = match listed {
         Some(fds) => fds,
         None => {
@@ -159,16 +171,22 @@ pub fn fqdn() -> String {
     if hostname.is_empty() {
         return "localhost".to_string();
     }
-    let Ok(c_host) = std::ffi::CString::new(hostname.clone()) else { return hostname };
+    let Ok(c_host) = std::ffi::CString::new(hostname.clone()) else {
+        return hostname;
+    };
     let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
     hints.ai_flags = libc::AI_CANONNAME;
     hints.ai_family = libc::AF_UNSPEC;
     let mut result: *mut libc::addrinfo = std::ptr::null_mut();
     let mut name = hostname.clone();
-    if unsafe { libc::getaddrinfo(c_host.as_ptr(), std::ptr::null(), &hints, &mut result) } == 0 && !result.is_null() {
+    if unsafe { libc::getaddrinfo(c_host.as_ptr(), std::ptr::null(), &hints, &mut result) } == 0
+        && !result.is_null()
+    {
         let canon = unsafe { (*result).ai_canonname };
         if !canon.is_null() {
-            let canon = unsafe { std::ffi::CStr::from_ptr(canon) }.to_string_lossy().into_owned();
+            let canon = unsafe { std::ffi::CStr::from_ptr(canon) }
+                .to_string_lossy()
+                .into_owned();
             if canon.contains('.') {
                 name = canon;
             }

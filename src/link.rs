@@ -50,19 +50,38 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 pub const MAX_INBOUND_FRAME: usize = 1 << 20;
 
 pub enum LinkCommand {
-    Send { generation: u64, frame: String },
+    Send {
+        generation: u64,
+        frame: String,
+    },
     /// Close this connection and reconnect (the supervisor saw it stall).
-    Drop { generation: u64, reason: String },
+    Drop {
+        generation: u64,
+        reason: String,
+    },
     Shutdown,
 }
 
 pub enum LinkEvent {
-    Connected { generation: u64 },
-    Disconnected { generation: u64, reason: String },
-    ConnectFailed { reason: String },
-    Frame { generation: u64, frame: Inbound },
+    Connected {
+        generation: u64,
+    },
+    Disconnected {
+        generation: u64,
+        reason: String,
+    },
+    ConnectFailed {
+        reason: String,
+    },
+    Frame {
+        generation: u64,
+        frame: Inbound,
+    },
     /// A frame we could not use (logged, otherwise ignored).
-    BadFrame { generation: u64, reason: String },
+    BadFrame {
+        generation: u64,
+        reason: String,
+    },
 }
 
 /// The supervisor's end: queue a command and wake the link thread.
@@ -92,11 +111,27 @@ fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn spawn_link(url: WsUrl, events: Sender<Event>) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
     let (wake_read, wake_write) = wake_pipe()?;
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
         ^ (u64::from(std::process::id()) << 32);
-    let link = Link { url, events, commands: commands_rx, wake: wake_read, generation: 0, rng: seed | 1 };
-    std::thread::Builder::new().name("link".into()).stack_size(256 * 1024).spawn(move || link.run())?;
-    Ok(LinkHandle { commands: commands_tx, wake: wake_write })
+    let link = Link {
+        url,
+        events,
+        commands: commands_rx,
+        wake: wake_read,
+        generation: 0,
+        rng: seed | 1,
+    };
+    std::thread::Builder::new()
+        .name("link".into())
+        .stack_size(256 * 1024)
+        .spawn(move || link.run())?;
+    Ok(LinkHandle {
+        commands: commands_tx,
+        wake: wake_write,
+    })
 }
 
 struct Link {
@@ -130,7 +165,13 @@ fn set_keepalive(fd: RawFd) {
     for (level, name, value) in options {
         let value: libc::c_int = value;
         unsafe {
-            libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t);
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
     }
 }
@@ -167,7 +208,9 @@ impl Link {
             match self.connect() {
                 Ok(ws) => {
                     self.generation += 1;
-                    if !self.emit(LinkEvent::Connected { generation: self.generation }) {
+                    if !self.emit(LinkEvent::Connected {
+                        generation: self.generation,
+                    }) {
                         return;
                     }
                     let generation = self.generation;
@@ -205,13 +248,19 @@ impl Link {
 
     fn drain_wake(&self) {
         let mut sink = [0u8; 256];
-        while unsafe { libc::read(self.wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+        while unsafe { libc::read(self.wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0
+        {
+        }
     }
 
     /// Sleep in poll() on the wake pipe and `extra` descriptors.
     fn wait(&self, extra: &[libc::pollfd], timeout: Duration) -> Vec<libc::pollfd> {
         let mut fds = Vec::with_capacity(1 + extra.len());
-        fds.push(libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         fds.extend_from_slice(extra);
         // Round up so a deadline 0.4 ms away does not spin at timeout 0.
         let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
@@ -252,9 +301,12 @@ impl Link {
             .max_message_size(Some(MAX_INBOUND_FRAME))
             .max_frame_size(Some(MAX_INBOUND_FRAME))
             .read_buffer_size(16 * 1024);
-        let (ws, _response) = tungstenite::client::client_with_config(self.url.raw.as_str(), stream, Some(config))
-            .map_err(|e| format!("WebSocket handshake with {}: {e}", self.url.raw))?;
-        ws.get_ref().set_nonblocking(true).map_err(|e| format!("set_nonblocking: {e}"))?;
+        let (ws, _response) =
+            tungstenite::client::client_with_config(self.url.raw.as_str(), stream, Some(config))
+                .map_err(|e| format!("WebSocket handshake with {}: {e}", self.url.raw))?;
+        ws.get_ref()
+            .set_nonblocking(true)
+            .map_err(|e| format!("set_nonblocking: {e}"))?;
         Ok(ws)
     }
 
@@ -272,9 +324,15 @@ impl Link {
             self.drain_wake();
             loop {
                 match self.commands.try_recv() {
-                    Ok(LinkCommand::Send { generation: g, frame }) if g == generation => pending.push_back(frame),
+                    Ok(LinkCommand::Send {
+                        generation: g,
+                        frame,
+                    }) if g == generation => pending.push_back(frame),
                     Ok(LinkCommand::Send { .. }) => {}
-                    Ok(LinkCommand::Drop { generation: g, reason }) if g == generation => {
+                    Ok(LinkCommand::Drop {
+                        generation: g,
+                        reason,
+                    }) if g == generation => {
                         let _ = ws.close(None);
                         let _ = ws.flush();
                         return Ended::Reconnect(reason);
@@ -299,7 +357,9 @@ impl Link {
                         Err(e) => return Ended::Reconnect(format!("send failed: {e}")),
                     }
                 }
-                let Some(frame) = pending.pop_front() else { break };
+                let Some(frame) = pending.pop_front() else {
+                    break;
+                };
                 match ws.write(Message::Text(frame.into())) {
                     Ok(()) => flushing_since = Some(Instant::now()),
                     Err(e) if would_block(&e) => flushing_since = Some(Instant::now()),
@@ -317,27 +377,37 @@ impl Link {
                             Message::Text(text) => {
                                 let event = match protocol::decode(text.as_str()) {
                                     Ok(frame) => LinkEvent::Frame { generation, frame },
-                                    Err(e) => LinkEvent::BadFrame { generation, reason: e.0 },
+                                    Err(e) => LinkEvent::BadFrame {
+                                        generation,
+                                        reason: e.0,
+                                    },
                                 };
                                 if !self.emit(event) {
                                     return Ended::Shutdown;
                                 }
                             }
                             Message::Binary(data) => {
-                                let reason = format!("binary frame of {} bytes ignored", data.len());
+                                let reason =
+                                    format!("binary frame of {} bytes ignored", data.len());
                                 if !self.emit(LinkEvent::BadFrame { generation, reason }) {
                                     return Ended::Shutdown;
                                 }
                             }
                             // tungstenite queued a pong; make sure it goes out.
-                            Message::Ping(_) => flushing_since = flushing_since.or(Some(Instant::now())),
+                            Message::Ping(_) => {
+                                flushing_since = flushing_since.or(Some(Instant::now()))
+                            }
                             Message::Pong(_) | Message::Frame(_) => {}
                             // tungstenite answers the close; the next read ends it.
-                            Message::Close(_) => flushing_since = flushing_since.or(Some(Instant::now())),
+                            Message::Close(_) => {
+                                flushing_since = flushing_since.or(Some(Instant::now()))
+                            }
                         }
                     }
                     Err(e) if would_block(&e) => break,
-                    Err(tungstenite::Error::ConnectionClosed) => return Ended::Reconnect("server closed the connection".into()),
+                    Err(tungstenite::Error::ConnectionClosed) => {
+                        return Ended::Reconnect("server closed the connection".into());
+                    }
                     Err(e) => return Ended::Reconnect(format!("receive failed: {e}")),
                 }
             }
@@ -355,12 +425,18 @@ impl Link {
             let now = Instant::now();
             if let Some(since) = flushing_since {
                 if now - since >= WRITE_STALL {
-                    return Ended::Reconnect(format!("no write progress for {} s", WRITE_STALL.as_secs()));
+                    return Ended::Reconnect(format!(
+                        "no write progress for {} s",
+                        WRITE_STALL.as_secs()
+                    ));
                 }
             }
             match ping_sent {
                 Some(at) if now - at >= PONG_TIMEOUT => {
-                    return Ended::Reconnect(format!("server silent for {} s after a ping", PONG_TIMEOUT.as_secs()));
+                    return Ended::Reconnect(format!(
+                        "server silent for {} s after a ping",
+                        PONG_TIMEOUT.as_secs()
+                    ));
                 }
                 None if now - last_heard >= PING_AFTER => {
                     if let Err(e) = ws.write(Message::Ping(Vec::new().into())) {
@@ -385,7 +461,11 @@ impl Link {
             if flushing_since.is_some() {
                 events |= libc::POLLOUT;
             }
-            let socket = libc::pollfd { fd: socket_fd, events, revents: 0 };
+            let socket = libc::pollfd {
+                fd: socket_fd,
+                events,
+                revents: 0,
+            };
             self.wait(&[socket], deadline.saturating_duration_since(now));
         }
     }

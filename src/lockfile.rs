@@ -32,12 +32,17 @@ pub enum LockError {
 }
 
 fn io_error(path: &Path, what: &str, error: impl std::fmt::Display) -> LockError {
-    LockError::Io { path: path.to_path_buf(), error: format!("{what}: {error}") }
+    LockError::Io {
+        path: path.to_path_buf(),
+        error: format!("{what}: {error}"),
+    }
 }
 
 fn pid_alive(pid: i32) -> bool {
     // kill(pid, 0) checks existence; EPERM means it exists but is not ours.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn read_pid(file: &mut File) -> Option<i32> {
@@ -52,7 +57,8 @@ impl Lock {
     pub fn acquire(path: &Path, pid: i32) -> Result<Lock, LockError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create the lock directory", e))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| io_error(dir, "cannot create the lock directory", e))?;
             }
         }
         // A holder may unlink the file between our open and our flock; a few
@@ -66,12 +72,18 @@ impl Lock {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(path)
                 .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => io_error(path, "refusing to use a symlink as the lock file", e),
+                    Some(libc::ELOOP) => {
+                        io_error(path, "refusing to use a symlink as the lock file", e)
+                    }
                     _ => io_error(path, "cannot open the lock file", e),
                 })?;
             let meta = file.metadata().map_err(|e| io_error(path, "fstat", e))?;
             if !meta.file_type().is_file() {
-                return Err(io_error(path, "not a regular file", "refusing to use it as the lock file"));
+                return Err(io_error(
+                    path,
+                    "not a regular file",
+                    "refusing to use it as the lock file",
+                ));
             }
             use std::os::fd::AsRawFd;
             // flock, not fcntl locks: fcntl locks are per process and dropped by
@@ -79,7 +91,9 @@ impl Lock {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let error = io::Error::last_os_error();
                 if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    return Err(LockError::Held { pid: read_pid(&mut file) });
+                    return Err(LockError::Held {
+                        pid: read_pid(&mut file),
+                    });
                 }
                 return Err(io_error(path, "flock", error));
             }
@@ -99,9 +113,16 @@ impl Lock {
                 .and_then(|_| file.seek(SeekFrom::Start(0)))
                 .and_then(|_| file.write_all(format!("{pid}\n").as_bytes()));
             write.map_err(|e| io_error(path, "cannot write the lock file", e))?;
-            return Ok(Lock { file, path: path.to_path_buf() });
+            return Ok(Lock {
+                file,
+                path: path.to_path_buf(),
+            });
         }
-        Err(io_error(path, "lock file keeps changing", "gave up after 100 attempts"))
+        Err(io_error(
+            path,
+            "lock file keeps changing",
+            "gave up after 100 attempts",
+        ))
     }
 
     /// Give the lock up: unlink the file if it is still ours, then close it.
@@ -131,8 +152,13 @@ mod tests {
         let path = dir.join("job.lock");
         let me = std::process::id() as i32;
         let lock = Lock::acquire(&path, me).expect("first");
-        assert_eq!(std::fs::read_to_string(&path).expect("read"), format!("{me}\n"));
-        assert!(matches!(Lock::acquire(&path, me), Err(LockError::Held { pid: Some(p) }) if p == me));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{me}\n")
+        );
+        assert!(
+            matches!(Lock::acquire(&path, me), Err(LockError::Held { pid: Some(p) }) if p == me)
+        );
         lock.release();
         assert!(!path.exists());
         Lock::acquire(&path, me).expect("after release").release();
@@ -144,11 +170,15 @@ mod tests {
         let dir = temp("stale");
         let path = dir.join("job.lock");
         std::fs::write(&path, "999999999\n").expect("write");
-        Lock::acquire(&path, 12345).expect("stale taken over").release();
+        Lock::acquire(&path, 12345)
+            .expect("stale taken over")
+            .release();
         // A Python wrapper's lock: live PID (our parent), no flock.
         let parent = unsafe { libc::getppid() };
         std::fs::write(&path, format!("{parent}\n")).expect("write");
-        assert!(matches!(Lock::acquire(&path, 12345), Err(LockError::Held { pid: Some(p) }) if p == parent));
+        assert!(
+            matches!(Lock::acquire(&path, 12345), Err(LockError::Held { pid: Some(p) }) if p == parent)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -43,7 +43,12 @@ impl LogHandle {
 }
 
 fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(path)
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Writes whole lines, each prefixed, each with a single `write` call.
@@ -108,7 +113,8 @@ pub fn init(cfg: &Config) -> Result<Option<LogHandle>, String> {
             .create(&cfg.log_dir)
             .map_err(|e| format!("cannot create log directory {}: {e}", cfg.log_dir.display()))?;
     }
-    let file = open_log(&path).map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+    let file =
+        open_log(&path).map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = LineSink {
         path: path.clone(),
@@ -125,6 +131,7 @@ pub fn init(cfg: &Config) -> Result<Option<LogHandle>, String> {
         // tungstenite's own debug lines are frame dumps, not ours to keep.
         .add_filter_ignore_str("tungstenite")
         .build();
-    WriteLogger::init(level, config, sink).map_err(|e| format!("cannot install the logger: {e}"))?;
+    WriteLogger::init(level, config, sink)
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(Some(LogHandle { path, reopen }))
 }

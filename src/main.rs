@@ -79,20 +79,30 @@ fn run() -> i32 {
     println!("Saltpeter Wrapper version {VERSION}");
     let _ = std::io::stdout().flush();
 
-    let cfg = match Config::from_lookup(|var| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned())) {
+    let cfg = match Config::from_lookup(|var| {
+        std::env::var_os(var).map(|v| v.to_string_lossy().into_owned())
+    }) {
         Ok(cfg) => cfg,
         Err(e) => return fail(exit_codes::CONFIG, &format!("sp_wrapper: {e}")),
     };
     let user = match &cfg.user {
         None => None,
-        Some(name) => match child::lookup_user(name).and_then(|u| child::check_user_allowed(&u).map(|_| u)) {
-            Ok(user) => Some(user),
-            Err(e) => return fail(exit_codes::CONFIG, &format!("sp_wrapper: SP_USER: {e}")),
-        },
+        Some(name) => {
+            match child::lookup_user(name).and_then(|u| child::check_user_allowed(&u).map(|_| u)) {
+                Ok(user) => Some(user),
+                Err(e) => return fail(exit_codes::CONFIG, &format!("sp_wrapper: SP_USER: {e}")),
+            }
+        }
     };
     if let Some(cwd) = &cfg.cwd {
         if !cwd.is_dir() {
-            return fail(exit_codes::CONFIG, &format!("sp_wrapper: SP_CWD: {} is not an existing directory", cwd.display()));
+            return fail(
+                exit_codes::CONFIG,
+                &format!(
+                    "sp_wrapper: SP_CWD: {} is not an existing directory",
+                    cwd.display()
+                ),
+            );
         }
     }
 
@@ -104,7 +114,10 @@ fn run() -> i32 {
         return supervise(&cfg, started, true).retcode;
     }
     match daemon::detach() {
-        Err(e) => fail(exit_codes::WRAPPER_ERROR, &format!("sp_wrapper: fork failed: {e}")),
+        Err(e) => fail(
+            exit_codes::WRAPPER_ERROR,
+            &format!("sp_wrapper: fork failed: {e}"),
+        ),
         Ok(daemon::Detached::Launcher(code)) => code,
         Ok(daemon::Detached::Daemon(reporter)) => match start_job(&cfg, user.as_ref()) {
             Err((code, message)) => {
@@ -148,11 +161,17 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
                 let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
                 return Err((
                     exit_codes::OVERLAP,
-                    format!("LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed", cfg.job_name),
+                    format!(
+                        "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
+                        cfg.job_name
+                    ),
                 ));
             }
             Err(lockfile::LockError::Io { path, error }) => {
-                return Err((exit_codes::WRAPPER_ERROR, format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display())));
+                return Err((
+                    exit_codes::WRAPPER_ERROR,
+                    format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
+                ));
             }
         }
     };
@@ -167,13 +186,26 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
             if let Some(lock) = lock {
                 lock.release();
             }
-            return Err((exit_codes::spawn_failure(&e), format!("sp_wrapper: cannot run /bin/sh for SP_COMMAND: {e}")));
+            return Err((
+                exit_codes::spawn_failure(&e),
+                format!("sp_wrapper: cannot run /bin/sh for SP_COMMAND: {e}"),
+            ));
         }
     };
     JOB_PGID.store(job.pid, Ordering::Relaxed);
     install_panic_hook();
-    log::info!("starting job (pid {}, wrapper {VERSION}): {}", job.pid, cfg.command);
-    Ok(Started { job, lock, log, log_error, at: Instant::now() })
+    log::info!(
+        "starting job (pid {}, wrapper {VERSION}): {}",
+        job.pid,
+        cfg.command
+    );
+    Ok(Started {
+        job,
+        lock,
+        log,
+        log_error,
+        at: Instant::now(),
+    })
 }
 
 /// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
@@ -191,21 +223,26 @@ fn block_wrapper_signals() {
 }
 
 fn spawn_signal_thread(events: Sender<Event>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || {
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, signal);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            unsafe {
+                libc::sigemptyset(&mut set);
+                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                    libc::sigaddset(&mut set, signal);
+                }
             }
-        }
-        loop {
-            let mut signal = 0;
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 && events.send(Event::Signal(signal)).is_err() {
-                return;
+            loop {
+                let mut signal = 0;
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0
+                    && events.send(Event::Signal(signal)).is_err()
+                {
+                    return;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -253,7 +290,10 @@ impl Effects for World {
     fn log_undelivered(&mut self, text: &str) {
         if let Some(log) = &self.log {
             if let Err(e) = log.append_raw(text) {
-                log::error!("cannot write undelivered output to {}: {e}", log.path().display());
+                log::error!(
+                    "cannot write undelivered output to {}: {e}",
+                    log.path().display()
+                );
             }
         }
     }
@@ -261,7 +301,13 @@ impl Effects for World {
 
 /// Wire the threads around the supervisor and run it to the end.
 fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
-    let Started { job, lock, log, log_error, at } = started;
+    let Started {
+        job,
+        lock,
+        log,
+        log_error,
+        at,
+    } = started;
     let (events, inbox) = channel();
     let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
@@ -279,12 +325,23 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             if let Some(lock) = lock {
                 lock.release();
             }
-            return Outcome { retcode: exit_codes::WRAPPER_ERROR, delivered: false };
+            return Outcome {
+                retcode: exit_codes::WRAPPER_ERROR,
+                delivered: false,
+            };
         }
     };
     drop(events);
-    let spool_name = format!("{}.{}.{}.spool", cfg.job_file_name(), std::process::id(), job.pid);
-    let spool_candidates = vec![cfg.spool_dir.join(&spool_name), std::env::temp_dir().join(&spool_name)];
+    let spool_name = format!(
+        "{}.{}.{}.spool",
+        cfg.job_file_name(),
+        std::process::id(),
+        job.pid
+    );
+    let spool_candidates = vec![
+        cfg.spool_dir.join(&spool_name),
+        std::env::temp_dir().join(&spool_name),
+    ];
     let settings = Settings {
         job_instance: cfg.job_instance.clone(),
         machine: machine.clone(),
@@ -296,14 +353,28 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     };
     let encoder = protocol::Encoder::new(&cfg.job_name, &cfg.job_instance, &machine);
     let outbox = outbox::Outbox::new(cfg.buffer_limit, spool_candidates);
-    let world = World { link, pgid: job.pid, log };
+    let world = World {
+        link,
+        pgid: job.pid,
+        log,
+    };
     let mut supervisor = Supervisor::new(world, settings, encoder, outbox, at);
     if let Some(error) = log_error {
-        supervisor.handle(Event::Output { stream: Stream::Stdout, text: format!("[WRAPPER LOG ERROR] {error}\n") }, at);
+        supervisor.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: format!("[WRAPPER LOG ERROR] {error}\n"),
+            },
+            at,
+        );
     }
     log::info!("machine id {machine}, server {}", cfg.url.raw);
     let outcome = supervisor.run(inbox);
-    log::info!("wrapper done (retcode {}, delivered: {})", outcome.retcode, outcome.delivered);
+    log::info!(
+        "wrapper done (retcode {}, delivered: {})",
+        outcome.retcode,
+        outcome.delivered
+    );
     if let Some(lock) = lock {
         lock.release();
     }

@@ -50,7 +50,10 @@ struct Loss {
 }
 
 fn loss_marker(loss: &Loss) -> String {
-    format!("\n[sp_wrapper: {} bytes of output were lost here: {}]\n", loss.bytes, loss.reason)
+    format!(
+        "\n[sp_wrapper: {} bytes of output were lost here: {}]\n",
+        loss.bytes, loss.reason
+    )
 }
 
 pub struct Outbox {
@@ -85,7 +88,11 @@ impl Outbox {
         Self::with_batch_limit(memory_limit, spool_candidates, MAX_BATCH_BYTES)
     }
 
-    pub fn with_batch_limit(memory_limit: usize, spool_candidates: Vec<PathBuf>, max_batch: usize) -> Self {
+    pub fn with_batch_limit(
+        memory_limit: usize,
+        spool_candidates: Vec<PathBuf>,
+        max_batch: usize,
+    ) -> Self {
         Outbox {
             memory: VecDeque::new(),
             memory_bytes: 0,
@@ -113,7 +120,10 @@ impl Outbox {
             self.seal();
         }
         while !text.is_empty() {
-            let open = self.open.get_or_insert_with(|| Batch { stream, text: String::new() });
+            let open = self.open.get_or_insert_with(|| Batch {
+                stream,
+                text: String::new(),
+            });
             let room = self.max_batch - open.text.len();
             if text.len() <= room {
                 open.text.push_str(text);
@@ -150,7 +160,10 @@ impl Outbox {
         if let Some(loss) = self.loss.take() {
             // The marker goes where the loss happened, before anything newer.
             // If even it finds no room, this batch joins the same loss.
-            let marker = Batch { stream: Stream::Stderr, text: loss_marker(&loss) };
+            let marker = Batch {
+                stream: Stream::Stderr,
+                text: loss_marker(&loss),
+            };
             if self.try_place(marker).is_err() {
                 self.loss = Some(loss);
                 self.lose(batch.text.len(), None);
@@ -196,7 +209,10 @@ impl Outbox {
                 }
             }
             if self.spool.is_none() {
-                return Err(format!("memory bound reached and no spool file could be created ({})", errors.join("; ")));
+                return Err(format!(
+                    "memory bound reached and no spool file could be created ({})",
+                    errors.join("; ")
+                ));
             }
         }
         let spool = self.spool.as_mut().ok_or("no spool")?;
@@ -205,13 +221,19 @@ impl Outbox {
                 self.spooled_batches += 1;
                 Ok(())
             }
-            Err(e) => Err(format!("memory bound reached and writing {} failed: {e}", spool.path().display())),
+            Err(e) => Err(format!(
+                "memory bound reached and writing {} failed: {e}",
+                spool.path().display()
+            )),
         }
     }
 
     /// The spool file in use, if output has spilled to disk and not all come back.
     pub fn spool_path(&self) -> Option<PathBuf> {
-        self.spool.as_ref().filter(|s| !s.is_empty()).map(|s| s.path().to_path_buf())
+        self.spool
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.path().to_path_buf())
     }
 
     /// Remove an emptied spool file.
@@ -275,7 +297,10 @@ impl Outbox {
                     let bytes = spool.pending_bytes();
                     self.lost_bytes += bytes;
                     self.spool = None;
-                    self.loss = Some(Loss { bytes, reason: format!("reading the spool file failed: {e}") });
+                    self.loss = Some(Loss {
+                        bytes,
+                        reason: format!("reading the spool file failed: {e}"),
+                    });
                     return None;
                 }
             }
@@ -290,7 +315,9 @@ impl Outbox {
     fn retire(&mut self, count: usize) -> usize {
         let mut bytes = 0;
         for _ in 0..count {
-            let Some(batch) = self.memory.pop_front() else { break };
+            let Some(batch) = self.memory.pop_front() else {
+                break;
+            };
             bytes += batch.text.len();
             self.front += 1;
             self.sent = self.sent.saturating_sub(1);
@@ -305,8 +332,12 @@ impl Outbox {
     /// never beyond what was really sent (a hostile ACK retires nothing).
     /// Returns the bytes retired.
     pub fn on_ack(&mut self, seq: i64) -> usize {
-        let Ok(seq) = u64::try_from(seq) else { return 0 };
-        let Some(global) = self.wire_base.checked_add(seq) else { return 0 };
+        let Ok(seq) = u64::try_from(seq) else {
+            return 0;
+        };
+        let Some(global) = self.wire_base.checked_add(seq) else {
+            return 0;
+        };
         if global < self.front || global >= self.front + self.sent as u64 {
             return 0; // a duplicate ACK, or one for something not in flight
         }
@@ -315,7 +346,9 @@ impl Outbox {
 
     /// A `nack`: the server expects wire seq `expected` next.
     pub fn on_nack(&mut self, expected: i64) -> NackOutcome {
-        let Ok(expected) = u64::try_from(expected) else { return NackOutcome::Ignored };
+        let Ok(expected) = u64::try_from(expected) else {
+            return NackOutcome::Ignored;
+        };
         let front_wire = self.wire_seq(self.front);
         if expected < front_wire {
             // The server's numbering is behind ours (it lost per-socket state
@@ -375,7 +408,10 @@ impl Outbox {
         // A pending loss is always the newest thing: `place` emits it before
         // any later batch.
         if let Some(loss) = self.loss.take() {
-            each(&Batch { stream: Stream::Stderr, text: loss_marker(&loss) });
+            each(&Batch {
+                stream: Stream::Stderr,
+                text: loss_marker(&loss),
+            });
         }
         self.memory_bytes = 0;
         self.sent = 0;
@@ -416,10 +452,18 @@ mod tests {
         ob.push(Stream::Stderr, "e1");
         ob.push(Stream::Stdout, "o2");
         ob.seal();
-        let sent: Vec<_> = std::iter::from_fn(|| ob.next_to_send(9).map(|(s, b)| (s, b.stream, b.text.clone()))).collect();
+        let sent: Vec<_> = std::iter::from_fn(|| {
+            ob.next_to_send(9)
+                .map(|(s, b)| (s, b.stream, b.text.clone()))
+        })
+        .collect();
         assert_eq!(
             sent,
-            vec![(0, Stream::Stdout, "o1".into()), (1, Stream::Stderr, "e1".into()), (2, Stream::Stdout, "o2".into())]
+            vec![
+                (0, Stream::Stdout, "o1".into()),
+                (1, Stream::Stderr, "e1".into()),
+                (2, Stream::Stdout, "o2".into())
+            ]
         );
     }
 
@@ -434,7 +478,13 @@ mod tests {
         assert_eq!(ob.next_to_send(3), None);
         assert_eq!(ob.on_ack(1), 4); // retires m0 and m1
         assert_eq!(ob.in_flight(), 1);
-        assert_eq!(send_all(&mut ob, 3).iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            send_all(&mut ob, 3)
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         ob.on_ack(4);
         assert_eq!(send_all(&mut ob, 3), vec![(5, "m5".into())]);
         ob.on_ack(5);
@@ -469,7 +519,10 @@ mod tests {
         ob.on_ack(1); // m0, m1 delivered; m2, m3 in flight when the link drops
         ob.on_disconnect();
         ob.on_sync(-1); // fresh socket: the server expects 0
-        assert_eq!(send_all(&mut ob, 4), vec![(0, "m2".into()), (1, "m3".into())]);
+        assert_eq!(
+            send_all(&mut ob, 4),
+            vec![(0, "m2".into()), (1, "m3".into())]
+        );
         ob.on_ack(1);
         assert!(ob.is_empty());
     }
@@ -505,14 +558,24 @@ mod tests {
         send_all(&mut ob, 3);
         // The server has m0 and wants 1; m2 arrived out of order.
         assert_eq!(ob.on_nack(1), NackOutcome::Resend);
-        assert_eq!(ob.on_nack(1), NackOutcome::Ignored, "repeat for the same front");
-        assert_eq!(send_all(&mut ob, 3), vec![(1, "m1".into()), (2, "m2".into())]);
+        assert_eq!(
+            ob.on_nack(1),
+            NackOutcome::Ignored,
+            "repeat for the same front"
+        );
+        assert_eq!(
+            send_all(&mut ob, 3),
+            vec![(1, "m1".into()), (2, "m2".into())]
+        );
         // Nonsense is ignored.
         assert_eq!(ob.on_nack(-5), NackOutcome::Ignored);
         assert_eq!(ob.on_nack(1_000), NackOutcome::Ignored);
         // A server that forgot its state and expects 0: renumber.
         assert_eq!(ob.on_nack(0), NackOutcome::Resend);
-        assert_eq!(send_all(&mut ob, 3), vec![(0, "m1".into()), (1, "m2".into())]);
+        assert_eq!(
+            send_all(&mut ob, 3),
+            vec![(0, "m1".into()), (1, "m2".into())]
+        );
     }
 
     #[test]
@@ -548,7 +611,8 @@ mod tests {
 
     #[test]
     fn without_memory_or_disk_the_loss_is_counted_and_marked() {
-        let mut ob = Outbox::with_batch_limit(8, vec![PathBuf::from("/nonexistent/dir/x.spool")], 10);
+        let mut ob =
+            Outbox::with_batch_limit(8, vec![PathBuf::from("/nonexistent/dir/x.spool")], 10);
         ob.push(Stream::Stdout, "12345678");
         ob.seal();
         ob.push(Stream::Stdout, "lost-data");

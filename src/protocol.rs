@@ -89,7 +89,11 @@ impl Encoder {
     pub fn output(&self, now: SystemTime, stream: Stream, seq: u64, data: &str) -> String {
         // Most output needs no escaping; reserve a little for what does.
         let mut frame = self.begin("output", now, data.len() + data.len() / 16 + 16);
-        let _ = write!(frame, ",\"stream\":\"{}\",\"seq\":{seq},\"data\":", stream.name());
+        let _ = write!(
+            frame,
+            ",\"stream\":\"{}\",\"seq\":{seq},\"data\":",
+            stream.name()
+        );
         push_json_string(&mut frame, data);
         Self::end(frame)
     }
@@ -106,7 +110,10 @@ impl Encoder {
 
     pub fn sync_request(&self, now: SystemTime, last_acked_seq: i64, next_seq: u64) -> String {
         let mut frame = self.begin("sync_request", now, 0);
-        let _ = write!(frame, ",\"last_acked_seq\":{last_acked_seq},\"next_seq\":{next_seq}");
+        let _ = write!(
+            frame,
+            ",\"last_acked_seq\":{last_acked_seq},\"next_seq\":{next_seq}"
+        );
         Self::end(frame)
     }
 }
@@ -189,11 +196,24 @@ pub enum AckKind {
 /// A frame from the server, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
-    Ack { kind: AckKind, seq: Option<i64> },
-    Nack { expected_seq: i64 },
-    SyncResponse { last_seq: i64 },
-    Kill { job_instance: Option<String>, machine: Option<String> },
-    Error { code: String, message: String },
+    Ack {
+        kind: AckKind,
+        seq: Option<i64>,
+    },
+    Nack {
+        expected_seq: i64,
+    },
+    SyncResponse {
+        last_seq: i64,
+    },
+    Kill {
+        job_instance: Option<String>,
+        machine: Option<String>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     /// A well-formed frame of a type we do not act on.
     Other(String),
 }
@@ -258,7 +278,10 @@ pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
             if ack_kind == AckKind::Output && seq.is_none() {
                 return err("output ack without seq");
             }
-            Inbound::Ack { kind: ack_kind, seq }
+            Inbound::Ack {
+                kind: ack_kind,
+                seq,
+            }
         }
         "nack" => match seq_field(&frame, "expected_seq")? {
             Some(expected_seq) => Inbound::Nack { expected_seq },
@@ -305,7 +328,13 @@ mod tests {
 
     #[test]
     fn json_strings_round_trip_through_serde() {
-        let samples = ["", "plain", "quote \" back \\ slash", "ctl \u{0}\u{1}\u{1f}\t\r\n", "ünï 😀"];
+        let samples = [
+            "",
+            "plain",
+            "quote \" back \\ slash",
+            "ctl \u{0}\u{1}\u{1f}\t\r\n",
+            "ünï 😀",
+        ];
         for sample in samples {
             let mut out = String::new();
             push_json_string(&mut out, sample);
@@ -331,7 +360,11 @@ mod tests {
             assert_eq!(v["job_name"], "job\"1");
             assert_eq!(v["job_instance"], "inst");
             assert_eq!(v["machine"], "host.example");
-            assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with("+00:00")));
+            assert!(
+                v["timestamp"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("+00:00"))
+            );
         }
         let out: Value = serde_json::from_str(&frames[3]).expect("json");
         assert_eq!(out["seq"], 0);
@@ -346,18 +379,32 @@ mod tests {
     fn decodes_what_the_real_server_sends() {
         assert_eq!(
             decode(r#"{"type":"ack","ack_type":"output","seq":7,"timestamp":"x"}"#),
-            Ok(Inbound::Ack { kind: AckKind::Output, seq: Some(7) })
+            Ok(Inbound::Ack {
+                kind: AckKind::Output,
+                seq: Some(7)
+            })
         );
         assert_eq!(
-            decode(r#"{"type":"nack","nack_type":"out_of_order","expected_seq":0,"received_seq":3}"#),
+            decode(
+                r#"{"type":"nack","nack_type":"out_of_order","expected_seq":0,"received_seq":3}"#
+            ),
             Ok(Inbound::Nack { expected_seq: 0 })
         );
-        assert_eq!(decode(r#"{"type":"sync_response","last_seq":-1}"#), Ok(Inbound::SyncResponse { last_seq: -1 }));
+        assert_eq!(
+            decode(r#"{"type":"sync_response","last_seq":-1}"#),
+            Ok(Inbound::SyncResponse { last_seq: -1 })
+        );
         assert_eq!(
             decode(r#"{"type":"error","code":"JOB_NOT_FOUND","message":"gone"}"#),
-            Ok(Inbound::Error { code: "JOB_NOT_FOUND".into(), message: "gone".into() })
+            Ok(Inbound::Error {
+                code: "JOB_NOT_FOUND".into(),
+                message: "gone".into()
+            })
         );
-        assert!(matches!(decode(r#"{"type":"kill","job_instance":"i","machine":"m"}"#), Ok(Inbound::Kill { .. })));
+        assert!(matches!(
+            decode(r#"{"type":"kill","job_instance":"i","machine":"m"}"#),
+            Ok(Inbound::Kill { .. })
+        ));
     }
 
     #[test]
@@ -379,6 +426,9 @@ mod tests {
         ] {
             assert!(decode(bad).is_err(), "accepted {bad:?}");
         }
-        assert_eq!(decode(r#"{"type":"surprise"}"#), Ok(Inbound::Other("surprise".into())));
+        assert_eq!(
+            decode(r#"{"type":"surprise"}"#),
+            Ok(Inbound::Other("surprise".into()))
+        );
     }
 }

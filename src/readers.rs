@@ -30,31 +30,34 @@ impl Drop for ClosedGuard {
 }
 
 pub fn spawn_reader(stream: Stream, mut pipe: File, events: Sender<Event>) -> io::Result<()> {
-    std::thread::Builder::new().name(stream.name().into()).stack_size(128 * 1024).spawn(move || {
-        let guard = ClosedGuard { stream, events };
-        let mut decoder = Utf8Stream::new();
-        let mut buffer = vec![0u8; READ_SIZE];
-        loop {
-            let count = match pipe.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("reading the job's {}: {e}", stream.name());
-                    break;
+    std::thread::Builder::new()
+        .name(stream.name().into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let guard = ClosedGuard { stream, events };
+            let mut decoder = Utf8Stream::new();
+            let mut buffer = vec![0u8; READ_SIZE];
+            loop {
+                let count = match pipe.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("reading the job's {}: {e}", stream.name());
+                        break;
+                    }
+                };
+                let mut text = String::with_capacity(count + 4);
+                decoder.decode(&buffer[..count], &mut text);
+                if !text.is_empty() && guard.events.send(Event::Output { stream, text }).is_err() {
+                    return; // the supervisor is gone: the process is exiting
                 }
-            };
-            let mut text = String::with_capacity(count + 4);
-            decoder.decode(&buffer[..count], &mut text);
-            if !text.is_empty() && guard.events.send(Event::Output { stream, text }).is_err() {
-                return; // the supervisor is gone: the process is exiting
             }
-        }
-        let mut tail = String::new();
-        decoder.finish(&mut tail);
-        if !tail.is_empty() {
-            let _ = guard.events.send(Event::Output { stream, text: tail });
-        }
-    })?;
+            let mut tail = String::new();
+            decoder.finish(&mut tail);
+            if !tail.is_empty() {
+                let _ = guard.events.send(Event::Output { stream, text: tail });
+            }
+        })?;
     Ok(())
 }

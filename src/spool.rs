@@ -31,7 +31,13 @@ impl Spool {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(Spool { file, path: path.to_path_buf(), read_pos: 0, write_pos: 0, records: 0 })
+        Ok(Spool {
+            file,
+            path: path.to_path_buf(),
+            read_pos: 0,
+            write_pos: 0,
+            records: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -52,12 +58,14 @@ impl Spool {
     }
 
     pub fn push(&mut self, stream: Stream, text: &str) -> io::Result<()> {
-        let len = u32::try_from(text.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        let len = u32::try_from(text.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
         let mut header = [0u8; 5];
         header[0] = stream.index() as u8;
         header[1..].copy_from_slice(&len.to_le_bytes());
         self.file.write_all_at(&header, self.write_pos)?;
-        self.file.write_all_at(text.as_bytes(), self.write_pos + 5)?;
+        self.file
+            .write_all_at(text.as_bytes(), self.write_pos + 5)?;
         self.write_pos += 5 + u64::from(len);
         self.records += 1;
         Ok(())
@@ -70,7 +78,11 @@ impl Spool {
         }
         let mut header = [0u8; 5];
         self.file.read_exact_at(&mut header, self.read_pos)?;
-        let stream = if header[0] == 1 { Stream::Stderr } else { Stream::Stdout };
+        let stream = if header[0] == 1 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let mut bytes = vec![0u8; len];
         self.file.read_exact_at(&mut bytes, self.read_pos + 5)?;
@@ -83,7 +95,8 @@ impl Spool {
             self.file.set_len(0)?;
         }
         // Only whole `String`s are written, so this is UTF-8 unless the disk lied.
-        let text = String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Ok(Some((stream, text)))
     }
 }
@@ -104,16 +117,32 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let mut spool = Spool::create(&path).expect("create");
-            assert!(Spool::create(&path).is_err(), "must not reuse an existing file");
+            assert!(
+                Spool::create(&path).is_err(),
+                "must not reuse an existing file"
+            );
             spool.push(Stream::Stdout, "one").expect("push");
             spool.push(Stream::Stderr, "twö").expect("push");
             assert_eq!(spool.len(), 2);
-            assert_eq!(spool.pop().expect("pop"), Some((Stream::Stdout, "one".to_string())));
+            assert_eq!(
+                spool.pop().expect("pop"),
+                Some((Stream::Stdout, "one".to_string()))
+            );
             spool.push(Stream::Stdout, "three").expect("push");
-            assert_eq!(spool.pop().expect("pop"), Some((Stream::Stderr, "twö".to_string())));
-            assert_eq!(spool.pop().expect("pop"), Some((Stream::Stdout, "three".to_string())));
+            assert_eq!(
+                spool.pop().expect("pop"),
+                Some((Stream::Stderr, "twö".to_string()))
+            );
+            assert_eq!(
+                spool.pop().expect("pop"),
+                Some((Stream::Stdout, "three".to_string()))
+            );
             assert_eq!(spool.pop().expect("pop"), None);
-            assert_eq!(std::fs::metadata(&path).expect("exists").len(), 0, "truncated when empty");
+            assert_eq!(
+                std::fs::metadata(&path).expect("exists").len(),
+                0,
+                "truncated when empty"
+            );
         }
         assert!(!path.exists(), "removed on drop");
     }

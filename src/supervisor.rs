@@ -122,7 +122,13 @@ pub struct Supervisor<E: Effects> {
 }
 
 impl<E: Effects> Supervisor<E> {
-    pub fn new(effects: E, settings: Settings, encoder: Encoder, outbox: Outbox, started: Instant) -> Self {
+    pub fn new(
+        effects: E,
+        settings: Settings,
+        encoder: Encoder,
+        outbox: Outbox,
+        started: Instant,
+    ) -> Self {
         let timeout_at = settings.timeout.map(|t| started + t);
         Supervisor {
             effects,
@@ -196,7 +202,10 @@ impl<E: Effects> Supervisor<E> {
                 if !self.spill_noted {
                     if let Some(path) = self.outbox.spool_path() {
                         self.spill_noted = true;
-                        log::warn!("unacknowledged output passed the memory bound; spilling to {}", path.display());
+                        log::warn!(
+                            "unacknowledged output passed the memory bound; spilling to {}",
+                            path.display()
+                        );
                     }
                 }
                 if self.batch_due().is_none_or(|due| now >= due) {
@@ -209,7 +218,10 @@ impl<E: Effects> Supervisor<E> {
                 self.maybe_finish(now);
             }
             Event::ChildExited { status } => {
-                log::debug!("job process {} exited, wait status {status:#x}", self.settings.job_pid);
+                log::debug!(
+                    "job process {} exited, wait status {status:#x}",
+                    self.settings.job_pid
+                );
                 self.job_exit = Some((status, now));
                 self.maybe_finish(now);
             }
@@ -229,24 +241,44 @@ impl<E: Effects> Supervisor<E> {
         match event {
             LinkEvent::Connected { generation } => {
                 if self.connect_failures > 0 {
-                    log::info!("connected to the server after {} failed attempts", self.connect_failures);
+                    log::info!(
+                        "connected to the server after {} failed attempts",
+                        self.connect_failures
+                    );
                 } else {
                     log::info!("connected to the server");
                 }
                 self.connect_failures = 0;
                 self.last_contact = now;
                 self.outbox.on_disconnect();
-                self.conn = Some(Conn { generation, synced: false, opened: now, ack_progress: now, complete_sent: None });
+                self.conn = Some(Conn {
+                    generation,
+                    synced: false,
+                    opened: now,
+                    ack_progress: now,
+                    complete_sent: None,
+                });
                 let wall = SystemTime::now();
                 self.send(self.encoder.connect(wall));
                 if !self.start_acked {
-                    self.send(self.encoder.start(wall, self.settings.job_pid, &self.settings.version));
+                    self.send(self.encoder.start(
+                        wall,
+                        self.settings.job_pid,
+                        &self.settings.version,
+                    ));
                 }
-                let (last_acked, next) = (self.outbox.last_acked_wire_seq(), self.outbox.next_wire_seq());
+                let (last_acked, next) = (
+                    self.outbox.last_acked_wire_seq(),
+                    self.outbox.next_wire_seq(),
+                );
                 self.send(self.encoder.sync_request(wall, last_acked, next));
             }
             LinkEvent::Disconnected { generation, reason } => {
-                if self.conn.as_ref().is_some_and(|c| c.generation == generation) {
+                if self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.generation == generation)
+                {
                     log::warn!("connection lost: {reason}");
                     self.conn = None;
                     self.outbox.on_disconnect();
@@ -257,7 +289,10 @@ impl<E: Effects> Supervisor<E> {
                 if self.connect_failures == 1 {
                     log::warn!("cannot reach the server (retrying every 2 s): {reason}");
                 } else {
-                    log::debug!("connection attempt {} failed: {reason}", self.connect_failures);
+                    log::debug!(
+                        "connection attempt {} failed: {reason}",
+                        self.connect_failures
+                    );
                 }
             }
             LinkEvent::BadFrame { generation, reason } => {
@@ -275,30 +310,47 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn is_current(&self, generation: u64) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.generation == generation)
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
     }
 
     fn handle_frame(&mut self, frame: Inbound, now: Instant) {
         log::debug!("received {frame:?}");
         match frame {
-            Inbound::Ack { kind: AckKind::Start, .. } => {
+            Inbound::Ack {
+                kind: AckKind::Start,
+                ..
+            } => {
                 if !self.start_acked {
                     log::info!("server acknowledged the start");
                 }
                 self.start_acked = true;
                 self.start_ignored = false;
             }
-            Inbound::Ack { kind: AckKind::Output, seq: Some(seq) } => {
+            Inbound::Ack {
+                kind: AckKind::Output,
+                seq: Some(seq),
+            } => {
                 if self.outbox.on_ack(seq) > 0 {
                     if let Some(conn) = self.conn.as_mut() {
                         conn.ack_progress = now;
                     }
                 }
             }
-            Inbound::Ack { kind: AckKind::Complete, .. } => {
+            Inbound::Ack {
+                kind: AckKind::Complete,
+                ..
+            } => {
                 // Only an answer to a `complete` we sent counts.
-                if self.conn.as_ref().is_some_and(|c| c.complete_sent.is_some()) {
-                    let retcode = self.finished.map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+                if self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.complete_sent.is_some())
+                {
+                    let retcode = self
+                        .finished
+                        .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
                     let delivered = self.outbox.is_empty();
                     log::info!("server recorded the result (retcode {retcode})");
                     if !delivered {
@@ -313,9 +365,14 @@ impl<E: Effects> Supervisor<E> {
                 log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
             }
             Inbound::SyncResponse { last_seq } => self.on_synced(Some(last_seq)),
-            Inbound::Kill { job_instance, machine } => {
+            Inbound::Kill {
+                job_instance,
+                machine,
+            } => {
                 let ours = job_instance.as_deref() == Some(self.settings.job_instance.as_str())
-                    && machine.as_deref().is_none_or(|m| m == self.settings.machine);
+                    && machine
+                        .as_deref()
+                        .is_none_or(|m| m == self.settings.machine);
                 if ours {
                     if self.kill.is_none() && self.finished.is_none() {
                         log::info!("kill requested by the server");
@@ -323,16 +380,30 @@ impl<E: Effects> Supervisor<E> {
                     }
                     self.begin_kill(KillReason::Request, now);
                 } else {
-                    log::warn!("ignored a kill for another instance ({job_instance:?} on {machine:?})");
+                    log::warn!(
+                        "ignored a kill for another instance ({job_instance:?} on {machine:?})"
+                    );
                 }
             }
             Inbound::Error { code, message } => {
-                let complete_pending = self.conn.as_ref().is_some_and(|c| c.complete_sent.is_some());
+                let complete_pending = self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.complete_sent.is_some());
                 if code == "JOB_NOT_FOUND" && complete_pending {
-                    log::warn!("server no longer knows this job ({message}); output kept in this log");
-                    let retcode = self.finished.map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
-                    self.write_undelivered("the server answered JOB_NOT_FOUND (job stopped or restarted)");
-                    self.outcome = Some(Outcome { retcode, delivered: false });
+                    log::warn!(
+                        "server no longer knows this job ({message}); output kept in this log"
+                    );
+                    let retcode = self
+                        .finished
+                        .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+                    self.write_undelivered(
+                        "the server answered JOB_NOT_FOUND (job stopped or restarted)",
+                    );
+                    self.outcome = Some(Outcome {
+                        retcode,
+                        delivered: false,
+                    });
                 } else {
                     log::warn!("server error {code}: {message}");
                 }
@@ -342,19 +413,25 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn on_synced(&mut self, last_seq: Option<i64>) {
-        let Some(conn) = self.conn.as_mut() else { return };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         if conn.synced {
             return; // unsolicited: the numbering was settled already
         }
         conn.synced = true;
         // Our start came before our sync_request, and the server answers in
         // order: if start is not ACKed now, it never will be on this socket.
-        if !self.start_acked {
+        // (Only a real sync_response proves that; a timeout proves nothing.)
+        if !self.start_acked && last_seq.is_some() {
             self.start_ignored = true;
             log::warn!("server did not acknowledge the start (unknown instance or machine?)");
         }
         self.outbox.on_sync(last_seq.unwrap_or(-1));
-        log::debug!("synced: last_seq {last_seq:?}, next wire seq {}", self.outbox.next_wire_seq());
+        log::debug!(
+            "synced: last_seq {last_seq:?}, next wire seq {}",
+            self.outbox.next_wire_seq()
+        );
     }
 
     /// When the open batch may be sealed: one interval after the last seal.
@@ -383,7 +460,11 @@ impl<E: Effects> Supervisor<E> {
             }
         };
         let alive = self.effects.signal_group(libc::SIGTERM);
-        self.kill = Some(Kill { reason, next_signal: now + KILL_GRACE, group_gone: !alive });
+        self.kill = Some(Kill {
+            reason,
+            next_signal: now + KILL_GRACE,
+            group_gone: !alive,
+        });
         self.outbox.push(Stream::Stderr, &marker);
         self.seal(now);
     }
@@ -392,13 +473,18 @@ impl<E: Effects> Supervisor<E> {
         if self.finished.is_some() {
             return;
         }
-        let Some((status, exited_at)) = self.job_exit else { return };
+        let Some((status, exited_at)) = self.job_exit else {
+            return;
+        };
         let drained = self.streams_open == [false, false] || now >= exited_at + DRAIN_GRACE;
         if !drained {
             return;
         }
         if self.streams_open != [false, false] {
-            log::warn!("job output still open {} s after its main process exited; completing without the rest", DRAIN_GRACE.as_secs());
+            log::warn!(
+                "job output still open {} s after its main process exited; completing without the rest",
+                DRAIN_GRACE.as_secs()
+            );
         }
         if let Some(kill) = self.kill.as_mut() {
             if !kill.group_gone {
@@ -450,18 +536,32 @@ impl<E: Effects> Supervisor<E> {
         let mut drop_reason = None;
         if let Some(conn) = self.conn.as_ref() {
             if !conn.synced && now >= conn.opened + SYNC_TIMEOUT {
-                log::warn!("no sync_response within {} s; assuming per-socket sequence numbers", SYNC_TIMEOUT.as_secs());
+                log::warn!(
+                    "no sync_response within {} s; assuming per-socket sequence numbers",
+                    SYNC_TIMEOUT.as_secs()
+                );
                 self.on_synced(None);
             } else if self.outbox.in_flight() > 0 && now >= conn.ack_progress + ACK_STALL {
                 drop_reason = Some(format!("no ACK for {} s", ACK_STALL.as_secs()));
-            } else if conn.complete_sent.is_some_and(|at| now >= at + COMPLETE_TIMEOUT) {
-                drop_reason = Some(format!("no answer to complete for {} s", COMPLETE_TIMEOUT.as_secs()));
+            } else if conn
+                .complete_sent
+                .is_some_and(|at| now >= at + COMPLETE_TIMEOUT)
+            {
+                drop_reason = Some(format!(
+                    "no answer to complete for {} s",
+                    COMPLETE_TIMEOUT.as_secs()
+                ));
             }
         }
-        if let (Some(reason), Some(conn)) = (drop_reason, self.conn.take()) {
-            log::warn!("reconnecting: {reason}");
-            self.outbox.on_disconnect();
-            self.effects.link(LinkCommand::Drop { generation: conn.generation, reason });
+        if let Some(reason) = drop_reason {
+            if let Some(conn) = self.conn.take() {
+                log::warn!("reconnecting: {reason}");
+                self.outbox.on_disconnect();
+                self.effects.link(LinkCommand::Drop {
+                    generation: conn.generation,
+                    reason,
+                });
+            }
         }
         if let Some((_, finished_at)) = self.finished {
             if self.outcome.is_none() {
@@ -478,17 +578,25 @@ impl<E: Effects> Supervisor<E> {
         if self.outcome.is_some() {
             return;
         }
-        let retcode = self.finished.map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+        let retcode = self
+            .finished
+            .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
         log::error!("giving up delivery: {why}");
         self.write_undelivered(why);
-        self.outcome = Some(Outcome { retcode, delivered: false });
+        self.outcome = Some(Outcome {
+            retcode,
+            delivered: false,
+        });
     }
 
     fn write_undelivered(&mut self, why: &str) {
-        let retcode = self.finished.map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+        let retcode = self
+            .finished
+            .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
         let delivered = self.outbox.acked_bytes;
         let mut body = String::new();
-        self.outbox.take_undelivered(|batch| body.push_str(&batch.text));
+        self.outbox
+            .take_undelivered(|batch| body.push_str(&batch.text));
         let header = format!(
             "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {retcode}): {why}; {} bytes below were not delivered ({delivered} bytes before them were) ====\n",
             self.settings.job_instance,
@@ -499,18 +607,23 @@ impl<E: Effects> Supervisor<E> {
         if !body.ends_with('\n') && !body.is_empty() {
             self.effects.log_undelivered("\n");
         }
-        self.effects.log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
+        self.effects
+            .log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
     }
 
     /// Send what the connection state allows: output within the window once
     /// the start is ACKed and the numbering is settled, then `complete`.
     pub fn pump(&mut self, now: Instant) {
-        let Some(conn) = self.conn.as_ref() else { return };
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
         if !conn.synced || self.outcome.is_some() {
             return;
         }
         let generation = conn.generation;
-        if self.start_acked {
+        // Nothing may follow `complete` on a connection: the server finalises
+        // the result when it reads it.
+        if self.start_acked && conn.complete_sent.is_none() {
             if self.outbox.in_flight() == 0 {
                 if let Some(conn) = self.conn.as_mut() {
                     conn.ack_progress = now;
@@ -524,13 +637,23 @@ impl<E: Effects> Supervisor<E> {
             }
             self.outbox.release_empty_spool();
         }
-        let Some((retcode, _)) = self.finished else { return };
+        let Some((retcode, _)) = self.finished else {
+            return;
+        };
         let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
-        let not_sent = self.conn.as_ref().is_some_and(|c| c.complete_sent.is_none());
+        let not_sent = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.complete_sent.is_none());
         if ready && not_sent {
             self.complete_attempts += 1;
-            let frame = self.encoder.complete(SystemTime::now(), retcode, self.outbox.next_wire_seq());
-            log::debug!("sending complete (retcode {retcode}, attempt {})", self.complete_attempts);
+            let frame =
+                self.encoder
+                    .complete(SystemTime::now(), retcode, self.outbox.next_wire_seq());
+            log::debug!(
+                "sending complete (retcode {retcode}, attempt {})",
+                self.complete_attempts
+            );
             self.effects.link(LinkCommand::Send { generation, frame });
             if let Some(conn) = self.conn.as_mut() {
                 conn.complete_sent = Some(now);
@@ -580,3 +703,335 @@ impl<E: Effects> Supervisor<E> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Records what the supervisor does; the job's group "exists" until told.
+    #[derive(Default)]
+    struct Fake {
+        sent: Vec<(u64, Value)>,
+        drops: Vec<u64>,
+        signals: Vec<i32>,
+        group_alive: bool,
+        undelivered: String,
+    }
+
+    impl Effects for Fake {
+        fn link(&mut self, command: LinkCommand) {
+            match command {
+                LinkCommand::Send { generation, frame } => self.sent.push((
+                    generation,
+                    serde_json::from_str(&frame).expect("frames are JSON"),
+                )),
+                LinkCommand::Drop { generation, .. } => self.drops.push(generation),
+                LinkCommand::Shutdown => {}
+            }
+        }
+        fn signal_group(&mut self, signal: i32) -> bool {
+            if signal != 0 {
+                self.signals.push(signal);
+            }
+            if signal == libc::SIGKILL {
+                self.group_alive = false;
+            }
+            self.group_alive
+        }
+        fn tee(&mut self, _: Stream, _: &str) {}
+        fn reopen_log(&mut self) {}
+        fn log_undelivered(&mut self, text: &str) {
+            self.undelivered.push_str(text);
+        }
+    }
+
+    const INSTANCE: &str = "job_1";
+
+    fn supervisor(t0: Instant, timeout: Option<Duration>) -> Supervisor<Fake> {
+        let settings = Settings {
+            job_instance: INSTANCE.into(),
+            machine: "m1".into(),
+            version: "test".into(),
+            job_pid: 4242,
+            output_interval: Duration::from_millis(1000),
+            timeout,
+            tee: false,
+        };
+        let fake = Fake {
+            group_alive: true,
+            ..Fake::default()
+        };
+        Supervisor::new(
+            fake,
+            settings,
+            Encoder::new("job", INSTANCE, "m1"),
+            Outbox::new(1 << 20, vec![]),
+            t0,
+        )
+    }
+
+    fn frame(sup: &mut Supervisor<Fake>, generation: u64, frame: Inbound, now: Instant) {
+        sup.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
+        sup.pump(now);
+    }
+
+    fn ack(kind: AckKind, seq: Option<i64>) -> Inbound {
+        Inbound::Ack { kind, seq }
+    }
+
+    fn types(sup: &Supervisor<Fake>) -> Vec<String> {
+        sup.effects()
+            .sent
+            .iter()
+            .map(|(_, v)| v["type"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    fn outputs(sup: &Supervisor<Fake>) -> Vec<(i64, String)> {
+        let sent = &sup.effects().sent;
+        sent.iter()
+            .filter(|(_, v)| v["type"] == "output")
+            .map(|(_, v)| {
+                (
+                    v["seq"].as_i64().unwrap_or(-9),
+                    v["data"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn connect(sup: &mut Supervisor<Fake>, generation: u64, now: Instant) {
+        sup.handle(Event::Link(LinkEvent::Connected { generation }), now);
+        sup.pump(now);
+    }
+
+    fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
+        sup.handle(Event::StreamClosed(Stream::Stdout), now);
+        sup.handle(Event::StreamClosed(Stream::Stderr), now);
+        sup.handle(Event::ChildExited { status }, now);
+        sup.pump(now);
+    }
+
+    #[test]
+    fn happy_path_output_waits_for_start_ack_then_complete_after_all_acks() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "hello\n".into(),
+            },
+            t0,
+        );
+        connect(&mut sup, 1, t0);
+        assert_eq!(types(&sup), ["connect", "start", "sync_request"]);
+        frame(&mut sup, 1, ack(AckKind::Connect, None), t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        assert!(
+            outputs(&sup).is_empty(),
+            "no output before the numbering is settled"
+        );
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(outputs(&sup), [(0, "hello\n".to_string())]);
+        job_ends(&mut sup, 3 << 8, t0);
+        assert!(
+            !types(&sup).contains(&"complete".to_string()),
+            "complete only after every ACK"
+        );
+        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), t0);
+        let complete = &sup.effects().sent.last().expect("sent").1;
+        assert_eq!(
+            (
+                complete["type"].as_str(),
+                complete["retcode"].as_i64(),
+                complete["seq"].as_i64()
+            ),
+            (Some("complete"), Some(3), Some(1))
+        );
+        frame(&mut sup, 1, ack(AckKind::Complete, Some(1)), t0);
+        assert_eq!(
+            sup.take_outcome(),
+            Some(Outcome {
+                retcode: 3,
+                delivered: true
+            })
+        );
+    }
+
+    #[test]
+    fn reconnect_renumbers_and_resends_only_unacked_output() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        connect(&mut sup, 1, t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "a".into(),
+            },
+            t0,
+        );
+        sup.on_time(t0 + Duration::from_secs(1));
+        sup.pump(t0 + Duration::from_secs(1));
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "b".into(),
+            },
+            t0 + Duration::from_secs(2),
+        );
+        sup.pump(t0 + Duration::from_secs(2));
+        assert_eq!(outputs(&sup), [(0, "a".to_string()), (1, "b".to_string())]);
+        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), t0);
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "cut".into(),
+            }),
+            t0,
+        );
+        connect(&mut sup, 2, t0);
+        // start was ACKed once: it is not sent again (it would reset the output).
+        assert_eq!(
+            types(&sup)[types(&sup).len() - 2..],
+            ["connect", "sync_request"]
+        );
+        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let resent: Vec<_> = sup
+            .effects()
+            .sent
+            .iter()
+            .filter(|(g, v)| *g == 2 && v["type"] == "output")
+            .collect();
+        assert_eq!(resent.len(), 1);
+        assert_eq!(
+            (resent[0].1["seq"].as_i64(), resent[0].1["data"].as_str()),
+            (Some(0), Some("b"))
+        );
+    }
+
+    #[test]
+    fn repeated_kills_count_once_and_escalate_to_sigkill() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        connect(&mut sup, 1, t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let kill = || Inbound::Kill {
+            job_instance: Some(INSTANCE.into()),
+            machine: Some("m1".into()),
+        };
+        let other = Inbound::Kill {
+            job_instance: Some("someone_else".into()),
+            machine: Some("m1".into()),
+        };
+        frame(&mut sup, 1, other, t0);
+        assert!(
+            sup.effects().signals.is_empty(),
+            "a kill for another instance is ignored"
+        );
+        for _ in 0..5 {
+            frame(&mut sup, 1, kill(), t0);
+        }
+        assert_eq!(sup.effects().signals, [libc::SIGTERM]);
+        assert_eq!(types(&sup).iter().filter(|t| *t == "killed").count(), 1);
+        sup.on_time(t0 + KILL_GRACE);
+        assert_eq!(sup.effects().signals, [libc::SIGTERM, libc::SIGKILL]);
+        job_ends(&mut sup, libc::SIGKILL, t0 + KILL_GRACE);
+        let out = outputs(&sup);
+        assert!(
+            out.iter()
+                .any(|(_, d)| d.contains("[Job terminated by user request]")),
+            "{out:?}"
+        );
+        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), t0 + KILL_GRACE);
+        let complete = &sup.effects().sent.last().expect("sent").1;
+        assert_eq!(complete["retcode"], 143);
+    }
+
+    #[test]
+    fn timeout_kills_with_124() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, Some(Duration::from_secs(2)));
+        assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        sup.on_time(t0 + Duration::from_secs(2));
+        assert_eq!(sup.effects().signals, [libc::SIGTERM]);
+        sup.effects.group_alive = false;
+        job_ends(&mut sup, libc::SIGTERM, t0 + Duration::from_secs(2));
+        assert_eq!(sup.finished.map(|(code, _)| code), Some(124));
+    }
+
+    #[test]
+    fn job_not_found_keeps_the_output_in_the_log() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "precious output\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut sup, 0, t0);
+        connect(&mut sup, 1, t0);
+        // The server ignores start for an instance it does not run.
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(types(&sup).last().map(String::as_str), Some("complete"));
+        let not_found = Inbound::Error {
+            code: "JOB_NOT_FOUND".into(),
+            message: "gone".into(),
+        };
+        frame(&mut sup, 1, not_found, t0);
+        assert_eq!(
+            sup.take_outcome(),
+            Some(Outcome {
+                retcode: 0,
+                delivered: false
+            })
+        );
+        assert!(
+            sup.effects().undelivered.contains("precious output"),
+            "{}",
+            sup.effects().undelivered
+        );
+    }
+
+    #[test]
+    fn unreachable_server_gives_up_sixty_seconds_after_the_end() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stderr,
+                text: "x".into(),
+            },
+            t0,
+        );
+        job_ends(&mut sup, 0, t0);
+        sup.on_time(t0 + DELIVERY_WINDOW - Duration::from_millis(1));
+        assert_eq!(sup.take_outcome(), None);
+        sup.on_time(t0 + DELIVERY_WINDOW);
+        assert_eq!(
+            sup.take_outcome(),
+            Some(Outcome {
+                retcode: 0,
+                delivered: false
+            })
+        );
+        assert!(sup.effects().undelivered.contains("UNDELIVERED"));
+    }
+
+    #[test]
+    fn heartbeats_every_five_seconds_while_connected() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        connect(&mut sup, 1, t0);
+        for i in 1..=3 {
+            let at = t0 + HEARTBEAT_INTERVAL * i;
+            assert_eq!(sup.next_deadline().map(|d| d <= at), Some(true));
+            sup.on_time(at);
+        }
+        assert_eq!(types(&sup).iter().filter(|t| *t == "heartbeat").count(), 3);
+    }
+}

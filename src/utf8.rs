@@ -86,7 +86,11 @@ mod tests {
         sample.extend_from_slice(b"\xff bad \xe2\x82 cut \xf0\x9f\x98");
         let expected = String::from_utf8_lossy(&sample).into_owned();
         for piece_len in 1..=sample.len() {
-            assert_eq!(decode_in_pieces(&sample, piece_len), expected, "piece {piece_len}");
+            assert_eq!(
+                decode_in_pieces(&sample, piece_len),
+                expected,
+                "piece {piece_len}"
+            );
         }
     }
 
