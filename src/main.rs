@@ -8,6 +8,8 @@ mod child;
 mod config;
 mod daemon;
 mod exit_codes;
+#[cfg(test)]
+mod fuzz;
 mod link;
 mod lockfile;
 mod logger;
@@ -107,6 +109,9 @@ fn run() -> i32 {
     }
 
     if foreground {
+        // The daemon does this in `detach`; here the job must not inherit
+        // our launcher's descriptors either.
+        daemon::close_inherited_fds(&[]);
         let started = match start_job(&cfg, user.as_ref()) {
             Ok(started) => started,
             Err((code, message)) => return fail(code, &message),
