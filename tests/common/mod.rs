@@ -1,0 +1,413 @@
+//! Shared helpers for the integration tests: the real Saltpeter endpoint
+//! (tests/harness/endpoint.py) driven over a pipe, a per-test temp dir,
+//! launching `sp_wrapper` the way Salt does, waits with deadlines, and a TCP
+//! proxy that cuts connections.
+//!
+//! Every network address is `127.0.0.1` with a port the OS picked.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The venv's python with the real `saltpeter` package (./build.sh deps).
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("SP_TEST_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(path.exists(), "{} is missing: run ./build.sh deps (it installs the real Saltpeter endpoint)", path.display());
+    path
+}
+
+/// The wrapper under test: the cargo-built binary, or `SP_WRAPPER_BIN`
+/// (the static release binary in ./build.sh test).
+pub fn wrapper_bin() -> PathBuf {
+    std::env::var_os("SP_WRAPPER_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp_wrapper")))
+}
+
+/// A fresh directory for one test, removed on drop (kept with SP_KEEP_TEST_DIRS).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let n = DIR_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("sp_it_{}_{}_{n}", name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TestDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SP_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Poll `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobResult {
+    pub ret: String,
+    pub retcode: Option<i64>,
+    pub starttime: Option<String>,
+    pub endtime: Option<String>,
+    pub wrapper_version: Option<String>,
+    pub heartbeats: Vec<f64>,
+    pub outputs: u64,
+    pub starts: u64,
+    pub completes: u64,
+}
+
+impl JobResult {
+    fn from_json(v: &Value) -> JobResult {
+        JobResult {
+            ret: v["ret"].as_str().unwrap_or_default().to_string(),
+            retcode: v["retcode"].as_i64(),
+            starttime: v["starttime"].as_str().map(str::to_string),
+            endtime: v["endtime"].as_str().map(str::to_string),
+            wrapper_version: v["wrapper_version"].as_str().map(str::to_string),
+            heartbeats: v["heartbeats"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default(),
+            outputs: v["outputs"].as_u64().unwrap_or(0),
+            starts: v["starts"].as_u64().unwrap_or(0),
+            completes: v["completes"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// The real endpoint plus the stand-in job process, in a Python child.
+pub struct Harness {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    port: u16,
+}
+
+impl Harness {
+    pub fn start(dir: &TestDir) -> Harness {
+        Self::spawn(dir, &[])
+    }
+
+    /// Picks a port but does not listen yet (`start_endpoint` later).
+    pub fn start_without_endpoint(dir: &TestDir) -> Harness {
+        Self::spawn(dir, &["--no-endpoint"])
+    }
+
+    fn spawn(dir: &TestDir, args: &[&str]) -> Harness {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/endpoint.py");
+        let log = std::fs::File::create(dir.join("endpoint.out")).expect("endpoint log");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the endpoint harness");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("harness ready line");
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("harness did not start: {line:?} (see {})", dir.join("endpoint.out").display()));
+        let port = ready["port"].as_u64().expect("port") as u16;
+        Harness { child, stdin, stdout, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    fn request(&mut self, request: Value) -> Value {
+        writeln!(self.stdin, "{request}").expect("write to harness");
+        self.stdin.flush().expect("flush harness");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read from harness");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad harness reply {line:?}"))
+    }
+
+    pub fn add_job(&mut self, name: &str, instance: &str, machines: &[&str]) {
+        let reply = self.request(json!({"cmd": "add_job", "name": name, "instance": instance, "machines": machines}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+
+    pub fn result(&mut self, name: &str, machine: &str) -> JobResult {
+        JobResult::from_json(&self.request(json!({"cmd": "result", "name": name, "machine": machine})))
+    }
+
+    /// The result once the server recorded an end; `Err(partial)` on timeout.
+    pub fn wait_result(&mut self, name: &str, machine: &str, timeout: Duration) -> Result<JobResult, JobResult> {
+        let reply = self.request(json!({"cmd": "wait_result", "name": name, "machine": machine, "timeout": timeout.as_secs_f64()}));
+        let result = JobResult::from_json(&reply);
+        if reply["ok"] == true { Ok(result) } else { Err(result) }
+    }
+
+    pub fn kill(&mut self, name: &str, instance: &str, machine: &str) {
+        let reply = self.request(json!({"cmd": "kill", "name": name, "instance": instance, "machine": machine}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+
+    pub fn stop_endpoint(&mut self) {
+        let reply = self.request(json!({"cmd": "stop_endpoint"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+
+    pub fn start_endpoint(&mut self) {
+        let reply = self.request(json!({"cmd": "start_endpoint"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the launcher (the process Salt runs) did.
+#[derive(Debug)]
+pub struct Launched {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// From exec to the launcher's exit *and* its pipes closing.
+    pub elapsed: Duration,
+}
+
+/// Runs `sp_wrapper` as Salt does: a clean environment with SP_* variables,
+/// waiting for the exit and for stdout/stderr to close.
+pub struct Launch {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Launch {
+    pub fn new(url: &str, job: &str, instance: &str, command: &str, dir: &TestDir) -> Launch {
+        let mut launch = Launch { env: Vec::new(), args: Vec::new(), bin: wrapper_bin() };
+        launch = launch
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("SP_WEBSOCKET_URL", url)
+            .env("SP_JOB_NAME", job)
+            .env("SP_JOB_INSTANCE", instance)
+            .env("SP_JOB_INSTANCE_NAME", instance)
+            .env("SP_COMMAND", command)
+            .env("SP_MACHINE_ID", "test-minion")
+            .env("SP_WRAPPER_LOGDIR", dir.path.to_str().expect("utf-8 dir"))
+            .env("SP_WRAPPER_LOGLEVEL", "debug")
+            .env("SP_ALLOW_OVERLAP", "true")
+            .env("SP_TIMEOUT", "0")
+            .env("PYTHONUNBUFFERED", "1");
+        launch
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn unset(mut self, key: &str) -> Launch {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Launch {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn bin(mut self, bin: PathBuf) -> Launch {
+        self.bin = bin;
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.bin);
+        command.env_clear().args(&self.args).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Run with a 30 s watchdog (Salt's own timeout).
+    pub fn run(&self) -> Launched {
+        let started = Instant::now();
+        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sp_wrapper");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let pid = child.id();
+        let done = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                if !done.load(Ordering::SeqCst) {
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            })
+        };
+        let err_reader = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut stdout = String::new();
+        let _ = out.read_to_string(&mut stdout);
+        let stderr = err_reader.join().expect("stderr reader");
+        let status = child.wait().expect("wait sp_wrapper");
+        let elapsed = started.elapsed();
+        done.store(true, Ordering::SeqCst);
+        let _ = watchdog.join();
+        assert!(elapsed < Duration::from_secs(30), "sp_wrapper held Salt's pipes for 30 s: {stdout} {stderr}");
+        Launched { code: status.code(), stdout, stderr, elapsed }
+    }
+}
+
+/// The job's log file in `dir` (default naming).
+pub fn log_text(dir: &TestDir, job: &str) -> String {
+    std::fs::read_to_string(dir.join(&format!("{job}.log"))).unwrap_or_default()
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A TCP proxy on 127.0.0.1:0 to `upstream` that cuts every connection
+/// after a random time in [min, max], and can refuse connections for a while.
+pub struct CuttingProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
+    connections: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: u16, min: Duration, max: Duration, seed: u64) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let rng = Arc::new(Mutex::new(seed | 1));
+        {
+            let (stop, refusing, connections, cuts) = (stop.clone(), refusing.clone(), connections.clone(), cuts.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        Err(_) => {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                    };
+                    if refusing.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let lifetime = {
+                        let mut state = rng.lock().expect("rng");
+                        *state ^= *state << 13;
+                        *state ^= *state >> 7;
+                        *state ^= *state << 17;
+                        let span = (max - min).as_millis() as u64 + 1;
+                        min + Duration::from_millis(*state % span)
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let pipes = [
+                        (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                        (server.try_clone().expect("clone"), client.try_clone().expect("clone")),
+                    ];
+                    for (mut from, mut to) in pipes {
+                        thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                        });
+                    }
+                    let (stop, cuts) = (stop.clone(), cuts.clone());
+                    thread::spawn(move || {
+                        let deadline = Instant::now() + lifetime;
+                        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                    });
+                }
+            });
+        }
+        CuttingProxy { port, stop, refusing, connections, cuts }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn refuse(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
