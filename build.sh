@@ -87,6 +87,11 @@ run_tests() {
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     say "conformance tests again with the static binary"
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test conformance
+    say "old-kernel tests: the static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel -- --include-ignored
+    say "packages"
+    package
+    bash tests/packaging/check.sh "$VERSION" dist
 }
 
 demo() {
@@ -96,12 +101,29 @@ demo() {
     "$PYTHON" tests/harness/demo.py dist/sp_wrapper
 }
 
+bench() {
+    deps
+    build
+    cargo build --release --locked --example ack_sink
+    say "benchmark: sp_wrapper vs the Python wrapper 0.9.30 (takes a few minutes)"
+    "$PYTHON" tests/bench/bench.py --wrapper dist/sp_wrapper --python-wrapper "$VENV/ref0930" --sink target/release/examples/ack_sink
+}
+
+# Packaging (.deb and .rpm) lives in tests/packaging/package.sh so this file
+# stays a dispatcher; it is given the version and the built binary.
+package() {
+    build
+    bash tests/packaging/package.sh "$VERSION" dist/sp_wrapper dist
+}
+
 case "${1:-build}" in
     build) build ;;
     build-local) build_local ;;
     test) run_tests ;;
     deps) deps ;;
     demo) demo ;;
+    bench) bench ;;
+    package) package ;;
     clean) cargo clean; rm -rf dist ;;
     *)
         echo "usage: ./build.sh [build|build-local|test|deps|demo|bench|package|clean]" >&2

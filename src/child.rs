@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 
 use crate::config::Config;
 use crate::supervisor::Event;
@@ -196,7 +196,7 @@ pub fn become_subreaper() {
 
 /// The waiter thread: reaps every child (the job and, as subreaper, its
 /// orphans) and reports the job's status once. Ends when no child is left.
-pub fn spawn_waiter(job_pid: i32, events: Sender<Event>) -> io::Result<()> {
+pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("waiter".into())
         .stack_size(64 * 1024)

@@ -231,7 +231,8 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
                     }
                 }
                 4..=5 if connected => {
-                    while let Some((seq, batch)) = outbox.next_to_send(1 + rng.below(8)) {
+                    while let Some((seq, batch)) = outbox.next_to_send(1 + rng.below(8), usize::MAX)
+                    {
                         in_flight.push((seq, batch.text.clone()));
                     }
                 }
@@ -282,7 +283,7 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
         outbox.on_disconnect();
         outbox.on_sync(-1);
         outbox.seal();
-        while let Some((seq, batch)) = outbox.next_to_send(8) {
+        while let Some((seq, batch)) = outbox.next_to_send(8, usize::MAX) {
             assert_eq!(seq, server.expected);
             server.expected += 1;
             server.appended.push_str(&batch.text);

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::WebSocketConfig;
@@ -108,7 +108,7 @@ fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-pub fn spawn_link(url: WsUrl, events: Sender<Event>) -> io::Result<LinkHandle> {
+pub fn spawn_link(url: WsUrl, events: SyncSender<Event>) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
     let (wake_read, wake_write) = wake_pipe()?;
     let seed = SystemTime::now()
@@ -136,7 +136,7 @@ pub fn spawn_link(url: WsUrl, events: Sender<Event>) -> io::Result<LinkHandle> {
 
 struct Link {
     url: WsUrl,
-    events: Sender<Event>,
+    events: SyncSender<Event>,
     commands: Receiver<LinkCommand>,
     wake: OwnedFd,
     generation: u64,

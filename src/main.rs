@@ -22,7 +22,7 @@ mod utf8;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
 use config::Config;
@@ -31,6 +31,9 @@ use protocol::Stream;
 use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Events that may wait for the supervisor (see `supervise`).
+const EVENT_QUEUE: usize = 32;
 
 /// The job's process group, for the panic hook (0 = no job yet).
 static JOB_PGID: AtomicI32 = AtomicI32::new(0);
@@ -227,7 +230,7 @@ fn block_wrapper_signals() {
     }
 }
 
-fn spawn_signal_thread(events: Sender<Event>) -> std::io::Result<()> {
+fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
@@ -313,7 +316,11 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         log_error,
         at,
     } = started;
-    let (events, inbox) = channel();
+    // Bounded: at most EVENT_QUEUE reads (64 KiB each) wait for the
+    // supervisor, so memory stays within SP_BUFFER_MAX_MB plus a few MiB. A
+    // full queue blocks a sender only while the supervisor catches up; the
+    // supervisor itself never blocks on another thread, so this cannot deadlock.
+    let (events, inbox) = sync_channel(EVENT_QUEUE);
     let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
         .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))

@@ -68,6 +68,8 @@ pub struct Outbox {
     front: u64,
     /// How many batches from the front have been sent on the current connection.
     sent: usize,
+    /// Their total size.
+    sent_bytes: usize,
     wire_base: u64,
     /// Highest global number sent under the current numbering.
     sent_high: Option<u64>,
@@ -101,6 +103,7 @@ impl Outbox {
             spool_candidates,
             front: 0,
             sent: 0,
+            sent_bytes: 0,
             wire_base: 0,
             sent_high: None,
             nack_front: None,
@@ -277,10 +280,15 @@ impl Outbox {
         self.front as i64 - self.wire_base as i64 - 1
     }
 
-    /// The next batch to send on this connection, if the window allows:
-    /// marks it sent and returns its wire seq.
-    pub fn next_to_send(&mut self, max_in_flight: usize) -> Option<(u64, &Batch)> {
-        if self.sent >= max_in_flight {
+    /// The next batch to send on this connection, if the window allows (at
+    /// most `max_in_flight` messages, and `max_bytes` unless nothing is in
+    /// flight): marks it sent and returns its wire seq.
+    pub fn next_to_send(
+        &mut self,
+        max_in_flight: usize,
+        max_bytes: usize,
+    ) -> Option<(u64, &Batch)> {
+        if self.sent >= max_in_flight || (self.sent > 0 && self.sent_bytes >= max_bytes) {
             return None;
         }
         if self.sent == self.memory.len() {
@@ -306,6 +314,7 @@ impl Outbox {
             }
         }
         let global = self.front + self.sent as u64;
+        self.sent_bytes += self.memory.get(self.sent).map_or(0, |b| b.text.len());
         self.sent += 1;
         self.sent_high = Some(self.sent_high.map_or(global, |h| h.max(global)));
         let seq = self.wire_seq(global);
@@ -321,6 +330,7 @@ impl Outbox {
             bytes += batch.text.len();
             self.front += 1;
             self.sent = self.sent.saturating_sub(1);
+            self.sent_bytes = self.sent_bytes.saturating_sub(batch.text.len());
         }
         self.memory_bytes -= bytes;
         self.acked_bytes += bytes as u64;
@@ -367,12 +377,14 @@ impl Outbox {
         }
         self.nack_front = Some(self.front);
         self.sent = 0;
+        self.sent_bytes = 0;
         NackOutcome::Resend
     }
 
     /// The connection dropped: whatever was in flight must be sent again.
     pub fn on_disconnect(&mut self) {
         self.sent = 0;
+        self.sent_bytes = 0;
         self.nack_front = None;
     }
 
@@ -391,6 +403,7 @@ impl Outbox {
             }
         }
         self.sent = 0;
+        self.sent_bytes = 0;
     }
 
     /// Everything not delivered, oldest first, for the log when delivery is
@@ -415,6 +428,7 @@ impl Outbox {
         }
         self.memory_bytes = 0;
         self.sent = 0;
+        self.sent_bytes = 0;
         self.spool = None;
     }
 }
@@ -429,7 +443,7 @@ mod tests {
 
     fn send_all(outbox: &mut Outbox, window: usize) -> Vec<(u64, String)> {
         let mut sent = Vec::new();
-        while let Some((seq, batch)) = outbox.next_to_send(window) {
+        while let Some((seq, batch)) = outbox.next_to_send(window, usize::MAX) {
             sent.push((seq, batch.text.clone()));
         }
         sent
@@ -453,7 +467,7 @@ mod tests {
         ob.push(Stream::Stdout, "o2");
         ob.seal();
         let sent: Vec<_> = std::iter::from_fn(|| {
-            ob.next_to_send(9)
+            ob.next_to_send(9, usize::MAX)
                 .map(|(s, b)| (s, b.stream, b.text.clone()))
         })
         .collect();
@@ -475,7 +489,7 @@ mod tests {
             ob.seal();
         }
         assert_eq!(send_all(&mut ob, 3).len(), 3);
-        assert_eq!(ob.next_to_send(3), None);
+        assert_eq!(ob.next_to_send(3, usize::MAX), None);
         assert_eq!(ob.on_ack(1), 4); // retires m0 and m1
         assert_eq!(ob.in_flight(), 1);
         assert_eq!(
@@ -493,13 +507,38 @@ mod tests {
     }
 
     #[test]
+    fn bytes_in_flight_are_bounded_but_one_message_always_goes() {
+        let mut ob = outbox();
+        for text in ["aaaaaaaa", "bbbbbbbb", "cccccccc"] {
+            ob.push(Stream::Stdout, text);
+            ob.seal();
+        }
+        assert_eq!(
+            ob.next_to_send(8, 4).map(|(s, _)| s),
+            Some(0),
+            "one message even over the byte budget"
+        );
+        assert_eq!(ob.next_to_send(8, 4), None);
+        ob.on_ack(0);
+        let sent: Vec<u64> =
+            std::iter::from_fn(|| ob.next_to_send(8, 16).map(|(s, _)| s)).collect();
+        assert_eq!(sent, [1, 2]);
+        ob.on_disconnect();
+        assert_eq!(
+            ob.next_to_send(8, 8).map(|(s, _)| s),
+            Some(1),
+            "budget resets with the connection"
+        );
+    }
+
+    #[test]
     fn hostile_acks_retire_nothing_unsent() {
         let mut ob = outbox();
         for i in 0..3 {
             ob.push(Stream::Stdout, &format!("m{i}"));
             ob.seal();
         }
-        ob.next_to_send(1);
+        ob.next_to_send(1, usize::MAX);
         for bogus in [-1, 1, 2, 99, i64::MAX, i64::MIN] {
             assert_eq!(ob.on_ack(bogus), 0, "{bogus}");
         }

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 
 use crate::protocol::Stream;
 use crate::supervisor::Event;
@@ -20,7 +20,7 @@ const READ_SIZE: usize = 64 * 1024;
 /// Sends `StreamClosed` when the thread ends, however it ends.
 struct ClosedGuard {
     stream: Stream,
-    events: Sender<Event>,
+    events: SyncSender<Event>,
 }
 
 impl Drop for ClosedGuard {
@@ -29,7 +29,7 @@ impl Drop for ClosedGuard {
     }
 }
 
-pub fn spawn_reader(stream: Stream, mut pipe: File, events: Sender<Event>) -> io::Result<()> {
+pub fn spawn_reader(stream: Stream, mut pipe: File, events: SyncSender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name(stream.name().into())
         .stack_size(128 * 1024)

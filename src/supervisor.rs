@@ -50,6 +50,10 @@ const MAX_COMPLETE_ATTEMPTS: u32 = 5;
 /// Output messages in flight at once: enough to keep the pipe full, few
 /// enough that a dropped connection leaves little in doubt (docs/delivery.md).
 pub const WINDOW: usize = 8;
+/// ... and at most this many bytes of output in flight (one message always
+/// may be): each in-flight message briefly exists twice, as a batch and as a
+/// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
+pub const WINDOW_BYTES: usize = 2 << 20;
 
 /// What the supervisor does to the world.
 pub trait Effects {
@@ -630,7 +634,7 @@ impl<E: Effects> Supervisor<E> {
                 }
             }
             let wall = SystemTime::now();
-            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW) {
+            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
                 let frame = self.encoder.output(wall, batch.stream, seq, &batch.text);
                 log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
                 self.effects.link(LinkCommand::Send { generation, frame });

@@ -26,14 +26,20 @@ pub fn python() -> PathBuf {
         return PathBuf::from(path);
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(path.exists(), "{} is missing: run ./build.sh deps (it installs the real Saltpeter endpoint)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run ./build.sh deps (it installs the real Saltpeter endpoint)",
+        path.display()
+    );
     path
 }
 
 /// The wrapper under test: the cargo-built binary, or `SP_WRAPPER_BIN`
 /// (the static release binary in ./build.sh test).
 pub fn wrapper_bin() -> PathBuf {
-    std::env::var_os("SP_WRAPPER_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp_wrapper")))
+    std::env::var_os("SP_WRAPPER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp_wrapper")))
 }
 
 /// A fresh directory for one test, removed on drop (kept with SP_KEEP_TEST_DIRS).
@@ -98,7 +104,10 @@ impl JobResult {
             starttime: v["starttime"].as_str().map(str::to_string),
             endtime: v["endtime"].as_str().map(str::to_string),
             wrapper_version: v["wrapper_version"].as_str().map(str::to_string),
-            heartbeats: v["heartbeats"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default(),
+            heartbeats: v["heartbeats"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default(),
             outputs: v["outputs"].as_u64().unwrap_or(0),
             starts: v["starts"].as_u64().unwrap_or(0),
             completes: v["completes"].as_u64().unwrap_or(0),
@@ -139,9 +148,19 @@ impl Harness {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("harness ready line");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("harness did not start: {line:?} (see {})", dir.join("endpoint.out").display()));
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "harness did not start: {line:?} (see {})",
+                dir.join("endpoint.out").display()
+            )
+        });
         let port = ready["port"].as_u64().expect("port") as u16;
-        Harness { child, stdin, stdout, port }
+        Harness {
+            child,
+            stdin,
+            stdout,
+            port,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -161,23 +180,38 @@ impl Harness {
     }
 
     pub fn add_job(&mut self, name: &str, instance: &str, machines: &[&str]) {
-        let reply = self.request(json!({"cmd": "add_job", "name": name, "instance": instance, "machines": machines}));
+        let reply = self.request(
+            json!({"cmd": "add_job", "name": name, "instance": instance, "machines": machines}),
+        );
         assert_eq!(reply["ok"], true, "{reply}");
     }
 
     pub fn result(&mut self, name: &str, machine: &str) -> JobResult {
-        JobResult::from_json(&self.request(json!({"cmd": "result", "name": name, "machine": machine})))
+        JobResult::from_json(
+            &self.request(json!({"cmd": "result", "name": name, "machine": machine})),
+        )
     }
 
     /// The result once the server recorded an end; `Err(partial)` on timeout.
-    pub fn wait_result(&mut self, name: &str, machine: &str, timeout: Duration) -> Result<JobResult, JobResult> {
+    pub fn wait_result(
+        &mut self,
+        name: &str,
+        machine: &str,
+        timeout: Duration,
+    ) -> Result<JobResult, JobResult> {
         let reply = self.request(json!({"cmd": "wait_result", "name": name, "machine": machine, "timeout": timeout.as_secs_f64()}));
         let result = JobResult::from_json(&reply);
-        if reply["ok"] == true { Ok(result) } else { Err(result) }
+        if reply["ok"] == true {
+            Ok(result)
+        } else {
+            Err(result)
+        }
     }
 
     pub fn kill(&mut self, name: &str, instance: &str, machine: &str) {
-        let reply = self.request(json!({"cmd": "kill", "name": name, "instance": instance, "machine": machine}));
+        let reply = self.request(
+            json!({"cmd": "kill", "name": name, "instance": instance, "machine": machine}),
+        );
         assert_eq!(reply["ok"], true, "{reply}");
     }
 
@@ -219,7 +253,11 @@ pub struct Launch {
 
 impl Launch {
     pub fn new(url: &str, job: &str, instance: &str, command: &str, dir: &TestDir) -> Launch {
-        let mut launch = Launch { env: Vec::new(), args: Vec::new(), bin: wrapper_bin() };
+        let mut launch = Launch {
+            env: Vec::new(),
+            args: Vec::new(),
+            bin: wrapper_bin(),
+        };
         launch = launch
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .env("SP_WEBSOCKET_URL", url)
@@ -269,7 +307,12 @@ impl Launch {
     /// Run with a 30 s watchdog (Salt's own timeout).
     pub fn run(&self) -> Launched {
         let started = Instant::now();
-        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sp_wrapper");
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sp_wrapper");
         let mut out = child.stdout.take().expect("stdout");
         let mut err = child.stderr.take().expect("stderr");
         let pid = child.id();
@@ -298,8 +341,16 @@ impl Launch {
         let elapsed = started.elapsed();
         done.store(true, Ordering::SeqCst);
         let _ = watchdog.join();
-        assert!(elapsed < Duration::from_secs(30), "sp_wrapper held Salt's pipes for 30 s: {stdout} {stderr}");
-        Launched { code: status.code(), stdout, stderr, elapsed }
+        assert!(
+            elapsed < Duration::from_secs(30),
+            "sp_wrapper held Salt's pipes for 30 s: {stdout} {stderr}"
+        );
+        Launched {
+            code: status.code(),
+            stdout,
+            stderr,
+            elapsed,
+        }
     }
 }
 
@@ -311,7 +362,12 @@ pub fn log_text(dir: &TestDir, job: &str) -> String {
 /// Is a process with this pid alive (and not a zombie)?
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -337,7 +393,12 @@ impl CuttingProxy {
         let cuts = Arc::new(AtomicU64::new(0));
         let rng = Arc::new(Mutex::new(seed | 1));
         {
-            let (stop, refusing, connections, cuts) = (stop.clone(), refusing.clone(), connections.clone(), cuts.clone());
+            let (stop, refusing, connections, cuts) = (
+                stop.clone(),
+                refusing.clone(),
+                connections.clone(),
+                cuts.clone(),
+            );
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let client = match listener.accept() {
@@ -351,7 +412,9 @@ impl CuttingProxy {
                         drop(client);
                         continue;
                     }
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
                     connections.fetch_add(1, Ordering::SeqCst);
                     let lifetime = {
                         let mut state = rng.lock().expect("rng");
@@ -363,8 +426,14 @@ impl CuttingProxy {
                     };
                     let _ = client.set_nonblocking(false);
                     let pipes = [
-                        (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
-                        (server.try_clone().expect("clone"), client.try_clone().expect("clone")),
+                        (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        ),
+                        (
+                            server.try_clone().expect("clone"),
+                            client.try_clone().expect("clone"),
+                        ),
                     ];
                     for (mut from, mut to) in pipes {
                         thread::spawn(move || {
@@ -386,7 +455,13 @@ impl CuttingProxy {
                 }
             });
         }
-        CuttingProxy { port, stop, refusing, connections, cuts }
+        CuttingProxy {
+            port,
+            stop,
+            refusing,
+            connections,
+            cuts,
+        }
     }
 
     pub fn port(&self) -> u16 {

@@ -1,0 +1,301 @@
+//! Delivery guarantees against the real Saltpeter endpoint: every byte once,
+//! in order, across cut connections, endpoint restarts and long outages; the
+//! job never slowed by the network; memory bounded with a spool beyond it.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{CuttingProxy, Harness, Launch, TestDir, wait_until};
+
+const MACHINE: &str = "test-minion";
+
+fn launch_ok(launch: &Launch) {
+    let launched = launch.run();
+    assert_eq!(launched.code, Some(0), "launch failed: {launched:?}");
+}
+
+fn numbered_lines(count: usize) -> String {
+    (0..count).map(|i| format!("line {i}\n")).collect()
+}
+
+/// Compare big outputs without printing megabytes on failure.
+fn assert_same(recorded: &str, expected: &str, what: &str) {
+    if recorded == expected {
+        return;
+    }
+    let first_difference = recorded
+        .bytes()
+        .zip(expected.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(recorded.len().min(expected.len()));
+    let around = |s: &str| {
+        s.get(first_difference.saturating_sub(40)..(first_difference + 40).min(s.len()))
+            .unwrap_or("")
+            .to_string()
+    };
+    panic!(
+        "{what}: recorded {} bytes, expected {}; first difference at byte {first_difference}: recorded {:?} expected {:?}",
+        recorded.len(),
+        expected.len(),
+        around(recorded),
+        around(expected)
+    );
+}
+
+#[test]
+fn connections_cut_every_second_still_deliver_every_line_once() {
+    let dir = TestDir::new("cuts");
+    let mut server = Harness::start(&dir);
+    server.add_job("cuts", "cuts_1", &[MACHINE]);
+    let proxy = CuttingProxy::start(
+        server.port(),
+        Duration::from_millis(300),
+        Duration::from_millis(1200),
+        0x5eed,
+    );
+    // 20,000 numbered lines over about 5 s.
+    let command = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); \
+                   if [ $((i % 2000)) -eq 0 ]; then sleep 0.5; fi; done";
+    launch_ok(&Launch::new(&proxy.url(), "cuts", "cuts_1", command, &dir));
+    let result = server
+        .wait_result("cuts", MACHINE, Duration::from_secs(120))
+        .expect("result recorded");
+    assert_eq!(result.retcode, Some(0));
+    assert_same(
+        &result.ret,
+        &numbered_lines(20_000),
+        "output through a cutting proxy",
+    );
+    assert!(
+        proxy.connections() >= 3,
+        "the proxy should have cut several connections, saw {}",
+        proxy.connections()
+    );
+}
+
+#[test]
+fn endpoint_restarted_twice_during_a_job() {
+    let dir = TestDir::new("restarts");
+    let mut server = Harness::start(&dir);
+    server.add_job("restarts", "restarts_1", &[MACHINE]);
+    // About 8 s of steady output.
+    let command = "i=0; while [ $i -lt 4000 ]; do echo \"line $i\"; i=$((i+1)); \
+                   if [ $((i % 100)) -eq 0 ]; then sleep 0.2; fi; done";
+    launch_ok(&Launch::new(
+        &server.url(),
+        "restarts",
+        "restarts_1",
+        command,
+        &dir,
+    ));
+    for _ in 0..2 {
+        assert!(
+            wait_until(Duration::from_secs(20), || server
+                .result("restarts", MACHINE)
+                .outputs
+                > 0),
+            "output flows"
+        );
+        thread::sleep(Duration::from_millis(1500)); // output accumulates on the live endpoint
+        server.stop_endpoint();
+        thread::sleep(Duration::from_secs(1)); // the outage under test
+        server.start_endpoint();
+    }
+    let result = server
+        .wait_result("restarts", MACHINE, Duration::from_secs(120))
+        .expect("result recorded");
+    assert_eq!(result.retcode, Some(0));
+    assert_same(
+        &result.ret,
+        &numbered_lines(4000),
+        "output across two endpoint restarts",
+    );
+}
+
+#[test]
+fn server_unreachable_for_twenty_seconds() {
+    let dir = TestDir::new("unreachable");
+    let mut server = Harness::start_without_endpoint(&dir);
+    server.add_job("away", "away_1", &[MACHINE]);
+    let command = "echo before; echo on stderr >&2; sleep 1; echo after; exit 4";
+    launch_ok(&Launch::new(&server.url(), "away", "away_1", command, &dir));
+    thread::sleep(Duration::from_secs(20)); // the outage under test
+    server.start_endpoint();
+    let result = server
+        .wait_result("away", MACHINE, Duration::from_secs(60))
+        .expect("result recorded");
+    assert_eq!(result.ret, "before\non stderr\nafter\n");
+    assert_eq!(result.retcode, Some(4));
+}
+
+/// A job that writes `chunks` MiB in 1 MiB pieces with a short pause after
+/// each, records its own run time in `timing`, and its expected output.
+fn chunked_job(dir: &TestDir, chunks: usize, pause: &str) -> (String, String) {
+    let chunk: String = (0..)
+        .map(|i| format!("{i:07} 0123456789abcdefghijklmnopqrstuvwxyz\n"))
+        .take_while({
+            let mut total = 0;
+            move |line: &String| {
+                total += line.len();
+                total <= 1 << 20
+            }
+        })
+        .collect();
+    let chunk_file = dir.join("chunk.txt");
+    std::fs::write(&chunk_file, &chunk).expect("write chunk");
+    let timing = dir.join("timing");
+    let command = format!(
+        "s=$(date +%s%N); i=0; while [ $i -lt {chunks} ]; do echo \"chunk $i\"; cat {chunk}; sleep {pause}; i=$((i+1)); done; \
+         e=$(date +%s%N); echo $((e - s)) > {timing}",
+        chunk = chunk_file.display(),
+        timing = timing.display()
+    );
+    let expected: String = (0..chunks).map(|i| format!("chunk {i}\n{chunk}")).collect();
+    (command, expected)
+}
+
+fn job_nanos(dir: &TestDir) -> Option<u64> {
+    std::fs::read_to_string(dir.join("timing"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
+    let dir = TestDir::new("thirty");
+    let (command, expected) = chunked_job(&dir, 30, "0.05");
+    // Baseline: the same job with its output drained as fast as possible.
+    let baseline = {
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&command)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("baseline job");
+        let mut out = child.stdout.take().expect("stdout");
+        std::io::copy(&mut out, &mut std::io::sink()).expect("drain");
+        assert!(child.wait().expect("wait").success());
+        job_nanos(&dir).expect("baseline timing")
+    };
+    std::fs::remove_file(dir.join("timing")).expect("reset timing");
+
+    let mut server = Harness::start_without_endpoint(&dir);
+    server.add_job("thirty", "thirty_1", &[MACHINE]);
+    launch_ok(&Launch::new(
+        &server.url(),
+        "thirty",
+        "thirty_1",
+        &command,
+        &dir,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(60), || job_nanos(&dir).is_some()),
+        "the job did not finish while the server was away"
+    );
+    let wrapped = job_nanos(&dir).expect("timing");
+    let ratio = wrapped as f64 / baseline as f64;
+    println!(
+        "30 MB job: {:.0} ms alone, {:.0} ms under sp_wrapper with no server ({ratio:.2}x)",
+        baseline as f64 / 1e6,
+        wrapped as f64 / 1e6
+    );
+    // Within 20%, plus 100 ms for scheduling noise on a loaded 2-core machine.
+    assert!(
+        wrapped as f64 <= baseline as f64 * 1.2 + 100e6,
+        "the job was slowed: {ratio:.2}x"
+    );
+
+    server.start_endpoint();
+    let result = server
+        .wait_result("thirty", MACHINE, Duration::from_secs(120))
+        .expect("result recorded");
+    assert_eq!(result.retcode, Some(0));
+    assert_same(&result.ret, &expected, "30 MB delivered after the outage");
+}
+
+fn vm_hwm_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
+    const BOUND_MB: u64 = 16;
+    let dir = TestDir::new("twohundred");
+    let (command, expected) = chunked_job(&dir, 200, "0");
+    let ppid_file = dir.join("daemon.pid");
+    let command = format!("echo $PPID > {}; {command}", ppid_file.display());
+    let mut server = Harness::start_without_endpoint(&dir);
+    server.add_job("big", "big_1", &[MACHINE]);
+    let launch = Launch::new(&server.url(), "big", "big_1", &command, &dir)
+        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string());
+    launch_ok(&launch);
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(
+            &ppid_file
+        )
+        .is_ok_and(|s| s.ends_with('\n'))),
+        "job started"
+    );
+    let daemon: i32 = std::fs::read_to_string(&ppid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    assert!(
+        wait_until(Duration::from_secs(120), || job_nanos(&dir).is_some()),
+        "the job finished while the server was away"
+    );
+    let spool_present = || {
+        std::fs::read_dir(&dir.path)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), spool_present),
+        "output beyond the bound should spill to a spool file"
+    );
+
+    println!(
+        "daemon peak RSS (VmHWM) with the job done and no server: {} KiB",
+        vm_hwm_kib(daemon).unwrap_or(0)
+    );
+    // Watch the daemon's peak RSS until it exits, while it delivers.
+    let sampler = thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(hwm) = vm_hwm_kib(daemon) {
+            peak = peak.max(hwm);
+            thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    });
+    let started = Instant::now();
+    server.start_endpoint();
+    let result = server
+        .wait_result("big", MACHINE, Duration::from_secs(300))
+        .expect("result recorded");
+    println!(
+        "200 MB delivered in {:?} after the server came up",
+        started.elapsed()
+    );
+    let peak_kib = sampler.join().expect("sampler");
+    println!("daemon peak RSS (VmHWM): {peak_kib} KiB with SP_BUFFER_MAX_MB={BOUND_MB}");
+    assert_eq!(result.retcode, Some(0));
+    assert_same(&result.ret, &expected, "200 MB delivered through the spool");
+    assert!(
+        peak_kib > 0 && peak_kib <= (BOUND_MB + 8) * 1024,
+        "peak RSS {peak_kib} KiB exceeds the bound + 8 MiB"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !spool_present()),
+        "the spool file is removed once delivered"
+    );
+}
