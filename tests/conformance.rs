@@ -14,8 +14,14 @@ const RESULT_WAIT: Duration = Duration::from_secs(60);
 fn launch_ok(launch: &Launch) -> common::Launched {
     let launched = launch.run();
     assert_eq!(launched.code, Some(0), "launch failed: {launched:?}");
-    assert!(launched.stdout.contains("Saltpeter Wrapper version"), "{launched:?}");
-    assert!(launched.stdout.contains("Wrapper started successfully"), "{launched:?}");
+    assert!(
+        launched.stdout.contains("Saltpeter Wrapper version"),
+        "{launched:?}"
+    );
+    assert!(
+        launched.stdout.contains("Wrapper started successfully"),
+        "{launched:?}"
+    );
     launched
 }
 
@@ -25,13 +31,28 @@ fn exact_output_and_exit_code_with_stdout_and_stderr() {
     let mut server = Harness::start(&dir);
     server.add_job("exact", "exact_1", &[MACHINE]);
     // Pauses give the two pipes a definite order (they have none otherwise).
-    let command = "echo out1; sleep 0.3; echo err1 >&2; sleep 0.3; printf 'out2 no newline'; exit 3";
-    let launched = launch_ok(&Launch::new(&server.url(), "exact", "exact_1", command, &dir));
-    assert!(launched.elapsed < Duration::from_secs(5), "the launch should return at once: {launched:?}");
-    let result = server.wait_result("exact", MACHINE, RESULT_WAIT).expect("result recorded");
+    let command =
+        "echo out1; sleep 0.3; echo err1 >&2; sleep 0.3; printf 'out2 no newline'; exit 3";
+    let launched = launch_ok(&Launch::new(
+        &server.url(),
+        "exact",
+        "exact_1",
+        command,
+        &dir,
+    ));
+    assert!(
+        launched.elapsed < Duration::from_secs(5),
+        "the launch should return at once: {launched:?}"
+    );
+    let result = server
+        .wait_result("exact", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.ret, "out1\nerr1\nout2 no newline");
     assert_eq!(result.retcode, Some(3));
-    assert_eq!(result.wrapper_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        result.wrapper_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(result.starts, 1);
 }
 
@@ -50,10 +71,23 @@ fn a_megabyte_of_multibyte_utf8_arrives_exactly() {
     std::fs::write(&file, &text).expect("write input");
     // dd with a 4093-byte block size splits characters across pipe writes.
     let command = format!("dd if={} bs=4093 2>/dev/null", file.display());
-    launch_ok(&Launch::new(&server.url(), "utf8", "utf8_1", &command, &dir));
-    let result = server.wait_result("utf8", MACHINE, RESULT_WAIT).expect("result recorded");
+    launch_ok(&Launch::new(
+        &server.url(),
+        "utf8",
+        "utf8_1",
+        &command,
+        &dir,
+    ));
+    let result = server
+        .wait_result("utf8", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.retcode, Some(0));
-    assert!(result.ret == text, "output differs: {} bytes recorded, {} expected", result.ret.len(), text.len());
+    assert!(
+        result.ret == text,
+        "output differs: {} bytes recorded, {} expected",
+        result.ret.len(),
+        text.len()
+    );
 }
 
 #[test]
@@ -61,14 +95,29 @@ fn eight_megabytes_arrive_exactly() {
     let dir = TestDir::new("eight");
     let mut server = Harness::start(&dir);
     server.add_job("eight", "eight_1", &[MACHINE]);
-    let text: String = (0..200_000).map(|i| format!("line {i:08} of the eight megabyte test.\n")).collect();
+    let text: String = (0..200_000)
+        .map(|i| format!("line {i:08} of the eight megabyte test.\n"))
+        .collect();
     assert!(text.len() >= 8_000_000);
     let file = dir.join("input.txt");
     std::fs::write(&file, &text).expect("write input");
-    launch_ok(&Launch::new(&server.url(), "eight", "eight_1", &format!("cat {}", file.display()), &dir));
-    let result = server.wait_result("eight", MACHINE, RESULT_WAIT).expect("result recorded");
+    launch_ok(&Launch::new(
+        &server.url(),
+        "eight",
+        "eight_1",
+        &format!("cat {}", file.display()),
+        &dir,
+    ));
+    let result = server
+        .wait_result("eight", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.retcode, Some(0));
-    assert!(result.ret == text, "output differs: {} bytes recorded, {} expected", result.ret.len(), text.len());
+    assert!(
+        result.ret == text,
+        "output differs: {} bytes recorded, {} expected",
+        result.ret.len(),
+        text.len()
+    );
 }
 
 #[test]
@@ -77,14 +126,30 @@ fn timeout_kills_with_124_in_about_the_timeout() {
     let mut server = Harness::start(&dir);
     server.add_job("timeout", "timeout_1", &[MACHINE]);
     let started = Instant::now();
-    let launch = Launch::new(&server.url(), "timeout", "timeout_1", "echo started; sleep 60", &dir).env("SP_TIMEOUT", "2");
+    let launch = Launch::new(
+        &server.url(),
+        "timeout",
+        "timeout_1",
+        "echo started; sleep 60",
+        &dir,
+    )
+    .env("SP_TIMEOUT", "2");
     launch_ok(&launch);
-    let result = server.wait_result("timeout", MACHINE, RESULT_WAIT).expect("result recorded");
+    let result = server
+        .wait_result("timeout", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     let took = started.elapsed();
     assert_eq!(result.retcode, Some(124));
     assert!(result.ret.starts_with("started\n"), "{:?}", result.ret);
-    assert!(result.ret.contains("[Job exceeded timeout of 2 seconds]"), "{:?}", result.ret);
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        result.ret.contains("[Job exceeded timeout of 2 seconds]"),
+        "{:?}",
+        result.ret
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
 }
 
 #[test]
@@ -95,23 +160,57 @@ fn kill_gives_143_and_leaves_no_process_of_the_group() {
     let pids = dir.join("pids");
     // The shell and its background child both ignore SIGTERM: only the
     // SIGKILL escalation can end them.
-    let command = format!("trap '' TERM; sleep 300 & echo $! > {0}; echo $$ >> {0}; echo running; wait", pids.display());
-    launch_ok(&Launch::new(&server.url(), "kill", "kill_1", &command, &dir));
+    let command = format!(
+        "trap '' TERM; sleep 300 & echo $! > {0}; echo $$ >> {0}; echo running; wait",
+        pids.display()
+    );
+    launch_ok(&Launch::new(
+        &server.url(),
+        "kill",
+        "kill_1",
+        &command,
+        &dir,
+    ));
     assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids).map(|p| p.lines().count() == 2).unwrap_or(false)),
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids)
+            .map(|p| p.lines().count() == 2)
+            .unwrap_or(false)),
         "the job did not start"
     );
-    let pids: Vec<i32> = std::fs::read_to_string(&pids).expect("pids").lines().map(|l| l.trim().parse().expect("pid")).collect();
-    assert!(wait_until(Duration::from_secs(20), || server.result("kill", MACHINE).starttime.is_some()), "start recorded");
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .expect("pids")
+        .lines()
+        .map(|l| l.trim().parse().expect("pid"))
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || server
+            .result("kill", MACHINE)
+            .starttime
+            .is_some()),
+        "start recorded"
+    );
     let asked = Instant::now();
     server.kill("kill", "kill_1", MACHINE);
-    let result = server.wait_result("kill", MACHINE, RESULT_WAIT).expect("result recorded");
+    let result = server
+        .wait_result("kill", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.retcode, Some(143));
     assert!(result.ret.contains("running\n"), "{:?}", result.ret);
-    assert!(result.ret.contains("[Job terminated by user request]"), "{:?}", result.ret);
-    assert!(asked.elapsed() < Duration::from_secs(20), "kill took {:?}", asked.elapsed());
+    assert!(
+        result.ret.contains("[Job terminated by user request]"),
+        "{:?}",
+        result.ret
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "kill took {:?}",
+        asked.elapsed()
+    );
     for pid in pids {
-        assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)), "process {pid} of the job survived the kill");
+        assert!(
+            wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+            "process {pid} of the job survived the kill"
+        );
     }
 }
 
@@ -120,13 +219,29 @@ fn heartbeats_come_about_five_seconds_apart() {
     let dir = TestDir::new("heartbeat");
     let mut server = Harness::start(&dir);
     server.add_job("heartbeat", "heartbeat_1", &[MACHINE]);
-    launch_ok(&Launch::new(&server.url(), "heartbeat", "heartbeat_1", "sleep 16", &dir));
-    let result = server.wait_result("heartbeat", MACHINE, RESULT_WAIT).expect("result recorded");
+    launch_ok(&Launch::new(
+        &server.url(),
+        "heartbeat",
+        "heartbeat_1",
+        "sleep 16",
+        &dir,
+    ));
+    let result = server
+        .wait_result("heartbeat", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.retcode, Some(0));
-    assert!(result.heartbeats.len() >= 2, "heartbeats: {:?}", result.heartbeats);
+    assert!(
+        result.heartbeats.len() >= 2,
+        "heartbeats: {:?}",
+        result.heartbeats
+    );
     for pair in result.heartbeats.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!((4.0..=6.5).contains(&gap), "heartbeat gap {gap:.2} s in {:?}", result.heartbeats);
+        assert!(
+            (4.0..=6.5).contains(&gap),
+            "heartbeat gap {gap:.2} s in {:?}",
+            result.heartbeats
+        );
     }
 }
 
@@ -139,8 +254,13 @@ fn a_server_that_starts_six_seconds_late_still_gets_everything() {
     launch_ok(&Launch::new(&server.url(), "late", "late_1", command, &dir));
     std::thread::sleep(Duration::from_secs(6)); // the outage under test, not a wait for a condition
     server.start_endpoint();
-    let result = server.wait_result("late", MACHINE, RESULT_WAIT).expect("result recorded");
-    assert_eq!(result.ret, "early 1\nearly 2\nearly 3\nearly 4\nearly 5\ndone\n");
+    let result = server
+        .wait_result("late", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
+    assert_eq!(
+        result.ret,
+        "early 1\nearly 2\nearly 3\nearly 4\nearly 5\ndone\n"
+    );
     assert_eq!(result.retcode, Some(0));
 }
 
@@ -151,25 +271,56 @@ fn overlap_refused_with_254_for_the_second_instance() {
     server.add_job("overlap", "overlap_1", &[MACHINE]);
     server.add_job("overlap", "overlap_2", &[MACHINE]);
     let lock = dir.join("overlap.lock");
-    let first = Launch::new(&server.url(), "overlap", "overlap_1", "sleep 3; echo first done", &dir)
-        .env("SP_ALLOW_OVERLAP", "false")
-        .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
+    let first = Launch::new(
+        &server.url(),
+        "overlap",
+        "overlap_1",
+        "sleep 3; echo first done",
+        &dir,
+    )
+    .env("SP_ALLOW_OVERLAP", "false")
+    .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
     launch_ok(&first);
-    let second = Launch::new(&server.url(), "overlap", "overlap_2", "echo second ran", &dir)
-        .env("SP_ALLOW_OVERLAP", "false")
-        .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
+    let second = Launch::new(
+        &server.url(),
+        "overlap",
+        "overlap_2",
+        "echo second ran",
+        &dir,
+    )
+    .env("SP_ALLOW_OVERLAP", "false")
+    .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
     let refused = second.run();
     assert_eq!(refused.code, Some(254), "{refused:?}");
-    assert!(refused.stderr.contains("LOCKFILE ERROR: Job overlap already running (PID "), "{refused:?}");
-    assert!(refused.stderr.contains("overlap not allowed"), "{refused:?}");
-    let result = server.wait_result("overlap", MACHINE, RESULT_WAIT).expect("first result");
+    assert!(
+        refused
+            .stderr
+            .contains("LOCKFILE ERROR: Job overlap already running (PID "),
+        "{refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("overlap not allowed"),
+        "{refused:?}"
+    );
+    let result = server
+        .wait_result("overlap", MACHINE, RESULT_WAIT)
+        .expect("first result");
     assert_eq!(result.ret, "first done\n");
-    assert!(wait_until(Duration::from_secs(10), || !lock.exists()), "the lock is released at the end");
+    assert!(
+        wait_until(Duration::from_secs(10), || !lock.exists()),
+        "the lock is released at the end"
+    );
     // And with the lock free again, a new instance runs.
     server.add_job("overlap", "overlap_3", &[MACHINE]);
-    let third = Launch::new(&server.url(), "overlap", "overlap_3", "echo third ran", &dir)
-        .env("SP_ALLOW_OVERLAP", "false")
-        .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
+    let third = Launch::new(
+        &server.url(),
+        "overlap",
+        "overlap_3",
+        "echo third ran",
+        &dir,
+    )
+    .env("SP_ALLOW_OVERLAP", "false")
+    .env("SP_LOCKFILE", lock.to_str().expect("utf-8"));
     launch_ok(&third);
 }
 
@@ -180,12 +331,23 @@ fn cwd_and_the_jobs_own_environment() {
     server.add_job("cwd", "cwd_1", &[MACHINE]);
     let work = dir.join("work dir");
     std::fs::create_dir_all(&work).expect("mkdir");
-    let launch = Launch::new(&server.url(), "cwd", "cwd_1", "pwd; echo \"$JOB_SETTING\"", &dir)
-        .env("SP_CWD", work.to_str().expect("utf-8"))
-        .env("JOB_SETTING", "from the job's env: block");
+    let launch = Launch::new(
+        &server.url(),
+        "cwd",
+        "cwd_1",
+        "pwd; echo \"$JOB_SETTING\"",
+        &dir,
+    )
+    .env("SP_CWD", work.to_str().expect("utf-8"))
+    .env("JOB_SETTING", "from the job's env: block");
     launch_ok(&launch);
-    let result = server.wait_result("cwd", MACHINE, RESULT_WAIT).expect("result recorded");
-    assert_eq!(result.ret, format!("{}\nfrom the job's env: block\n", work.display()));
+    let result = server
+        .wait_result("cwd", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
+    assert_eq!(
+        result.ret,
+        format!("{}\nfrom the job's env: block\n", work.display())
+    );
 }
 
 #[test]
@@ -193,19 +355,52 @@ fn bad_configuration_fails_at_launch_naming_the_variable() {
     let dir = TestDir::new("badconfig");
     let url = "ws://127.0.0.1:9";
     for (var, launch) in [
-        ("SP_COMMAND", Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_COMMAND")),
-        ("SP_WEBSOCKET_URL", Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_WEBSOCKET_URL")),
-        ("SP_JOB_NAME", Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_JOB_NAME")),
-        ("SP_JOB_INSTANCE", Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_JOB_INSTANCE").unset("SP_JOB_INSTANCE_NAME")),
-        ("SP_WEBSOCKET_URL", Launch::new("wss://127.0.0.1:9", "bad", "bad_1", "true", &dir)),
-        ("SP_TIMEOUT", Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_TIMEOUT", "soon")),
-        ("SP_CWD", Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_CWD", "/nonexistent/sp/dir")),
-        ("SP_USER", Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_USER", "no-such-user-sp")),
+        (
+            "SP_COMMAND",
+            Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_COMMAND"),
+        ),
+        (
+            "SP_WEBSOCKET_URL",
+            Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_WEBSOCKET_URL"),
+        ),
+        (
+            "SP_JOB_NAME",
+            Launch::new(url, "bad", "bad_1", "true", &dir).unset("SP_JOB_NAME"),
+        ),
+        (
+            "SP_JOB_INSTANCE",
+            Launch::new(url, "bad", "bad_1", "true", &dir)
+                .unset("SP_JOB_INSTANCE")
+                .unset("SP_JOB_INSTANCE_NAME"),
+        ),
+        (
+            "SP_WEBSOCKET_URL",
+            Launch::new("wss://127.0.0.1:9", "bad", "bad_1", "true", &dir),
+        ),
+        (
+            "SP_TIMEOUT",
+            Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_TIMEOUT", "soon"),
+        ),
+        (
+            "SP_CWD",
+            Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_CWD", "/nonexistent/sp/dir"),
+        ),
+        (
+            "SP_USER",
+            Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_USER", "no-such-user-sp"),
+        ),
     ] {
         let launched = launch.run();
         assert_eq!(launched.code, Some(1), "{var}: {launched:?}");
-        assert!(launched.stderr.contains(var), "{var} not named: {launched:?}");
-        assert_eq!(launched.stderr.trim().lines().count(), 1, "one line: {launched:?}");
+        assert!(
+            launched.stderr.contains(var),
+            "{var} not named: {launched:?}"
+        );
+        assert_eq!(
+            launched.stderr.trim().lines().count(),
+            1,
+            "one line: {launched:?}"
+        );
     }
 }
 
@@ -214,15 +409,25 @@ fn an_orphaned_instance_keeps_its_output_in_the_log() {
     let dir = TestDir::new("orphan");
     let server = Harness::start(&dir);
     // No add_job: the server is not running this instance (JOB_NOT_FOUND).
-    launch_ok(&Launch::new(&server.url(), "orphan", "orphan_1", "echo precious line 1; echo precious line 2 >&2", &dir));
+    launch_ok(&Launch::new(
+        &server.url(),
+        "orphan",
+        "orphan_1",
+        "echo precious line 1; echo precious line 2 >&2",
+        &dir,
+    ));
     assert!(
-        wait_until(Duration::from_secs(30), || log_text(&dir, "orphan").contains("END OF UNDELIVERED OUTPUT")),
+        wait_until(Duration::from_secs(30), || log_text(&dir, "orphan")
+            .contains("END OF UNDELIVERED OUTPUT")),
         "log: {}",
         log_text(&dir, "orphan")
     );
     let log = log_text(&dir, "orphan");
     assert!(log.contains("JOB_NOT_FOUND"), "{log}");
-    assert!(log.contains("precious line 1\n") && log.contains("precious line 2\n"), "{log}");
+    assert!(
+        log.contains("precious line 1\n") && log.contains("precious line 2\n"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -230,11 +435,25 @@ fn loglevel_off_writes_no_log_file() {
     let dir = TestDir::new("off");
     let mut server = Harness::start(&dir);
     server.add_job("quiet", "quiet_1", &[MACHINE]);
-    launch_ok(&Launch::new(&server.url(), "quiet", "quiet_1", "echo hi", &dir).env("SP_WRAPPER_LOGLEVEL", "off"));
-    let result = server.wait_result("quiet", MACHINE, RESULT_WAIT).expect("result recorded");
+    launch_ok(
+        &Launch::new(&server.url(), "quiet", "quiet_1", "echo hi", &dir)
+            .env("SP_WRAPPER_LOGLEVEL", "off"),
+    );
+    let result = server
+        .wait_result("quiet", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.ret, "hi\n");
-    let entries: Vec<_> = std::fs::read_dir(&dir.path).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-    assert!(!entries.iter().any(|n| n.to_string_lossy().ends_with(".log")), "{entries:?}");
+    let entries: Vec<_> = std::fs::read_dir(&dir.path)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !entries
+            .iter()
+            .any(|n| n.to_string_lossy().ends_with(".log")),
+        "{entries:?}"
+    );
 }
 
 #[test]
@@ -244,11 +463,19 @@ fn an_unusable_log_directory_does_not_stop_the_job() {
     server.add_job("logerr", "logerr_1", &[MACHINE]);
     let blocker = dir.join("not-a-dir");
     std::fs::write(&blocker, "a file where the log directory should be").expect("write");
-    let launch = Launch::new(&server.url(), "logerr", "logerr_1", "echo still ran", &dir)
-        .env("SP_WRAPPER_LOGDIR", blocker.join("sub").to_str().expect("utf-8"));
+    let launch = Launch::new(&server.url(), "logerr", "logerr_1", "echo still ran", &dir).env(
+        "SP_WRAPPER_LOGDIR",
+        blocker.join("sub").to_str().expect("utf-8"),
+    );
     launch_ok(&launch);
-    let result = server.wait_result("logerr", MACHINE, RESULT_WAIT).expect("result recorded");
-    assert!(result.ret.starts_with("[WRAPPER LOG ERROR] "), "{:?}", result.ret);
+    let result = server
+        .wait_result("logerr", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
+    assert!(
+        result.ret.starts_with("[WRAPPER LOG ERROR] "),
+        "{:?}",
+        result.ret
+    );
     assert!(result.ret.ends_with("still ran\n"), "{:?}", result.ret);
 }
 
@@ -258,27 +485,62 @@ fn salts_pipes_are_released_while_the_job_runs() {
     let mut server = Harness::start(&dir);
     server.add_job("pipes", "pipes_1", &[MACHINE]);
     // Launch::run returns only once stdout and stderr are closed.
-    let launched = launch_ok(&Launch::new(&server.url(), "pipes", "pipes_1", "sleep 4; echo late", &dir));
-    assert!(launched.elapsed < Duration::from_secs(3), "Salt waited {:?}", launched.elapsed);
-    let result = server.wait_result("pipes", MACHINE, RESULT_WAIT).expect("result recorded");
+    let launched = launch_ok(&Launch::new(
+        &server.url(),
+        "pipes",
+        "pipes_1",
+        "sleep 4; echo late",
+        &dir,
+    ));
+    assert!(
+        launched.elapsed < Duration::from_secs(3),
+        "Salt waited {:?}",
+        launched.elapsed
+    );
+    let result = server
+        .wait_result("pipes", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
     assert_eq!(result.ret, "late\n");
 }
 
 #[test]
 fn version_help_and_foreground() {
     let dir = TestDir::new("cli");
-    let version = std::process::Command::new(common::wrapper_bin()).arg("--version").output().expect("run");
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("sp_wrapper {}", env!("CARGO_PKG_VERSION")));
-    let help = std::process::Command::new(common::wrapper_bin()).arg("--help").output().expect("run");
+    let version = std::process::Command::new(common::wrapper_bin())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("sp_wrapper {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = std::process::Command::new(common::wrapper_bin())
+        .arg("--help")
+        .output()
+        .expect("run");
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    for needle in ["SP_WEBSOCKET_URL", "SP_TIMEOUT", "SP_BUFFER_MAX_MB", "124", "143", "254"] {
+    for needle in [
+        "SP_WEBSOCKET_URL",
+        "SP_TIMEOUT",
+        "SP_BUFFER_MAX_MB",
+        "124",
+        "143",
+        "254",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
     let mut server = Harness::start(&dir);
     server.add_job("fg", "fg_1", &[MACHINE]);
-    let launched = Launch::new(&server.url(), "fg", "fg_1", "echo shown here; exit 7", &dir).arg("--foreground").run();
+    let launched = Launch::new(&server.url(), "fg", "fg_1", "echo shown here; exit 7", &dir)
+        .arg("--foreground")
+        .run();
     assert_eq!(launched.code, Some(7), "{launched:?}");
     assert!(launched.stdout.contains("shown here"), "{launched:?}");
-    let result = server.wait_result("fg", MACHINE, RESULT_WAIT).expect("result recorded");
-    assert_eq!((result.ret.as_str(), result.retcode), ("shown here\n", Some(7)));
+    let result = server
+        .wait_result("fg", MACHINE, RESULT_WAIT)
+        .expect("result recorded");
+    assert_eq!(
+        (result.ret.as_str(), result.retcode),
+        ("shown here\n", Some(7))
+    );
 }

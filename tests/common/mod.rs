@@ -198,13 +198,13 @@ impl Harness {
         name: &str,
         machine: &str,
         timeout: Duration,
-    ) -> Result<JobResult, JobResult> {
+    ) -> Result<JobResult, Box<JobResult>> {
         let reply = self.request(json!({"cmd": "wait_result", "name": name, "machine": machine, "timeout": timeout.as_secs_f64()}));
         let result = JobResult::from_json(&reply);
         if reply["ok"] == true {
             Ok(result)
         } else {
-            Err(result)
+            Err(Box::new(result))
         }
     }
 
