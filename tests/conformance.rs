@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, TestDir, log_text, pid_alive, wait_until};
+use common::{Harness, Launch, TestDir, assert_same, log_text, pid_alive, run_job, wait_until};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
@@ -60,64 +60,40 @@ fn exact_output_and_exit_code_with_stdout_and_stderr() {
 fn a_megabyte_of_multibyte_utf8_arrives_exactly() {
     let dir = TestDir::new("utf8");
     let mut server = Harness::start(&dir);
-    server.add_job("utf8", "utf8_1", &[MACHINE]);
     let mut text = String::new();
-    let mut i = 0u64;
-    while text.len() < 1_200_000 {
+    for i in 0.. {
+        if text.len() >= 1_200_000 {
+            break;
+        }
         text.push_str(&format!("{i} héllo wörld ∑ 日本語 😀 ñ\n"));
-        i += 1;
     }
     let file = dir.join("input.txt");
     std::fs::write(&file, &text).expect("write input");
     // dd with a 4093-byte block size splits characters across pipe writes.
     let command = format!("dd if={} bs=4093 2>/dev/null", file.display());
-    launch_ok(&Launch::new(
-        &server.url(),
-        "utf8",
-        "utf8_1",
-        &command,
-        &dir,
-    ));
-    let result = server
-        .wait_result("utf8", MACHINE, RESULT_WAIT)
-        .expect("result recorded");
+    let result = run_job(&mut server, &dir, "utf8", &command);
     assert_eq!(result.retcode, Some(0));
-    assert!(
-        result.ret == text,
-        "output differs: {} bytes recorded, {} expected",
-        result.ret.len(),
-        text.len()
-    );
+    assert_same(&result.ret, &text, "1.2 MB of multi-byte UTF-8");
 }
 
 #[test]
 fn eight_megabytes_arrive_exactly() {
     let dir = TestDir::new("eight");
     let mut server = Harness::start(&dir);
-    server.add_job("eight", "eight_1", &[MACHINE]);
     let text: String = (0..200_000)
         .map(|i| format!("line {i:08} of the eight megabyte test.\n"))
         .collect();
     assert!(text.len() >= 8_000_000);
     let file = dir.join("input.txt");
     std::fs::write(&file, &text).expect("write input");
-    launch_ok(&Launch::new(
-        &server.url(),
-        "eight",
-        "eight_1",
-        &format!("cat {}", file.display()),
+    let result = run_job(
+        &mut server,
         &dir,
-    ));
-    let result = server
-        .wait_result("eight", MACHINE, RESULT_WAIT)
-        .expect("result recorded");
-    assert_eq!(result.retcode, Some(0));
-    assert!(
-        result.ret == text,
-        "output differs: {} bytes recorded, {} expected",
-        result.ret.len(),
-        text.len()
+        "eight",
+        &format!("cat {}", file.display()),
     );
+    assert_eq!(result.retcode, Some(0));
+    assert_same(&result.ret, &text, "8 MB");
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{CuttingProxy, Harness, Launch, TestDir, wait_until};
+use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, wait_until};
 
 const MACHINE: &str = "test-minion";
 
@@ -18,30 +18,6 @@ fn launch_ok(launch: &Launch) {
 
 fn numbered_lines(count: usize) -> String {
     (0..count).map(|i| format!("line {i}\n")).collect()
-}
-
-/// Compare big outputs without printing megabytes on failure.
-fn assert_same(recorded: &str, expected: &str, what: &str) {
-    if recorded == expected {
-        return;
-    }
-    let first_difference = recorded
-        .bytes()
-        .zip(expected.bytes())
-        .position(|(a, b)| a != b)
-        .unwrap_or(recorded.len().min(expected.len()));
-    let around = |s: &str| {
-        s.get(first_difference.saturating_sub(40)..(first_difference + 40).min(s.len()))
-            .unwrap_or("")
-            .to_string()
-    };
-    panic!(
-        "{what}: recorded {} bytes, expected {}; first difference at byte {first_difference}: recorded {:?} expected {:?}",
-        recorded.len(),
-        expected.len(),
-        around(recorded),
-        around(expected)
-    );
 }
 
 #[test]

@@ -354,6 +354,44 @@ impl Launch {
     }
 }
 
+/// Compare big outputs without printing megabytes on failure.
+pub fn assert_same(recorded: &str, expected: &str, what: &str) {
+    if recorded == expected {
+        return;
+    }
+    let first_difference = recorded
+        .bytes()
+        .zip(expected.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(recorded.len().min(expected.len()));
+    let around = |s: &str| {
+        let start = first_difference.saturating_sub(40);
+        String::from_utf8_lossy(
+            &s.as_bytes()[start.min(s.len())..(first_difference + 40).min(s.len())],
+        )
+        .into_owned()
+    };
+    panic!(
+        "{what}: recorded {} bytes, expected {}; first difference at byte {first_difference}: recorded {:?} expected {:?}",
+        recorded.len(),
+        expected.len(),
+        around(recorded),
+        around(expected)
+    );
+}
+
+/// Register `job` (instance `<job>_1`) with the server, launch `command`
+/// through sp_wrapper as Salt would, and return what the server recorded.
+pub fn run_job(server: &mut Harness, dir: &TestDir, job: &str, command: &str) -> JobResult {
+    let instance = format!("{job}_1");
+    server.add_job(job, &instance, &["test-minion"]);
+    let launched = Launch::new(&server.url(), job, &instance, command, dir).run();
+    assert_eq!(launched.code, Some(0), "launch failed: {launched:?}");
+    server
+        .wait_result(job, "test-minion", Duration::from_secs(60))
+        .unwrap_or_else(|partial| panic!("no result recorded for {job}: {partial:?}"))
+}
+
 /// The job's log file in `dir` (default naming).
 pub fn log_text(dir: &TestDir, job: &str) -> String {
     std::fs::read_to_string(dir.join(&format!("{job}.log"))).unwrap_or_default()
