@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod seccomp;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -300,6 +302,16 @@ impl Launch {
         command.env_clear().args(&self.args).stdin(Stdio::null());
         for (k, v) in &self.env {
             command.env(k, v);
+        }
+        if seccomp::requested() {
+            // SP_TEST_OLD_KERNEL=1: the wrapper, its daemon and the job run
+            // as on Linux 2.6.32 (newer system calls fail with ENOSYS).
+            let program = seccomp::program();
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    seccomp::install(&program)
+                });
+            }
         }
         command
     }
