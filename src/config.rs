@@ -150,10 +150,7 @@ impl Config {
 
         let timeout = match get("SP_TIMEOUT") {
             None => None,
-            Some(v) => match parse_whole("SP_TIMEOUT", &v, u64::from(u32::MAX))? {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            Some(v) => parse_seconds("SP_TIMEOUT", &v)?,
         };
         let output_interval = match get("SP_OUTPUT_INTERVAL_MS") {
             None => Duration::from_millis(DEFAULT_INTERVAL_MS),
@@ -272,6 +269,28 @@ fn parse_whole(var: &'static str, value: &str, max: u64) -> Result<u64, ConfigEr
         Ok(n) if n <= max => Ok(n),
         Ok(_) => bad(var, format!("{trimmed} is too large (at most {max})")),
         Err(_) => bad(var, format!("expected a whole number, got {value:?}")),
+    }
+}
+
+/// Seconds as the server writes them (`str()` of a YAML number): `30`,
+/// `30.0` or `1.5`. Zero means no limit.
+fn parse_seconds(var: &'static str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    let trimmed = value.trim();
+    let valid = !trimmed.is_empty()
+        && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && trimmed.matches('.').count() <= 1;
+    match trimmed.parse::<f64>() {
+        Ok(secs) if valid && secs <= f64::from(u32::MAX) => {
+            Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+        }
+        Ok(_) if valid => bad(
+            var,
+            format!("{trimmed} is too large (at most {})", u32::MAX),
+        ),
+        _ => bad(
+            var,
+            format!("expected seconds (e.g. 30 or 1.5), got {value:?}"),
+        ),
     }
 }
 
@@ -427,6 +446,13 @@ mod tests {
             parse(&[("SP_TIMEOUT", "30")]).expect("valid").timeout,
             Some(Duration::from_secs(30))
         );
+        for (value, expected) in [("30.0", Some(30_000)), ("1.5", Some(1_500)), ("0.0", None)] {
+            let timeout = parse(&[("SP_TIMEOUT", value)]).expect("valid").timeout;
+            assert_eq!(timeout.map(|t| t.as_millis()), expected, "{value}");
+        }
+        for bad in ["1e3", "inf", "NaN", ".", "1.2.3", "-0.5", "5s"] {
+            assert!(parse(&[("SP_TIMEOUT", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]
