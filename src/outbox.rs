@@ -390,16 +390,24 @@ impl Outbox {
 
     /// The server's `sync_response` on a new connection (see the module docs).
     pub fn on_sync(&mut self, last_seq: i64) {
-        if last_seq < 0 {
-            self.wire_base = self.front;
-            self.sent_high = None;
-        } else if let Some(high) = self.sent_high {
-            let claimed = self.wire_base.saturating_add(last_seq as u64).min(high);
-            if claimed >= self.front {
-                // Not in flight on this socket yet, so count from the front.
-                // Sent batches are still in memory (only ACKs evict them).
-                let count = (claimed - self.front + 1) as usize;
-                self.retire(count.min(self.memory.len()));
+        let claimed = u64::try_from(last_seq)
+            .ok()
+            .and_then(|seq| self.wire_base.checked_add(seq));
+        match (claimed, self.sent_high) {
+            // A per-job server: it holds everything up to `claimed`. Sent
+            // batches are still in memory (only ACKs evict them).
+            (Some(claimed), Some(high)) if claimed <= high => {
+                if claimed >= self.front {
+                    let count = (claimed - self.front + 1) as usize;
+                    self.retire(count.min(self.memory.len()));
+                }
+            }
+            // -1 (fresh per-socket state), or a claim to hold more than we
+            // ever sent, which no honest server can make: renumber and
+            // resend everything unACKed, never retire on its word.
+            _ => {
+                self.wire_base = self.front;
+                self.sent_high = None;
             }
         }
         self.sent = 0;
@@ -579,12 +587,20 @@ mod tests {
         // The server appended m1 and m2 but their ACKs were lost.
         ob.on_sync(2);
         assert_eq!(send_all(&mut ob, 4), vec![(3, "m3".into())]);
-        // An absurd claim retires only what was sent.
+        // A claim beyond what was ever sent retires nothing: everything
+        // unACKed is renumbered and sent again.
         let mut ob2 = outbox();
-        ob2.push(Stream::Stdout, "x");
-        ob2.seal();
+        for text in ["x", "y"] {
+            ob2.push(Stream::Stdout, text);
+            ob2.seal();
+        }
+        ob2.next_to_send(1, usize::MAX);
+        ob2.on_disconnect();
         ob2.on_sync(1_000_000);
-        assert_eq!(send_all(&mut ob2, 4), vec![(0, "x".into())]);
+        assert_eq!(
+            send_all(&mut ob2, 4),
+            vec![(0, "x".into()), (1, "y".into())]
+        );
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct Outcome {
 
 struct Conn {
     generation: u64,
+    /// The server answered our `connect`. It answers in order, so only a
+    /// `sync_response` after this can be the answer to our `sync_request`.
+    connect_acked: bool,
     synced: bool,
     opened: Instant,
     /// Last time in-flight output got an ACK (or started being in flight).
@@ -257,6 +260,7 @@ impl<E: Effects> Supervisor<E> {
                 self.outbox.on_disconnect();
                 self.conn = Some(Conn {
                     generation,
+                    connect_acked: false,
                     synced: false,
                     opened: now,
                     ack_progress: now,
@@ -323,6 +327,14 @@ impl<E: Effects> Supervisor<E> {
         log::debug!("received {frame:?}");
         match frame {
             Inbound::Ack {
+                kind: AckKind::Connect,
+                ..
+            } => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.connect_acked = true;
+                }
+            }
+            Inbound::Ack {
                 kind: AckKind::Start,
                 ..
             } => {
@@ -368,7 +380,13 @@ impl<E: Effects> Supervisor<E> {
                 let outcome = self.outbox.on_nack(expected_seq);
                 log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
             }
-            Inbound::SyncResponse { last_seq } => self.on_synced(Some(last_seq)),
+            Inbound::SyncResponse { last_seq } => {
+                if self.conn.as_ref().is_some_and(|c| c.connect_acked) {
+                    self.on_synced(Some(last_seq));
+                } else {
+                    log::debug!("ignored a sync_response that came before the connect ack");
+                }
+            }
             Inbound::Kill {
                 job_instance,
                 machine,
@@ -805,9 +823,36 @@ mod tests {
             .collect()
     }
 
+    /// A new connection, answered as the real server does: `ack connect` first.
     fn connect(sup: &mut Supervisor<Fake>, generation: u64, now: Instant) {
         sup.handle(Event::Link(LinkEvent::Connected { generation }), now);
         sup.pump(now);
+        frame(sup, generation, ack(AckKind::Connect, None), now);
+    }
+
+    #[test]
+    fn a_sync_response_before_the_connect_ack_is_not_ours() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "kept\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut sup, 0, t0);
+        sup.handle(Event::Link(LinkEvent::Connected { generation: 1 }), t0);
+        // A hostile or confused server answers before reading our frames.
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert!(
+            !types(&sup).contains(&"complete".to_string()),
+            "the start is not yet known to be ignored"
+        );
+        frame(&mut sup, 1, ack(AckKind::Connect, None), t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(outputs(&sup), [(0, "kept\n".to_string())]);
     }
 
     fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {

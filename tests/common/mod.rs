@@ -318,9 +318,13 @@ impl Launch {
 
     /// Run with a 30 s watchdog (Salt's own timeout).
     pub fn run(&self) -> Launched {
+        Self::run_command(self.command())
+    }
+
+    /// Run `command` (from `command()`, perhaps with more set up) as `run` does.
+    pub fn run_command(mut command: Command) -> Launched {
         let started = Instant::now();
-        let mut child = self
-            .command()
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
