@@ -144,6 +144,18 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
     let ids = switch.map(|u| (u.uid, u.gid, u.groups.clone()));
     unsafe {
         command.pre_exec(move || {
+            // The job must start with a clean signal state. The daemon blocks
+            // SIGTERM/SIGINT/SIGHUP for its signal thread, and with musl the
+            // forked child keeps that mask into exec (std does not reset it
+            // on this path): a job with SIGTERM blocked only dies of SIGKILL.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
             // A new session: the job gets its own process group (pgid = pid),
             // so the whole tree can be signalled, and no controlling terminal.
             if libc::setsid() < 0 {
@@ -165,8 +177,6 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
             Ok(())
         });
     }
-    // std's spawn resets the signal mask and SIGPIPE in the child, so the job
-    // does not inherit the signals the wrapper blocks for its signal thread.
     let mut child = command.spawn()?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(io::Error::other("spawned job has no pipes"));

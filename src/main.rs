@@ -217,8 +217,8 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
 }
 
 /// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
-/// `sigwait`, so every thread must have them blocked. std's spawn unblocks
-/// them in the job.
+/// `sigwait`, so every thread must have them blocked. `child::spawn`
+/// unblocks them in the job.
 fn block_wrapper_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

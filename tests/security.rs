@@ -307,10 +307,16 @@ fn sigterm_to_the_wrapper_kills_the_job_and_reports_143() {
             .contains("waiting")),
         "output flows"
     );
+    let signalled = std::time::Instant::now();
     unsafe { libc::kill(daemon, libc::SIGTERM) };
     let result = server
         .wait_result("term", MACHINE, RESULT_WAIT)
         .expect("result recorded");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "the job must die of SIGTERM, not wait for SIGKILL: {:?}",
+        signalled.elapsed()
+    );
     assert_eq!(result.retcode, Some(143));
     assert!(
         result.ret.contains("[Job terminated by user request]"),
