@@ -273,23 +273,45 @@ fn parse_whole(var: &'static str, value: &str, max: u64) -> Result<u64, ConfigEr
 }
 
 /// Seconds as the server writes them (`str()` of a YAML number): `30`,
-/// `30.0` or `1.5`. Zero means no limit.
+/// `30.0` or `1.5` (to the millisecond). Zero means no limit. Parsed by hand:
+/// float parsing would add ~20 KiB to a binary that must stay small.
 fn parse_seconds(var: &'static str, value: &str) -> Result<Option<Duration>, ConfigError> {
     let trimmed = value.trim();
-    let valid = !trimmed.is_empty()
-        && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && trimmed.matches('.').count() <= 1;
-    match trimmed.parse::<f64>() {
-        Ok(secs) if valid && secs <= f64::from(u32::MAX) => {
-            Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
-        }
-        Ok(_) if valid => bad(
-            var,
-            format!("{trimmed} is too large (at most {})", u32::MAX),
-        ),
-        _ => bad(
+    let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) {
+        return bad(
             var,
             format!("expected seconds (e.g. 30 or 1.5), got {value:?}"),
+        );
+    }
+    let secs: u64 = match whole.parse() {
+        Ok(n) if n <= u64::from(u32::MAX) => n,
+        _ => {
+            return bad(
+                var,
+                format!("{trimmed} is too large (at most {})", u32::MAX),
+            );
+        }
+    };
+    // Milliseconds from the first three fraction digits; finer is ignored.
+    let millis = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
+    let timeout = Duration::from_secs(secs) + Duration::from_millis(millis);
+    Ok((!timeout.is_zero()).then_some(timeout))
+}
+
+/// A timeout as the server wrote it: `30`, or `1.5` for a fractional one.
+pub fn format_seconds(duration: Duration) -> String {
+    match duration.subsec_millis() {
+        0 => duration.as_secs().to_string(),
+        millis => format!(
+            "{}.{}",
+            duration.as_secs(),
+            format!("{millis:03}").trim_end_matches('0')
         ),
     }
 }
@@ -450,7 +472,9 @@ mod tests {
             let timeout = parse(&[("SP_TIMEOUT", value)]).expect("valid").timeout;
             assert_eq!(timeout.map(|t| t.as_millis()), expected, "{value}");
         }
-        for bad in ["1e3", "inf", "NaN", ".", "1.2.3", "-0.5", "5s"] {
+        assert_eq!(format_seconds(Duration::from_millis(1500)), "1.5");
+        assert_eq!(format_seconds(Duration::from_secs(30)), "30");
+        for bad in ["1e3", "inf", "NaN", ".", "1.2.3", "-0.5", "5s", ".5"] {
             assert!(parse(&[("SP_TIMEOUT", bad)]).is_err(), "{bad}");
         }
     }

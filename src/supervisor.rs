@@ -472,8 +472,7 @@ impl<E: Effects> Supervisor<E> {
         }
         let marker = match reason {
             KillReason::Timeout => {
-                // Whole seconds print as "30"; a fractional timeout as "1.5".
-                let secs = self.settings.timeout.map_or(0.0, |t| t.as_secs_f64());
+                let secs = crate::config::format_seconds(self.settings.timeout.unwrap_or_default());
                 log::warn!("job exceeded its timeout of {secs} s: SIGTERM to its process group");
                 format!("\n[Job exceeded timeout of {secs} seconds]\n")
             }
