@@ -220,7 +220,14 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
                         _ => return, // ECHILD: nothing left to reap
                     }
                 }
-                if pid == job_pid && events.send(Event::ChildExited { status }).is_err() {
+                // The job's own status, or an orphan of it reaped as subreaper:
+                // either may be the last member of the group the supervisor waits on.
+                let event = if pid == job_pid {
+                    Event::ChildExited { status }
+                } else {
+                    Event::Reaped
+                };
+                if events.send(event).is_err() {
                     return;
                 }
             }

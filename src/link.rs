@@ -31,6 +31,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::config::WsUrl;
+use crate::frames::FramePool;
 use crate::protocol::{self, Inbound};
 use crate::supervisor::Event;
 
@@ -108,7 +109,11 @@ fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-pub fn spawn_link(url: WsUrl, events: SyncSender<Event>) -> io::Result<LinkHandle> {
+pub fn spawn_link(
+    url: WsUrl,
+    events: SyncSender<Event>,
+    frames: FramePool,
+) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
     let (wake_read, wake_write) = wake_pipe()?;
     let seed = SystemTime::now()
@@ -123,6 +128,7 @@ pub fn spawn_link(url: WsUrl, events: SyncSender<Event>) -> io::Result<LinkHandl
         wake: wake_read,
         generation: 0,
         rng: seed | 1,
+        frames,
     };
     std::thread::Builder::new()
         .name("link".into())
@@ -141,6 +147,7 @@ struct Link {
     wake: OwnedFd,
     generation: u64,
     rng: u64,
+    frames: FramePool,
 }
 
 /// Why `serve` returned.
@@ -360,7 +367,7 @@ impl Link {
                 let Some(frame) = pending.pop_front() else {
                     break;
                 };
-                match ws.write(Message::Text(frame.into())) {
+                match ws.write(self.frames.message(frame)) {
                     Ok(()) => flushing_since = Some(Instant::now()),
                     Err(e) if would_block(&e) => flushing_since = Some(Instant::now()),
                     Err(e) => return Ended::Reconnect(format!("send failed: {e}")),

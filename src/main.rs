@@ -8,6 +8,7 @@ mod child;
 mod config;
 mod daemon;
 mod exit_codes;
+mod frames;
 #[cfg(test)]
 mod fuzz;
 mod link;
@@ -322,11 +323,12 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     // supervisor itself never blocks on another thread, so this cannot deadlock.
     let (events, inbox) = sync_channel(EVENT_QUEUE);
     let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
+    let frame_pool = frames::FramePool::default();
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
         .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))
         .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
         .and_then(|_| spawn_signal_thread(events.clone()))
-        .and_then(|_| link::spawn_link(cfg.url.clone(), events.clone()));
+        .and_then(|_| link::spawn_link(cfg.url.clone(), events.clone(), frame_pool.clone()));
     let link = match threads {
         Ok(link) => link,
         Err(e) => {
@@ -370,7 +372,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         pgid: job.pid,
         log,
     };
-    let mut supervisor = Supervisor::new(world, settings, encoder, outbox, at);
+    let mut supervisor = Supervisor::new(world, settings, encoder, outbox, frame_pool, at);
     if let Some(error) = log_error {
         supervisor.handle(
             Event::Output {

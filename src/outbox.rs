@@ -78,6 +78,10 @@ pub struct Outbox {
     nack_front: Option<u64>,
     open: Option<Batch>,
     max_batch: usize,
+    /// Retired full-size buffers, reused for new batches: large allocations
+    /// are fresh mmaps (page faults, zeroing, TLB shootdowns on unmap), which
+    /// cost more than the copy they hold.
+    spare: Vec<String>,
     loss: Option<Loss>,
     pub acked_bytes: u64,
     pub lost_bytes: u64,
@@ -109,6 +113,7 @@ impl Outbox {
             nack_front: None,
             open: None,
             max_batch: max_batch.max(4),
+            spare: Vec::new(),
             loss: None,
             acked_bytes: 0,
             lost_bytes: 0,
@@ -123,9 +128,12 @@ impl Outbox {
             self.seal();
         }
         while !text.is_empty() {
+            let (spare, max_batch) = (&mut self.spare, self.max_batch);
             let open = self.open.get_or_insert_with(|| Batch {
                 stream,
-                text: String::new(),
+                text: spare
+                    .pop()
+                    .unwrap_or_else(|| String::with_capacity(max_batch)),
             });
             let room = self.max_batch - open.text.len();
             if text.len() <= room {
@@ -152,10 +160,24 @@ impl Outbox {
 
     /// Close the open batch, making it sendable.
     pub fn seal(&mut self) {
-        if let Some(batch) = self.open.take() {
-            if !batch.text.is_empty() {
+        if let Some(mut batch) = self.open.take() {
+            if batch.text.is_empty() {
+                self.recycle(batch.text);
+            } else {
+                if batch.text.len() < batch.text.capacity() / 2 {
+                    // A small batch of a quiet job: do not pin a full buffer.
+                    batch.text.shrink_to_fit();
+                }
                 self.place(batch);
             }
+        }
+    }
+
+    fn recycle(&mut self, mut text: String) {
+        const SPARES: usize = 4;
+        if text.capacity() >= self.max_batch && self.spare.len() < SPARES {
+            text.clear();
+            self.spare.push(text);
         }
     }
 
@@ -328,9 +350,11 @@ impl Outbox {
                 break;
             };
             bytes += batch.text.len();
+            let len = batch.text.len();
             self.front += 1;
             self.sent = self.sent.saturating_sub(1);
-            self.sent_bytes = self.sent_bytes.saturating_sub(batch.text.len());
+            self.sent_bytes = self.sent_bytes.saturating_sub(len);
+            self.recycle(batch.text);
         }
         self.memory_bytes -= bytes;
         self.acked_bytes += bytes as u64;

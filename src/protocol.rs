@@ -55,7 +55,18 @@ impl Encoder {
     }
 
     fn begin(&self, kind: &str, now: SystemTime, extra_capacity: usize) -> String {
-        let mut frame = String::with_capacity(160 + self.identity.len() + extra_capacity);
+        self.begin_in(String::new(), kind, now, extra_capacity)
+    }
+
+    /// Start a frame in `frame` (an empty, possibly recycled buffer).
+    fn begin_in(
+        &self,
+        mut frame: String,
+        kind: &str,
+        now: SystemTime,
+        extra_capacity: usize,
+    ) -> String {
+        frame.reserve(160 + self.identity.len() + extra_capacity);
         frame.push_str("{\"type\":\"");
         frame.push_str(kind);
         frame.push_str("\",");
@@ -86,9 +97,17 @@ impl Encoder {
         Self::end(self.begin("heartbeat", now, 0))
     }
 
-    pub fn output(&self, now: SystemTime, stream: Stream, seq: u64, data: &str) -> String {
+    /// An output frame, built in `buffer` (empty; see `frames::FramePool`).
+    pub fn output(
+        &self,
+        buffer: String,
+        now: SystemTime,
+        stream: Stream,
+        seq: u64,
+        data: &str,
+    ) -> String {
         // Most output needs no escaping; reserve a little for what does.
-        let mut frame = self.begin("output", now, data.len() + data.len() / 16 + 16);
+        let mut frame = self.begin_in(buffer, "output", now, data.len() + data.len() / 16 + 16);
         let _ = write!(
             frame,
             ",\"stream\":\"{}\",\"seq\":{seq},\"data\":",
@@ -119,35 +138,67 @@ impl Encoder {
 }
 
 /// Append `text` as a JSON string literal (with quotes), in one pass: runs of
-/// bytes that need no escape are copied whole.
+/// bytes that need no escape are found eight bytes at a time and copied whole.
+/// This is the only per-byte work on the output path besides copies.
 pub fn push_json_string(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     let bytes = text.as_bytes();
     let mut run_start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        let escape: &str = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
+    let mut i = 0;
+    while i < bytes.len() {
+        i = skip_plain(bytes, i);
+        let Some(&byte) = bytes.get(i) else { break };
         // Only ASCII bytes are escaped, so `i` is always a char boundary.
         out.push_str(&text[run_start..i]);
-        if escape.is_empty() {
-            out.push_str("\\u00");
-            out.push(HEX[(byte >> 4) as usize] as char);
-            out.push(HEX[(byte & 0xf) as usize] as char);
-        } else {
-            out.push_str(escape);
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(HEX[(byte >> 4) as usize] as char);
+                out.push(HEX[(byte & 0xf) as usize] as char);
+            }
         }
-        run_start = i + 1;
+        i += 1;
+        run_start = i;
     }
     out.push_str(&text[run_start..]);
     out.push('"');
+}
+
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// The index of the first byte at or after `from` that needs escaping (or the
+/// end). Eight bytes per step: a word has a byte < 0x20, a `"` or a `\`
+/// exactly when one of the classic has-zero-byte tests fires.
+fn skip_plain(bytes: &[u8], mut from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // A byte is < 0x20 exactly when its top three bits are zero (UTF-8
+        // bytes >= 0x80 have the top bit set, so they never match).
+        let control = has_zero(v & 0xE0E0_E0E0_E0E0_E0E0);
+        let quote = has_zero(v ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(v ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
+            break;
+        }
+        from += 8;
+    }
+    while from < bytes.len() && !needs_escape(bytes[from]) {
+        from += 1;
+    }
+    from
 }
 
 /// Append `now` as `2026-11-22T08:40:02.123456+00:00`: the only shape that
@@ -344,13 +395,32 @@ mod tests {
     }
 
     #[test]
+    fn escaping_finds_every_special_byte_at_every_position() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for position in 0..20 {
+                let mut chars: Vec<char> = "aé€😀bcdefghijklmnopqrstuvwxyz".chars().collect();
+                chars.insert(position, char::from(special));
+                let text: String = chars.into_iter().collect();
+                let mut out = String::new();
+                push_json_string(&mut out, &text);
+                let back: String = serde_json::from_str(&out).expect("valid JSON");
+                assert_eq!(back, text, "byte {special:#x} at {position}");
+                assert!(
+                    !out[1..out.len() - 1].bytes().any(|b| b < 0x20),
+                    "raw control byte left"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn frames_carry_every_required_field_including_zero_values() {
         let enc = Encoder::new("job\"1", "inst", "host.example");
         let frames = [
             enc.connect(at(1, 0)),
             enc.start(at(1, 0), 42, "1.0.0"),
             enc.heartbeat(at(1, 0)),
-            enc.output(at(1, 0), Stream::Stderr, 0, "a\nb"),
+            enc.output(String::new(), at(1, 0), Stream::Stderr, 0, "a\nb"),
             enc.complete(at(1, 0), 0, 0),
             enc.sync_request(at(1, 0), -1, 0),
             enc.killed(at(1, 0)),

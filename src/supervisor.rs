@@ -15,14 +15,22 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::exit_codes::{self, KillReason};
+use crate::frames::FramePool;
 use crate::link::{LinkCommand, LinkEvent};
 use crate::outbox::Outbox;
 use crate::protocol::{AckKind, Encoder, Inbound, Stream};
 
 pub enum Event {
-    Output { stream: Stream, text: String },
+    Output {
+        stream: Stream,
+        text: String,
+    },
     StreamClosed(Stream),
-    ChildExited { status: i32 },
+    ChildExited {
+        status: i32,
+    },
+    /// An orphan of the job, reaped by us as its subreaper.
+    Reaped,
     Link(LinkEvent),
     Signal(i32),
 }
@@ -31,6 +39,10 @@ pub enum Event {
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// SIGTERM, then this long, then SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// After a killed job's main process is gone, how often to look whether the
+/// rest of its group is gone too (zombies still count as members until
+/// reaped; on kernels without subreaper init reaps them and tells us nothing).
+const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// How often SIGKILL is repeated until the group is gone (only while killing).
 const KILL_REPEAT: Duration = Duration::from_millis(100);
 /// After the job's main process exits, how long a background process may keep
@@ -53,7 +65,7 @@ pub const WINDOW: usize = 8;
 /// ... and at most this many bytes of output in flight (one message always
 /// may be): each in-flight message briefly exists twice, as a batch and as a
 /// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
-pub const WINDOW_BYTES: usize = 2 << 20;
+pub const WINDOW_BYTES: usize = 4 << 20;
 
 /// What the supervisor does to the world.
 pub trait Effects {
@@ -101,6 +113,8 @@ struct Kill {
     reason: KillReason,
     next_signal: Instant,
     group_gone: bool,
+    /// Set while the job's main process is gone but its group is not.
+    recheck: Option<Instant>,
 }
 
 pub struct Supervisor<E: Effects> {
@@ -108,6 +122,8 @@ pub struct Supervisor<E: Effects> {
     settings: Settings,
     encoder: Encoder,
     outbox: Outbox,
+    /// Recycled buffers for output frames (shared with the link thread).
+    frames: FramePool,
     conn: Option<Conn>,
     start_acked: bool,
     /// The server read our `start` (its `sync_response` came after it) and did
@@ -134,6 +150,7 @@ impl<E: Effects> Supervisor<E> {
         settings: Settings,
         encoder: Encoder,
         outbox: Outbox,
+        frames: FramePool,
         started: Instant,
     ) -> Self {
         let timeout_at = settings.timeout.map(|t| started + t);
@@ -142,6 +159,7 @@ impl<E: Effects> Supervisor<E> {
             settings,
             encoder,
             outbox,
+            frames,
             conn: None,
             start_acked: false,
             start_ignored: false,
@@ -224,6 +242,7 @@ impl<E: Effects> Supervisor<E> {
                 self.streams_open[stream.index()] = false;
                 self.maybe_finish(now);
             }
+            Event::Reaped => self.maybe_finish(now),
             Event::ChildExited { status } => {
                 log::debug!(
                     "job process {} exited, wait status {status:#x}",
@@ -486,6 +505,7 @@ impl<E: Effects> Supervisor<E> {
             reason,
             next_signal: now + KILL_GRACE,
             group_gone: !alive,
+            recheck: None,
         });
         self.outbox.push(Stream::Stderr, &marker);
         self.seal(now);
@@ -511,7 +531,10 @@ impl<E: Effects> Supervisor<E> {
         if let Some(kill) = self.kill.as_mut() {
             if !kill.group_gone {
                 if self.effects.signal_group(0) {
-                    return; // processes remain; the kill timer finishes them
+                    // Processes (or unreaped zombies) remain: look again soon;
+                    // the kill timer finishes any that ignore SIGTERM.
+                    kill.recheck = Some(now + GROUP_RECHECK);
+                    return;
                 }
                 kill.group_gone = true;
             }
@@ -538,6 +561,17 @@ impl<E: Effects> Supervisor<E> {
                 }
                 self.maybe_finish(now);
             }
+        }
+        if self
+            .kill
+            .as_ref()
+            .and_then(|k| k.recheck)
+            .is_some_and(|at| now >= at)
+        {
+            if let Some(kill) = self.kill.as_mut() {
+                kill.recheck = None;
+            }
+            self.maybe_finish(now);
         }
         if self.job_exit.is_some_and(|(_, at)| now >= at + DRAIN_GRACE) {
             self.maybe_finish(now);
@@ -653,7 +687,10 @@ impl<E: Effects> Supervisor<E> {
             }
             let wall = SystemTime::now();
             while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
-                let frame = self.encoder.output(wall, batch.stream, seq, &batch.text);
+                let buffer = self.frames.take(batch.text.len() + 256);
+                let frame = self
+                    .encoder
+                    .output(buffer, wall, batch.stream, seq, &batch.text);
                 log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
                 self.effects.link(LinkCommand::Send { generation, frame });
             }
@@ -698,6 +735,7 @@ impl<E: Effects> Supervisor<E> {
         if let Some(kill) = self.kill.as_ref().filter(|k| !k.group_gone) {
             deadlines.push(kill.next_signal);
         }
+        deadlines.extend(self.kill.as_ref().and_then(|k| k.recheck));
         if self.finished.is_none() {
             deadlines.extend(self.job_exit.map(|(_, at)| at + DRAIN_GRACE));
         }
@@ -788,6 +826,7 @@ mod tests {
             settings,
             Encoder::new("job", INSTANCE, "m1"),
             Outbox::new(1 << 20, vec![]),
+            FramePool::default(),
             t0,
         )
     }

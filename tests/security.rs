@@ -289,9 +289,11 @@ fn sigterm_to_the_wrapper_kills_the_job_and_reports_143() {
     let mut server = Harness::start(&dir);
     server.add_job("term", "term_1", &[MACHINE]);
     let pid_file = dir.join("daemon.pid");
+    let sleeper = dir.join("sleeper.pid");
     let command = format!(
-        "echo $PPID > {}; echo waiting; sleep 60",
-        pid_file.display()
+        "echo $PPID > {}; sleep 60 & echo $! > {}; echo waiting; wait",
+        pid_file.display(),
+        sleeper.display()
     );
     assert_eq!(
         Launch::new(&server.url(), "term", "term_1", &command, &dir)
@@ -306,6 +308,16 @@ fn sigterm_to_the_wrapper_kills_the_job_and_reports_143() {
             .ret
             .contains("waiting")),
         "output flows"
+    );
+    // Signal once `sleep` has really been exec'd: a signal that lands in a
+    // shell's fork-to-exec window is a race inside the job, not the wrapper.
+    let sleeper = daemon_pid(&sleeper);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            format!("/proc/{sleeper}/comm")
+        )
+        .is_ok_and(|c| c.trim() == "sleep")),
+        "sleep started"
     );
     let signalled = std::time::Instant::now();
     unsafe { libc::kill(daemon, libc::SIGTERM) };

@@ -109,9 +109,11 @@ class Bench:
         self.sink.kill()
 
     def job(self, prefix):
+        # A job name per measurement: results are kept per (job, machine), and
+        # a shared name would find the previous run's finished result.
         self.counter += 1
-        job = f'{prefix}'
-        instance = f'{prefix}_{self.counter}'
+        job = f'{prefix}{self.counter}'
+        instance = f'{job}_1'
         self.harness.add_job(job, instance, [MACHINE])
         return job, instance
 
@@ -127,6 +129,7 @@ class Bench:
         job, instance = self.job('idle')
         pidfile = os.path.join(self.workdir, f'{instance}.ppid')
         command = f'echo $PPID > {pidfile}; sleep {idle_seconds}'
+        self.last_log = os.path.join(self.workdir, f'{job}.log')
         latency = launch(w, wrapper_env(w, self.url, job, instance, command, self.workdir))
         daemon = int(wait_file(pidfile))
         time.sleep(0.3)  # the daemon connects and settles; the idle window starts after
