@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use crate::exit_codes;
 
+/// How long the daemon waits for the launcher to exit after reporting.
+const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
 /// Salt gives the wrapper 30 s; answer before that even if the daemon hangs.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(25);
 
@@ -37,6 +39,16 @@ pub struct StatusReporter {
 impl StatusReporter {
     pub fn started(mut self, pid: i32) {
         let _ = writeln!(self.pipe, "OK {pid}");
+        // Let the launcher answer Salt before we start our threads and
+        // connect: on a small machine they would compete with its last few
+        // system calls. It has exited when the pipe has no reader (POLLERR);
+        // the wait is bounded, and the job is already running meanwhile.
+        let mut gone = libc::pollfd {
+            fd: self.pipe.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut gone, 1, LAUNCHER_EXIT_WAIT_MS) };
     }
 
     pub fn failed(mut self, code: i32, message: &str) {
@@ -101,10 +113,19 @@ fn await_report(read_end: OwnedFd) -> i32 {
         );
         return exit_codes::WRAPPER_ERROR;
     }
-    let mut report = String::new();
-    let _ = File::from(read_end)
-        .take(64 * 1024)
-        .read_to_string(&mut report);
+    // One line, not to EOF: the daemon keeps the pipe open until we are gone.
+    let mut report = Vec::with_capacity(256);
+    let mut pipe = File::from(read_end);
+    let mut chunk = [0u8; 256];
+    while !report.contains(&b'\n') && report.len() < 64 * 1024 {
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => report.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let report = String::from_utf8_lossy(&report);
     let line = report.lines().next().unwrap_or("");
     if line.starts_with("OK ") {
         println!("Wrapper started successfully");
