@@ -69,8 +69,9 @@ rpm -qp --requires "$rpm_file" 2>/dev/null | grep -v '^rpmlib(' && die "the .rpm
 dpkg-deb -f "$deb" Depends Pre-Depends | grep -q . && die "the .deb declares dependencies"
 echo "== no dependencies: $(rpm -qp --qf '%{NAME} %{VERSION}-%{RELEASE} %{ARCH} license=%{LICENSE} payload=%{PAYLOADCOMPRESSOR}' "$rpm_file" 2>/dev/null)"
 
-unpacked=$(mktemp -d)
-trap 'rm -rf "$unpacked"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+unpacked="$work/root"
 dpkg -x "$deb" "$unpacked"
 binary="$unpacked/usr/bin/sp_wrapper"
 deb_sum=$(sha256sum <"$binary" | cut -d' ' -f1)
@@ -82,5 +83,7 @@ file "$binary" 2>/dev/null | grep -q 'statically linked' || die "the packaged bi
 echo "== the .deb's binary, unpacked, against the real endpoint"
 "$binary" --version
 [ "$("$binary" --version)" = "sp_wrapper $version" ] || die "the packaged binary is not version $version"
-"$python" "$top/tests/harness/demo.py" "$binary" || die "the unpacked binary did not run the demo job (retcode 3 expected)"
+# demo.py's scratch directory (log, lock) goes under $work too.
+mkdir -p "$work/tmp"
+TMPDIR="$work/tmp" "$python" "$top/tests/harness/demo.py" "$binary" || die "the unpacked binary did not run the demo job (retcode 3 expected)"
 echo "check.sh: packages OK ($deb, $rpm_file)"
