@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 
-/// How many idle buffers to keep: the window holds at most 8 frames.
-const KEEP: usize = 8;
+/// How many idle buffers to keep: enough for the link to cycle through while
+/// the supervisor refills the window, few enough to stay within the budget.
+const KEEP: usize = 4;
 /// Buffers smaller than this (control frames) are not kept.
 const MIN_KEPT: usize = 64 << 10;
 

@@ -33,6 +33,11 @@ use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Memory beside the outbox's batches that also holds output: up to 4 MiB of
+/// frames in flight (`supervisor::WINDOW_BYTES`), recycled frame and batch
+/// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
+const OUTPUT_OVERHEAD: usize = 6 << 20;
+
 /// Events that may wait for the supervisor (see `supervise`).
 const EVENT_QUEUE: usize = 32;
 
@@ -366,7 +371,14 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         tee: foreground,
     };
     let encoder = protocol::Encoder::new(&cfg.job_name, &cfg.job_instance, &machine);
-    let outbox = outbox::Outbox::new(cfg.buffer_limit, spool_candidates);
+    // SP_BUFFER_MAX_MB is the whole budget: keep room beside the queued
+    // batches for what else holds output (frames in flight, buffer pools,
+    // queued reads), so peak memory stays near the bound.
+    let batch_memory = cfg
+        .buffer_limit
+        .saturating_sub(OUTPUT_OVERHEAD)
+        .max(1 << 20);
+    let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
     let world = World {
         link,
         pgid: job.pid,

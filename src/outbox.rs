@@ -174,7 +174,7 @@ impl Outbox {
     }
 
     fn recycle(&mut self, mut text: String) {
-        const SPARES: usize = 4;
+        const SPARES: usize = 2;
         if text.capacity() >= self.max_batch && self.spare.len() < SPARES {
             text.clear();
             self.spare.push(text);

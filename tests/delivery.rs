@@ -267,8 +267,8 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
     assert_eq!(result.retcode, Some(0));
     assert_same(&result.ret, &expected, "200 MB delivered through the spool");
     assert!(
-        peak_kib > 0 && peak_kib <= (BOUND_MB + 8) * 1024,
-        "peak RSS {peak_kib} KiB exceeds the bound + 8 MiB"
+        peak_kib > 0 && peak_kib <= (BOUND_MB + 4) * 1024,
+        "peak RSS {peak_kib} KiB exceeds the bound + 4 MiB"
     );
     assert!(
         wait_until(Duration::from_secs(10), || !spool_present()),
