@@ -95,7 +95,8 @@ fn server_unreachable_for_twenty_seconds() {
     let dir = TestDir::new("unreachable");
     let mut server = Harness::start_without_endpoint(&dir);
     server.add_job("away", "away_1", &[MACHINE]);
-    let command = "echo before; echo on stderr >&2; sleep 1; echo after; exit 4";
+    // Pauses give the two pipes a definite order (they have none otherwise).
+    let command = "echo before; sleep 0.3; echo on stderr >&2; sleep 1; echo after; exit 4";
     launch_ok(&Launch::new(&server.url(), "away", "away_1", command, &dir));
     thread::sleep(Duration::from_secs(20)); // the outage under test
     server.start_endpoint();
