@@ -9,6 +9,8 @@
 //! - After locking, the path must still name the locked inode; otherwise a
 //!   finishing holder unlinked it meanwhile, and we start over. So N
 //!   simultaneous launches give exactly one holder.
+//! - A file with more than one hard link is refused: it may be someone
+//!   else's file linked there, and we would truncate it.
 //! - A file with a live PID but no flock was written by the Python wrapper
 //!   (it never flocks): held. A dead PID or garbage: stale, taken over.
 //! - On release the file is unlinked (if it is still ours), then closed.
@@ -82,6 +84,17 @@ impl Lock {
                 return Err(io_error(
                     path,
                     "not a regular file",
+                    "refusing to use it as the lock file",
+                ));
+            }
+            // O_NOFOLLOW does not stop a hard link planted by a local user
+            // (kernels before 3.6 have no fs.protected_hardlinks): our lock
+            // file is never linked twice, so a second name means someone
+            // else's file, which we must not truncate.
+            if meta.nlink() > 1 {
+                return Err(io_error(
+                    path,
+                    "has other hard links",
                     "refusing to use it as the lock file",
                 ));
             }
@@ -189,6 +202,18 @@ mod tests {
         std::fs::write(&target, "keep me").expect("write");
         let path = dir.join("job.lock");
         std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        assert!(matches!(Lock::acquire(&path, 1), Err(LockError::Io { .. })));
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hard_link_is_refused_and_its_target_untouched() {
+        let dir = temp("hardlink");
+        let target = dir.join("precious");
+        std::fs::write(&target, "keep me").expect("write");
+        let path = dir.join("job.lock");
+        std::fs::hard_link(&target, &path).expect("hard link");
         assert!(matches!(Lock::acquire(&path, 1), Err(LockError::Io { .. })));
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
         let _ = std::fs::remove_dir_all(&dir);

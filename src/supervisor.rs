@@ -67,6 +67,24 @@ pub const WINDOW: usize = 8;
 /// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
 pub const WINDOW_BYTES: usize = 4 << 20;
 
+/// Longest piece of a server-supplied string that reaches the log. A hostile
+/// server may send 1 MiB strings on every frame; the log must not become the
+/// way it fills the disk.
+const LOGGED_TEXT_MAX: usize = 200;
+
+/// `text` cut to `LOGGED_TEXT_MAX` bytes (on a character boundary), with the
+/// full length noted when it was cut.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_TEXT_MAX {
+        return text.into();
+    }
+    let mut end = LOGGED_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// What the supervisor does to the world.
 pub trait Effects {
     fn link(&mut self, command: LinkCommand);
@@ -324,7 +342,7 @@ impl<E: Effects> Supervisor<E> {
             }
             LinkEvent::BadFrame { generation, reason } => {
                 if self.is_current(generation) {
-                    log::debug!("ignored a frame from the server: {reason}");
+                    log::debug!("ignored a frame from the server: {}", clip(&reason));
                 }
             }
             LinkEvent::Frame { generation, frame } => {
@@ -343,7 +361,9 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn handle_frame(&mut self, frame: Inbound, now: Instant) {
-        log::debug!("received {frame:?}");
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("received {}", clip(&format!("{frame:?}")));
+        }
         match frame {
             Inbound::Ack {
                 kind: AckKind::Connect,
@@ -422,7 +442,9 @@ impl<E: Effects> Supervisor<E> {
                     self.begin_kill(KillReason::Request, now);
                 } else {
                     log::warn!(
-                        "ignored a kill for another instance ({job_instance:?} on {machine:?})"
+                        "ignored a kill for another instance ({} on {})",
+                        clip(&format!("{job_instance:?}")),
+                        clip(&format!("{machine:?}"))
                     );
                 }
             }
@@ -433,7 +455,8 @@ impl<E: Effects> Supervisor<E> {
                     .is_some_and(|c| c.complete_sent.is_some());
                 if code == "JOB_NOT_FOUND" && complete_pending {
                     log::warn!(
-                        "server no longer knows this job ({message}); output kept in this log"
+                        "server no longer knows this job ({}); output kept in this log",
+                        clip(&message)
                     );
                     let retcode = self
                         .finished
@@ -446,7 +469,7 @@ impl<E: Effects> Supervisor<E> {
                         delivered: false,
                     });
                 } else {
-                    log::warn!("server error {code}: {message}");
+                    log::warn!("server error {}: {}", clip(&code), clip(&message));
                 }
             }
             Inbound::Other(kind) => log::debug!("ignored a {kind:?} frame"),
@@ -1121,5 +1144,14 @@ mod tests {
             sup.on_time(at);
         }
         assert_eq!(types(&sup).iter().filter(|t| *t == "heartbeat").count(), 3);
+    }
+
+    #[test]
+    fn server_strings_are_clipped_for_the_log() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        let clipped = clip(&long);
+        assert!(clipped.len() < LOGGED_TEXT_MAX + 20, "{}", clipped.len());
+        assert!(clipped.ends_with("... (600 bytes)"), "{clipped}");
     }
 }
