@@ -12,17 +12,7 @@ const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
 
 fn launch_ok(launch: &Launch) -> common::Launched {
-    let launched = launch.run();
-    assert_eq!(launched.code, Some(0), "launch failed: {launched:?}");
-    assert!(
-        launched.stdout.contains("Saltpeter Wrapper version"),
-        "{launched:?}"
-    );
-    assert!(
-        launched.stdout.contains("Wrapper started successfully"),
-        "{launched:?}"
-    );
-    launched
+    launch.run().expect_started()
 }
 
 #[test]

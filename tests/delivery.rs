@@ -12,8 +12,7 @@ use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, wait_until};
 const MACHINE: &str = "test-minion";
 
 fn launch_ok(launch: &Launch) {
-    let launched = launch.run();
-    assert_eq!(launched.code, Some(0), "launch failed: {launched:?}");
+    launch.run().expect_started();
 }
 
 fn numbered_lines(count: usize) -> String {

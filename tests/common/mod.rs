@@ -245,6 +245,19 @@ pub struct Launched {
     pub elapsed: Duration,
 }
 
+impl Launched {
+    /// Asserts the launch contract with Salt: exit 0 after both lines.
+    pub fn expect_started(self) -> Launched {
+        assert_eq!(self.code, Some(0), "launch failed: {self:?}");
+        assert!(
+            self.stdout.contains("Saltpeter Wrapper version")
+                && self.stdout.contains("Wrapper started successfully"),
+            "{self:?}"
+        );
+        self
+    }
+}
+
 /// Runs `sp_wrapper` as Salt does: a clean environment with SP_* variables,
 /// waiting for the exit and for stdout/stderr to close.
 pub struct Launch {
