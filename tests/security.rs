@@ -15,7 +15,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, Launched, TestDir, assert_same, log_text, pid_alive, wait_until};
+use common::{
+    Harness, Launch, Launched, TestDir, assert_same, log_text, log_text_at, pid_alive, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
@@ -587,10 +589,6 @@ fn the_log_and_its_directory_are_not_world_readable_whatever_the_umask() {
             created.display()
         );
     }
-}
-
-fn log_text_at(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------

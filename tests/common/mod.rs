@@ -423,7 +423,12 @@ pub fn run_job(server: &mut Harness, dir: &TestDir, job: &str, command: &str) ->
 
 /// The job's log file in `dir` (default naming).
 pub fn log_text(dir: &TestDir, job: &str) -> String {
-    std::fs::read_to_string(dir.join(&format!("{job}.log"))).unwrap_or_default()
+    log_text_at(&dir.join(&format!("{job}.log")))
+}
+
+/// A log file's text, or "" while it does not exist yet.
+pub fn log_text_at(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Is a process with this pid alive (and not a zombie)?
