@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::supervisor::Event;
+use crate::messages::Event;
 
 /// A passwd entry, resolved in the launcher (an unknown user fails there).
 #[derive(Clone, Debug)]

@@ -32,8 +32,9 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::WsUrl;
 use crate::frames::FramePool;
-use crate::protocol::{self, Inbound};
-use crate::supervisor::Event;
+use crate::messages::{Event, LinkCommand, LinkEvent};
+use crate::protocol;
+use crate::xorshift::XorShift;
 
 /// Per-address TCP connect bound: an unroutable server must not hold us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,47 +52,6 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Largest inbound frame: the server sends small control frames only.
 pub const MAX_INBOUND_FRAME: usize = 1 << 20;
-
-pub enum LinkCommand {
-    Send {
-        generation: u64,
-        frame: String,
-    },
-    /// Close this connection and reconnect (the supervisor saw it stall).
-    Drop {
-        generation: u64,
-        reason: String,
-    },
-    Shutdown,
-}
-
-pub enum LinkEvent {
-    /// The machine id, resolved on this thread before the first connection
-    /// (it may take a DNS lookup, which must not delay the job: the readers
-    /// and the supervisor run meanwhile). Always the first link event.
-    Identified {
-        machine: String,
-    },
-    Connected {
-        generation: u64,
-    },
-    Disconnected {
-        generation: u64,
-        reason: String,
-    },
-    ConnectFailed {
-        reason: String,
-    },
-    Frame {
-        generation: u64,
-        frame: Inbound,
-    },
-    /// A frame we could not use (logged, otherwise ignored).
-    BadFrame {
-        generation: u64,
-        reason: String,
-    },
-}
 
 /// The supervisor's end: queue a command and wake the link thread.
 pub struct LinkHandle {
@@ -150,7 +110,7 @@ pub fn spawn_link(
         commands: commands_rx,
         wake: wake_read,
         generation: 0,
-        rng: seed | 1,
+        rng: XorShift::new(seed),
         frames,
     };
     std::thread::Builder::new()
@@ -177,7 +137,7 @@ struct Link {
     commands: Receiver<LinkCommand>,
     wake: OwnedFd,
     generation: u64,
-    rng: u64,
+    rng: XorShift,
     frames: FramePool,
 }
 
@@ -221,12 +181,9 @@ impl Link {
 
     /// 2 s ± 25%.
     fn retry_delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
         let spread = RETRY_INTERVAL.as_millis() as u64 / 2; // the ±25% band is 50% wide
         let low = RETRY_INTERVAL.as_millis() as u64 - spread / 2;
-        Duration::from_millis(low + self.rng % (spread + 1))
+        Duration::from_millis(low + self.rng.next_u64() % (spread + 1))
     }
 
     fn run(mut self) {

@@ -7,19 +7,24 @@
 mod child;
 mod config;
 mod daemon;
+mod effects;
 mod exit_codes;
 mod frames;
 #[cfg(test)]
 mod fuzz;
+mod job;
 mod link;
 mod lockfile;
 mod logger;
+mod messages;
 mod outbox;
 mod protocol;
 mod readers;
+mod session;
 mod spool;
 mod supervisor;
 mod utf8;
+mod xorshift;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -27,9 +32,12 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
 use config::Config;
-use link::{LinkCommand, LinkHandle};
-use protocol::Stream;
-use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
+use effects::Effects;
+use job::JobLifecycle;
+use link::LinkHandle;
+use messages::{Event, LinkCommand, Stream};
+use session::{Outcome, Session, Settings};
+use supervisor::Supervisor;
 
 /// How long the process waits at exit for the link thread to close the
 /// connection cleanly (a close frame, then the server's reply).
@@ -38,7 +46,7 @@ const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
-/// frames in flight (`supervisor::WINDOW_BYTES`), recycled frame and batch
+/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
 /// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
 const OUTPUT_OVERHEAD: usize = 6 << 20;
 
@@ -226,18 +234,24 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
     })
 }
 
-/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
-/// `sigwait`, so every thread must have them blocked. `child::spawn`
-/// unblocks them in the job.
-fn block_wrapper_signals() {
+/// The signals the wrapper handles itself, on its signal thread.
+fn wrapper_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, signal);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
+/// `sigwait`, so every thread must have them blocked. `child::spawn`
+/// unblocks them in the job.
+fn block_wrapper_signals() {
+    let set = wrapper_signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
@@ -245,13 +259,7 @@ fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-            unsafe {
-                libc::sigemptyset(&mut set);
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                    libc::sigaddset(&mut set, signal);
-                }
-            }
+            let set = wrapper_signals();
             loop {
                 let mut signal = 0;
                 if unsafe { libc::sigwait(&set, &mut signal) } == 0
@@ -276,14 +284,15 @@ fn install_panic_hook() {
     }));
 }
 
-/// The real `Effects`: the link thread, the job's group, the log, our stdout.
-struct World {
+/// The live `Effects`: the link thread, the job's process group, the log
+/// file, our own stdout and stderr.
+struct LiveEffects {
     link: LinkHandle,
     pgid: i32,
     log: Option<logger::LogHandle>,
 }
 
-impl Effects for World {
+impl Effects for LiveEffects {
     fn link(&mut self, command: LinkCommand) {
         self.link.send(command);
     }
@@ -393,10 +402,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         version: VERSION.to_string(),
         job_pid: job.pid,
         spawned_at: job.spawned_at,
-        merged_output: !cfg.separate_streams,
         output_interval: cfg.output_interval,
-        timeout: cfg.timeout,
-        tee: foreground,
     };
     // SP_BUFFER_MAX_MB is the whole budget: keep room beside the queued
     // batches for what else holds output (frames in flight, buffer pools,
@@ -406,12 +412,14 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         .saturating_sub(OUTPUT_OVERHEAD)
         .max(1 << 20);
     let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
-    let world = World {
+    let effects = LiveEffects {
         link,
         pgid: job.pid,
         log,
     };
-    let mut supervisor = Supervisor::new(world, settings, outbox, frame_pool, at);
+    let session = Session::new(settings, outbox, frame_pool, at);
+    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
+    let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {
         supervisor.handle(
             Event::Output {

@@ -6,14 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, TestDir, assert_same, log_text, pid_alive, run_job, wait_until};
+use common::{
+    Harness, Launch, TestDir, assert_same, launch_ok, log_text, pid_alive, run_job, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
-
-fn launch_ok(launch: &Launch) -> common::Launched {
-    launch.run().expect_started()
-}
 
 #[test]
 fn exact_output_and_exit_code_with_stdout_and_stderr() {

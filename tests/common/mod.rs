@@ -9,6 +9,8 @@
 
 pub mod scripted;
 pub mod seccomp;
+#[path = "../../src/xorshift.rs"]
+pub mod xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -418,6 +420,11 @@ fn pipe_holders(pipes: &[String]) -> Vec<i32> {
         .collect()
 }
 
+/// Launch as Salt does and assert the launch contract (see `expect_started`).
+pub fn launch_ok(launch: &Launch) -> Launched {
+    launch.run().expect_started()
+}
+
 /// Compare big outputs without printing megabytes on failure.
 pub fn assert_same(recorded: &str, expected: &str, what: &str) {
     if recorded == expected {
@@ -549,7 +556,7 @@ impl CuttingProxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let rng = Arc::new(Mutex::new(seed | 1));
+        let rng = Arc::new(Mutex::new(xorshift::XorShift::new(seed)));
         {
             let (stop, refusing, connections, cuts) = (
                 stop.clone(),
@@ -575,12 +582,8 @@ impl CuttingProxy {
                     };
                     connections.fetch_add(1, Ordering::SeqCst);
                     let lifetime = {
-                        let mut state = rng.lock().expect("rng");
-                        *state ^= *state << 13;
-                        *state ^= *state >> 7;
-                        *state ^= *state << 17;
                         let span = (max - min).as_millis() as u64 + 1;
-                        min + Duration::from_millis(*state % span)
+                        min + Duration::from_millis(rng.lock().expect("rng").next_u64() % span)
                     };
                     let _ = client.set_nonblocking(false);
                     let pipes = [
