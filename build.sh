@@ -68,7 +68,7 @@ deps_packaging() {
     deps_python
     if ! "$PYTHON" -c 'import jinja2, yaml' 2>/dev/null; then
         say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
-        "$PYTHON" -m pip install --quiet jinja2 PyYAML
+        "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
     fi
 }
 
