@@ -16,6 +16,13 @@ a rotation each time the live logs have grown, up to ROTATIONS times, then
 reads every file (*.log, *.log.N, *.log.N.gz) and asserts, per agent: each
 seq from 0 up exactly once, the lifecycle lines once each, no torn line, and
 that an agent alive across a rotation got SIGHUP and went on in the new file.
+
+First, the helper's aim, with stand-in processes named sp_wrapper that hold
+a file of the log directory open: one with SIGHUP at its default action (a
+launcher: it must survive), one that blocks SIGHUP (a daemon: it must get
+it, pending) and that one's child, which inherited the mask (the job between
+fork and exec: it must not get it); and a daemon stand-in with no file there
+(another log directory: it must not get it).
 """
 
 import collections
@@ -71,6 +78,76 @@ def read_all(logdir):
     return by_instance, torn
 
 
+# A stand-in: named sp_wrapper, holding argv[2] open, optionally blocking
+# SIGHUP with a forked child (which inherits name, mask and the file);
+# prints its pids, then sleeps.
+STAND_IN = r"""
+import ctypes, os, signal, sys, time
+ctypes.CDLL(None).prctl(15, b"sp_wrapper", 0, 0, 0)  # PR_SET_NAME
+held = open(sys.argv[2], "a")
+if sys.argv[1] == "block":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(os.getpid(), child, flush=True)
+else:
+    print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def pending_hup(pid):
+    """Whether SIGHUP is pending for the process (ShdPnd, bit 0)."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('ShdPnd:'):
+                return int(line.split()[1], 16) & 1 == 1
+    raise AssertionError('no ShdPnd line for %d' % pid)
+
+
+def check_helper_aim(helper, logdir, work):
+    held = os.path.join(logdir, 'stand-in.log')
+    elsewhere = os.path.join(work, 'elsewhere.log')
+
+    def stand_in(kind, path):
+        return subprocess.Popen([sys.executable, '-c', STAND_IN, kind, path], stdout=subprocess.PIPE, text=True)
+
+    launcher, daemon, other = stand_in('default', held), stand_in('block', held), stand_in('block', elsewhere)
+    child_pid = None
+    try:
+        launcher.stdout.readline()
+        daemon_pid, child_pid = map(int, daemon.stdout.readline().split())
+        other_pid = int(other.stdout.readline().split()[0])
+        helped = subprocess.run([helper, logdir], capture_output=True, text=True, timeout=60)
+        failures = []
+        if helped.returncode != 0:
+            failures.append('reopen-logs exited %d: %s' % (helped.returncode, helped.stderr))
+        if launcher.poll() is not None:
+            failures.append('reopen-logs killed an sp_wrapper with SIGHUP at its default action (a launcher)')
+        if not pending_hup(daemon_pid):
+            failures.append('reopen-logs did not signal an sp_wrapper that blocks SIGHUP (a daemon)')
+        if pending_hup(child_pid):
+            failures.append("reopen-logs signalled a daemon's child that inherited its mask (the job before exec)")
+        if pending_hup(other_pid):
+            failures.append('reopen-logs signalled a daemon with no file in %s' % logdir)
+        if not failures:
+            print('logrotate_test.py: reopen-logs signalled the daemon stand-in only (not the launcher,'
+                  ' the child, or a daemon of another directory)')
+        return failures
+    finally:
+        for process in (launcher, daemon, other):
+            process.kill()
+            process.wait()
+        if child_pid:
+            try:
+                os.kill(child_pid, 9)
+            except ProcessLookupError:
+                pass
+        os.unlink(held)
+
+
 def main():
     root = os.path.abspath(sys.argv[1])
     wrapper = os.path.join(root, 'usr/bin/sp_wrapper')
@@ -80,7 +157,12 @@ def main():
     work = tempfile.mkdtemp(prefix='sp_logrotate_')
     logdir = os.path.join(work, 'logs')
     os.mkdir(logdir, 0o750)
-    config = packaged.replace(PACKAGED_LOGDIR + '/', logdir + '/').replace(PACKAGED_HELPER, helper)
+    config = packaged.replace(PACKAGED_HELPER, helper).replace(PACKAGED_LOGDIR, logdir)
+    aim_failures = check_helper_aim(helper, logdir, work)
+    for failure in aim_failures:
+        print('logrotate_test.py: FAIL: ' + failure)
+    if aim_failures:
+        return 1
     if logdir not in config or helper not in config:
         print('logrotate_test.py: FAIL: the packaged configuration no longer names %s and %s' % (
             PACKAGED_LOGDIR, PACKAGED_HELPER))
