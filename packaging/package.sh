@@ -121,41 +121,49 @@ stage() {
 # Debian's machine-readable copyright (DEP-5). The MIT text of LICENSE is
 # the license DEP-5 calls Expat.
 debian_copyright() {
-    cat <<HEAD
-Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
-Upstream-Name: saltpeter-agent
-Comment: /usr/bin/sp_wrapper is statically linked. Besides this package's own
- code it contains the Rust standard library (MIT or Apache-2.0), musl libc
- (Expat) and these crates: $(crate_licenses)
+    echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+    echo "Upstream-Name: saltpeter-agent"
+    linked_components_comment
+    cat <<FILES
 
 Files: *
 Copyright: $(sed -n 's/^Copyright (c) //p' "$top/LICENSE")
 License: Expat
 
 License: Expat
-HEAD
+FILES
     sed -n '/^Permission/,$p' "$top/LICENSE" | sed 's/^$/./; s/^/ /'
 }
 
-# The crates linked into the binary with their licenses, from Cargo.lock via
-# cargo metadata (offline: the build already fetched them).
-crate_licenses() {
+# A Comment field naming what the static binary contains besides our code:
+# Rust's std, musl, and every crate linked in (normal dependencies, not
+# proc-macros, which only run at build time), from Cargo.lock via cargo
+# metadata (offline: the build already fetched them).
+linked_components_comment() {
     (cd "$top" && cargo metadata --format-version 1 --locked --offline \
         --filter-platform x86_64-unknown-linux-musl 2>/dev/null) |
         python3 -c '
-import json, sys
+import json, sys, textwrap
 meta = json.load(sys.stdin)
 nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
 packages = {p["id"]: p for p in meta["packages"]}
-root = meta["resolve"]["root"]
-# Normal (non-dev, non-build) dependencies of the binary, transitively.
-seen, todo = set(), [root]
+proc_macro = lambda p: any("proc-macro" in t["kind"] for t in p["targets"])
+seen, todo = set(), [meta["resolve"]["root"]]
 while todo:
     for dep in nodes[todo.pop()]["deps"]:
-        if any(k["kind"] is None for k in dep["dep_kinds"]) and dep["pkg"] not in seen:
-            seen.add(dep["pkg"]); todo.append(dep["pkg"])
-print("; ".join(sorted("%s %s (%s)" % (packages[i]["name"], packages[i]["version"], packages[i]["license"]) for i in seen)))
-' | fold -s -w 70 | sed '2,$s/^/ /' || echo "see Cargo.lock"
+        normal = any(k["kind"] is None for k in dep["dep_kinds"])
+        if normal and dep["pkg"] not in seen and not proc_macro(packages[dep["pkg"]]):
+            seen.add(dep["pkg"])
+            todo.append(dep["pkg"])
+crates = "; ".join(sorted("%s %s (%s)" % (packages[i]["name"], packages[i]["version"], packages[i]["license"]) for i in seen))
+text = ("/usr/bin/sp_wrapper is statically linked. Besides this package'"'"'s own code "
+        "it contains the Rust standard library (MIT or Apache-2.0), musl libc (Expat) "
+        "and these crates: " + crates + ".")
+lines = textwrap.wrap(text, 72, break_on_hyphens=False)
+print("Comment: " + lines[0])
+for line in lines[1:]:
+    print(" " + line)
+' || echo "Comment: /usr/bin/sp_wrapper is statically linked: see Cargo.lock for what it contains."
 }
 
 build_deb() {
