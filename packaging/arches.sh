@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # packaging/arches.sh: the one table of architectures we package, and how to
 # run a binary of each on this host. Sourced by packaging/package.sh and
 # tests/packaging/check.sh; defines variables and functions only.
@@ -15,7 +16,8 @@ PACKAGING_ARCHES=(
 )
 
 # arch_fields TRIPLE: sets deb_arch, rpm_arch, qemu, elf_machine (returns 1
-# for an unknown triple).
+# for an unknown triple). They are this function's outputs, for the caller.
+# shellcheck disable=SC2034
 arch_fields() {
     local row triple rest
     for row in "${PACKAGING_ARCHES[@]}"; do

@@ -136,8 +136,9 @@ check_arch() {
     want=$(sha256sum <"$binary" | cut -d' ' -f1)
     deb_sum=$(sha256sum <"$packaged" | cut -d' ' -f1)
     rpm_sum=$(rpm -qp --dump "$rpm_file" 2>/dev/null | awk '$1 == "/usr/bin/sp_wrapper" { print $4 }')
-    [ "$deb_sum" = "$want" ] && [ "$rpm_sum" = "$want" ] ||
+    if [ "$deb_sum" != "$want" ] || [ "$rpm_sum" != "$want" ]; then
         die "the packages do not carry $binary (sha256 $want; deb $deb_sum, rpm $rpm_sum)"
+    fi
     local described
     described=$(file -b "$packaged")
     [[ $described == *"$elf_machine"*"statically linked"* ]] ||
@@ -148,7 +149,7 @@ check_arch() {
     local lint errors
     lint=$(lintian --pedantic "$deb" 2>&1 | grep -v "^running with root privileges") || true
     errors=$(grep -c '^E:' <<<"$lint" || true)
-    [ -n "$lint" ] && sed 's/^/   lintian: /' <<<"$lint"
+    if [ -n "$lint" ]; then sed 's/^/   lintian: /' <<<"$lint"; fi
     [ "$errors" -eq 0 ] || die "lintian reports $errors error(s) for $deb"
     lint=$(rpmlint -c "$top/packaging/rpmlint.toml" "$rpm_file" 2>&1) || true
     grep -E '^saltpeter-agent' <<<"$lint" | sed 's/^/   rpmlint: /' || true
@@ -180,7 +181,7 @@ PY
 
     # 6. The packaged binary against the real endpoint.
     mkdir -p "$work/tmp"
-    TMPDIR="$work/tmp" "$python" "$here/run_job.py" "$version" "$packaged" $runner ||
+    TMPDIR="$work/tmp" "$python" "$here/run_job.py" "$version" "$packaged" ${runner:+"$runner"} ||
         die "the $deb_arch package's binary${runner:+ (under $runner)} did not run the job as expected"
     results+=("$deb_arch/$rpm_arch: OK (deb $(stat -c %s "$deb") B, rpm $(stat -c %s "$rpm_file") B${runner:+, ran under $runner})")
 }
