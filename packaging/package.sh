@@ -12,7 +12,7 @@
 # Writes OUTDIR/saltpeter-agent_<VERSION>_<deb arch>.deb and
 # OUTDIR/saltpeter-agent-<VERSION>-1.<rpm arch>.rpm. Both formats install:
 #   /usr/bin/sp_wrapper                       the static binary, as built
-#   /usr/libexec/saltpeter-agent/reopen-logs      SIGHUP to the daemons (logrotate)
+#   /usr/libexec/saltpeter-agent/reopen-logs  SIGHUP to the daemons (logrotate)
 #   /etc/logrotate.d/saltpeter-agent          conffile / %config(noreplace)
 #   /usr/share/man/man1/sp_wrapper.1.gz       help2man on this binary's --help
 #   /var/log/sp_wrapper/                      0750, the default log directory
@@ -64,7 +64,7 @@ description="sp_wrapper runs a Saltpeter (distributed cron) job on a Salt minion
 reports it to the Saltpeter server over a WebSocket: output, heartbeats, exit
 code, kills and timeouts, overlap locks. A drop-in replacement for the Python
 wrapper: point Saltpeter's wrapper_path at /usr/bin/sp_wrapper. One static
-binary with no dependencies; runs on Linux 2.6.32 and later."
+binary with no dependencies, for old kernels too (2.6.32 on x86)."
 
 # rpm's %changelog from packaging/changelog (Debian's format), so the two
 # packages cannot tell different histories.
