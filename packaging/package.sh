@@ -51,7 +51,7 @@ changelog="$here/changelog"
 read -r _ top_version _ <"$changelog"
 [ "$top_version" = "($version)" ] || die "packaging/changelog starts with $top_version, not ($version): add an entry for $version"
 # Reproducible packages: every date inside comes from the changelog's entry.
-changelog_date=$(sed -n 's/^ -- .*>  //p' "$changelog" | head -n1)
+changelog_date=$(sed -n '/^ -- /{ s/^ -- .*>  //p; q; }' "$changelog")
 SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "packaging/changelog: bad date '$changelog_date'"
 export SOURCE_DATE_EPOCH
 
@@ -270,7 +270,7 @@ SPEC
 }
 
 # Override for a real release: who answers for these packages.
-maintainer=${SP_PACKAGE_MAINTAINER:-$(sed -n 's/^ -- \(.*>\)  .*/\1/p' "$changelog" | head -n1)}
+maintainer=${SP_PACKAGE_MAINTAINER:-$(sed -n '/^ -- /{ s/^ -- \(.*>\)  .*/\1/p; q; }' "$changelog")}
 
 built=0
 for row in "${PACKAGING_ARCHES[@]}"; do

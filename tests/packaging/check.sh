@@ -115,17 +115,22 @@ check_arch() {
         die "the .deb's relations are '$(dpkg-deb -f "$deb" Depends Pre-Depends Recommends)', expected only Recommends: logrotate"
     [ "$(rpm -qp --requires "$rpm_file" 2>/dev/null | grep -v '^rpmlib(')" = logrotate ] ||
         die "the .rpm requires '$(rpm -qp --requires "$rpm_file" 2>/dev/null | tr '\n' ' ')', expected only logrotate"
-    dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/logrotate.d/saltpeter-agent ||
+    # (Whole outputs into variables first: with pipefail, grep -q or head
+    # closing a pipe early would fail the producer.)
+    local text
+    text=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
+    grep -qx /etc/logrotate.d/saltpeter-agent <<<"$text" ||
         die "/etc/logrotate.d/saltpeter-agent is not a conffile of the .deb"
-    rpm -qcp "$rpm_file" 2>/dev/null | grep -qx /etc/logrotate.d/saltpeter-agent ||
-        die "/etc/logrotate.d/saltpeter-agent is not %config in the .rpm"
-    rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" 2>/dev/null |
-        grep -qx 'cn /etc/logrotate.d/saltpeter-agent' || die "/etc/logrotate.d/saltpeter-agent is not %config(noreplace) in the .rpm"
+    text=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" 2>/dev/null)
+    grep -qx 'cn /etc/logrotate.d/saltpeter-agent' <<<"$text" ||
+        die "/etc/logrotate.d/saltpeter-agent is not %config(noreplace) in the .rpm"
     local unpacked="$work/$deb_arch"
     dpkg -x "$deb" "$unpacked"
-    zcat "$unpacked/usr/share/doc/saltpeter-agent/changelog.gz" | head -n1 | grep -q "^saltpeter-agent ($version) " ||
+    text=$(zcat "$unpacked/usr/share/doc/saltpeter-agent/changelog.gz")
+    [[ ${text%%$'\n'*} == "saltpeter-agent ($version) "* ]] ||
         die "the .deb's changelog does not start with $version"
-    rpm -qp --changelog "$rpm_file" 2>/dev/null | head -n1 | grep -q " - $version-1\$" ||
+    text=$(rpm -qp --changelog "$rpm_file" 2>/dev/null)
+    [[ ${text%%$'\n'*} == *" - $version-1" ]] ||
         die "the .rpm's %changelog does not start with $version-1"
     grep -qx 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/' \
         "$unpacked/usr/share/doc/saltpeter-agent/copyright" || die "the .deb's copyright is not DEP-5"
