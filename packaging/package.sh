@@ -256,12 +256,14 @@ SPEC
     # gzip payload and SHA-256 file digests: what rpm 4.8 (CentOS 6) reads.
     # (Newer rpmbuilds default to zstd, which rpm before 4.14 cannot unpack.)
     # --target: build for rpm_arch on any host (nothing is compiled here).
+    # The build time and host are fixed too, so rebuilds are identical.
     rpmbuild -bb --quiet --target "$rpm_arch-linux" \
         --define "_topdir $top_rpm" \
         --define "_binary_payload w9.gzdio" \
         --define "_binary_filedigest_algorithm 8" \
         --define "use_source_date_epoch_as_buildtime 1" \
         --define "clamp_mtime_to_source_date_epoch 1" \
+        --define "_buildhost reproducible" \
         "$top_rpm/SPECS/saltpeter-agent.spec" >/dev/null ||
         die "rpmbuild failed for $rpm_arch"
     local rpm_file="$outdir/saltpeter-agent-${version}-1.${rpm_arch}.rpm"
