@@ -4,7 +4,8 @@
 #   ./build.sh [build]     static release binary -> dist/sp_wrapper (default)
 #   ./build.sh build-local release binary for this host -> dist/sp_wrapper-local
 #   ./build.sh test        everything CI runs (installs what it needs first)
-#   ./build.sh deps        the musl target and .venv with the real Saltpeter endpoint
+#   ./build.sh deps        the musl target, .venv with the real Saltpeter endpoint,
+#                          and the packaging tools from Debian
 #   ./build.sh demo        build, run one job against the real endpoint, show the result
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
