@@ -4,10 +4,11 @@
 #   ./build.sh [build]     static release binary -> dist/sp_wrapper (default)
 #   ./build.sh build-local release binary for this host -> dist/sp_wrapper-local
 #   ./build.sh test        everything CI runs (installs what it needs first)
-#   ./build.sh deps        the musl target and .venv with the real Saltpeter endpoint
+#   ./build.sh deps        the musl target, .venv with the real Saltpeter endpoint,
+#                          and the packaging tools from Debian
 #   ./build.sh demo        build, run one job against the real endpoint, show the result
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
-#   ./build.sh package     dist/*.deb and dist/*.rpm
+#   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,9 +47,36 @@ deps_python() {
     fi
 }
 
+# What packaging and its checks need, from Debian: dpkg-dev and rpm build the
+# packages, help2man makes the man page, lintian and rpmlint judge them,
+# logrotate is driven by the rotation test, qemu-user runs the binaries of
+# other arches, groff renders the man page; jinja2 and PyYAML (in .venv)
+# render the Salt state of docs/deploy.md.
+deps_packaging() {
+    local tool missing=()
+    for tool in dpkg-deb:dpkg-dev rpmbuild:rpm help2man:help2man lintian:lintian \
+        rpmlint:rpmlint logrotate:logrotate qemu-aarch64:qemu-user groff:groff file:file; do
+        command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]} from Debian (packaging)"
+        if ! { apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${missing[@]}" >/dev/null; }; }; then
+            echo "build.sh: cannot install ${missing[*]}; as root with network access run 'apt-get update && apt-get install -y ${missing[*]}', then retry" >&2
+            exit 1
+        fi
+    fi
+    deps_python
+    if ! "$PYTHON" -c 'import jinja2, yaml' 2>/dev/null; then
+        say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
+        "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
+    fi
+}
+
 deps() {
     deps_rust
     deps_python
+    deps_packaging
 }
 
 build() {
@@ -96,7 +124,7 @@ run_tests() {
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     say "old-kernel tests: the conformance suite again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel --test conformance -- --include-ignored
-    say "packages"
+    say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
 }
@@ -116,11 +144,15 @@ bench() {
     "$PYTHON" tests/bench/bench.py --wrapper dist/sp_wrapper --python-wrapper "$VENV/ref0930" --sink target/release/examples/ack_sink
 }
 
-# Packaging (.deb and .rpm) lives in tests/packaging/package.sh so this file
-# stays a dispatcher; it is given the version and the built binary.
+# Packaging (a .deb and an .rpm for every arch in dist/) lives in
+# packaging/package.sh so this file stays a dispatcher. It packages what is
+# built: dist/sp_wrapper (x86_64, refreshed here) and dist/<triple>/sp_wrapper
+# from build-all.
 package() {
+    deps_packaging
     build
-    bash tests/packaging/package.sh "$VERSION" dist/sp_wrapper dist
+    rm -f dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
+    bash packaging/package.sh "$VERSION" dist dist
 }
 
 case "${1:-build}" in
