@@ -14,6 +14,7 @@ mod fuzz;
 mod link;
 mod lockfile;
 mod logger;
+mod machine_id;
 mod outbox;
 mod protocol;
 mod readers;
@@ -327,7 +328,8 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     // full queue blocks a sender only while the supervisor catches up; the
     // supervisor itself never blocks on another thread, so this cannot deadlock.
     let (events, inbox) = sync_channel(EVENT_QUEUE);
-    let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
+    let (machine, _) =
+        machine_id::resolve(cfg.machine_id.as_deref(), |var| std::env::var(var).ok());
     let frame_pool = frames::FramePool::default();
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
         .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))
