@@ -61,6 +61,9 @@ pub struct Config {
     /// `None`: no limit (`SP_TIMEOUT` unset or 0).
     pub timeout: Option<Duration>,
     pub output_interval: Duration,
+    /// `SP_OUTPUT=separate`: stdout and stderr on two pipes, labelled, with
+    /// no order between them. Default (merged): one pipe, terminal order.
+    pub separate_streams: bool,
     pub log_level: LogLevel,
     pub log_dir: PathBuf,
     pub allow_overlap: bool,
@@ -92,6 +95,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (
         "SP_TIMEOUT",
         "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124",
+    ),
+    (
+        "SP_OUTPUT",
+        "merged (default: stderr joins stdout, in the order written) or separate",
     ),
     (
         "SP_OUTPUT_INTERVAL_MS",
@@ -179,6 +186,16 @@ impl Config {
             None => Duration::from_millis(DEFAULT_INTERVAL_MS),
             Some(v) => Duration::from_millis(parse_whole("SP_OUTPUT_INTERVAL_MS", &v, 3_600_000)?),
         };
+        let separate_streams = match get("SP_OUTPUT").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("merged") => false,
+            Some("separate") => true,
+            Some(other) => {
+                return bad(
+                    "SP_OUTPUT",
+                    format!("expected merged or separate, got {other:?}"),
+                );
+            }
+        };
         let log_level = match get("SP_WRAPPER_LOGLEVEL")
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
@@ -239,6 +256,7 @@ impl Config {
             user,
             timeout,
             output_interval,
+            separate_streams,
             log_level,
             log_dir,
             allow_overlap,

@@ -32,6 +32,10 @@ use link::{LinkCommand, LinkHandle};
 use protocol::Stream;
 use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
 
+/// How long the process waits at exit for the link thread to close the
+/// connection cleanly (a close frame, then the server's reply).
+const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
@@ -312,6 +316,10 @@ impl Effects for World {
             }
         }
     }
+
+    fn close_link(&mut self) {
+        self.link.shutdown(LINK_CLOSE_BOUND);
+    }
 }
 
 /// Wire the threads around the supervisor and run it to the end.
@@ -328,14 +336,27 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     // full queue blocks a sender only while the supervisor catches up; the
     // supervisor itself never blocks on another thread, so this cannot deadlock.
     let (events, inbox) = sync_channel(EVENT_QUEUE);
-    let (machine, _) =
-        machine_id::resolve(cfg.machine_id.as_deref(), |var| std::env::var(var).ok());
     let frame_pool = frames::FramePool::default();
+    // The machine id may need DNS: the link thread resolves it before its
+    // first connection, while the readers and the supervisor already run.
+    let machine_override = cfg.machine_id.clone();
+    let resolve_machine =
+        move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
-        .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))
+        .and_then(|_| match job.stderr {
+            Some(stderr) => readers::spawn_reader(Stream::Stderr, stderr, events.clone()),
+            None => Ok(()),
+        })
         .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
         .and_then(|_| spawn_signal_thread(events.clone()))
-        .and_then(|_| link::spawn_link(cfg.url.clone(), events.clone(), frame_pool.clone()));
+        .and_then(|_| {
+            link::spawn_link(
+                cfg.url.clone(),
+                events.clone(),
+                frame_pool.clone(),
+                resolve_machine,
+            )
+        });
     let link = match threads {
         Ok(link) => link,
         Err(e) => {
@@ -364,15 +385,17 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         std::env::temp_dir().join(&spool_name),
     ];
     let settings = Settings {
+        job_name: cfg.job_name.clone(),
         job_instance: cfg.job_instance.clone(),
-        machine: machine.clone(),
+        machine: String::new(),
         version: VERSION.to_string(),
         job_pid: job.pid,
+        spawned_at: job.spawned_at,
+        merged_output: !cfg.separate_streams,
         output_interval: cfg.output_interval,
         timeout: cfg.timeout,
         tee: foreground,
     };
-    let encoder = protocol::Encoder::new(&cfg.job_name, &cfg.job_instance, &machine);
     // SP_BUFFER_MAX_MB is the whole budget: keep room beside the queued
     // batches for what else holds output (frames in flight, buffer pools,
     // queued reads), so peak memory stays near the bound.
@@ -386,7 +409,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         pgid: job.pid,
         log,
     };
-    let mut supervisor = Supervisor::new(world, settings, encoder, outbox, frame_pool, at);
+    let mut supervisor = Supervisor::new(world, settings, outbox, frame_pool, at);
     if let Some(error) = log_error {
         supervisor.handle(
             Event::Output {
@@ -396,7 +419,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             at,
         );
     }
-    log::info!("machine id {machine}, server {}", cfg.url.raw);
+    log::info!("server {}", cfg.url.raw);
     let outcome = supervisor.run(inbox);
     log::info!(
         "wrapper done (retcode {}, delivered: {})",

@@ -26,8 +26,11 @@ pub enum Event {
         text: String,
     },
     StreamClosed(Stream),
+    /// The job's main process exited; `at` is the wall-clock time the waiter
+    /// reaped it, which becomes `complete.timestamp` (the server's endtime).
     ChildExited {
         status: i32,
+        at: SystemTime,
     },
     /// An orphan of the job, reaped by us as its subreaper.
     Reaped,
@@ -55,7 +58,9 @@ const ACK_STALL: Duration = Duration::from_secs(30);
 /// The server waits up to 30 s for the job state before answering `complete`.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the job ends, keep trying to deliver for this long after the later
-/// of the end and the last contact with the server.
+/// of the end and the last delivery progress (an ACK for something not ACKed
+/// before). Contact alone does not count: a server that answers but never
+/// ACKs output must not keep the agent alive forever (docs/delivery.md).
 pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
 /// `complete` attempts that got no answer before we stop trying.
 const MAX_COMPLETE_ATTEMPTS: u32 = 5;
@@ -95,13 +100,25 @@ pub trait Effects {
     fn reopen_log(&mut self);
     /// Append undelivered output to the job's log.
     fn log_undelivered(&mut self, text: &str);
+    /// Close the connection cleanly (a close frame) and wait, briefly and
+    /// with a bound, for the link thread to finish before the process exits.
+    fn close_link(&mut self);
 }
 
 pub struct Settings {
+    pub job_name: String,
     pub job_instance: String,
+    /// Empty until the link thread reports the machine id it resolved
+    /// (`LinkEvent::Identified`), which it does before its first connection.
     pub machine: String,
     pub version: String,
     pub job_pid: i32,
+    /// Wall-clock time the job was spawned: `start.timestamp`, the server's
+    /// starttime, the same on every (re)send.
+    pub spawned_at: SystemTime,
+    /// The job writes stdout and stderr into one pipe (`SP_OUTPUT=merged`):
+    /// one reader, one stream to wait for.
+    pub merged_output: bool,
     pub output_interval: Duration,
     pub timeout: Option<Duration>,
     pub tee: bool,
@@ -127,6 +144,15 @@ struct Conn {
     complete_sent: Option<Instant>,
 }
 
+/// The job's result, once its main process is gone and its output drained.
+#[derive(Clone, Copy)]
+struct Finished {
+    retcode: i32,
+    at: Instant,
+    /// When the main process exited: `complete.timestamp`.
+    exited_at: SystemTime,
+}
+
 struct Kill {
     reason: KillReason,
     next_signal: Instant,
@@ -147,31 +173,40 @@ pub struct Supervisor<E: Effects> {
     /// The server read our `start` (its `sync_response` came after it) and did
     /// not ACK it: it does not know this instance.
     start_ignored: bool,
-    last_contact: Instant,
+    /// Last delivery progress: an ACK for output or a start not ACKed before.
+    last_progress: Instant,
     connect_failures: u32,
     complete_attempts: u32,
-    job_exit: Option<(i32, Instant)>,
+    job_exit: Option<(i32, Instant, SystemTime)>,
     streams_open: [bool; 2],
     kill: Option<Kill>,
     timeout_at: Option<Instant>,
-    finished: Option<(i32, Instant)>,
+    finished: Option<Finished>,
     next_heartbeat: Instant,
     /// When a batch was last sealed; `None` until the first, which goes out at once.
     last_seal: Option<Instant>,
     outcome: Option<Outcome>,
     spill_noted: bool,
+    /// `outbox.lost_bytes` already reported in the log.
+    loss_logged: u64,
 }
 
 impl<E: Effects> Supervisor<E> {
     pub fn new(
         effects: E,
         settings: Settings,
-        encoder: Encoder,
         outbox: Outbox,
         frames: FramePool,
         started: Instant,
     ) -> Self {
         let timeout_at = settings.timeout.map(|t| started + t);
+        let encoder = Encoder::new(
+            &settings.job_name,
+            &settings.job_instance,
+            &settings.machine,
+        );
+        // Merged output has one pipe: stderr is "closed" from the start.
+        let streams_open = [true, !settings.merged_output];
         Supervisor {
             effects,
             settings,
@@ -181,11 +216,11 @@ impl<E: Effects> Supervisor<E> {
             conn: None,
             start_acked: false,
             start_ignored: false,
-            last_contact: started,
+            last_progress: started,
             connect_failures: 0,
             complete_attempts: 0,
             job_exit: None,
-            streams_open: [true, true],
+            streams_open,
             kill: None,
             timeout_at,
             finished: None,
@@ -193,6 +228,7 @@ impl<E: Effects> Supervisor<E> {
             last_seal: None,
             outcome: None,
             spill_noted: false,
+            loss_logged: 0,
         }
     }
 
@@ -207,8 +243,9 @@ impl<E: Effects> Supervisor<E> {
             let now = Instant::now();
             self.on_time(now);
             self.pump(now);
+            self.log_new_loss();
             if let Some(outcome) = self.take_outcome() {
-                self.effects.link(LinkCommand::Shutdown);
+                self.effects.close_link();
                 return outcome;
             }
             let event = match self.next_deadline() {
@@ -231,6 +268,20 @@ impl<E: Effects> Supervisor<E> {
                     self.give_up("event channel closed");
                 }
             }
+        }
+    }
+
+    /// Output that could be kept neither in memory nor in the spool is lost
+    /// (a marker in the text says where); the log must say so too.
+    fn log_new_loss(&mut self) {
+        if self.outbox.lost_bytes > self.loss_logged {
+            log::error!(
+                "{} bytes of the job's output were lost ({} in all): {}",
+                self.outbox.lost_bytes - self.loss_logged,
+                self.outbox.lost_bytes,
+                self.outbox.loss_reason
+            );
+            self.loss_logged = self.outbox.lost_bytes;
         }
     }
 
@@ -261,12 +312,12 @@ impl<E: Effects> Supervisor<E> {
                 self.maybe_finish(now);
             }
             Event::Reaped => self.maybe_finish(now),
-            Event::ChildExited { status } => {
+            Event::ChildExited { status, at } => {
                 log::debug!(
                     "job process {} exited, wait status {status:#x}",
                     self.settings.job_pid
                 );
-                self.job_exit = Some((status, now));
+                self.job_exit = Some((status, now, at));
                 self.maybe_finish(now);
             }
             Event::Signal(signal) if signal == libc::SIGHUP => {
@@ -283,6 +334,14 @@ impl<E: Effects> Supervisor<E> {
 
     fn handle_link(&mut self, event: LinkEvent, now: Instant) {
         match event {
+            LinkEvent::Identified { machine } => {
+                self.encoder = Encoder::new(
+                    &self.settings.job_name,
+                    &self.settings.job_instance,
+                    &machine,
+                );
+                self.settings.machine = machine;
+            }
             LinkEvent::Connected { generation } => {
                 if self.connect_failures > 0 {
                     log::info!(
@@ -293,7 +352,6 @@ impl<E: Effects> Supervisor<E> {
                     log::info!("connected to the server");
                 }
                 self.connect_failures = 0;
-                self.last_contact = now;
                 self.outbox.on_disconnect();
                 self.conn = Some(Conn {
                     generation,
@@ -306,8 +364,10 @@ impl<E: Effects> Supervisor<E> {
                 let wall = SystemTime::now();
                 self.send(self.encoder.connect(wall));
                 if !self.start_acked {
+                    // The spawn time, not now: the server stores it as the
+                    // run's starttime, however late we get through.
                     self.send(self.encoder.start(
-                        wall,
+                        self.settings.spawned_at,
                         self.settings.job_pid,
                         &self.settings.version,
                     ));
@@ -347,7 +407,6 @@ impl<E: Effects> Supervisor<E> {
             }
             LinkEvent::Frame { generation, frame } => {
                 if self.is_current(generation) {
-                    self.last_contact = now;
                     self.handle_frame(frame, now);
                 }
             }
@@ -379,6 +438,7 @@ impl<E: Effects> Supervisor<E> {
             } => {
                 if !self.start_acked {
                     log::info!("server acknowledged the start");
+                    self.last_progress = now;
                 }
                 self.start_acked = true;
                 self.start_ignored = false;
@@ -388,6 +448,7 @@ impl<E: Effects> Supervisor<E> {
                 seq: Some(seq),
             } => {
                 if self.outbox.on_ack(seq) > 0 {
+                    self.last_progress = now;
                     if let Some(conn) = self.conn.as_mut() {
                         conn.ack_progress = now;
                     }
@@ -403,9 +464,7 @@ impl<E: Effects> Supervisor<E> {
                     .as_ref()
                     .is_some_and(|c| c.complete_sent.is_some())
                 {
-                    let retcode = self
-                        .finished
-                        .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+                    let retcode = self.retcode();
                     let delivered = self.outbox.is_empty();
                     log::info!("server recorded the result (retcode {retcode})");
                     if !delivered {
@@ -458,9 +517,7 @@ impl<E: Effects> Supervisor<E> {
                         "server no longer knows this job ({}); output kept in this log",
                         clip(&message)
                     );
-                    let retcode = self
-                        .finished
-                        .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+                    let retcode = self.retcode();
                     self.write_undelivered(
                         "the server answered JOB_NOT_FOUND (job stopped or restarted)",
                     );
@@ -474,6 +531,12 @@ impl<E: Effects> Supervisor<E> {
             }
             Inbound::Other(kind) => log::debug!("ignored a {kind:?} frame"),
         }
+    }
+
+    /// The job's result code, or the wrapper-error code while it has none.
+    fn retcode(&self) -> i32 {
+        self.finished
+            .map_or(exit_codes::WRAPPER_ERROR, |finished| finished.retcode)
     }
 
     fn on_synced(&mut self, last_seq: Option<i64>) {
@@ -530,7 +593,12 @@ impl<E: Effects> Supervisor<E> {
             group_gone: !alive,
             recheck: None,
         });
-        self.outbox.push(Stream::Stderr, &marker);
+        let marker_stream = if self.settings.merged_output {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
+        self.outbox.push(marker_stream, &marker);
         self.seal(now);
     }
 
@@ -538,7 +606,7 @@ impl<E: Effects> Supervisor<E> {
         if self.finished.is_some() {
             return;
         }
-        let Some((status, exited_at)) = self.job_exit else {
+        let Some((status, exited_at, exited_wall)) = self.job_exit else {
             return;
         };
         let drained = self.streams_open == [false, false] || now >= exited_at + DRAIN_GRACE;
@@ -564,7 +632,11 @@ impl<E: Effects> Supervisor<E> {
         }
         let retcode = exit_codes::job_retcode(status, self.kill.as_ref().map(|k| k.reason));
         log::info!("job finished with retcode {retcode}");
-        self.finished = Some((retcode, now));
+        self.finished = Some(Finished {
+            retcode,
+            at: now,
+            exited_at: exited_wall,
+        });
         self.seal(now);
     }
 
@@ -596,7 +668,10 @@ impl<E: Effects> Supervisor<E> {
             }
             self.maybe_finish(now);
         }
-        if self.job_exit.is_some_and(|(_, at)| now >= at + DRAIN_GRACE) {
+        if self
+            .job_exit
+            .is_some_and(|(_, at, _)| now >= at + DRAIN_GRACE)
+        {
             self.maybe_finish(now);
         }
         if self.outbox.open_bytes() > 0 && self.batch_due().is_none_or(|due| now >= due) {
@@ -642,24 +717,32 @@ impl<E: Effects> Supervisor<E> {
                 });
             }
         }
-        if let Some((_, finished_at)) = self.finished {
+        if let Some(give_up_at) = self.delivery_deadline() {
             if self.outcome.is_none() {
                 let exhausted = self.complete_attempts >= MAX_COMPLETE_ATTEMPTS
                     && self.conn.as_ref().is_none_or(|c| c.complete_sent.is_none());
-                if exhausted || now >= finished_at.max(self.last_contact) + DELIVERY_WINDOW {
-                    self.give_up("the server could not be reached or did not answer");
+                if exhausted || now >= give_up_at {
+                    self.give_up(&format!(
+                        "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
+                        DELIVERY_WINDOW.as_secs()
+                    ));
                 }
             }
         }
+    }
+
+    /// When delivery is abandoned: `DELIVERY_WINDOW` after the later of the
+    /// job's end and the last delivery progress.
+    fn delivery_deadline(&self) -> Option<Instant> {
+        self.finished
+            .map(|finished| finished.at.max(self.last_progress) + DELIVERY_WINDOW)
     }
 
     fn give_up(&mut self, why: &str) {
         if self.outcome.is_some() {
             return;
         }
-        let retcode = self
-            .finished
-            .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+        let retcode = self.retcode();
         log::error!("giving up delivery: {why}");
         self.write_undelivered(why);
         self.outcome = Some(Outcome {
@@ -669,9 +752,7 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn write_undelivered(&mut self, why: &str) {
-        let retcode = self
-            .finished
-            .map_or(exit_codes::WRAPPER_ERROR, |(code, _)| code);
+        let retcode = self.retcode();
         let delivered = self.outbox.acked_bytes;
         let mut body = String::new();
         self.outbox
@@ -719,7 +800,7 @@ impl<E: Effects> Supervisor<E> {
             }
             self.outbox.release_empty_spool();
         }
-        let Some((retcode, _)) = self.finished else {
+        let Some(finished) = self.finished else {
             return;
         };
         let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
@@ -729,11 +810,16 @@ impl<E: Effects> Supervisor<E> {
             .is_some_and(|c| c.complete_sent.is_none());
         if ready && not_sent {
             self.complete_attempts += 1;
-            let frame =
-                self.encoder
-                    .complete(SystemTime::now(), retcode, self.outbox.next_wire_seq());
+            // The main process's exit time, not now: the server stores it as
+            // the run's endtime, however long delivery took.
+            let frame = self.encoder.complete(
+                finished.exited_at,
+                finished.retcode,
+                self.outbox.next_wire_seq(),
+            );
             log::debug!(
-                "sending complete (retcode {retcode}, attempt {})",
+                "sending complete (retcode {}, attempt {})",
+                finished.retcode,
                 self.complete_attempts
             );
             self.effects.link(LinkCommand::Send { generation, frame });
@@ -760,7 +846,7 @@ impl<E: Effects> Supervisor<E> {
         }
         deadlines.extend(self.kill.as_ref().and_then(|k| k.recheck));
         if self.finished.is_none() {
-            deadlines.extend(self.job_exit.map(|(_, at)| at + DRAIN_GRACE));
+            deadlines.extend(self.job_exit.map(|(_, at, _)| at + DRAIN_GRACE));
         }
         if self.outbox.open_bytes() > 0 {
             deadlines.extend(self.batch_due());
@@ -774,9 +860,7 @@ impl<E: Effects> Supervisor<E> {
             }
             deadlines.extend(conn.complete_sent.map(|at| at + COMPLETE_TIMEOUT));
         }
-        if let Some((_, finished_at)) = self.finished {
-            deadlines.push(finished_at.max(self.last_contact) + DELIVERY_WINDOW);
-        }
+        deadlines.extend(self.delivery_deadline());
         deadlines.into_iter().min()
     }
 
@@ -826,16 +910,26 @@ mod tests {
         fn log_undelivered(&mut self, text: &str) {
             self.undelivered.push_str(text);
         }
+        fn close_link(&mut self) {}
     }
 
     const INSTANCE: &str = "job_1";
+    /// The fake job's spawn time: 2026-11-22T08:40:02.123456+00:00.
+    const SPAWNED_MICROS: u64 = 1_795_336_802_123_456;
+
+    fn spawned_at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(SPAWNED_MICROS)
+    }
 
     fn supervisor(t0: Instant, timeout: Option<Duration>) -> Supervisor<Fake> {
         let settings = Settings {
+            job_name: "job".into(),
             job_instance: INSTANCE.into(),
             machine: "m1".into(),
             version: "test".into(),
             job_pid: 4242,
+            spawned_at: spawned_at(),
+            merged_output: false,
             output_interval: Duration::from_millis(1000),
             timeout,
             tee: false,
@@ -847,7 +941,6 @@ mod tests {
         Supervisor::new(
             fake,
             settings,
-            Encoder::new("job", INSTANCE, "m1"),
             Outbox::new(1 << 20, vec![]),
             FramePool::default(),
             t0,
@@ -917,10 +1010,131 @@ mod tests {
     }
 
     fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
+        job_ends_at(sup, status, now, SystemTime::now());
+    }
+
+    /// The job's main process exited at wall-clock time `at`.
+    fn job_ends_at(sup: &mut Supervisor<Fake>, status: i32, now: Instant, at: SystemTime) {
         sup.handle(Event::StreamClosed(Stream::Stdout), now);
         sup.handle(Event::StreamClosed(Stream::Stderr), now);
-        sup.handle(Event::ChildExited { status }, now);
+        sup.handle(Event::ChildExited { status, at }, now);
         sup.pump(now);
+    }
+
+    fn sent_timestamps(sup: &Supervisor<Fake>, kind: &str) -> Vec<String> {
+        sup.effects()
+            .sent
+            .iter()
+            .filter(|(_, v)| v["type"] == kind)
+            .map(|(_, v)| v["timestamp"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn start_carries_the_spawn_time_and_complete_the_exit_time_on_every_resend() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        let exited = spawned_at() + Duration::from_millis(1500);
+        // The server is away while the job runs and ends.
+        job_ends_at(&mut sup, 0, t0 + Duration::from_secs(1), exited);
+        let late = t0 + Duration::from_secs(30);
+        // First connection: start is not ACKed (cut), then a second one.
+        sup.handle(Event::Link(LinkEvent::Connected { generation: 1 }), late);
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "cut".into(),
+            }),
+            late,
+        );
+        connect(&mut sup, 2, late);
+        frame(&mut sup, 2, ack(AckKind::Start, None), late);
+        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, late);
+        // complete goes out; its ACK is lost with the connection; resent.
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 2,
+                reason: "cut".into(),
+            }),
+            late,
+        );
+        connect(&mut sup, 3, late + Duration::from_secs(5));
+        frame(
+            &mut sup,
+            3,
+            Inbound::SyncResponse { last_seq: -1 },
+            late + Duration::from_secs(5),
+        );
+        let starts = sent_timestamps(&sup, "start");
+        let completes = sent_timestamps(&sup, "complete");
+        assert_eq!(starts, ["2026-11-22T08:40:02.123456+00:00"; 2]);
+        assert_eq!(completes, ["2026-11-22T08:40:03.623456+00:00"; 2]);
+    }
+
+    #[test]
+    fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "never acked\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut sup, 0, t0);
+        // Every 20 s a new connection whose start is ACKed, output never is.
+        let mut now = t0;
+        let mut generation = 0;
+        while sup.take_outcome().is_none() {
+            assert!(
+                now < t0 + DELIVERY_WINDOW + Duration::from_secs(1),
+                "still delivering {:?} after the job ended",
+                now - t0
+            );
+            generation += 1;
+            connect(&mut sup, generation, now);
+            frame(&mut sup, generation, ack(AckKind::Start, None), now);
+            frame(
+                &mut sup,
+                generation,
+                Inbound::SyncResponse { last_seq: -1 },
+                now,
+            );
+            now += Duration::from_secs(20);
+            sup.on_time(now);
+            sup.handle(
+                Event::Link(LinkEvent::Disconnected {
+                    generation,
+                    reason: "cut".into(),
+                }),
+                now,
+            );
+        }
+        assert!(sup.effects().undelivered.contains("never acked"));
+    }
+
+    #[test]
+    fn merged_output_waits_for_one_stream_and_marks_kills_in_it() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.settings.merged_output = true;
+        sup.streams_open = [true, false];
+        sup.begin_kill(KillReason::Request, t0);
+        sup.effects.group_alive = false;
+        sup.handle(Event::StreamClosed(Stream::Stdout), t0);
+        sup.handle(
+            Event::ChildExited {
+                status: libc::SIGTERM,
+                at: SystemTime::now(),
+            },
+            t0,
+        );
+        assert_eq!(sup.retcode(), 143);
+        let mut streams = Vec::new();
+        sup.outbox
+            .take_undelivered(|batch| streams.push(batch.stream));
+        assert_eq!(streams, [Stream::Stdout]);
     }
 
     #[test]
@@ -1070,7 +1284,7 @@ mod tests {
         assert_eq!(sup.effects().signals, [libc::SIGTERM]);
         sup.effects.group_alive = false;
         job_ends(&mut sup, libc::SIGTERM, t0 + Duration::from_secs(2));
-        assert_eq!(sup.finished.map(|(code, _)| code), Some(124));
+        assert_eq!(sup.finished.map(|f| f.retcode), Some(124));
     }
 
     #[test]
