@@ -8,6 +8,8 @@
 #                          and the packaging tools from Debian
 #   ./build.sh demo        build, run one job against the real endpoint, show the result
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
+#   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
+#   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
@@ -16,6 +18,10 @@ cd "$(dirname "$0")"
 TARGET=x86_64-unknown-linux-musl
 VENV=.venv
 PYTHON="$VENV/bin/python"
+# The end-to-end suite's own venv (Salt and the whole Saltpeter server, ~200
+# MB), apart from .venv so that ./build.sh deps stays a quick install.
+E2E_VENV=.venv-e2e
+E2E_PYTHON="$E2E_VENV/bin/python"
 MAX_SIZE=$((1024 * 1024))
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 
@@ -127,6 +133,8 @@ run_tests() {
     say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
+    deps_e2e
+    e2e_suite
 }
 
 demo() {
@@ -142,6 +150,67 @@ bench() {
     cargo build --release --locked --example ack_sink
     say "benchmark: sp_wrapper vs the Python wrapper 0.9.30 (takes a few minutes)"
     "$PYTHON" tests/bench/bench.py --wrapper dist/sp_wrapper --python-wrapper "$VENV/ref0930" --sink target/release/examples/ack_sink
+    e2e_bench
+}
+
+# Salt (pinned: unpinned, pip backtracks through many versions) and the full
+# Saltpeter server. A Salt dependency builds from source, hence gcc and the
+# Python headers, from Debian when we are root and they are missing.
+deps_e2e() {
+    local missing=() started=$SECONDS
+    command -v gcc >/dev/null || missing+=(gcc)
+    python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+        missing+=(python3-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+            echo "build.sh: the e2e suite needs ${missing[*]} (Salt builds a dependency from source); install them, then retry" >&2
+            exit 1
+        fi
+        say "installing ${missing[*]} from Debian"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    if [ ! -x "$E2E_PYTHON" ]; then
+        say "creating $E2E_VENV"
+        python3 -m venv "$E2E_VENV"
+    fi
+    if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
+        say "installing salt==3008.3, saltpeter==0.9.32, websockets and pytest into $E2E_VENV (minutes on a fresh machine)"
+        "$E2E_PYTHON" -m pip install --quiet 'salt==3008.3' 'saltpeter==0.9.32' websockets 'pytest>=8,<10'
+        say "e2e dependencies installed in $((SECONDS - started)) s"
+    fi
+}
+
+# Runs pytest in the background so a TERM/INT/HUP to this script reaches it:
+# its teardown then stops salt-master, salt-minion, Saltpeter and the agents.
+e2e_suite() {
+    local pid status=0 started=$SECONDS
+    say "end-to-end suite: salt-master, salt-minion and the Saltpeter server on 127.0.0.1, dist/sp_wrapper as the wrapper"
+    "$E2E_PYTHON" -m pytest -p no:cacheprovider -v -ra tests/e2e &
+    pid=$!
+    trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit 143' TERM INT HUP
+    wait "$pid" || status=$?
+    trap - TERM INT HUP
+    say "end-to-end suite: $((SECONDS - started)) s, exit $status"
+    return "$status"
+}
+
+e2e() {
+    deps
+    build
+    deps_e2e
+    e2e_suite
+}
+
+e2e_bench() {
+    if [ "$(id -u)" -ne 0 ]; then
+        say "e2e bench skipped: it runs salt-master and salt-minion as root"
+        return 0
+    fi
+    deps_e2e
+    say "Salt's cmd.run_all time: sp_wrapper vs the Python wrapper 0.9.30 through salt-master and salt-minion"
+    "$E2E_PYTHON" tests/e2e/bench_run_all.py --wrapper dist/sp_wrapper \
+        --python-wrapper "$VENV/ref0930/saltpeter/wrapper.py" --runs 20
 }
 
 # Packaging (a .deb and an .rpm for every arch in dist/) lives in
@@ -163,9 +232,11 @@ case "${1:-build}" in
     demo) demo ;;
     bench) bench ;;
     package) package ;;
+    e2e) e2e ;;
+    e2e-bench) deps; build; e2e_bench ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build|build-local|test|deps|demo|bench|package|clean]" >&2
+        echo "usage: ./build.sh [build|build-local|test|deps|demo|bench|package|e2e|e2e-bench|clean]" >&2
         exit 2
         ;;
 esac

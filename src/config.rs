@@ -54,7 +54,7 @@ pub struct Config {
     pub job_name: String,
     pub job_instance: String,
     pub command: String,
-    /// `None`: resolve the host's FQDN in the daemon (never in the launch path).
+    /// `None`: resolve the Salt minion id (`machine_id::resolve`), never in the launch path.
     pub machine_id: Option<String>,
     pub cwd: Option<PathBuf>,
     pub user: Option<String>,
@@ -86,7 +86,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "required (or SP_JOB_INSTANCE_NAME); this run's instance id",
     ),
     ("SP_COMMAND", "required; run as /bin/sh -c \"$SP_COMMAND\""),
-    ("SP_MACHINE_ID", "default: this host's fully qualified name"),
+    (
+        "SP_MACHINE_ID",
+        "default: the Salt minion id (minion config id:, minion_id, host name)",
+    ),
     ("SP_CWD", "working directory of the job (must exist)"),
     ("SP_USER", "run the job as this user (root only)"),
     (
@@ -124,6 +127,23 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The variables Saltpeter always passes; none is optional.
+const REQUIRED: [&str; 4] = [
+    "SP_WEBSOCKET_URL",
+    "SP_JOB_NAME",
+    "SP_JOB_INSTANCE",
+    "SP_COMMAND",
+];
+
+/// When every required variable is missing, Salt ran us without the env it
+/// was given: Saltpeter passes `env={...}` as the text of a Python dict that
+/// Salt parses as YAML, and a command holding both quote kinds breaks it.
+const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_NAME \
+    and SP_JOB_INSTANCE: Salt passed no Saltpeter environment at all. With Saltpeter \
+    this happens when the job's command contains both ' and \" (the env={...} \
+    argument is then not valid YAML and Salt drops it); use one kind of quote, \
+    or put the command in a script";
+
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
 const DEFAULT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_BUFFER_MB: usize = 64;
@@ -141,6 +161,9 @@ impl Config {
             None => bad(var, "not set (required)"),
         };
 
+        if REQUIRED.iter().all(|var| get(var).is_none()) && get("SP_JOB_INSTANCE_NAME").is_none() {
+            return bad("SP_COMMAND", NO_ENVIRONMENT);
+        }
         let url = parse_url(&required("SP_WEBSOCKET_URL")?)?;
         let job_name = required("SP_JOB_NAME")?;
         let job_file_name = file_name_component(&job_name)?;
@@ -453,6 +476,22 @@ mod tests {
             assert_eq!(error.var, var);
             assert!(error.to_string().starts_with(var));
         }
+    }
+
+    #[test]
+    fn an_empty_environment_names_the_quoting_cause() {
+        let error = Config::from_lookup(|_| None).expect_err("must fail");
+        assert_eq!(error.var, "SP_COMMAND");
+        let line = error.to_string();
+        assert!(line.contains("both ' and \""), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        // Unrelated variables (the job's own env, PATH) do not change that.
+        let error = Config::from_lookup(|var| (var == "PATH").then(|| "/bin".into()))
+            .expect_err("must fail");
+        assert!(error.problem.contains("no Saltpeter environment"));
+        // One missing variable among the others is named plainly.
+        let error = parse(&[("SP_COMMAND", "")]).expect_err("must fail");
+        assert_eq!(error.problem, "not set (required)");
     }
 
     #[test]

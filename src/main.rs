@@ -16,6 +16,7 @@ mod job;
 mod link;
 mod lockfile;
 mod logger;
+mod machine_id;
 mod messages;
 mod outbox;
 mod protocol;
@@ -348,11 +349,8 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     // The machine id may need DNS: the link thread resolves it before its
     // first connection, while the readers and the supervisor already run.
     let machine_override = cfg.machine_id.clone();
-    let resolve_machine = move || {
-        let machine = machine_override.unwrap_or_else(daemon::fqdn);
-        log::info!("machine id {machine}");
-        machine
-    };
+    let resolve_machine =
+        move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
         .and_then(|_| match job.stderr {
             Some(stderr) => readers::spawn_reader(Stream::Stderr, stderr, events.clone()),
