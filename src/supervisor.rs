@@ -93,6 +93,8 @@ pub trait Effects {
     /// `--foreground`: show the job's output on our own stdout/stderr.
     fn tee(&mut self, stream: Stream, text: &str);
     fn reopen_log(&mut self);
+    /// The server ACKed our `start` (the guardian must not send another).
+    fn start_acknowledged(&mut self) {}
     /// Append undelivered output to the job's log.
     fn log_undelivered(&mut self, text: &str);
 }
@@ -379,6 +381,7 @@ impl<E: Effects> Supervisor<E> {
             } => {
                 if !self.start_acked {
                     log::info!("server acknowledged the start");
+                    self.effects.start_acknowledged();
                 }
                 self.start_acked = true;
                 self.start_ignored = false;
