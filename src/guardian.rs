@@ -11,8 +11,9 @@
 //! SIGTERM (an operator's `pkill -HUP sp_wrapper` or `pkill sp_wrapper` is
 //! for the daemon, which handles them) and, like the daemon, SIGPIPE.
 //!
-//! The daemon tells it three facts over a close-on-exec, non-blocking pipe,
-//! one short line each (`job_started`, `start_acknowledged`, `finished`);
+//! The daemon tells it four facts over a close-on-exec, non-blocking pipe,
+//! one short line each (`job_started`, `start_acknowledged`, `job_finished`,
+//! `finished`);
 //! the guardian reads them once the daemon is gone (they fit in the pipe).
 //!
 //! - The daemon said `finished` (its supervisor ran to the end), or never
@@ -156,6 +157,12 @@ pub fn start_acknowledged() {
     tell("S\n");
 }
 
+/// The job's result is fixed: if the daemon dies delivering it, the
+/// guardian's line says what it was.
+pub fn job_finished(retcode: i32) {
+    tell(&format!("F {retcode}\n"));
+}
+
 /// The supervisor ran to its end: the result is delivered, or written to the
 /// log after the delivery window. Nothing is left for the guardian.
 pub fn finished() {
@@ -167,6 +174,7 @@ pub fn finished() {
 struct Told {
     job: Option<(i32, SystemTime)>,
     start_acknowledged: bool,
+    job_retcode: Option<i32>,
     finished: bool,
 }
 
@@ -187,6 +195,7 @@ impl Told {
                     }
                 }
                 ["S"] => told.start_acknowledged = true,
+                ["F", code] => told.job_retcode = code.parse().ok(),
                 ["D"] => told.finished = true,
                 _ => {}
             }
@@ -310,6 +319,7 @@ impl Guardian {
                 how: how_it_ended(status),
                 job,
                 start_acknowledged: told.start_acknowledged,
+                job_retcode: told.job_retcode,
                 lock,
             },
         );
@@ -322,6 +332,7 @@ struct TakeOver {
     how: String,
     job: (i32, SystemTime),
     start_acknowledged: bool,
+    job_retcode: Option<i32>,
     lock: Option<Lock>,
 }
 
@@ -348,14 +359,7 @@ fn take_over(cfg: &Config, dead: TakeOver) {
     .collect();
     let gone_at = kill_group_until_gone(job_pid, Some(Instant::now() + GROUP_WAIT));
     let log = logger::init(cfg).ok().flatten();
-    let what = match (job_was_running, gone_at.is_some()) {
-        (true, true) => "the job's process group was killed".to_string(),
-        (false, true) => "no process of the job was left".to_string(),
-        (_, false) => format!(
-            "the job's process group was killed, but processes of it were still alive after {} s",
-            GROUP_WAIT.as_secs()
-        ),
-    };
+    let what = what_happened(dead.job_retcode, job_was_running, gone_at.is_some());
     log::error!(
         "guardian: the agent (pid {}) {} while running the job (pid {job_pid}); {what}",
         dead.daemon,
@@ -399,6 +403,26 @@ fn take_over(cfg: &Config, dead: TakeOver) {
         log::info!("guardian: the job's last process is gone; lock released");
         lock.release();
     }
+}
+
+/// The job's side of the story, for the log and the output line.
+fn what_happened(job_retcode: Option<i32>, was_running: bool, gone: bool) -> String {
+    let mut parts = Vec::new();
+    if let Some(retcode) = job_retcode {
+        parts.push(format!("the job had ended with retcode {retcode}"));
+    }
+    if was_running {
+        parts.push("the job's process group was killed".to_string());
+    } else if job_retcode.is_none() {
+        parts.push("no process of the job was left".to_string());
+    }
+    if !gone {
+        parts.push(format!(
+            "processes of it were still alive {} s later",
+            GROUP_WAIT.as_secs()
+        ));
+    }
+    parts.join("; ")
 }
 
 /// The machine name the daemon used (the same function, the same answer).
@@ -636,12 +660,35 @@ mod tests {
             Told {
                 job: Some((4242, UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))),
                 start_acknowledged: true,
+                job_retcode: None,
                 finished: false,
             }
         );
-        assert!(Told::parse("J 4242 1 2\nS\nD\n").finished);
+        let told = Told::parse("J 4242 1 2\nS\nF 3\nD\n");
+        assert!(told.finished && told.job_retcode == Some(3));
         assert_eq!(Told::parse(""), Told::default());
         assert_eq!(Told::parse("J -1 1 2\nJ x 1 2\nJ 5\nX\n"), Told::default());
+    }
+
+    #[test]
+    fn the_jobs_side_is_described() {
+        assert_eq!(
+            what_happened(None, true, true),
+            "the job's process group was killed"
+        );
+        assert_eq!(
+            what_happened(None, false, true),
+            "no process of the job was left"
+        );
+        assert_eq!(
+            what_happened(Some(0), false, true),
+            "the job had ended with retcode 0"
+        );
+        assert_eq!(
+            what_happened(Some(3), true, false),
+            "the job had ended with retcode 3; the job's process group was killed; \
+             processes of it were still alive 5 s later"
+        );
     }
 
     #[test]

@@ -358,6 +358,10 @@ impl Effects for World {
         guardian::start_acknowledged();
     }
 
+    fn job_finished(&mut self, retcode: i32) {
+        guardian::job_finished(retcode);
+    }
+
     fn log_undelivered(&mut self, text: &str) {
         if let Some(log) = &self.log {
             if let Err(e) = log.append_raw(text) {

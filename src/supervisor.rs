@@ -95,6 +95,8 @@ pub trait Effects {
     fn reopen_log(&mut self);
     /// The server ACKed our `start` (the guardian must not send another).
     fn start_acknowledged(&mut self) {}
+    /// The job's result is fixed (the guardian says so if we die delivering it).
+    fn job_finished(&mut self, _retcode: i32) {}
     /// Append undelivered output to the job's log.
     fn log_undelivered(&mut self, text: &str);
 }
@@ -567,6 +569,7 @@ impl<E: Effects> Supervisor<E> {
         }
         let retcode = exit_codes::job_retcode(status, self.kill.as_ref().map(|k| k.reason));
         log::info!("job finished with retcode {retcode}");
+        self.effects.job_finished(retcode);
         self.finished = Some((retcode, now));
         self.seal(now);
     }

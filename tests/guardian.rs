@@ -494,3 +494,31 @@ fn the_guardians_death_does_not_hurt_a_normal_run() {
     assert_eq!((result.starts, result.completes), (1, 1));
     assert!(wait_until(Duration::from_secs(10), || lock_is_free(&lock)));
 }
+
+#[test]
+fn a_death_after_the_job_ended_names_the_jobs_retcode() {
+    let dir = TestDir::new("guardian_ended");
+    let mut server = Harness::start_without_endpoint(&dir);
+    server.add_job("ended", "ended_1", &[MACHINE]);
+    let d = dir.path.display();
+    let command = format!("echo $PPID > {d}/daemon.pid; echo out; exit 3");
+    Launch::new(&server.url(), "ended", "ended_1", &command, &dir)
+        .run()
+        .expect_started();
+    let daemon = read_pid_file(&dir.join("daemon.pid"), STARTUP);
+    // The daemon holds the result while the server is away.
+    assert!(wait_until(STARTUP, || log_text(&dir, "ended")
+        .contains("job finished with retcode 3")));
+    kill(daemon, libc::SIGKILL);
+    server.start_endpoint();
+    let back = Instant::now();
+    let result = recorded(&mut server, "ended", back);
+    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(
+        result.ret,
+        format!(
+            "\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
+             the job had ended with retcode 3]\n"
+        )
+    );
+}
