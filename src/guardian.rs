@@ -51,7 +51,8 @@ use crate::{child, daemon, link, logger, spool};
 /// lock stays held until the group is gone, however long that takes.
 const GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between looks at the group while it is dying; later (a
-/// process stuck past `GROUP_WAIT`), `GROUP_WAIT_SLOW`.
+/// process stuck past `GROUP_WAIT`, the lock still held for it),
+/// `GROUP_RECHECK_SLOW`.
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
 const GROUP_RECHECK_SLOW: Duration = Duration::from_secs(1);
 /// Keep trying to report for this long (the daemon's own delivery window).
@@ -361,7 +362,7 @@ fn take_over(cfg: &Config, dead: TakeOver) {
     let log = logger::init(cfg).ok().flatten();
     let what = what_happened(dead.job_retcode, job_was_running, gone_at.is_some());
     log::error!(
-        "guardian: the agent (pid {}) {} while running the job (pid {job_pid}); {what}",
+        "guardian: the agent (pid {}) {} while supervising the job (pid {job_pid}); {what}",
         dead.daemon,
         dead.how
     );

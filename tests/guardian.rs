@@ -178,7 +178,7 @@ fn sigkill_of_the_daemon_of_a_silent_job() {
     let log = log_text(&dir, "silent");
     assert!(
         log.contains(&format!(
-            "guardian: the agent (pid {}) died of signal 9 (SIGKILL) while running the job (pid {})",
+            "guardian: the agent (pid {}) died of signal 9 (SIGKILL) while supervising the job (pid {})",
             job.daemon, job.pgid
         )) && log.contains("guardian: the server recorded retcode 255"),
         "{log}"
