@@ -33,7 +33,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -352,10 +352,17 @@ fn take_over(cfg: &Config, dead: TakeOver) {
     .filter_map(|path| {
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .ok()?;
-        Some((path, file))
+        // Only the daemon's own spool: a file a local user planted at the
+        // predictable name in /tmp, or a hard link to someone else's file
+        // (no fs.protected_hardlinks before 3.6), must not reach the log.
+        let meta = file.metadata().ok()?;
+        let ours = meta.file_type().is_file()
+            && meta.uid() == unsafe { libc::geteuid() }
+            && meta.nlink() == 1;
+        ours.then_some((path, file))
     })
     .collect();
     let gone_at = kill_group_until_gone(job_pid, Some(Instant::now() + GROUP_WAIT));

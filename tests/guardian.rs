@@ -522,3 +522,32 @@ fn a_death_after_the_job_ended_names_the_jobs_retcode() {
         )
     );
 }
+
+#[test]
+fn a_hard_link_at_the_spool_name_does_not_reach_the_log() {
+    let dir = TestDir::new("guardian_link");
+    let mut server = Harness::start(&dir);
+    server.add_job("linked", "linked_1", &[MACHINE]);
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "\0\0\0\0\x20top secret, not job output\n").expect("secret");
+    let d = dir.path.display();
+    // What a local user could do in /tmp (the fallback spool directory): a
+    // hard link to someone else's file at the dead daemon's spool name.
+    let command = format!(
+        "ln {} {d}/linked.$PPID.$$.spool && echo $PPID > {d}/daemon.pid; sleep 300",
+        secret.display()
+    );
+    Launch::new(&server.url(), "linked", "linked_1", &command, &dir)
+        .run()
+        .expect_started();
+    let daemon = read_pid_file(&dir.join("daemon.pid"), STARTUP);
+    kill(daemon, libc::SIGKILL);
+    let died = Instant::now();
+    let result = recorded(&mut server, "linked", died);
+    assert_eq!(result.retcode, Some(255), "{result:?}");
+    let log = log_text(&dir, "linked");
+    assert!(log.contains("guardian: the agent"), "{log}");
+    assert!(!log.contains("top secret"), "{log}");
+    assert!(!log.contains("UNDELIVERED OUTPUT"), "{log}");
+    assert!(std::fs::read(&secret).is_ok_and(|s| s.ends_with(b"top secret, not job output\n")));
+}
