@@ -147,7 +147,7 @@ enum Ended {
     Shutdown,
 }
 
-fn would_block(error: &tungstenite::Error) -> bool {
+pub fn would_block(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
@@ -172,6 +172,43 @@ fn set_keepalive(fd: RawFd) {
             );
         }
     }
+}
+
+/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address),
+/// handshake (bounded). The socket is left blocking, with the handshake
+/// timeout as its read and write timeouts; the link thread makes it
+/// non-blocking, the guardian (`guardian.rs`) sets its own timeouts.
+pub fn open(url: &WsUrl) -> Result<WebSocket<TcpStream>, String> {
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .collect();
+    let mut last_error = format!("{} resolved to no address", url.host);
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last_error)?;
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+        .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+    setup.map_err(|e| format!("socket setup: {e}"))?;
+    set_keepalive(stream.as_raw_fd());
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INBOUND_FRAME))
+        .max_frame_size(Some(MAX_INBOUND_FRAME))
+        .read_buffer_size(16 * 1024);
+    let (ws, _response) =
+        tungstenite::client::client_with_config(url.raw.as_str(), stream, Some(config))
+            .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
+    Ok(ws)
 }
 
 impl Link {
@@ -270,35 +307,7 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<TcpStream>, String> {
-        let addrs: Vec<SocketAddr> = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.url.host))?
-            .collect();
-        let mut last_error = format!("{} resolved to no address", self.url.host);
-        let mut stream = None;
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last_error = format!("connect to {addr}: {e}"),
-            }
-        }
-        let stream = stream.ok_or(last_error)?;
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
-        setup.map_err(|e| format!("socket setup: {e}"))?;
-        set_keepalive(stream.as_raw_fd());
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_INBOUND_FRAME))
-            .max_frame_size(Some(MAX_INBOUND_FRAME))
-            .read_buffer_size(16 * 1024);
-        let (ws, _response) =
-            tungstenite::client::client_with_config(self.url.raw.as_str(), stream, Some(config))
-                .map_err(|e| format!("WebSocket handshake with {}: {e}", self.url.raw))?;
+        let ws = open(&self.url)?;
         ws.get_ref()
             .set_nonblocking(true)
             .map_err(|e| format!("set_nonblocking: {e}"))?;

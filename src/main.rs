@@ -12,6 +12,7 @@ mod exit_codes;
 mod frames;
 #[cfg(test)]
 mod fuzz;
+mod guardian;
 mod job;
 mod link;
 mod lockfile;
@@ -132,28 +133,61 @@ fn run() -> i32 {
 
     if foreground {
         // The daemon does this in `detach`; here the job must not inherit
-        // our launcher's descriptors either.
+        // our launcher's descriptors either. No guardian: we are the caller's
+        // child, and the caller sees us die.
         daemon::close_inherited_fds(&[]);
-        let started = match start_job(&cfg, user.as_ref()) {
+        let lock = match acquire_lock(&cfg) {
+            Ok(lock) => lock,
+            Err((code, message)) => return fail(code, &message),
+        };
+        let started = match start_job(&cfg, user.as_ref(), lock) {
             Ok(started) => started,
             Err((code, message)) => return fail(code, &message),
         };
+        remove_stale_spools(&cfg);
         return supervise(&cfg, started, true).retcode;
     }
-    match daemon::detach() {
-        Err(e) => fail(
-            exit_codes::WRAPPER_ERROR,
-            &format!("sp_wrapper: fork failed: {e}"),
-        ),
-        Ok(daemon::Detached::Launcher(code)) => code,
-        Ok(daemon::Detached::Daemon(reporter)) => match start_job(&cfg, user.as_ref()) {
+    let reporter = match daemon::detach() {
+        Err(e) => {
+            return fail(
+                exit_codes::WRAPPER_ERROR,
+                &format!("sp_wrapper: fork failed: {e}"),
+            );
+        }
+        Ok(daemon::Detached::Launcher(code)) => return code,
+        Ok(daemon::Detached::Child(reporter)) => reporter,
+    };
+    // The guardian takes the lock before the daemon exists, so the lock
+    // outlives the daemon (guardian.rs).
+    let lock = match acquire_lock(&cfg) {
+        Ok(lock) => lock,
+        Err((code, message)) => {
+            reporter.failed(code, &message);
+            return code;
+        }
+    };
+    match guardian::fork_daemon(lock) {
+        Err(e) => {
+            let message = format!("sp_wrapper: fork failed: {e}");
+            reporter.failed(exit_codes::WRAPPER_ERROR, &message);
+            exit_codes::WRAPPER_ERROR
+        }
+        Ok(guardian::Role::Guardian(guardian)) => {
+            // Only the daemon reports to the launcher: without our copy of the
+            // pipe, a daemon that dies before reporting gives it EOF at once.
+            drop(reporter);
+            guardian.watch(&cfg)
+        }
+        Ok(guardian::Role::Daemon(lock)) => match start_job(&cfg, user.as_ref(), lock) {
             Err((code, message)) => {
                 reporter.failed(code, &message);
                 code
             }
             Ok(started) => {
                 reporter.started(started.job.pid);
+                remove_stale_spools(&cfg);
                 supervise(&cfg, started, false);
+                guardian::finished();
                 exit_codes::SUCCESS
             }
         },
@@ -174,34 +208,52 @@ struct Started {
     at: Instant,
 }
 
+/// The overlap lock, unless overlap is allowed, held by this process (the
+/// guardian; with `--foreground`, the agent itself) and its children.
+fn acquire_lock(cfg: &Config) -> Result<Option<lockfile::Lock>, (i32, String)> {
+    if cfg.allow_overlap {
+        return Ok(None);
+    }
+    match lockfile::Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(lockfile::LockError::Held { pid }) => {
+            let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            Err((
+                exit_codes::OVERLAP,
+                format!(
+                    "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
+                    cfg.job_name
+                ),
+            ))
+        }
+        Err(lockfile::LockError::Io { path, error }) => Err((
+            exit_codes::WRAPPER_ERROR,
+            format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
+        )),
+    }
+}
+
+/// Spool files of agents that died with their guardian (spool.rs), in the
+/// places this job's daemon would put its own.
+fn remove_stale_spools(cfg: &Config) {
+    let temp = std::env::temp_dir();
+    for path in spool::remove_stale(&[cfg.spool_dir.as_path(), temp.as_path()]) {
+        log::info!(
+            "removed {}, the spool file of an agent that is gone",
+            path.display()
+        );
+    }
+}
+
 /// Everything that can fail before the job runs, in the process that will
-/// supervise it: the lock, the log, the spawn.
-fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i32, String)> {
+/// supervise it: the log, the spawn. `lock` is held already.
+fn start_job(
+    cfg: &Config,
+    user: Option<&child::UserInfo>,
+    lock: Option<lockfile::Lock>,
+) -> Result<Started, (i32, String)> {
     block_wrapper_signals();
     child::become_subreaper();
-    let lock = if cfg.allow_overlap {
-        None
-    } else {
-        match lockfile::Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
-            Ok(lock) => Some(lock),
-            Err(lockfile::LockError::Held { pid }) => {
-                let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-                return Err((
-                    exit_codes::OVERLAP,
-                    format!(
-                        "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
-                        cfg.job_name
-                    ),
-                ));
-            }
-            Err(lockfile::LockError::Io { path, error }) => {
-                return Err((
-                    exit_codes::WRAPPER_ERROR,
-                    format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
-                ));
-            }
-        }
-    };
     let (log, log_error) = match logger::init(cfg) {
         Ok(handle) => (handle, None),
         Err(e) => (None, Some(e)),
@@ -219,6 +271,7 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
             ));
         }
     };
+    guardian::job_started(job.pid, job.spawned_at);
     JOB_PGID.store(job.pid, Ordering::Relaxed);
     install_panic_hook();
     log::info!(
@@ -315,6 +368,14 @@ impl Effects for LiveEffects {
         }
     }
 
+    fn start_acknowledged(&mut self) {
+        guardian::start_acknowledged();
+    }
+
+    fn job_finished(&mut self, retcode: i32) {
+        guardian::job_finished(retcode);
+    }
+
     fn log_undelivered(&mut self, text: &str) {
         if let Some(log) = &self.log {
             if let Err(e) = log.append_raw(text) {
@@ -383,16 +444,12 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         }
     };
     drop(events);
-    let spool_name = format!(
-        "{}.{}.{}.spool",
-        cfg.job_file_name(),
+    let spool_candidates = spool::candidates(
+        &cfg.spool_dir,
+        &cfg.job_file_name(),
         std::process::id(),
-        job.pid
+        job.pid,
     );
-    let spool_candidates = vec![
-        cfg.spool_dir.join(&spool_name),
-        std::env::temp_dir().join(&spool_name),
-    ];
     let settings = Settings {
         job_name: cfg.job_name.clone(),
         job_instance: cfg.job_instance.clone(),

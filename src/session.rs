@@ -333,6 +333,7 @@ impl Session {
                 if !self.start_acked {
                     log::info!("server acknowledged the start");
                     self.last_progress = now;
+                    effects.start_acknowledged();
                 }
                 self.start_acked = true;
                 self.start_ignored = false;

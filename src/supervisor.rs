@@ -140,6 +140,7 @@ impl<E: Effects> Supervisor<E> {
             self.session.on_kill_marker(stream, &marker, now);
         }
         if let Some(finished) = change.finished {
+            self.effects.job_finished(finished.retcode);
             self.session.on_job_finished(finished, now);
         }
     }

@@ -364,8 +364,12 @@ fn contained_run(
     let test_dir_before = entries(&dir.path);
     let tmp_before = entries(Path::new("/tmp"));
     server.add_job(name, instance, &[MACHINE]);
-    // The job shows its parent (the daemon) and what the lock file holds.
-    let command = format!("echo $PPID; cat {}", default_lock.display());
+    // The job shows its grandparent (the guardian, the daemon's parent, which
+    // holds the lock) and what the lock file holds.
+    let command = format!(
+        "cut -d' ' -f4 /proc/$PPID/stat; cat {}",
+        default_lock.display()
+    );
     let launched = Launch::new(&server.url(), name, instance, &command, dir)
         .env("SP_WRAPPER_LOGDIR", utf8(&logs))
         .env("SP_ALLOW_OVERLAP", "false")
@@ -379,7 +383,7 @@ fn contained_run(
     wait_wrappers_done(&logs.join(format!("{encoded}.log")), 1);
     assert!(
         lines.len() == 2 && lines[0] == lines[1] && lines[0].parse::<i32>().is_ok(),
-        "{name:?}: the default lock {} was held by the daemon: {:?}",
+        "{name:?}: the default lock {} was held by the guardian: {:?}",
         default_lock.display(),
         result.ret
     );

@@ -647,3 +647,105 @@ impl Drop for CuttingProxy {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// Wait for `path` to hold a pid (a job writes `$$`, `$!` or `$PPID` there).
+pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
+    let mut pid = None;
+    wait_until(timeout, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| panic!("no pid in {} after {timeout:?}", path.display()))
+}
+
+/// Fields of /proc/<pid>/stat after the command name: state is [0], ppid
+/// [1], pgrp [2].
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
+/// The parent of a live process.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.first().is_some_and(|s| s != "Z")
+                    && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// A process's resident memory in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Is the overlap lock at `path` free (no file, or its flock can be taken)?
+/// Takes and drops the flock at once, never creates the file.
+pub fn lock_is_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => panic!("open {}: {e}", path.display()),
+    };
+    let fd = file.as_raw_fd();
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        return true;
+    }
+    false
+}
+
+/// Seconds since the epoch of a time the endpoint recorded, as Python's
+/// `str(datetime)` prints it: `2026-11-23 16:55:01.123456+00:00`.
+pub fn recorded_seconds(text: &str) -> f64 {
+    fn parts<T: std::str::FromStr>(text: &str, separator: char) -> Option<Vec<T>> {
+        text.split(separator).map(|p| p.parse().ok()).collect()
+    }
+    let fields = text.split_once([' ', 'T']).and_then(|(date, time)| {
+        let time = time.strip_suffix("+00:00")?;
+        Some((parts::<i64>(date, '-')?, parts::<f64>(time, ':')?))
+    });
+    let Some((ymd, hms)) = fields.filter(|(d, t)| d.len() == 3 && t.len() == 3) else {
+        panic!("unexpected recorded time {text:?}");
+    };
+    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
+    // Days from civil (Howard Hinnant's algorithm).
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+/// Seconds since the epoch, now.
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
