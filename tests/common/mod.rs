@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod scripted;
 pub mod seccomp;
 #[path = "../../src/xorshift.rs"]
@@ -22,6 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The machine name every test launch reports (`SP_MACHINE_ID`).
+pub const MACHINE: &str = "test-minion";
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -283,7 +287,7 @@ impl Launch {
             .env("SP_JOB_INSTANCE", instance)
             .env("SP_JOB_INSTANCE_NAME", instance)
             .env("SP_COMMAND", command)
-            .env("SP_MACHINE_ID", "test-minion")
+            .env("SP_MACHINE_ID", MACHINE)
             .env("SP_WRAPPER_LOGDIR", dir.path.to_str().expect("utf-8 dir"))
             .env("SP_WRAPPER_LOGLEVEL", "debug")
             .env("SP_ALLOW_OVERLAP", "true")
