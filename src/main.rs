@@ -119,7 +119,7 @@ fn run() -> i32 {
     }
 
     if foreground {
-        // The daemon does this in `detach`; here the job must not inherit
+        // `detach` does this for the guardian and daemon; here the job must not inherit
         // our launcher's descriptors either. No guardian: we are the caller's
         // child, and the caller sees us die.
         daemon::close_inherited_fds(&[]);
