@@ -43,8 +43,9 @@ use tungstenite::{Message, WebSocket};
 use crate::config::Config;
 use crate::exit_codes;
 use crate::lockfile::Lock;
-use crate::protocol::{AckKind, Encoder, Inbound, Stream};
-use crate::{child, daemon, link, logger, spool};
+use crate::messages::{AckKind, Inbound, Stream};
+use crate::protocol::Encoder;
+use crate::{child, daemon, link, logger, machine_id, spool};
 
 /// How long the group may take to die before the guardian reports anyway
 /// (SIGKILL is immediate unless a process is in uninterruptible sleep); the
@@ -435,7 +436,7 @@ fn what_happened(job_retcode: Option<i32>, was_running: bool, gone: bool) -> Str
 
 /// The machine name the daemon used (the same function, the same answer).
 fn machine(cfg: &Config) -> String {
-    cfg.machine_id.clone().unwrap_or_else(daemon::fqdn)
+    machine_id::resolve(cfg.machine_id.as_deref(), |var| std::env::var(var).ok()).0
 }
 
 /// Copy a dead daemon's spool file into the log between markers, like the

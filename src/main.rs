@@ -7,20 +7,26 @@
 mod child;
 mod config;
 mod daemon;
+mod effects;
 mod exit_codes;
 mod frames;
 #[cfg(test)]
 mod fuzz;
 mod guardian;
+mod job;
 mod link;
 mod lockfile;
 mod logger;
+mod machine_id;
+mod messages;
 mod outbox;
 mod protocol;
 mod readers;
+mod session;
 mod spool;
 mod supervisor;
 mod utf8;
+mod xorshift;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -28,14 +34,21 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
 use config::Config;
-use link::{LinkCommand, LinkHandle};
-use protocol::Stream;
-use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
+use effects::Effects;
+use job::JobLifecycle;
+use link::LinkHandle;
+use messages::{Event, LinkCommand, Stream};
+use session::{Outcome, Session, Settings};
+use supervisor::Supervisor;
+
+/// How long the process waits at exit for the link thread to close the
+/// connection cleanly (a close frame, then the server's reply).
+const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
-/// frames in flight (`supervisor::WINDOW_BYTES`), recycled frame and batch
+/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
 /// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
 const OUTPUT_OVERHEAD: usize = 6 << 20;
 
@@ -258,7 +271,7 @@ fn start_job(
             ));
         }
     };
-    guardian::job_started(job.pid, std::time::SystemTime::now());
+    guardian::job_started(job.pid, job.spawned_at);
     JOB_PGID.store(job.pid, Ordering::Relaxed);
     install_panic_hook();
     log::info!(
@@ -275,18 +288,24 @@ fn start_job(
     })
 }
 
-/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
-/// `sigwait`, so every thread must have them blocked. `child::spawn`
-/// unblocks them in the job.
-fn block_wrapper_signals() {
+/// The signals the wrapper handles itself, on its signal thread.
+fn wrapper_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, signal);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
+/// `sigwait`, so every thread must have them blocked. `child::spawn`
+/// unblocks them in the job.
+fn block_wrapper_signals() {
+    let set = wrapper_signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
@@ -294,13 +313,7 @@ fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-            unsafe {
-                libc::sigemptyset(&mut set);
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                    libc::sigaddset(&mut set, signal);
-                }
-            }
+            let set = wrapper_signals();
             loop {
                 let mut signal = 0;
                 if unsafe { libc::sigwait(&set, &mut signal) } == 0
@@ -325,14 +338,15 @@ fn install_panic_hook() {
     }));
 }
 
-/// The real `Effects`: the link thread, the job's group, the log, our stdout.
-struct World {
+/// The live `Effects`: the link thread, the job's process group, the log
+/// file, our own stdout and stderr.
+struct LiveEffects {
     link: LinkHandle,
     pgid: i32,
     log: Option<logger::LogHandle>,
 }
 
-impl Effects for World {
+impl Effects for LiveEffects {
     fn link(&mut self, command: LinkCommand) {
         self.link.send(command);
     }
@@ -372,6 +386,10 @@ impl Effects for World {
             }
         }
     }
+
+    fn close_link(&mut self) {
+        self.link.shutdown(LINK_CLOSE_BOUND);
+    }
 }
 
 /// Wire the threads around the supervisor and run it to the end.
@@ -388,13 +406,27 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
     // full queue blocks a sender only while the supervisor catches up; the
     // supervisor itself never blocks on another thread, so this cannot deadlock.
     let (events, inbox) = sync_channel(EVENT_QUEUE);
-    let machine = cfg.machine_id.clone().unwrap_or_else(daemon::fqdn);
     let frame_pool = frames::FramePool::default();
+    // The machine id may need DNS: the link thread resolves it before its
+    // first connection, while the readers and the supervisor already run.
+    let machine_override = cfg.machine_id.clone();
+    let resolve_machine =
+        move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
     let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
-        .and_then(|_| readers::spawn_reader(Stream::Stderr, job.stderr, events.clone()))
+        .and_then(|_| match job.stderr {
+            Some(stderr) => readers::spawn_reader(Stream::Stderr, stderr, events.clone()),
+            None => Ok(()),
+        })
         .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
         .and_then(|_| spawn_signal_thread(events.clone()))
-        .and_then(|_| link::spawn_link(cfg.url.clone(), events.clone(), frame_pool.clone()));
+        .and_then(|_| {
+            link::spawn_link(
+                cfg.url.clone(),
+                events.clone(),
+                frame_pool.clone(),
+                resolve_machine,
+            )
+        });
     let link = match threads {
         Ok(link) => link,
         Err(e) => {
@@ -419,15 +451,14 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         job.pid,
     );
     let settings = Settings {
+        job_name: cfg.job_name.clone(),
         job_instance: cfg.job_instance.clone(),
-        machine: machine.clone(),
+        machine: String::new(),
         version: VERSION.to_string(),
         job_pid: job.pid,
+        spawned_at: job.spawned_at,
         output_interval: cfg.output_interval,
-        timeout: cfg.timeout,
-        tee: foreground,
     };
-    let encoder = protocol::Encoder::new(&cfg.job_name, &cfg.job_instance, &machine);
     // SP_BUFFER_MAX_MB is the whole budget: keep room beside the queued
     // batches for what else holds output (frames in flight, buffer pools,
     // queued reads), so peak memory stays near the bound.
@@ -436,12 +467,14 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         .saturating_sub(OUTPUT_OVERHEAD)
         .max(1 << 20);
     let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
-    let world = World {
+    let effects = LiveEffects {
         link,
         pgid: job.pid,
         log,
     };
-    let mut supervisor = Supervisor::new(world, settings, encoder, outbox, frame_pool, at);
+    let session = Session::new(settings, outbox, frame_pool, at);
+    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
+    let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {
         supervisor.handle(
             Event::Output {
@@ -451,7 +484,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             at,
         );
     }
-    log::info!("machine id {machine}, server {}", cfg.url.raw);
+    log::info!("server {}", cfg.url.raw);
     let outcome = supervisor.run(inbox);
     log::info!(
         "wrapper done (retcode {}, delivered: {})",

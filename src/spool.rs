@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::protocol::Stream;
+use crate::messages::Stream;
 
 pub struct Spool {
     file: File,
