@@ -434,6 +434,11 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             // the job running unobserved.
             log::error!("cannot start the wrapper's threads: {e}; killing the job");
             child::signal_group(job.pid, libc::SIGKILL);
+            if !foreground {
+                // Exit without telling the guardian we finished: it waits
+                // until the group is gone, releases the lock and reports.
+                std::process::exit(exit_codes::WRAPPER_ERROR);
+            }
             if let Some(lock) = lock {
                 lock.release();
             }
