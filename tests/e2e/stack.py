@@ -151,6 +151,11 @@ class Stack:
         """Write (or replace) <group>.yaml; Saltpeter rereads its config directory
         about every 50 ms. Written by rename so it never reads half a file."""
         path = os.path.join(self.sp_conf, group + '.yaml')
+        for name, data in crons.items():
+            if name != 'saltpeter_config' and 'lockfile' not in data:
+                # Not /tmp/sp_wrapper_<job>.lock: two suites on one machine
+                # would refuse each other's runs as overlaps.
+                data['lockfile'] = os.path.join(self.root, 'locks', name + '.lock')
         with open(path + '.tmp', 'w') as f:
             yaml.safe_dump(crons, f, default_flow_style=False)
         os.rename(path + '.tmp', path)
