@@ -30,6 +30,7 @@ import glob
 import gzip
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -174,11 +175,17 @@ def main():
     with open(os.path.join(work, 'endpoint.err'), 'w') as endpoint_err:
         endpoint = subprocess.Popen([sys.executable, ENDPOINT], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=endpoint_err, text=True)
+    failed = True
     try:
-        return run(wrapper, config_path, logdir, work, endpoint)
+        failed = run(wrapper, config_path, logdir, work, endpoint)
     finally:
         endpoint.kill()
         endpoint.wait()
+    if failed:
+        print('%s: kept %s (logs)' % (os.path.basename(__file__), work))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return failed
 
 
 def run(wrapper, config_path, logdir, work, endpoint):

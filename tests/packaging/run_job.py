@@ -12,6 +12,7 @@ record either way.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,11 +33,17 @@ def main():
     with open(os.path.join(workdir, 'endpoint.err'), 'w') as endpoint_err:
         endpoint = subprocess.Popen([sys.executable, ENDPOINT], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=endpoint_err, text=True)
+    failed = True
     try:
-        return run(version, wrapper, runner, workdir, endpoint)
+        failed = run(version, wrapper, runner, workdir, endpoint)
     finally:
         endpoint.kill()
         endpoint.wait()
+    if failed:
+        print('%s: kept %s (logs)' % (os.path.basename(__file__), workdir))
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return failed
 
 
 def run(version, wrapper, runner, workdir, endpoint):
