@@ -12,7 +12,7 @@
 //! and fake time, without threads.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::exit_codes::{self, KillReason};
 use crate::frames::FramePool;
@@ -303,7 +303,7 @@ impl<E: Effects> Supervisor<E> {
                     ack_progress: now,
                     complete_sent: None,
                 });
-                let wall = SystemTime::now();
+                let wall = crate::clock::now();
                 self.send(self.encoder.connect(wall));
                 if !self.start_acked {
                     self.send(self.encoder.start(
@@ -437,7 +437,7 @@ impl<E: Effects> Supervisor<E> {
                 if ours {
                     if self.kill.is_none() && self.finished.is_none() {
                         log::info!("kill requested by the server");
-                        self.send(self.encoder.killed(SystemTime::now()));
+                        self.send(self.encoder.killed(crate::clock::now()));
                     }
                     self.begin_kill(KillReason::Request, now);
                 } else {
@@ -606,7 +606,7 @@ impl<E: Effects> Supervisor<E> {
             // Also while killing and while delivering after the end, so the
             // server does not declare the machine lost (253).
             if self.conn.is_some() {
-                self.send(self.encoder.heartbeat(SystemTime::now()));
+                self.send(self.encoder.heartbeat(crate::clock::now()));
             }
             while self.next_heartbeat <= now {
                 self.next_heartbeat += HEARTBEAT_INTERVAL;
@@ -708,7 +708,7 @@ impl<E: Effects> Supervisor<E> {
                     conn.ack_progress = now;
                 }
             }
-            let wall = SystemTime::now();
+            let wall = crate::clock::now();
             while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
                 let buffer = self.frames.take(batch.text.len() + 256);
                 let frame = self
@@ -731,7 +731,7 @@ impl<E: Effects> Supervisor<E> {
             self.complete_attempts += 1;
             let frame =
                 self.encoder
-                    .complete(SystemTime::now(), retcode, self.outbox.next_wire_seq());
+                    .complete(crate::clock::now(), retcode, self.outbox.next_wire_seq());
             log::debug!(
                 "sending complete (retcode {retcode}, attempt {})",
                 self.complete_attempts
