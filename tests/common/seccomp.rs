@@ -114,7 +114,7 @@ pub fn program() -> Vec<libc::sock_filter> {
         items.push(Item::Insn(JEQ, abi.sys_prctl, Label("prctl"), Next));
         // Highest range first: at or above its end -> old; at or above its start -> new.
         let mut ranges = abi.new_ranges.to_vec();
-        ranges.sort_by(|a, b| b.0.cmp(&a.0));
+        ranges.sort_by_key(|&(first, _)| std::cmp::Reverse(first));
         for (first, last) in ranges {
             if last != u32::MAX {
                 items.push(Item::Insn(JGE, last + 1, Label("allow"), Next));
