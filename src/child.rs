@@ -1,6 +1,7 @@
 //! The job process: looking up `SP_USER`, spawning `/bin/sh -c "$SP_COMMAND"`
-//! in a new session (its own process group), signalling that group, and the
-//! waiter thread that reaps it.
+//! in a new session (its own process group) with its output on one pipe (or
+//! two with `SP_OUTPUT=separate`), signalling that group, and the waiter
+//! thread that reaps it and stamps the time of its exit.
 //!
 //! `spawn` runs in the daemon before any other thread exists, so the
 //! `pre_exec` closure only makes async-signal-safe system calls on data
@@ -9,12 +10,14 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::SyncSender;
+use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::supervisor::Event;
+use crate::messages::Event;
 
 /// A passwd entry, resolved in the launcher (an unknown user fails there).
 #[derive(Clone, Debug)]
@@ -107,19 +110,43 @@ pub fn check_user_allowed(user: &UserInfo) -> Result<(), String> {
 /// A running job.
 pub struct Job {
     pub pid: i32,
+    /// Wall-clock time of the spawn: the run's starttime on the server.
+    pub spawned_at: SystemTime,
+    /// The job's stdout, and its stderr too when output is merged.
     pub stdout: File,
-    pub stderr: File,
+    /// Only with `SP_OUTPUT=separate`: stderr on a pipe of its own.
+    pub stderr: Option<File>,
+}
+
+/// A pipe for the job's output: (our read end, the job's write end), both
+/// close-on-exec (std dups the write end onto the job's 1 and 2, which
+/// clears the flag there).
+fn output_pipe() -> io::Result<(File, OwnedFd)> {
+    let mut fds = [0; 2];
+    // pipe2 with O_CLOEXEC: Linux 2.6.27+.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Start the job. The error is the `spawn` error as the OS gave it.
 pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
     let mut command = Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(&cfg.command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.arg("-c").arg(&cfg.command).stdin(Stdio::null());
+    // Merged (the default): stdout and stderr are one pipe, as `2>&1` in a
+    // terminal, so the text reads in the order the job wrote it. Two pipes
+    // read by two threads have no common order.
+    let merged_reader = if cfg.separate_streams {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        None
+    } else {
+        let (reader, writer) = output_pipe()?;
+        command
+            .stdout(Stdio::from(writer.try_clone()?))
+            .stderr(Stdio::from(writer));
+        Some(reader)
+    };
     if let Some(cwd) = &cfg.cwd {
         command.current_dir(cwd);
     }
@@ -145,9 +172,10 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
     unsafe {
         command.pre_exec(move || {
             // The job must start with a clean signal state. The daemon blocks
-            // SIGTERM/SIGINT/SIGHUP for its signal thread, and with musl the
-            // forked child keeps that mask into exec (std does not reset it
-            // on this path): a job with SIGTERM blocked only dies of SIGKILL.
+            // SIGTERM/SIGINT/SIGHUP for its signal thread, and fork and execve
+            // keep the calling thread's mask (POSIX, any libc); std's fork path
+            // does not promise to reset it. A job with SIGTERM blocked would
+            // only die of SIGKILL.
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
@@ -178,13 +206,29 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
         });
     }
     let mut child = command.spawn()?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(io::Error::other("spawned job has no pipes"));
+    let spawned_at = crate::clock::now();
+    // Our copies of the merged pipe's write end went into `command`: drop
+    // them, or the reader would never see end-of-file.
+    drop(command);
+    let pipe = |p: Option<OwnedFd>| p.map(File::from);
+    let (stdout, stderr) = match merged_reader {
+        Some(reader) => (Some(reader), None),
+        None => (
+            pipe(child.stdout.take().map(OwnedFd::from)),
+            pipe(child.stderr.take().map(OwnedFd::from)),
+        ),
     };
+    let Some(stdout) = stdout else {
+        return Err(io::Error::other("spawned job has no output pipe"));
+    };
+    if cfg.separate_streams && stderr.is_none() {
+        return Err(io::Error::other("spawned job has no stderr pipe"));
+    }
     Ok(Job {
         pid: child.id() as i32,
-        stdout: File::from(std::os::fd::OwnedFd::from(stdout)),
-        stderr: File::from(std::os::fd::OwnedFd::from(stderr)),
+        spawned_at,
+        stdout,
+        stderr,
     })
 }
 
@@ -223,7 +267,11 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
                 // The job's own status, or an orphan of it reaped as subreaper:
                 // either may be the last member of the group the supervisor waits on.
                 let event = if pid == job_pid {
-                    Event::ChildExited { status }
+                    // Stamped here, when it happened, not when handled or sent.
+                    Event::ChildExited {
+                        status,
+                        at: crate::clock::now(),
+                    }
                 } else {
                     Event::Reaped
                 };

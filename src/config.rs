@@ -54,13 +54,16 @@ pub struct Config {
     pub job_name: String,
     pub job_instance: String,
     pub command: String,
-    /// `None`: resolve the host's FQDN in the daemon (never in the launch path).
+    /// `None`: resolve the Salt minion id (`machine_id::resolve`), never in the launch path.
     pub machine_id: Option<String>,
     pub cwd: Option<PathBuf>,
     pub user: Option<String>,
     /// `None`: no limit (`SP_TIMEOUT` unset or 0).
     pub timeout: Option<Duration>,
     pub output_interval: Duration,
+    /// `SP_OUTPUT=separate`: stdout and stderr on two pipes, labelled, with
+    /// no order between them. Default (merged): one pipe, terminal order.
+    pub separate_streams: bool,
     pub log_level: LogLevel,
     pub log_dir: PathBuf,
     pub allow_overlap: bool,
@@ -83,12 +86,19 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "required (or SP_JOB_INSTANCE_NAME); this run's instance id",
     ),
     ("SP_COMMAND", "required; run as /bin/sh -c \"$SP_COMMAND\""),
-    ("SP_MACHINE_ID", "default: this host's fully qualified name"),
+    (
+        "SP_MACHINE_ID",
+        "default: the Salt minion id (minion config id:, minion_id, host name)",
+    ),
     ("SP_CWD", "working directory of the job (must exist)"),
     ("SP_USER", "run the job as this user (root only)"),
     (
         "SP_TIMEOUT",
         "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124",
+    ),
+    (
+        "SP_OUTPUT",
+        "merged (default: stderr joins stdout, in the order written) or separate",
     ),
     (
         "SP_OUTPUT_INTERVAL_MS",
@@ -116,6 +126,23 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills",
     ),
 ];
+
+/// The variables Saltpeter always passes; none is optional.
+const REQUIRED: [&str; 4] = [
+    "SP_WEBSOCKET_URL",
+    "SP_JOB_NAME",
+    "SP_JOB_INSTANCE",
+    "SP_COMMAND",
+];
+
+/// When every required variable is missing, Salt ran us without the env it
+/// was given: Saltpeter passes `env={...}` as the text of a Python dict that
+/// Salt parses as YAML, and a command holding both quote kinds breaks it.
+const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_NAME \
+    and SP_JOB_INSTANCE: Salt passed no Saltpeter environment at all. With Saltpeter \
+    this happens when the job's command contains both ' and \" (the env={...} \
+    argument is then not valid YAML and Salt drops it); use one kind of quote, \
+    or put the command in a script";
 
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
 const DEFAULT_INTERVAL_MS: u64 = 1000;
@@ -145,6 +172,9 @@ impl Config {
             None => bad(var, "not set (required)"),
         };
 
+        if REQUIRED.iter().all(|var| get(var).is_none()) && get("SP_JOB_INSTANCE_NAME").is_none() {
+            return bad("SP_COMMAND", NO_ENVIRONMENT);
+        }
         let url = parse_url(&required("SP_WEBSOCKET_URL")?)?;
         let job_name = required("SP_JOB_NAME")?;
         let job_file_name = file_name_component(&job_name)?;
@@ -166,6 +196,16 @@ impl Config {
         let output_interval = match get("SP_OUTPUT_INTERVAL_MS") {
             None => Duration::from_millis(DEFAULT_INTERVAL_MS),
             Some(v) => Duration::from_millis(parse_whole("SP_OUTPUT_INTERVAL_MS", &v, 3_600_000)?),
+        };
+        let separate_streams = match get("SP_OUTPUT").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("merged") => false,
+            Some("separate") => true,
+            Some(other) => {
+                return bad(
+                    "SP_OUTPUT",
+                    format!("expected merged or separate, got {other:?}"),
+                );
+            }
         };
         let log_level = match get("SP_WRAPPER_LOGLEVEL")
             .map(|v| v.to_ascii_lowercase())
@@ -228,6 +268,7 @@ impl Config {
             user,
             timeout,
             output_interval,
+            separate_streams,
             log_level,
             log_dir,
             allow_overlap,
@@ -447,6 +488,22 @@ mod tests {
             assert_eq!(error.var, var);
             assert!(error.to_string().starts_with(var));
         }
+    }
+
+    #[test]
+    fn an_empty_environment_names_the_quoting_cause() {
+        let error = Config::from_lookup(|_| None).expect_err("must fail");
+        assert_eq!(error.var, "SP_COMMAND");
+        let line = error.to_string();
+        assert!(line.contains("both ' and \""), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        // Unrelated variables (the job's own env, PATH) do not change that.
+        let error = Config::from_lookup(|var| (var == "PATH").then(|| "/bin".into()))
+            .expect_err("must fail");
+        assert!(error.problem.contains("no Saltpeter environment"));
+        // One missing variable among the others is named plainly.
+        let error = parse(&[("SP_COMMAND", "")]).expect_err("must fail");
+        assert_eq!(error.problem, "not set (required)");
     }
 
     #[test]

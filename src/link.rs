@@ -32,8 +32,9 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::WsUrl;
 use crate::frames::FramePool;
-use crate::protocol::{self, Inbound};
-use crate::supervisor::Event;
+use crate::messages::{Event, LinkCommand, LinkEvent};
+use crate::protocol;
+use crate::xorshift::XorShift;
 
 /// Per-address TCP connect bound: an unroutable server must not hold us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,48 +48,17 @@ const PING_AFTER: Duration = Duration::from_secs(15);
 const PONG_TIMEOUT: Duration = Duration::from_secs(15);
 /// A frame that cannot be flushed for this long means a stuck peer.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for the server's close reply.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Largest inbound frame: the server sends small control frames only.
 pub const MAX_INBOUND_FRAME: usize = 1 << 20;
-
-pub enum LinkCommand {
-    Send {
-        generation: u64,
-        frame: String,
-    },
-    /// Close this connection and reconnect (the supervisor saw it stall).
-    Drop {
-        generation: u64,
-        reason: String,
-    },
-    Shutdown,
-}
-
-pub enum LinkEvent {
-    Connected {
-        generation: u64,
-    },
-    Disconnected {
-        generation: u64,
-        reason: String,
-    },
-    ConnectFailed {
-        reason: String,
-    },
-    Frame {
-        generation: u64,
-        frame: Inbound,
-    },
-    /// A frame we could not use (logged, otherwise ignored).
-    BadFrame {
-        generation: u64,
-        reason: String,
-    },
-}
 
 /// The supervisor's end: queue a command and wake the link thread.
 pub struct LinkHandle {
     commands: Sender<LinkCommand>,
     wake: OwnedFd,
+    /// Disconnected when the link thread has returned (its sender is dropped).
+    finished: Receiver<()>,
 }
 
 impl LinkHandle {
@@ -97,6 +67,15 @@ impl LinkHandle {
             // Non-blocking: a full pipe already means a wake-up is pending.
             unsafe { libc::write(self.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         }
+    }
+
+    /// Tell the link thread to close the connection (a close frame, and the
+    /// server's answer when it comes quickly) and wait until it has returned,
+    /// at most `bound`. Without the wait the process would exit first and
+    /// the server would see an abrupt disconnect.
+    pub fn shutdown(&self, bound: Duration) {
+        self.send(LinkCommand::Shutdown);
+        let _ = self.finished.recv_timeout(bound);
     }
 }
 
@@ -109,12 +88,16 @@ fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Start the link thread. `resolve_machine` runs on it before the first
+/// connection; its answer goes to the supervisor as `LinkEvent::Identified`.
 pub fn spawn_link(
     url: WsUrl,
     events: SyncSender<Event>,
     frames: FramePool,
+    resolve_machine: impl FnOnce() -> String + Send + 'static,
 ) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
+    let (finished_tx, finished_rx) = channel::<()>();
     let (wake_read, wake_write) = wake_pipe()?;
     let seed = crate::clock::now()
         .duration_since(UNIX_EPOCH)
@@ -127,16 +110,24 @@ pub fn spawn_link(
         commands: commands_rx,
         wake: wake_read,
         generation: 0,
-        rng: seed | 1,
+        rng: XorShift::new(seed),
         frames,
     };
     std::thread::Builder::new()
         .name("link".into())
         .stack_size(256 * 1024)
-        .spawn(move || link.run())?;
+        .spawn(move || {
+            // Dropped when this thread returns, however it returns.
+            let _finished = finished_tx;
+            let machine = resolve_machine();
+            if link.emit(LinkEvent::Identified { machine }) {
+                link.run();
+            }
+        })?;
     Ok(LinkHandle {
         commands: commands_tx,
         wake: wake_write,
+        finished: finished_rx,
     })
 }
 
@@ -146,7 +137,7 @@ struct Link {
     commands: Receiver<LinkCommand>,
     wake: OwnedFd,
     generation: u64,
-    rng: u64,
+    rng: XorShift,
     frames: FramePool,
 }
 
@@ -156,7 +147,7 @@ enum Ended {
     Shutdown,
 }
 
-fn would_block(error: &tungstenite::Error) -> bool {
+pub fn would_block(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
@@ -183,6 +174,43 @@ fn set_keepalive(fd: RawFd) {
     }
 }
 
+/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address),
+/// handshake (bounded). The socket is left blocking, with the handshake
+/// timeout as its read and write timeouts; the link thread makes it
+/// non-blocking, the guardian (`guardian.rs`) sets its own timeouts.
+pub fn open(url: &WsUrl) -> Result<WebSocket<TcpStream>, String> {
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .collect();
+    let mut last_error = format!("{} resolved to no address", url.host);
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last_error)?;
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+        .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+    setup.map_err(|e| format!("socket setup: {e}"))?;
+    set_keepalive(stream.as_raw_fd());
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INBOUND_FRAME))
+        .max_frame_size(Some(MAX_INBOUND_FRAME))
+        .read_buffer_size(16 * 1024);
+    let (ws, _response) =
+        tungstenite::client::client_with_config(url.raw.as_str(), stream, Some(config))
+            .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
+    Ok(ws)
+}
+
 impl Link {
     fn emit(&self, event: LinkEvent) -> bool {
         self.events.send(Event::Link(event)).is_ok()
@@ -190,12 +218,9 @@ impl Link {
 
     /// 2 s ± 25%.
     fn retry_delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
         let spread = RETRY_INTERVAL.as_millis() as u64 / 2; // the ±25% band is 50% wide
         let low = RETRY_INTERVAL.as_millis() as u64 - spread / 2;
-        Duration::from_millis(low + self.rng % (spread + 1))
+        Duration::from_millis(low + self.rng.next_u64() % (spread + 1))
     }
 
     fn run(mut self) {
@@ -282,39 +307,55 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<TcpStream>, String> {
-        let addrs: Vec<SocketAddr> = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.url.host))?
-            .collect();
-        let mut last_error = format!("{} resolved to no address", self.url.host);
-        let mut stream = None;
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last_error = format!("connect to {addr}: {e}"),
-            }
-        }
-        let stream = stream.ok_or(last_error)?;
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
-        setup.map_err(|e| format!("socket setup: {e}"))?;
-        set_keepalive(stream.as_raw_fd());
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_INBOUND_FRAME))
-            .max_frame_size(Some(MAX_INBOUND_FRAME))
-            .read_buffer_size(16 * 1024);
-        let (ws, _response) =
-            tungstenite::client::client_with_config(self.url.raw.as_str(), stream, Some(config))
-                .map_err(|e| format!("WebSocket handshake with {}: {e}", self.url.raw))?;
+        let ws = open(&self.url)?;
         ws.get_ref()
             .set_nonblocking(true)
             .map_err(|e| format!("set_nonblocking: {e}"))?;
         Ok(ws)
+    }
+
+    /// At shutdown: send what is still queued, then a close frame, and wait
+    /// up to `CLOSE_WAIT` for the server's close reply so the connection
+    /// ends with the WebSocket closing handshake, not a reset.
+    fn close_cleanly(&self, ws: &mut WebSocket<TcpStream>, pending: VecDeque<String>) {
+        for frame in pending {
+            if ws.write(self.frames.message(frame)).is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let socket_fd = ws.get_ref().as_raw_fd();
+        loop {
+            let flushed = match ws.flush() {
+                Ok(()) => true,
+                Err(e) if would_block(&e) => false,
+                Err(_) => return,
+            };
+            // Read until the server's close reply ends the connection.
+            loop {
+                match ws.read() {
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => return, // ConnectionClosed: the handshake is done
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let mut socket = libc::pollfd {
+                fd: socket_fd,
+                events: if flushed {
+                    libc::POLLIN
+                } else {
+                    libc::POLLIN | libc::POLLOUT
+                },
+                revents: 0,
+            };
+            let millis = (deadline - now).as_millis().clamp(1, 1000) as i32;
+            unsafe { libc::poll(&mut socket, 1, millis) };
+        }
     }
 
     /// Drive one connection until it ends.
@@ -346,8 +387,7 @@ impl Link {
                     }
                     Ok(LinkCommand::Drop { .. }) => {}
                     Ok(LinkCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
-                        let _ = ws.close(None);
-                        let _ = ws.flush();
+                        self.close_cleanly(&mut ws, pending);
                         return Ended::Shutdown;
                     }
                     Err(TryRecvError::Empty) => break,

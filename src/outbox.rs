@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use crate::protocol::Stream;
+use crate::messages::Stream;
 use crate::spool::Spool;
 
 /// Most text in one `output` message (500 KiB, as the Python wrapper).
@@ -85,6 +85,8 @@ pub struct Outbox {
     loss: Option<Loss>,
     pub acked_bytes: u64,
     pub lost_bytes: u64,
+    /// Why output was last lost (empty while none was): for the log.
+    pub loss_reason: String,
     pub spooled_batches: u64,
 }
 
@@ -117,6 +119,7 @@ impl Outbox {
             loss: None,
             acked_bytes: 0,
             lost_bytes: 0,
+            loss_reason: String::new(),
             spooled_batches: 0,
         }
     }
@@ -205,6 +208,7 @@ impl Outbox {
         let loss = self.loss.get_or_insert_with(Loss::default);
         loss.bytes += bytes as u64;
         if let Some(reason) = reason {
+            self.loss_reason.clone_from(&reason);
             loss.reason = reason;
         }
         self.lost_bytes += bytes as u64;
@@ -327,10 +331,9 @@ impl Outbox {
                     let bytes = spool.pending_bytes();
                     self.lost_bytes += bytes;
                     self.spool = None;
-                    self.loss = Some(Loss {
-                        bytes,
-                        reason: format!("reading the spool file failed: {e}"),
-                    });
+                    let reason = format!("reading the spool file failed: {e}");
+                    self.loss_reason.clone_from(&reason);
+                    self.loss = Some(Loss { bytes, reason });
                     return None;
                 }
             }

@@ -13,28 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// Which of the job's pipes a piece of output came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        }
-    }
-}
+use crate::messages::{AckKind, Inbound, Stream};
 
 /// Builds every frame we send. Holds the identity fields pre-escaped.
 pub struct Encoder {
@@ -249,41 +228,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
-}
-
-/// What an `ack` acknowledges.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AckKind {
-    Connect,
-    Start,
-    Output,
-    Complete,
-    Other,
-}
-
-/// A frame from the server, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Inbound {
-    Ack {
-        kind: AckKind,
-        seq: Option<i64>,
-    },
-    Nack {
-        expected_seq: i64,
-    },
-    SyncResponse {
-        last_seq: i64,
-    },
-    Kill {
-        job_instance: Option<String>,
-        machine: Option<String>,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-    /// A well-formed frame of a type we do not act on.
-    Other(String),
 }
 
 /// Why an inbound frame was rejected (logged at debug level, then ignored).

@@ -6,14 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, TestDir, assert_same, log_text, pid_alive, run_job, wait_until};
+use common::{
+    Harness, Launch, TestDir, assert_same, launch_ok, log_text, pid_alive, run_job, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
-
-fn launch_ok(launch: &Launch) -> common::Launched {
-    launch.run().expect_started()
-}
 
 #[test]
 fn exact_output_and_exit_code_with_stdout_and_stderr() {
@@ -203,14 +201,23 @@ fn heartbeats_come_about_five_seconds_apart() {
         "heartbeats: {:?}",
         result.heartbeats
     );
-    for pair in result.heartbeats.windows(2) {
-        let gap = pair[1] - pair[0];
+    // Each gap within wide bounds (a loaded 2-core machine delays a wake-up
+    // or a delivery by a second or two), and the mean close to 5 s: a missed
+    // heartbeat (10 s) or a flood (< 1 s) still fails.
+    let gaps: Vec<f64> = result.heartbeats.windows(2).map(|p| p[1] - p[0]).collect();
+    for gap in &gaps {
         assert!(
-            (4.0..=6.5).contains(&gap),
+            (2.5..=8.0).contains(gap),
             "heartbeat gap {gap:.2} s in {:?}",
             result.heartbeats
         );
     }
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    assert!(
+        (4.0..=6.5).contains(&mean),
+        "mean heartbeat gap {mean:.2} s in {:?}",
+        result.heartbeats
+    );
 }
 
 #[test]

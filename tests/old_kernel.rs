@@ -35,7 +35,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Harness, Launch, Launched, TestDir, assert_same, log_text, pid_alive, seccomp, wait_until,
+    Harness, Launch, Launched, TestDir, assert_same, group_members, lock_is_free, log_text,
+    pid_alive, read_pid_file, seccomp, wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -798,6 +799,58 @@ fn salts_pipes_are_released_while_the_job_runs() {
         .expect("result recorded");
     assert_eq!(result.ret, "late\n");
     assert_eq!(result.retcode, Some(0));
+}
+
+#[test]
+#[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
+fn the_daemons_death_kills_the_job_and_is_reported() {
+    // No subreaper under the filter: when the daemon dies the job's
+    // processes go to init, and the guardian sees the group end through
+    // kill(-pgid, 0) alone (tests/guardian.rs has the full set).
+    let dir = TestDir::new("ok_guardian");
+    let mut server = Harness::start(&dir);
+    server.add_job("orphaned", "orphaned_1", &[MACHINE]);
+    let d = dir.path.display();
+    let command = format!(
+        "echo $PPID > {d}/daemon.pid; sleep 300 & echo $! > {d}/child.pid; echo $$ > {d}/shell.pid; echo running; wait"
+    );
+    let lock = dir.join("orphaned.lock");
+    launch_ok(
+        &launch(&server, "orphaned", "orphaned_1", &command, &dir)
+            .env("SP_ALLOW_OVERLAP", "false")
+            .env("SP_LOCKFILE", lock.to_str().expect("utf-8")),
+    );
+    let daemon = read_pid_file(&dir.join("daemon.pid"), RESULT_WAIT);
+    let shell = read_pid_file(&dir.join("shell.pid"), RESULT_WAIT);
+    let child = read_pid_file(&dir.join("child.pid"), RESULT_WAIT);
+    assert!(
+        wait_until(RESULT_WAIT, || server
+            .result("orphaned", MACHINE)
+            .ret
+            .contains("running")),
+        "no output recorded"
+    );
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    let died = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || group_members(shell).is_empty()),
+        "processes {:?} of the job outlived the daemon by 2 s",
+        group_members(shell)
+    );
+    assert!(!pid_alive(child));
+    let result = server
+        .wait_result("orphaned", MACHINE, Duration::from_secs(10))
+        .expect("the guardian's result within 10 s");
+    assert!(died.elapsed() < Duration::from_secs(10));
+    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(
+        result.ret,
+        format!(
+            "running\n\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
+             the job's process group was killed]\n"
+        )
+    );
+    assert!(wait_until(Duration::from_secs(10), || lock_is_free(&lock)));
 }
 
 // ---------------------------------------------------------------------------

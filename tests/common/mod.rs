@@ -7,7 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod scripted;
 pub mod seccomp;
+#[path = "../../src/xorshift.rs"]
+pub mod xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -399,6 +402,7 @@ impl Launch {
         let mut out = child.stdout.take().expect("stdout");
         let mut err = child.stderr.take().expect("stderr");
         let pid = child.id();
+        let pipes = [pipe_inode(&out), pipe_inode(&err)];
         let done = Arc::new(AtomicBool::new(false));
         let watchdog = {
             let done = done.clone();
@@ -408,7 +412,13 @@ impl Launch {
                     thread::sleep(Duration::from_millis(20));
                 }
                 if !done.load(Ordering::SeqCst) {
+                    // The launcher, and whoever else holds Salt's pipes (a
+                    // daemon that failed to release them): otherwise the
+                    // reads below never end and the test hangs, not fails.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    for holder in pipe_holders(&pipes) {
+                        unsafe { libc::kill(holder, libc::SIGKILL) };
+                    }
                 }
             })
         };
@@ -435,6 +445,38 @@ impl Launch {
             elapsed,
         }
     }
+}
+
+/// The inode of a pipe we hold, as /proc/<pid>/fd shows it: `pipe:[N]`.
+fn pipe_inode(pipe: &impl std::os::fd::AsRawFd) -> String {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", pipe.as_raw_fd()))
+        .expect("our own pipe's /proc link");
+    link.to_string_lossy().into_owned()
+}
+
+/// Every other process that holds one of `pipes` open.
+fn pipe_holders(pipes: &[String]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| pipes.iter().any(|p| target.as_os_str() == p.as_str()))
+                })
+            })
+        })
+        .collect()
+}
+
+/// Launch as Salt does and assert the launch contract (see `expect_started`).
+pub fn launch_ok(launch: &Launch) -> Launched {
+    launch.run().expect_started()
 }
 
 /// Compare big outputs without printing megabytes on failure.
@@ -485,6 +527,57 @@ pub fn log_text_at(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// A timestamp as the wrapper sends it (`2026-11-22T08:40:02.123456+00:00`)
+/// or the server stores it (a space for the `T`), as Unix seconds.
+pub fn unix_seconds(timestamp: &str) -> f64 {
+    let parsed = (|| {
+        // `T` as sent; a space as the server's datetime prints it.
+        let (date, time) = timestamp.strip_suffix("+00:00")?.split_once(['T', ' '])?;
+        let numbers = |text: &str, separator: char| -> Option<Vec<f64>> {
+            text.split(separator)
+                .map(|n| n.parse::<f64>().ok())
+                .collect()
+        };
+        let (ymd, hms) = (numbers(date, '-')?, numbers(time, ':')?);
+        (ymd.len() == 3 && hms.len() == 3).then_some((ymd, hms))
+    })();
+    let Some((ymd, hms)) = parsed else {
+        panic!("not a +00:00 timestamp: {timestamp:?}");
+    };
+    // Days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant).
+    let (y, m, d) = (ymd[0] as i64, ymd[1] as i64, ymd[2] as i64);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+/// Now, as seconds since the Unix epoch.
+pub fn wall_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The daemon is the job's parent: the job writes `$PPID` to `file`.
+pub fn pid_from(file: &Path) -> i32 {
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(file)
+            .is_ok_and(|s| s.ends_with('\n'))),
+        "{} was not written",
+        file.display()
+    );
+    std::fs::read_to_string(file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid number")
+}
+
 /// Is a process with this pid alive (and not a zombie)?
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -517,7 +610,7 @@ impl CuttingProxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let rng = Arc::new(Mutex::new(seed | 1));
+        let rng = Arc::new(Mutex::new(xorshift::XorShift::new(seed)));
         {
             let (stop, refusing, connections, cuts) = (
                 stop.clone(),
@@ -543,12 +636,8 @@ impl CuttingProxy {
                     };
                     connections.fetch_add(1, Ordering::SeqCst);
                     let lifetime = {
-                        let mut state = rng.lock().expect("rng");
-                        *state ^= *state << 13;
-                        *state ^= *state >> 7;
-                        *state ^= *state << 17;
                         let span = (max - min).as_millis() as u64 + 1;
-                        min + Duration::from_millis(*state % span)
+                        min + Duration::from_millis(rng.lock().expect("rng").next_u64() % span)
                     };
                     let _ = client.set_nonblocking(false);
                     let pipes = [
@@ -611,4 +700,106 @@ impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Wait for `path` to hold a pid (a job writes `$$`, `$!` or `$PPID` there).
+pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
+    let mut pid = None;
+    wait_until(timeout, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| panic!("no pid in {} after {timeout:?}", path.display()))
+}
+
+/// Fields of /proc/<pid>/stat after the command name: state is [0], ppid
+/// [1], pgrp [2].
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
+/// The parent of a live process.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.first().is_some_and(|s| s != "Z")
+                    && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// A process's resident memory in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Is the overlap lock at `path` free (no file, or its flock can be taken)?
+/// Takes and drops the flock at once, never creates the file.
+pub fn lock_is_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => panic!("open {}: {e}", path.display()),
+    };
+    let fd = file.as_raw_fd();
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        return true;
+    }
+    false
+}
+
+/// Seconds since the epoch of a time the endpoint recorded, as Python's
+/// `str(datetime)` prints it: `2026-11-23 16:55:01.123456+00:00`.
+pub fn recorded_seconds(text: &str) -> f64 {
+    fn parts<T: std::str::FromStr>(text: &str, separator: char) -> Option<Vec<T>> {
+        text.split(separator).map(|p| p.parse().ok()).collect()
+    }
+    let fields = text.split_once([' ', 'T']).and_then(|(date, time)| {
+        let time = time.strip_suffix("+00:00")?;
+        Some((parts::<i64>(date, '-')?, parts::<f64>(time, ':')?))
+    });
+    let Some((ymd, hms)) = fields.filter(|(d, t)| d.len() == 3 && t.len() == 3) else {
+        panic!("unexpected recorded time {text:?}");
+    };
+    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
+    // Days from civil (Howard Hinnant's algorithm).
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+/// Seconds since the epoch, now.
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }

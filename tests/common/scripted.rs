@@ -1,0 +1,141 @@
+//! A scripted WebSocket server on 127.0.0.1:0 for behaviour the real endpoint
+//! cannot be made to show: a server that accepts everything but never ACKs
+//! output, and an honest per-socket server that records how each connection
+//! ended (with the wrapper's close frame, or abruptly).
+//!
+//! One thread per connection; it speaks the endpoint's per-socket sequencing
+//! (PROTOCOL.md, "Output") where it ACKs at all.
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+/// How the server answers.
+#[derive(Clone, Copy, Debug)]
+pub enum Plan {
+    /// ACKs connect, start and complete, appends output in order and ACKs it.
+    Honest,
+    /// ACKs connect and start and answers sync_request, but never ACKs (or
+    /// NACKs) output and never answers complete: contact without progress.
+    NeverAckOutput,
+}
+
+/// One connection as the server saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    pub frames: Vec<String>,
+    /// The wrapper sent a close frame before the socket ended.
+    pub closed_cleanly: bool,
+    /// The socket has ended (either way).
+    pub ended: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub connections: Vec<Connection>,
+    pub appended: String,
+    pub retcodes: Vec<i64>,
+}
+
+pub struct ScriptedServer {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl ScriptedServer {
+    pub fn start(plan: Plan) -> ScriptedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the scripted server");
+        let port = listener
+            .local_addr()
+            .expect("scripted server address")
+            .port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = shared.clone();
+                thread::spawn(move || serve(stream, plan, &seen));
+            }
+        });
+        ScriptedServer { port, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Look at what was seen so far.
+    pub fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
+        look(&self.seen.lock().expect("scripted server state"))
+    }
+}
+
+fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    let index = {
+        let mut seen = seen.lock().expect("scripted server state");
+        seen.connections.push(Connection::default());
+        seen.connections.len() - 1
+    };
+    let record = |update: &mut dyn FnMut(&mut Seen, usize)| {
+        update(&mut seen.lock().expect("scripted server state"), index);
+    };
+    let mut expected = 0u64;
+    let mut last_acked = -1i64;
+    loop {
+        let text = match ws.read() {
+            Ok(Message::Text(text)) => text.to_string(),
+            Ok(Message::Close(_)) => {
+                record(&mut |s, i| s.connections[i].closed_cleanly = true);
+                // tungstenite queued the close reply; the next read ends.
+                continue;
+            }
+            Ok(_) => continue,
+            Err(_) => {
+                record(&mut |s, i| s.connections[i].ended = true);
+                return;
+            }
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let kind = frame["type"].as_str().unwrap_or("?").to_string();
+        record(&mut |s, i| s.connections[i].frames.push(kind.clone()));
+        let reply = match (kind.as_str(), plan) {
+            ("connect", _) => Some(json!({"type": "ack", "ack_type": "connect"})),
+            ("start", _) => Some(json!({"type": "ack", "ack_type": "start"})),
+            ("sync_request", _) => Some(json!({"type": "sync_response", "last_seq": last_acked})),
+            ("output", Plan::Honest) => {
+                let seq = frame["seq"].as_u64().unwrap_or(u64::MAX);
+                if seq == expected {
+                    let data = frame["data"].as_str().unwrap_or_default().to_string();
+                    record(&mut |s, _| s.appended.push_str(&data));
+                    expected += 1;
+                    last_acked = seq as i64;
+                }
+                Some(if seq < expected {
+                    json!({"type": "ack", "ack_type": "output", "seq": seq})
+                } else {
+                    json!({"type": "nack", "nack_type": "out_of_order", "expected_seq": expected, "received_seq": seq})
+                })
+            }
+            ("complete", Plan::Honest) => {
+                let retcode = frame["retcode"].as_i64().unwrap_or(-1);
+                record(&mut |s, _| s.retcodes.push(retcode));
+                Some(json!({"type": "ack", "ack_type": "complete", "seq": frame["seq"]}))
+            }
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            if ws.send(Message::text(reply.to_string())).is_err() {
+                record(&mut |s, i| s.connections[i].ended = true);
+                return;
+            }
+        }
+    }
+}
