@@ -265,7 +265,7 @@ fn kill_group_until_gone(pgid: i32, deadline: Option<Instant>) -> Option<SystemT
         // Again each time: a process forked while the first SIGKILL was
         // being delivered must not survive it.
         if !child::signal_group(pgid, libc::SIGKILL) {
-            return Some(SystemTime::now());
+            return Some(crate::clock::now());
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -545,7 +545,7 @@ impl Report {
     }
 
     fn converse(&self, ws: &mut Socket) -> Result<Reported, String> {
-        send(ws, self.encoder.connect(SystemTime::now()))?;
+        send(ws, self.encoder.connect(crate::clock::now()))?;
         if self.send_start {
             send(
                 ws,
@@ -553,7 +553,7 @@ impl Report {
                     .start(self.spawned_at, self.job_pid, crate::VERSION),
             )?;
         }
-        send(ws, self.encoder.sync_request(SystemTime::now(), -1, 0))?;
+        send(ws, self.encoder.sync_request(crate::clock::now(), -1, 0))?;
         let answer_by = Instant::now() + ANSWER_TIMEOUT;
         let (mut connect_acked, mut start_acked) = (false, false);
         let last_seq = loop {
@@ -601,7 +601,7 @@ impl Report {
         let frame = |seq| {
             self.encoder.output(
                 String::new(),
-                SystemTime::now(),
+                crate::clock::now(),
                 Stream::Stdout,
                 seq,
                 &self.text,

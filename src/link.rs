@@ -25,7 +25,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
@@ -99,7 +99,7 @@ pub fn spawn_link(
     let (commands_tx, commands_rx) = channel();
     let (finished_tx, finished_rx) = channel::<()>();
     let (wake_read, wake_write) = wake_pipe()?;
-    let seed = SystemTime::now()
+    let seed = crate::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64

@@ -5,6 +5,7 @@
 //! the wiring of the threads around the supervisor.
 
 mod child;
+mod clock;
 mod config;
 mod daemon;
 mod effects;

@@ -206,7 +206,7 @@ impl Session {
     /// We are killing the job at the server's request: tell it so, once.
     pub fn announce_kill(&mut self, effects: &mut impl Effects) {
         log::info!("kill requested by the server");
-        self.send(effects, self.encoder.killed(SystemTime::now()));
+        self.send(effects, self.encoder.killed(crate::clock::now()));
     }
 
     pub fn on_link(
@@ -276,7 +276,7 @@ impl Session {
             ack_progress: now,
             complete_sent: None,
         });
-        let wall = SystemTime::now();
+        let wall = crate::clock::now();
         self.send(effects, self.encoder.connect(wall));
         if !self.start_acked {
             // The spawn time, not now: the server stores it as the run's
@@ -509,7 +509,7 @@ impl Session {
                     // Also while killing and while delivering after the end,
                     // so the server does not declare the machine lost (253).
                     if self.conn.is_some() {
-                        self.send(effects, self.encoder.heartbeat(SystemTime::now()));
+                        self.send(effects, self.encoder.heartbeat(crate::clock::now()));
                     }
                     while self.next_heartbeat <= now {
                         self.next_heartbeat += HEARTBEAT_INTERVAL;
@@ -612,7 +612,7 @@ impl Session {
                     conn.ack_progress = now;
                 }
             }
-            let wall = SystemTime::now();
+            let wall = crate::clock::now();
             while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
                 let buffer = self.frames.take(batch.text.len() + 256);
                 let frame = self

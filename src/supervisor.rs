@@ -331,7 +331,7 @@ mod tests {
     }
 
     fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
-        job_ends_at(sup, status, now, SystemTime::now());
+        job_ends_at(sup, status, now, crate::clock::now());
     }
 
     /// The job's main process exited at wall-clock time `at`.
@@ -445,7 +445,7 @@ mod tests {
         sup.handle(
             Event::ChildExited {
                 status: libc::SIGTERM,
-                at: SystemTime::now(),
+                at: crate::clock::now(),
             },
             t0,
         );

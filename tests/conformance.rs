@@ -481,7 +481,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
 #[test]
 fn version_help_and_foreground() {
     let dir = TestDir::new("cli");
-    let version = std::process::Command::new(common::wrapper_bin())
+    let version = common::wrapper_command()
         .arg("--version")
         .output()
         .expect("run");
@@ -489,7 +489,7 @@ fn version_help_and_foreground() {
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("sp_wrapper {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = std::process::Command::new(common::wrapper_bin())
+    let help = common::wrapper_command()
         .arg("--help")
         .output()
         .expect("run");

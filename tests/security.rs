@@ -643,8 +643,9 @@ fn signal_kills_the_job_and_reports_143(signal: i32, name: &str, ignored: &'stat
     assert_eq!(launched.code, Some(0), "{launched:?}");
     let daemon = pid_from(&daemon_file);
     assert!(
-        std::fs::read_link(format!("/proc/{daemon}/exe"))
-            .is_ok_and(|exe| exe.to_string_lossy().contains("sp_wrapper")),
+        std::fs::read_link(format!("/proc/{daemon}/exe")).is_ok_and(|exe| exe
+            .to_string_lossy()
+            .contains(&common::wrapper_image_name())),
         "the job's parent is the wrapper"
     );
     assert!(
