@@ -11,7 +11,7 @@
 //! output, killing a process group, 8 MB of output, overlap, releasing
 //! Salt's pipes), against the real Saltpeter endpoint. The first test proves
 //! the filter really refuses new calls (and lets old ones through), so the
-//! others cannot pass vacuously; the last one, when `strace` is installed,
+//! others cannot pass vacuously; the last one, which needs `strace`,
 //! lists every system call the wrapper makes under the filter
 //! (docs/packaging.md, "Linux 2.6.32").
 //!
@@ -931,9 +931,11 @@ struct AuditRun {
 /// threads, and the job's child until it executes /bin/sh): a server that
 /// comes late while output spills to the spool, output on both streams with
 /// the lock and an exit code, a timeout kill (as `SP_USER=nobody` when we are
-/// root). Skipped, loudly, when strace is not installed.
+/// root). Ignored by default with its reason; run with --include-ignored
+/// (as ./build.sh test does, after ./build.sh deps installed strace) it fails
+/// when strace is missing rather than passing without auditing anything.
 #[test]
-#[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
+#[ignore = "needs the static binary, the endpoint and strace: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
 fn syscall_audit_under_strace() {
     let bin = static_wrapper();
     let abi_name = seccomp::abi_of_binary(&bin).expect("checked above").name;
@@ -942,10 +944,9 @@ fn syscall_audit_under_strace() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        eprintln!(
-            "SKIPPED: strace is not installed (apt-get install strace) for the syscall audit"
+        panic!(
+            "strace is not installed, so the syscall audit cannot run (./build.sh deps installs it; or apt-get install strace)"
         );
-        return;
     };
     let dir = TestDir::new("ok_audit");
     let mut server = Harness::start_without_endpoint(&dir);
