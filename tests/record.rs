@@ -257,7 +257,7 @@ fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
     Launch::new(&server.url(), "stingy", "stingy_1", &command, &dir)
         .run()
         .expect_started();
-    let daemon = common::pid_from(&pid_file);
+    let daemon = common::read_pid_file(&pid_file, Duration::from_secs(20));
     wait_log(&dir, "stingy", "job finished", Duration::from_secs(10));
     let ended_at = wall_now();
     // Documented bound: 60 s without delivery progress after the end.

@@ -33,8 +33,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Harness, Launch, Launched, TestDir, assert_same, log_text, log_text_at, pid_alive, pid_from,
-    wait_until,
+    Harness, Launch, Launched, TestDir, assert_same, log_text, log_text_at, pid_alive,
+    read_pid_file, wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -641,7 +641,7 @@ fn signal_kills_the_job_and_reports_143(signal: i32, name: &str, ignored: &'stat
         ignored,
     );
     assert_eq!(launched.code, Some(0), "{launched:?}");
-    let daemon = pid_from(&daemon_file);
+    let daemon = read_pid_file(&daemon_file, Duration::from_secs(20));
     assert!(
         std::fs::read_link(format!("/proc/{daemon}/exe")).is_ok_and(|exe| exe
             .to_string_lossy()
@@ -657,7 +657,7 @@ fn signal_kills_the_job_and_reports_143(signal: i32, name: &str, ignored: &'stat
     );
     // Signal once `sleep` has really been exec'd: a signal that lands in a
     // shell's fork-to-exec window is a race inside the job, not the wrapper.
-    let sleeper = pid_from(&sleeper_file);
+    let sleeper = read_pid_file(&sleeper_file, Duration::from_secs(20));
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(
             format!("/proc/{sleeper}/comm")
@@ -727,7 +727,7 @@ fn waiting_job(
         ignored,
     );
     assert_eq!(launched.code, Some(0), "{launched:?}");
-    let daemon = pid_from(&dir.join("daemon.pid"));
+    let daemon = read_pid_file(&dir.join("daemon.pid"), Duration::from_secs(20));
     assert!(
         wait_until(Duration::from_secs(20), || server
             .result(name, MACHINE)

@@ -567,21 +567,6 @@ pub fn wall_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The daemon is the job's parent: the job writes `$PPID` to `file`.
-pub fn pid_from(file: &Path) -> i32 {
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(file)
-            .is_ok_and(|s| s.ends_with('\n'))),
-        "{} was not written",
-        file.display()
-    );
-    std::fs::read_to_string(file)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid number")
-}
-
 /// Is a process with this pid alive (and not a zombie)?
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -710,8 +695,10 @@ impl Drop for CuttingProxy {
 pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
     let mut pid = None;
     wait_until(timeout, || {
+        // Whole lines only: a read between two writes must not give a prefix.
         pid = std::fs::read_to_string(path)
             .ok()
+            .filter(|text| text.ends_with('\n'))
             .and_then(|text| text.trim().parse().ok());
         pid.is_some()
     });
@@ -775,35 +762,4 @@ pub fn lock_is_free(path: &Path) -> bool {
         return true;
     }
     false
-}
-
-/// Seconds since the epoch of a time the endpoint recorded, as Python's
-/// `str(datetime)` prints it: `2026-11-23 16:55:01.123456+00:00`.
-pub fn recorded_seconds(text: &str) -> f64 {
-    fn parts<T: std::str::FromStr>(text: &str, separator: char) -> Option<Vec<T>> {
-        text.split(separator).map(|p| p.parse().ok()).collect()
-    }
-    let fields = text.split_once([' ', 'T']).and_then(|(date, time)| {
-        let time = time.strip_suffix("+00:00")?;
-        Some((parts::<i64>(date, '-')?, parts::<f64>(time, ':')?))
-    });
-    let Some((ymd, hms)) = fields.filter(|(d, t)| d.len() == 3 && t.len() == 3) else {
-        panic!("unexpected recorded time {text:?}");
-    };
-    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
-    // Days from civil (Howard Hinnant's algorithm).
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
-}
-
-/// Seconds since the epoch, now.
-pub fn now_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
