@@ -270,6 +270,104 @@ armv7_cargo() {
         --config "target.$ARMV7.rustflags=['-C','link-self-contained=no','-L','native=$ARMV7_MUSL','-L','native=$unwind','-C','link-arg=$ARMV7_MUSL/crt1.o','-C','link-arg=$ARMV7_MUSL/crti.o','-C','link-arg=$ARMV7_MUSL/crtn.o']"
 }
 
+# ---------------------------------------------------------------------------
+# Proving each binary (docs/packaging.md, "Proving each binary"). The test
+# harness runs natively and launches dist/<triple>/sp_wrapper through
+# SP_WRAPPER_RUNNER: qemu-aarch64 / qemu-arm for the ARM builds; nothing for
+# i686, which this x86_64 kernel runs itself (its real 32-bit system-call
+# ABI, which qemu-i386 would only translate, and the seccomp filter's i386
+# table). The jobs' /bin/sh is the host's: with no binfmt_misc entry,
+# qemu-user's execve hands a native executable to the kernel.
+
+# prove_arch TRIPLE: unit tests built for it, the conformance, delivery and
+# security suites (root-only tests included) against the real endpoint, the
+# old-kernel suite where the filter has the arch's table, and the after-2038
+# check. Prints each suite's time.
+prove_arch() {
+    local triple=$1 runner= unit_runner_var faker started
+    case "$triple" in
+        x86_64-*) faker=qemu-x86_64 ;;
+        aarch64-*) runner=qemu-aarch64 faker=qemu-aarch64 ;;
+        i686-*) faker=qemu-i386 ;;
+        armv7-*) runner=qemu-arm faker=qemu-arm ;;
+    esac
+    local bin="$PWD/dist/$triple/sp_wrapper"
+    unit_runner_var="CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUNNER"
+    timed() {
+        local what=$1
+        shift
+        started=$SECONDS
+        "$@"
+        ARCH_TIMES+=("$(printf '%-32s %-44s %4d s' "$triple" "$what" $((SECONDS - started)))")
+    }
+    say "$triple: unit tests built for it${runner:+, run under $runner}"
+    if [ "$triple" = "$TARGET" ]; then
+        say "$triple: the host's own unit tests above are the same code (glibc build); the static build runs every suite below"
+    elif [ "$triple" = "$ARMV7" ]; then
+        timed "unit tests (std from source, qemu-arm)" armv7_unit_tests
+    else
+        timed "unit tests${runner:+ ($runner)}" env "$unit_runner_var=$runner" \
+            cargo test --release --locked --target "$triple" --bin sp_wrapper
+    fi
+    say "$triple: conformance, delivery and security suites against the real endpoint${runner:+, under $runner}"
+    local skip=()
+    if [ -n "$runner" ]; then
+        # The daemon's RSS under qemu-user is qemu's own (its translator and
+        # code cache) plus the guest's: the memory bound is measured natively.
+        say "SKIPPED under $runner: two_hundred_megabytes_with_no_server_stay_within_the_memory_bound (RSS would include qemu itself; measured on x86_64 and i686)"
+        skip=(--skip two_hundred_megabytes_with_no_server_stay_within_the_memory_bound)
+    fi
+    timed "conformance + delivery + security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
+        cargo test --release --locked --test conformance --test delivery --test security -- --include-ignored "${skip[@]}"
+    case "$triple" in
+        "$TARGET") ;; # its old-kernel run is above
+        i686-*)
+            say "$triple: old-kernel tests (2.6.32, i386 table) and the conformance suite under the filter"
+            timed "old kernel 2.6.32 (i386 seccomp table)" env SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$bin" \
+                cargo test --release --locked --test old_kernel --test conformance -- --include-ignored
+            ;;
+        *)
+            say "SKIPPED $triple old-kernel tests (floor: $(arch_floor "$triple")): the binary runs under qemu-user, which translates its system calls into the host's, so a host seccomp filter cannot play the guest's old kernel (docs/packaging.md)"
+            ;;
+    esac
+    say "$triple: a job in 2040 (libfaketime in $faker)"
+    timed "after 2038 ($faker + libfaketime)" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$faker" \
+        cargo test --release --locked --test arch -- --include-ignored
+}
+
+arch_floor() {
+    case "$1" in
+        x86_64-* | i686-*) echo "Linux 2.6.32" ;;
+        aarch64-*) echo "Linux 3.7, the first with arm64" ;;
+        armv7-*) echo "Linux 3.2 (musl 1.2's floor; armhf boards shipped 2.6.3x kernels)" ;;
+    esac
+}
+
+# armv7's unit tests: std and the test harness from source, with unwinding
+# (the harness catches each test's panic), so the release profile's
+# panic=abort is overridden (else cargo builds std both ways and the crates
+# see two `core`s), in their own target directory (apart from the shipped
+# binary's panic=abort std).
+armv7_unit_tests() {
+    local unwind
+    unwind="$PWD/$ARMV7_UNWIND"
+    RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/armv7-test CARGO_PROFILE_RELEASE_PANIC=unwind \
+        CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUNNER=qemu-arm \
+        cargo test --release --locked --target "$ARMV7" --bin sp_wrapper -Zbuild-std=std,panic_unwind \
+        --config "target.$ARMV7.rustflags=['-C','link-self-contained=no','-L','native=$ARMV7_MUSL','-L','native=$unwind','-C','link-arg=$ARMV7_MUSL/crt1.o','-C','link-arg=$ARMV7_MUSL/crti.o','-C','link-arg=$ARMV7_MUSL/crtn.o']"
+}
+
+ARCH_TIMES=()
+prove_all_arches() {
+    local triple
+    build_all
+    for triple in "${BUILT_ARCHES[@]}"; do
+        prove_arch "$triple"
+    done
+    say "per-arch proofs (times):"
+    printf '    %s\n' "${ARCH_TIMES[@]}"
+}
+
 # Builds every arch; BUILT_ARCHES lists those that built. Only armv7 may be
 # skipped, and only with its reason printed.
 BUILT_ARCHES=()
@@ -316,6 +414,8 @@ run_tests() {
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel --test conformance --test guardian -- --include-ignored
+    say "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
+    prove_all_arches
     say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
@@ -423,6 +523,11 @@ case "${1:-build}" in
         fi
         ;;
     build-all) build_all ;;
+    test-arches)
+        # The per-arch part of ./build.sh test alone (after ./build.sh deps).
+        export SP_TEST_PYTHON="$PWD/$PYTHON"
+        prove_all_arches
+        ;;
     build-local) build_local ;;
     test) run_tests ;;
     deps) deps ;;
