@@ -5,12 +5,10 @@
 //!
 //! Every network address is `127.0.0.1` with a port the OS picked.
 
-#![allow(dead_code)]
-
 pub mod hostile;
 pub mod scripted;
 pub mod seccomp;
-#[path = "../../src/xorshift.rs"]
+#[path = "../../../src/xorshift.rs"]
 pub mod xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -581,13 +579,11 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// A TCP proxy on 127.0.0.1:0 to `upstream` that cuts every connection
-/// after a random time in [min, max], and can refuse connections for a while.
+/// after a random time in [min, max].
 pub struct CuttingProxy {
     port: u16,
     stop: Arc<AtomicBool>,
-    refusing: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
-    cuts: Arc<AtomicU64>,
 }
 
 impl CuttingProxy {
@@ -596,17 +592,10 @@ impl CuttingProxy {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let refusing = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
-        let cuts = Arc::new(AtomicU64::new(0));
         let rng = Arc::new(Mutex::new(xorshift::XorShift::new(seed)));
         {
-            let (stop, refusing, connections, cuts) = (
-                stop.clone(),
-                refusing.clone(),
-                connections.clone(),
-                cuts.clone(),
-            );
+            let (stop, connections) = (stop.clone(), connections.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let client = match listener.accept() {
@@ -616,10 +605,6 @@ impl CuttingProxy {
                             continue;
                         }
                     };
-                    if refusing.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                         continue;
                     };
@@ -646,13 +631,12 @@ impl CuttingProxy {
                             let _ = from.shutdown(Shutdown::Both);
                         });
                     }
-                    let (stop, cuts) = (stop.clone(), cuts.clone());
+                    let stop = stop.clone();
                     thread::spawn(move || {
                         let deadline = Instant::now() + lifetime;
                         while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
                             thread::sleep(Duration::from_millis(10));
                         }
-                        cuts.fetch_add(1, Ordering::SeqCst);
                         let _ = client.shutdown(Shutdown::Both);
                         let _ = server.shutdown(Shutdown::Both);
                     });
@@ -662,14 +646,8 @@ impl CuttingProxy {
         CuttingProxy {
             port,
             stop,
-            refusing,
             connections,
-            cuts,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     pub fn url(&self) -> String {
@@ -678,10 +656,6 @@ impl CuttingProxy {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
-    }
-
-    pub fn refuse(&self, refuse: bool) {
-        self.refusing.store(refuse, Ordering::SeqCst);
     }
 }
 

@@ -21,11 +21,9 @@
 //! ```sh
 //! ./build.sh && ./build.sh deps
 //! SP_TEST_PYTHON=$PWD/.venv/bin/python SP_WRAPPER_BIN=$PWD/dist/sp_wrapper \
-//!     cargo test --release --test old_kernel -- --include-ignored
+//!     cargo test --release --test integration -- --include-ignored old_kernel::
 //! ```
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -34,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, group_members, lock_is_free, log_text,
     pid_alive, read_pid_file, seccomp, wait_until,
 };
@@ -53,10 +51,10 @@ fn static_wrapper() -> PathBuf {
         .expect(
             "SP_WRAPPER_BIN is not set: these tests run the static release binary; \
          run ./build.sh, then SP_WRAPPER_BIN=$PWD/dist/sp_wrapper cargo test --release \
-         --test old_kernel -- --include-ignored (./build.sh test does)",
+         --test integration -- --include-ignored old_kernel:: (./build.sh test does)",
         );
     assert!(
-        common::wrapper_runner().is_empty(),
+        crate::common::wrapper_runner().is_empty(),
         "SP_WRAPPER_RUNNER is set: under an emulator the filter would judge the emulator's \
          host system calls, not the wrapper's; the old-kernel tests cannot run that way"
     );
@@ -806,7 +804,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
 fn the_daemons_death_kills_the_job_and_is_reported() {
     // No subreaper under the filter: when the daemon dies the job's
     // processes go to init, and the guardian sees the group end through
-    // kill(-pgid, 0) alone (tests/guardian.rs has the full set).
+    // kill(-pgid, 0) alone (tests/integration/guardian.rs has the full set).
     let dir = TestDir::new("ok_guardian");
     let mut server = Harness::start(&dir);
     server.add_job("orphaned", "orphaned_1", &[MACHINE]);

@@ -12,12 +12,10 @@
 //! the job writes: `$PPID` of the job's shell is the daemon, the daemon's
 //! parent is the guardian, the shell's pid is the job's process group.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Harness, JobResult, Launch, TestDir, group_members, lock_is_free, log_text, parent_of,
     pid_alive, read_pid_file, unix_seconds, vm_rss_kib, wait_until, wall_now,
 };
@@ -414,7 +412,7 @@ fn spool_files_of_dead_agents_are_removed_at_the_next_start() {
     for path in kept.iter().chain([&stale]) {
         std::fs::write(path, "x").expect("write");
     }
-    let result = common::run_job(&mut server, &dir, "fresh", "echo fresh");
+    let result = crate::common::run_job(&mut server, &dir, "fresh", "echo fresh");
     assert_eq!((result.retcode, result.ret.as_str()), (Some(0), "fresh\n"));
     assert!(
         !stale.exists(),

@@ -22,8 +22,6 @@
 //! | a hostile server (`common::hostile`) | `a_hostile_server_cannot_break_delivery_or_the_job` | garbage, absurd numbers, oversized frames: exact output, the job's own retcode |
 //! | | `a_hostile_server_cannot_fill_the_disk_through_the_log` | server strings are clipped before they are logged |
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -32,7 +30,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, log_text, log_text_at, pid_alive,
     read_pid_file, wait_until,
 };
@@ -645,7 +643,7 @@ fn signal_kills_the_job_and_reports_143(signal: i32, name: &str, ignored: &'stat
     assert!(
         std::fs::read_link(format!("/proc/{daemon}/exe")).is_ok_and(|exe| exe
             .to_string_lossy()
-            .contains(&common::wrapper_image_name())),
+            .contains(&crate::common::wrapper_image_name())),
         "the job's parent is the wrapper"
     );
     assert!(
@@ -886,7 +884,8 @@ fn the_job_starts_with_no_blocked_or_ignored_signals() {
 #[test]
 fn a_hostile_server_cannot_break_delivery_or_the_job() {
     let dir = TestDir::new("hostile");
-    let (port, seen) = common::hostile::start("hostile_1", common::hostile::Plan::Oversized);
+    let (port, seen) =
+        crate::common::hostile::start("hostile_1", crate::common::hostile::Plan::Oversized);
     // 2,000 numbered lines over about 2 s, then exit 5.
     let command = "i=0; while [ $i -lt 2000 ]; do echo \"line $i\"; i=$((i+1)); \
                    if [ $((i % 100)) -eq 0 ]; then sleep 0.1; fi; done; exit 5";
@@ -951,7 +950,8 @@ fn a_hostile_server_cannot_break_delivery_or_the_job() {
 #[test]
 fn a_hostile_server_cannot_fill_the_disk_through_the_log() {
     let dir = TestDir::new("flood");
-    let (port, seen) = common::hostile::start("flood_1", common::hostile::Plan::LogFlood(30));
+    let (port, seen) =
+        crate::common::hostile::start("flood_1", crate::common::hostile::Plan::LogFlood(30));
     let launched = Launch::new(
         &format!("ws://127.0.0.1:{port}"),
         "flood",
