@@ -2,14 +2,19 @@
 # build.sh: build, test, demo, benchmark and package sp_wrapper.
 #
 #   ./build.sh [build]     static release binary -> dist/sp_wrapper (default)
+#   ./build.sh build ARCH  one arch -> dist/<triple>/sp_wrapper (x86_64|aarch64|i686|armv7,
+#                          or arm64|i386|armhf, or the triple)
+#   ./build.sh build-all   every arch -> dist/<triple>/sp_wrapper; armv7 is skipped, with
+#                          the reason, when its toolchain is missing (docs/packaging.md)
 #   ./build.sh build-local release binary for this host -> dist/sp_wrapper-local
 #   ./build.sh test        everything CI runs (installs what it needs first)
-#   ./build.sh deps        the musl target and .venv with the real Saltpeter endpoint
+#   ./build.sh deps        the musl target, .venv with the real Saltpeter endpoint,
+#                          and the packaging tools from Debian
 #   ./build.sh demo        build, run one job against the real endpoint, show the result
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
-#   ./build.sh package     dist/*.deb and dist/*.rpm
+#   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,13 +32,50 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 say() { printf '==> %s\n' "$*"; }
 
 deps_rust() {
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
-        say "installing the Rust target $TARGET"
-        if ! rustup target add "$TARGET"; then
-            echo "build.sh: cannot install the Rust target $TARGET; run 'rustup target add $TARGET' with network access to the Rust dist server, then retry" >&2
-            exit 1
-        fi
+    local triple missing=()
+    for triple in "$TARGET" "$@"; do
+        rustup target list --installed 2>/dev/null | grep -qx "$triple" || missing+=("$triple")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing the Rust targets ${missing[*]}"
+    if ! rustup target add "${missing[@]}"; then
+        echo "build.sh: cannot install the Rust targets ${missing[*]}; run 'rustup target add ${missing[*]}' with network access to the Rust dist server, then retry" >&2
+        exit 1
     fi
+}
+
+# The other arches (docs/packaging.md, "The binaries"): Rust targets for
+# aarch64 and i686; for armv7, whose std rustup cannot download, std's
+# sources (rust-src), Debian's musl for armhf, and clang to build LLVM's
+# libunwind; qemu-user to run aarch64 and armv7 binaries, faketime for the
+# after-2038 check. apt only when something is missing (and we are root).
+deps_arches() {
+    deps_rust aarch64-unknown-linux-musl i686-unknown-linux-musl
+    if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+        say "installing rust-src (armv7's std is built from source)"
+        rustup component add rust-src ||
+            echo "build.sh: cannot install rust-src; armv7 will be skipped" >&2
+    fi
+    local missing=() tool
+    for tool in qemu-aarch64:qemu-user qemu-arm:qemu-user qemu-i386:qemu-user faketime:faketime \
+        clang:clang llvm-ar:llvm strace:strace readelf:binutils file:file; do
+        command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+    done
+    [ -f "$ARMV7_MUSL/libc.a" ] || missing+=(musl-dev:armhf)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "build.sh: missing ${missing[*]}; as root run 'dpkg --add-architecture armhf && apt-get update && apt-get install -y ${missing[*]}'" >&2
+        return 0
+    fi
+    say "installing ${missing[*]} from Debian"
+    if [[ " ${missing[*]} " == *" musl-dev:armhf "* ]] && ! dpkg --print-foreign-architectures | grep -qx armhf; then
+        dpkg --add-architecture armhf
+    fi
+    # A mirror mid-sync can fail one index of `apt-get update`; the install
+    # below says whether what we need was found.
+    apt-get update -q >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null ||
+        echo "build.sh: could not install ${missing[*]}; arches that need them are skipped" >&2
 }
 
 deps_python() {
@@ -52,28 +94,200 @@ deps_python() {
     fi
 }
 
+# What packaging and its checks need, from Debian: dpkg-dev and rpm build the
+# packages, help2man makes the man page, lintian and rpmlint judge them,
+# logrotate is driven by the rotation test, qemu-user runs the binaries of
+# other arches, groff renders the man page; jinja2 and PyYAML (in .venv)
+# render the Salt state of docs/deploy.md.
+deps_packaging() {
+    local tool missing=()
+    for tool in dpkg-deb:dpkg-dev rpmbuild:rpm help2man:help2man lintian:lintian \
+        rpmlint:rpmlint logrotate:logrotate qemu-aarch64:qemu-user groff:groff file:file; do
+        command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]} from Debian (packaging)"
+        if ! { apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${missing[@]}" >/dev/null; }; }; then
+            echo "build.sh: cannot install ${missing[*]}; as root with network access run 'apt-get update && apt-get install -y ${missing[*]}', then retry" >&2
+            exit 1
+        fi
+    fi
+    deps_python
+    if ! "$PYTHON" -c 'import jinja2, yaml' 2>/dev/null; then
+        say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
+        "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
+    fi
+}
+
 deps() {
     deps_rust
+    deps_arches
     deps_python
+    deps_packaging
 }
 
 build() {
     deps_rust
-    say "building the static release binary ($TARGET)"
-    cargo build --release --locked --target "$TARGET"
-    mkdir -p dist
+    build_arch "$TARGET"
+}
+
+# ---------------------------------------------------------------------------
+# Every arch (docs/packaging.md, "The binaries"). Output: dist/<triple>/sp_wrapper,
+# and dist/sp_wrapper for x86_64 as ever.
+
+ARCHES=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl i686-unknown-linux-musl armv7-unknown-linux-musleabihf)
+ARMV7=armv7-unknown-linux-musleabihf
+# Debian's musl-dev:armhf (multiarch).
+ARMV7_MUSL=/usr/lib/arm-linux-musleabihf
+ARMV7_UNWIND=target/armv7-libunwind
+# Set by build_armv7 when it cannot build, for the caller to print.
+SKIP_REASON=
+
+triple_of() {
+    case "$1" in
+        x86_64 | amd64 | x86_64-unknown-linux-musl) echo x86_64-unknown-linux-musl ;;
+        aarch64 | arm64 | aarch64-unknown-linux-musl) echo aarch64-unknown-linux-musl ;;
+        i686 | i386 | i686-unknown-linux-musl) echo i686-unknown-linux-musl ;;
+        armv7 | armhf | armv7-unknown-linux-musleabihf) echo "$ARMV7" ;;
+        *)
+            echo "build.sh: unknown arch '$1' (x86_64, aarch64, i686 or armv7)" >&2
+            exit 2
+            ;;
+    esac
+}
+
+# What file(1) says about a binary for each triple (its ELF class and machine).
+file_says() {
+    case "$1" in
+        x86_64-*) echo "ELF 64-bit LSB executable, x86-64" ;;
+        aarch64-*) echo "ELF 64-bit LSB executable, ARM aarch64" ;;
+        i686-*) echo "ELF 32-bit LSB executable, Intel 80386" ;;
+        armv7-*) echo "ELF 32-bit LSB executable, ARM, EABI5" ;;
+    esac
+}
+
+# build_arch TRIPLE: build, install to dist/<triple>/sp_wrapper (and
+# dist/sp_wrapper for x86_64), check. Returns 1 with SKIP_REASON set when
+# armv7's toolchain is missing; exits on any other failure.
+build_arch() {
+    local triple=$1 built
+    mkdir -p "dist/$triple"
+    # Never leave an older binary standing for an arch that did not build.
+    rm -f "dist/$triple/sp_wrapper"
+    if [ "$triple" = "$ARMV7" ]; then
+        build_armv7 || return 1
+    else
+        [ "$triple" = "$TARGET" ] || deps_rust "$triple"
+        say "building the static release binary ($triple)"
+        cargo build --release --locked --target "$triple"
+    fi
+    built="target/$triple/release/sp_wrapper"
     # Install by rename: a daemon still running the old file (tests leave some
     # finishing their delivery) makes a plain cp fail with "Text file busy".
-    cp "target/$TARGET/release/sp_wrapper" dist/sp_wrapper.new
-    mv -f dist/sp_wrapper.new dist/sp_wrapper
-    if command -v file >/dev/null; then file dist/sp_wrapper; fi
-    local size
-    size=$(stat -c %s dist/sp_wrapper)
-    say "dist/sp_wrapper: $size bytes ($((size / 1024)) KiB; bound $((MAX_SIZE / 1024)) KiB)"
-    if [ "$size" -gt "$MAX_SIZE" ]; then
-        echo "build.sh: dist/sp_wrapper is $size bytes, over the $MAX_SIZE-byte bound" >&2
-        exit 1
+    cp "$built" "dist/$triple/sp_wrapper.new"
+    mv -f "dist/$triple/sp_wrapper.new" "dist/$triple/sp_wrapper"
+    check_static "dist/$triple/sp_wrapper" "$triple"
+    if [ "$triple" = "$TARGET" ]; then
+        cp "$built" dist/sp_wrapper.new
+        mv -f dist/sp_wrapper.new dist/sp_wrapper
+        check_static dist/sp_wrapper "$triple"
     fi
+}
+
+# check_static FILE TRIPLE: the right machine, statically linked, a plain
+# ET_EXEC with no program interpreter, and under MAX_SIZE.
+check_static() {
+    local bin=$1 triple=$2 says size
+    says=$(file -b "$bin")
+    static_fail() {
+        echo "build.sh: $bin: $*" >&2
+        exit 1
+    }
+    [[ "$says" == "$(file_says "$triple")"* ]] || static_fail "not a $triple executable: $says"
+    [[ "$says" == *"statically linked"* ]] || static_fail "not statically linked: $says"
+    LC_ALL=C readelf -h "$bin" | grep -Eq 'Type:[[:space:]]+EXEC' || static_fail "not a plain static executable (ET_EXEC)"
+    if LC_ALL=C readelf -l "$bin" | grep -q INTERP; then static_fail "has a program interpreter (PT_INTERP)"; fi
+    size=$(stat -c %s "$bin")
+    [ "$size" -le "$MAX_SIZE" ] || static_fail "$size bytes, over the $MAX_SIZE-byte bound"
+    say "$bin: $size bytes ($((size / 1024)) KiB; bound $((MAX_SIZE / 1024)) KiB), static ET_EXEC, no PT_INTERP: $says"
+}
+
+# armv7: rustup has no prebuilt std for armv7-unknown-linux-musleabihf, so
+# std is built from its sources (-Zbuild-std; RUSTC_BOOTSTRAP=1 lets the
+# stable compiler accept it), linked by rust-lld against Debian's
+# musl-dev:armhf (crt objects and libc.a, musl 1.2.3) and LLVM's libunwind,
+# which std's unwind crate links on musl and which we compile from rust-src
+# with clang (std is built panic=abort, but its backtrace code still links
+# the unwinder).
+build_armv7() {
+    local sysroot src_unwind resource flags f
+    sysroot=$(rustc --print sysroot)
+    src_unwind="$sysroot/lib/rustlib/src/rust/src/llvm-project/libunwind"
+    if [ ! -d "$sysroot/lib/rustlib/src/rust/library/std" ]; then
+        SKIP_REASON="no std sources (rustup component add rust-src)"
+    elif [ ! -f "$ARMV7_MUSL/libc.a" ]; then
+        SKIP_REASON="no musl libc for armhf in $ARMV7_MUSL (dpkg --add-architecture armhf; apt-get install musl-dev:armhf)"
+    elif ! command -v clang >/dev/null || ! command -v llvm-ar >/dev/null; then
+        SKIP_REASON="no clang/llvm-ar to build libunwind for armv7 (apt-get install clang llvm)"
+    elif [ ! -d "$src_unwind/src" ]; then
+        SKIP_REASON="rust-src has no llvm-project/libunwind"
+    fi
+    [ -z "$SKIP_REASON" ] || return 1
+    if [ ! -f "$ARMV7_UNWIND/libunwind.a" ]; then
+        say "building LLVM libunwind for $ARMV7 (clang, from rust-src)"
+        resource=$(clang -print-resource-dir)
+        flags=(--target=armv7-unknown-linux-musleabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
+            -O2 -nostdinc -isystem "$resource/include" -isystem /usr/include/arm-linux-musleabihf
+            -I "$src_unwind/include" -funwind-tables -fstrict-aliasing -fvisibility=hidden
+            -D_LIBUNWIND_DISABLE_VISIBILITY_ANNOTATIONS -D_LIBUNWIND_IS_NATIVE_ONLY)
+        rm -rf "$ARMV7_UNWIND.tmp" && mkdir -p "$ARMV7_UNWIND.tmp"
+        for f in UnwindLevel1.c UnwindLevel1-gcc-ext.c Unwind-sjlj.c; do
+            clang "${flags[@]}" -std=c99 -c "$src_unwind/src/$f" -o "$ARMV7_UNWIND.tmp/${f%.*}.o" || SKIP_REASON="clang could not compile libunwind's $f for armv7"
+        done
+        for f in UnwindRegistersRestore.S UnwindRegistersSave.S; do
+            clang "${flags[@]}" -c "$src_unwind/src/$f" -o "$ARMV7_UNWIND.tmp/${f%.*}.o" || SKIP_REASON="clang could not assemble libunwind's $f for armv7"
+        done
+        for f in libunwind.cpp Unwind-EHABI.cpp Unwind-seh.cpp; do
+            clang++ "${flags[@]}" -std=c++17 -nostdinc++ -fno-exceptions -fno-rtti -c "$src_unwind/src/$f" -o "$ARMV7_UNWIND.tmp/${f%.*}.o" || SKIP_REASON="clang could not compile libunwind's $f for armv7"
+        done
+        [ -z "$SKIP_REASON" ] || return 1
+        llvm-ar rcs "$ARMV7_UNWIND.tmp/libunwind.a" "$ARMV7_UNWIND.tmp"/*.o
+        rm -rf "$ARMV7_UNWIND" && mv "$ARMV7_UNWIND.tmp" "$ARMV7_UNWIND"
+    fi
+    say "building the static release binary ($ARMV7, std from source)"
+    if ! armv7_cargo build --release --locked --target "$ARMV7"; then
+        SKIP_REASON="cargo build -Zbuild-std failed (output above)"
+        return 1
+    fi
+}
+
+# cargo with armv7's std-from-source flags (build and test share them).
+armv7_cargo() {
+    local unwind
+    unwind="$PWD/$ARMV7_UNWIND"
+    RUSTC_BOOTSTRAP=1 cargo "$@" -Zbuild-std=std,panic_abort \
+        --config "target.$ARMV7.rustflags=['-C','link-self-contained=no','-L','native=$ARMV7_MUSL','-L','native=$unwind','-C','link-arg=$ARMV7_MUSL/crt1.o','-C','link-arg=$ARMV7_MUSL/crti.o','-C','link-arg=$ARMV7_MUSL/crtn.o']"
+}
+
+# Builds every arch; BUILT_ARCHES lists those that built. Only armv7 may be
+# skipped, and only with its reason printed.
+BUILT_ARCHES=()
+build_all() {
+    local triple summary=()
+    deps_rust aarch64-unknown-linux-musl i686-unknown-linux-musl
+    for triple in "${ARCHES[@]}"; do
+        SKIP_REASON=
+        if build_arch "$triple"; then
+            BUILT_ARCHES+=("$triple")
+            summary+=("$(printf '%-32s %8s bytes  dist/%s/sp_wrapper' "$triple" "$(stat -c %s "dist/$triple/sp_wrapper")" "$triple")")
+        else
+            say "SKIPPED $triple: $SKIP_REASON"
+            summary+=("$(printf '%-32s SKIPPED (%s)' "$triple" "$SKIP_REASON")")
+        fi
+    done
+    say "build-all:"
+    printf '    %s\n' "${summary[@]}"
 }
 
 build_local() {
@@ -100,9 +314,9 @@ run_tests() {
     cargo test --release --locked --test security -- --ignored
     say "static binary checks"
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
-    say "old-kernel tests: the conformance suite again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
-    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel --test conformance -- --include-ignored
-    say "packages"
+    say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel --test conformance --test guardian -- --include-ignored
+    say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
     deps_e2e
@@ -185,15 +399,30 @@ e2e_bench() {
         --python-wrapper "$VENV/ref0930/saltpeter/wrapper.py" --runs 20
 }
 
-# Packaging (.deb and .rpm) lives in tests/packaging/package.sh so this file
-# stays a dispatcher; it is given the version and the built binary.
+# Packaging (a .deb and an .rpm for every arch in dist/) lives in
+# packaging/package.sh so this file stays a dispatcher. It packages what is
+# built: dist/sp_wrapper (x86_64, refreshed here) and dist/<triple>/sp_wrapper
+# from build-all.
 package() {
+    deps_packaging
     build
-    bash tests/packaging/package.sh "$VERSION" dist/sp_wrapper dist
+    rm -f dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
+    bash packaging/package.sh "$VERSION" dist dist
 }
 
 case "${1:-build}" in
-    build) build ;;
+    build)
+        if [ -n "${2:-}" ]; then
+            SKIP_REASON=
+            build_arch "$(triple_of "$2")" || {
+                echo "build.sh: $2 cannot be built here: $SKIP_REASON" >&2
+                exit 1
+            }
+        else
+            build
+        fi
+        ;;
+    build-all) build_all ;;
     build-local) build_local ;;
     test) run_tests ;;
     deps) deps ;;
@@ -204,7 +433,7 @@ case "${1:-build}" in
     e2e-bench) deps; build; e2e_bench ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build|build-local|test|deps|demo|bench|package|e2e|e2e-bench|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|clean]" >&2
         exit 2
         ;;
 esac

@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::supervisor::Event;
+use crate::messages::Event;
 
 /// A passwd entry, resolved in the launcher (an unknown user fails there).
 #[derive(Clone, Debug)]
@@ -206,7 +206,7 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
         });
     }
     let mut child = command.spawn()?;
-    let spawned_at = SystemTime::now();
+    let spawned_at = crate::clock::now();
     // Our copies of the merged pipe's write end went into `command`: drop
     // them, or the reader would never see end-of-file.
     drop(command);
@@ -270,7 +270,7 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
                     // Stamped here, when it happened, not when handled or sent.
                     Event::ChildExited {
                         status,
-                        at: SystemTime::now(),
+                        at: crate::clock::now(),
                     }
                 } else {
                     Event::Reaped

@@ -147,6 +147,17 @@ const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
 const DEFAULT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_BUFFER_MB: usize = 64;
+/// The largest SP_BUFFER_MAX_MB: 1 TiB, or half the address space where that
+/// is less (2047 MiB on i686 and armv7), so `mb << 20` cannot wrap in `usize`
+/// and a budget the process could never hold is refused at launch.
+const MAX_BUFFER_MB: u64 = {
+    let half_address_space_mb = (usize::MAX as u64 >> 1) >> 20;
+    if half_address_space_mb < 1 << 20 {
+        half_address_space_mb
+    } else {
+        1 << 20
+    }
+};
 /// Longest encoded job name used in a file name (NAME_MAX is 255, leave room
 /// for the `sp_wrapper_` prefix and the suffixes).
 const MAX_NAME_COMPONENT: usize = 200;
@@ -229,8 +240,9 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/sp_wrapper_{job_file_name}.lock")));
         let buffer_limit = match get("SP_BUFFER_MAX_MB") {
             None => DEFAULT_BUFFER_MB << 20,
-            Some(v) => match parse_whole("SP_BUFFER_MAX_MB", &v, 1 << 20)? {
+            Some(v) => match parse_whole("SP_BUFFER_MAX_MB", &v, MAX_BUFFER_MB)? {
                 0 => return bad("SP_BUFFER_MAX_MB", "must be at least 1"),
+                // Fits: MAX_BUFFER_MB << 20 is at most half of usize.
                 mb => (mb as usize) << 20,
             },
         };
@@ -515,6 +527,32 @@ mod tests {
         ] {
             let error = parse(&[(var, value)]).expect_err(value);
             assert_eq!(error.var, var, "{value}");
+        }
+    }
+
+    /// On 32-bit targets (./build.sh test runs these unit tests on i686)
+    /// 4096 MiB used to wrap to a 0-byte budget without a word.
+    #[test]
+    fn buffer_max_mb_is_refused_beyond_what_the_process_can_address() {
+        let limit = |value: &str| parse(&[("SP_BUFFER_MAX_MB", value)]).map(|c| c.buffer_limit);
+        let refused = |value: &str| {
+            let error = limit(value).expect_err(value);
+            assert_eq!(error.var, "SP_BUFFER_MAX_MB", "{value}");
+            assert!(error.problem.contains("too large"), "{value}: {error}");
+        };
+        assert_eq!(limit("1"), Ok(1 << 20));
+        assert_eq!(limit("2047"), Ok(2047 << 20));
+        refused("1048577");
+        refused("4294967296");
+        if cfg!(target_pointer_width = "32") {
+            assert_eq!(MAX_BUFFER_MB, 2047);
+            for value in ["2048", "4096", "4097", "8192"] {
+                refused(value);
+            }
+        } else {
+            assert_eq!(MAX_BUFFER_MB, 1 << 20);
+            assert_eq!(limit("4096").map(|b| b as u64), Ok(4096 << 20));
+            assert_eq!(limit("1048576").map(|b| b as u64), Ok(1 << 40));
         }
     }
 

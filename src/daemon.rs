@@ -1,15 +1,17 @@
 //! Detaching from Salt, and the launch contract (PROTOCOL.md, "How the
 //! server starts the wrapper").
 //!
-//! The launcher (the process Salt started) forks; the child calls `setsid`
-//! and forks again, so the daemon is in its own session, is not a session
-//! leader (it can never reacquire a terminal) and is reparented to init.
-//! The daemon puts /dev/null on 0, 1 and 2 and closes every other inherited
-//! descriptor, so Salt's pipes are released. It then takes the lock, opens
-//! the log and starts the job, and only then reports over a status pipe:
-//! `OK <pid>`, or `ERR <code> <message>`. The launcher prints the result and
-//! exits with it, so Salt sees success only once the job really runs, and
-//! otherwise one clear line with a meaningful code.
+//! The launcher (the process Salt started) forks; the child calls `setsid`,
+//! puts /dev/null on 0, 1 and 2 and closes every other inherited descriptor,
+//! so Salt's pipes are released. That child becomes the guardian
+//! (`guardian.rs`): it takes the lock and forks the daemon, which is in the
+//! guardian's session but not its leader (it can never reacquire a
+//! terminal). The daemon opens the log and starts the job, and only then
+//! reports over a status pipe: `OK <pid>`, or `ERR <code> <message>` (the
+//! guardian reports a lock failure the same way). The launcher prints the
+//! result and exits with it, so Salt sees success only once the job really
+//! runs, and otherwise one clear line with a meaningful code. The launcher
+//! does not wait for the guardian, which lives as long as the daemon.
 //!
 //! All of this happens before the process has any thread, as `fork` requires.
 
@@ -28,8 +30,9 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(25);
 pub enum Detached {
     /// In the launcher: the daemon has reported; exit with this code.
     Launcher(i32),
-    /// In the daemon: report how the start went.
-    Daemon(StatusReporter),
+    /// In the detached child (the guardian-to-be, then also the daemon after
+    /// `guardian::fork_daemon`): report how the start went.
+    Child(StatusReporter),
 }
 
 pub struct StatusReporter {
@@ -56,44 +59,37 @@ impl StatusReporter {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe (pipe2: Linux 2.6.27+), `(read, write)`, with
+/// `extra_flags` (`O_NONBLOCK`) on both ends.
+pub fn pipe(extra_flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | extra_flags) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn fork() -> io::Result<libc::pid_t> {
+pub fn fork() -> io::Result<libc::pid_t> {
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         pid => Ok(pid),
     }
 }
 
-/// Fork into launcher and daemon. Must be called while single-threaded.
+/// Fork into the launcher and a detached child. Must be called while
+/// single-threaded.
 pub fn detach() -> io::Result<Detached> {
-    let (read_end, write_end) = pipe()?;
-    let first = fork()?;
-    if first > 0 {
+    let (read_end, write_end) = pipe(0)?;
+    let child = fork()?;
+    if child > 0 {
         drop(write_end);
-        // The intermediate child exits at once; reap it so it is no zombie.
-        let mut status = 0;
-        unsafe { libc::waitpid(first, &mut status, 0) };
+        // No waitpid: the child is the guardian and outlives us; init reaps it.
         return Ok(Detached::Launcher(await_report(read_end)));
     }
-    // Intermediate child: new session, then fork the daemon and leave.
-    unsafe {
-        libc::setsid();
-        match libc::fork() {
-            -1 => libc::_exit(exit_codes::WRAPPER_ERROR),
-            0 => {}
-            _ => libc::_exit(0),
-        }
-    }
     drop(read_end);
+    unsafe { libc::setsid() };
     release_stdio(write_end.as_raw_fd());
-    Ok(Detached::Daemon(StatusReporter {
+    Ok(Detached::Child(StatusReporter {
         pipe: File::from(write_end),
     }))
 }

@@ -23,6 +23,11 @@ pub const KILLED_BY_REQUEST: i32 = 143;
 pub const OVERLAP: i32 = 254;
 /// Anything else that went wrong inside the wrapper.
 pub const WRAPPER_ERROR: i32 = 255;
+/// The agent (the daemon) died before the job's result was delivered; its
+/// guardian killed the job's process group and reports this, with a line of
+/// output saying how the agent died. A wrapper error, as the server's own
+/// 255; the line tells it from a job that exits 255 itself.
+pub const AGENT_DIED: i32 = WRAPPER_ERROR;
 
 /// Why we signalled the job's process group, if we did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

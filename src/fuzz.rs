@@ -9,28 +9,12 @@
 use std::collections::HashMap;
 
 use crate::config::Config;
+use crate::messages::{Inbound, Stream};
 use crate::outbox::{NackOutcome, Outbox};
-use crate::protocol::{self, Inbound, Stream};
+use crate::protocol;
 
 /// xorshift64*: small, deterministic, good enough to explore inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
+use crate::xorshift::XorShift as Rng;
 
 fn iterations(default: usize) -> usize {
     std::env::var("SP_FUZZ_ITERATIONS")
@@ -90,7 +74,10 @@ fn mutate(rng: &mut Rng, seed: &str) -> String {
                 let insert: Vec<char> = rng.pick(FRAGMENTS).chars().collect();
                 text.splice(at..at, insert);
             }
-            _ => text.insert(at, char::from_u32(rng.next() as u32 % 0x800).unwrap_or('x')),
+            _ => text.insert(
+                at,
+                char::from_u32(rng.next_u64() as u32 % 0x800).unwrap_or('x'),
+            ),
         }
     }
     text.into_iter().collect()

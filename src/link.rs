@@ -25,15 +25,16 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::config::WsUrl;
 use crate::frames::FramePool;
-use crate::protocol::{self, Inbound};
-use crate::supervisor::Event;
+use crate::messages::{Event, LinkCommand, LinkEvent};
+use crate::protocol;
+use crate::xorshift::XorShift;
 
 /// Per-address TCP connect bound: an unroutable server must not hold us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,47 +52,6 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Largest inbound frame: the server sends small control frames only.
 pub const MAX_INBOUND_FRAME: usize = 1 << 20;
-
-pub enum LinkCommand {
-    Send {
-        generation: u64,
-        frame: String,
-    },
-    /// Close this connection and reconnect (the supervisor saw it stall).
-    Drop {
-        generation: u64,
-        reason: String,
-    },
-    Shutdown,
-}
-
-pub enum LinkEvent {
-    /// The machine id, resolved on this thread before the first connection
-    /// (it may take a DNS lookup, which must not delay the job: the readers
-    /// and the supervisor run meanwhile). Always the first link event.
-    Identified {
-        machine: String,
-    },
-    Connected {
-        generation: u64,
-    },
-    Disconnected {
-        generation: u64,
-        reason: String,
-    },
-    ConnectFailed {
-        reason: String,
-    },
-    Frame {
-        generation: u64,
-        frame: Inbound,
-    },
-    /// A frame we could not use (logged, otherwise ignored).
-    BadFrame {
-        generation: u64,
-        reason: String,
-    },
-}
 
 /// The supervisor's end: queue a command and wake the link thread.
 pub struct LinkHandle {
@@ -139,7 +99,7 @@ pub fn spawn_link(
     let (commands_tx, commands_rx) = channel();
     let (finished_tx, finished_rx) = channel::<()>();
     let (wake_read, wake_write) = wake_pipe()?;
-    let seed = SystemTime::now()
+    let seed = crate::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64
@@ -150,7 +110,7 @@ pub fn spawn_link(
         commands: commands_rx,
         wake: wake_read,
         generation: 0,
-        rng: seed | 1,
+        rng: XorShift::new(seed),
         frames,
     };
     std::thread::Builder::new()
@@ -177,7 +137,7 @@ struct Link {
     commands: Receiver<LinkCommand>,
     wake: OwnedFd,
     generation: u64,
-    rng: u64,
+    rng: XorShift,
     frames: FramePool,
 }
 
@@ -187,7 +147,7 @@ enum Ended {
     Shutdown,
 }
 
-fn would_block(error: &tungstenite::Error) -> bool {
+pub fn would_block(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
@@ -214,6 +174,43 @@ fn set_keepalive(fd: RawFd) {
     }
 }
 
+/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address),
+/// handshake (bounded). The socket is left blocking, with the handshake
+/// timeout as its read and write timeouts; the link thread makes it
+/// non-blocking, the guardian (`guardian.rs`) sets its own timeouts.
+pub fn open(url: &WsUrl) -> Result<WebSocket<TcpStream>, String> {
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .collect();
+    let mut last_error = format!("{} resolved to no address", url.host);
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last_error)?;
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+        .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+    setup.map_err(|e| format!("socket setup: {e}"))?;
+    set_keepalive(stream.as_raw_fd());
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INBOUND_FRAME))
+        .max_frame_size(Some(MAX_INBOUND_FRAME))
+        .read_buffer_size(16 * 1024);
+    let (ws, _response) =
+        tungstenite::client::client_with_config(url.raw.as_str(), stream, Some(config))
+            .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
+    Ok(ws)
+}
+
 impl Link {
     fn emit(&self, event: LinkEvent) -> bool {
         self.events.send(Event::Link(event)).is_ok()
@@ -221,12 +218,9 @@ impl Link {
 
     /// 2 s ± 25%.
     fn retry_delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
         let spread = RETRY_INTERVAL.as_millis() as u64 / 2; // the ±25% band is 50% wide
         let low = RETRY_INTERVAL.as_millis() as u64 - spread / 2;
-        Duration::from_millis(low + self.rng % (spread + 1))
+        Duration::from_millis(low + self.rng.next_u64() % (spread + 1))
     }
 
     fn run(mut self) {
@@ -313,35 +307,7 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<TcpStream>, String> {
-        let addrs: Vec<SocketAddr> = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.url.host))?
-            .collect();
-        let mut last_error = format!("{} resolved to no address", self.url.host);
-        let mut stream = None;
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last_error = format!("connect to {addr}: {e}"),
-            }
-        }
-        let stream = stream.ok_or(last_error)?;
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
-        setup.map_err(|e| format!("socket setup: {e}"))?;
-        set_keepalive(stream.as_raw_fd());
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_INBOUND_FRAME))
-            .max_frame_size(Some(MAX_INBOUND_FRAME))
-            .read_buffer_size(16 * 1024);
-        let (ws, _response) =
-            tungstenite::client::client_with_config(self.url.raw.as_str(), stream, Some(config))
-                .map_err(|e| format!("WebSocket handshake with {}: {e}", self.url.raw))?;
+        let ws = open(&self.url)?;
         ws.get_ref()
             .set_nonblocking(true)
             .map_err(|e| format!("set_nonblocking: {e}"))?;

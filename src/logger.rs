@@ -38,7 +38,13 @@ impl LogHandle {
 
     /// Append raw text (undelivered job output) outside the `log` macros.
     pub fn append_raw(&self, text: &str) -> io::Result<()> {
-        open_log(&self.path)?.write_all(text.as_bytes())
+        self.raw_writer()?.write_all(text.as_bytes())
+    }
+
+    /// The log file opened for appending raw text (the guardian copies a dead
+    /// daemon's spool through it).
+    pub fn raw_writer(&self) -> io::Result<File> {
+        open_log(&self.path)
     }
 }
 
@@ -67,8 +73,15 @@ impl LineSink {
                 self.file = file;
             }
         }
-        let mut whole = Vec::with_capacity(self.prefix.len() + self.line.len());
+        // The time is written here, not by simplelog: its `time` crate reads
+        // the clock through std, which fails after 2038 on 32-bit musl
+        // (clock.rs).
+        let mut stamp = String::with_capacity(32);
+        crate::protocol::push_log_timestamp(&mut stamp, crate::clock::now());
+        let mut whole = Vec::with_capacity(self.prefix.len() + stamp.len() + 1 + self.line.len());
         whole.extend_from_slice(&self.prefix);
+        whole.extend_from_slice(stamp.as_bytes());
+        whole.push(b' ');
         whole.append(&mut self.line);
         // A full disk must not stop the job: losing a log line is the lesser harm.
         let _ = self.file.write_all(&whole);
@@ -124,7 +137,8 @@ pub fn init(cfg: &Config) -> Result<Option<LogHandle>, String> {
         reopen: reopen.clone(),
     };
     let config = ConfigBuilder::new()
-        .set_time_format_rfc3339()
+        // Stamped by LineSink instead (see emit_line).
+        .set_time_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)

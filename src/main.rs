@@ -5,22 +5,29 @@
 //! the wiring of the threads around the supervisor.
 
 mod child;
+mod clock;
 mod config;
 mod daemon;
+mod effects;
 mod exit_codes;
 mod frames;
 #[cfg(test)]
 mod fuzz;
+mod guardian;
+mod job;
 mod link;
 mod lockfile;
 mod logger;
 mod machine_id;
+mod messages;
 mod outbox;
 mod protocol;
 mod readers;
+mod session;
 mod spool;
 mod supervisor;
 mod utf8;
+mod xorshift;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -28,9 +35,12 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
 use config::Config;
-use link::{LinkCommand, LinkHandle};
-use protocol::Stream;
-use supervisor::{Effects, Event, Outcome, Settings, Supervisor};
+use effects::Effects;
+use job::JobLifecycle;
+use link::LinkHandle;
+use messages::{Event, LinkCommand, Stream};
+use session::{Outcome, Session, Settings};
+use supervisor::Supervisor;
 
 /// How long the process waits at exit for the link thread to close the
 /// connection cleanly (a close frame, then the server's reply).
@@ -39,7 +49,7 @@ const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
-/// frames in flight (`supervisor::WINDOW_BYTES`), recycled frame and batch
+/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
 /// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
 const OUTPUT_OVERHEAD: usize = 6 << 20;
 
@@ -123,29 +133,62 @@ fn run() -> i32 {
     }
 
     if foreground {
-        // The daemon does this in `detach`; here the job must not inherit
-        // our launcher's descriptors either.
+        // `detach` does this for the guardian and daemon; here the job must not inherit
+        // our launcher's descriptors either. No guardian: we are the caller's
+        // child, and the caller sees us die.
         daemon::close_inherited_fds(&[]);
-        let started = match start_job(&cfg, user.as_ref()) {
+        let lock = match acquire_lock(&cfg) {
+            Ok(lock) => lock,
+            Err((code, message)) => return fail(code, &message),
+        };
+        let started = match start_job(&cfg, user.as_ref(), lock) {
             Ok(started) => started,
             Err((code, message)) => return fail(code, &message),
         };
+        remove_stale_spools(&cfg);
         return supervise(&cfg, started, true).retcode;
     }
-    match daemon::detach() {
-        Err(e) => fail(
-            exit_codes::WRAPPER_ERROR,
-            &format!("sp_wrapper: fork failed: {e}"),
-        ),
-        Ok(daemon::Detached::Launcher(code)) => code,
-        Ok(daemon::Detached::Daemon(reporter)) => match start_job(&cfg, user.as_ref()) {
+    let reporter = match daemon::detach() {
+        Err(e) => {
+            return fail(
+                exit_codes::WRAPPER_ERROR,
+                &format!("sp_wrapper: fork failed: {e}"),
+            );
+        }
+        Ok(daemon::Detached::Launcher(code)) => return code,
+        Ok(daemon::Detached::Child(reporter)) => reporter,
+    };
+    // The guardian takes the lock before the daemon exists, so the lock
+    // outlives the daemon (guardian.rs).
+    let lock = match acquire_lock(&cfg) {
+        Ok(lock) => lock,
+        Err((code, message)) => {
+            reporter.failed(code, &message);
+            return code;
+        }
+    };
+    match guardian::fork_daemon(lock) {
+        Err(e) => {
+            let message = format!("sp_wrapper: fork failed: {e}");
+            reporter.failed(exit_codes::WRAPPER_ERROR, &message);
+            exit_codes::WRAPPER_ERROR
+        }
+        Ok(guardian::Role::Guardian(guardian)) => {
+            // Only the daemon reports to the launcher: without our copy of the
+            // pipe, a daemon that dies before reporting gives it EOF at once.
+            drop(reporter);
+            guardian.watch(&cfg)
+        }
+        Ok(guardian::Role::Daemon(lock)) => match start_job(&cfg, user.as_ref(), lock) {
             Err((code, message)) => {
                 reporter.failed(code, &message);
                 code
             }
             Ok(started) => {
                 reporter.started(started.job.pid);
+                remove_stale_spools(&cfg);
                 supervise(&cfg, started, false);
+                guardian::finished();
                 exit_codes::SUCCESS
             }
         },
@@ -166,34 +209,52 @@ struct Started {
     at: Instant,
 }
 
+/// The overlap lock, unless overlap is allowed, held by this process (the
+/// guardian; with `--foreground`, the agent itself) and its children.
+fn acquire_lock(cfg: &Config) -> Result<Option<lockfile::Lock>, (i32, String)> {
+    if cfg.allow_overlap {
+        return Ok(None);
+    }
+    match lockfile::Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(lockfile::LockError::Held { pid }) => {
+            let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            Err((
+                exit_codes::OVERLAP,
+                format!(
+                    "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
+                    cfg.job_name
+                ),
+            ))
+        }
+        Err(lockfile::LockError::Io { path, error }) => Err((
+            exit_codes::WRAPPER_ERROR,
+            format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
+        )),
+    }
+}
+
+/// Spool files of agents that died with their guardian (spool.rs), in the
+/// places this job's daemon would put its own.
+fn remove_stale_spools(cfg: &Config) {
+    let temp = std::env::temp_dir();
+    for path in spool::remove_stale(&[cfg.spool_dir.as_path(), temp.as_path()]) {
+        log::info!(
+            "removed {}, the spool file of an agent that is gone",
+            path.display()
+        );
+    }
+}
+
 /// Everything that can fail before the job runs, in the process that will
-/// supervise it: the lock, the log, the spawn.
-fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i32, String)> {
+/// supervise it: the log, the spawn. `lock` is held already.
+fn start_job(
+    cfg: &Config,
+    user: Option<&child::UserInfo>,
+    lock: Option<lockfile::Lock>,
+) -> Result<Started, (i32, String)> {
     block_wrapper_signals();
     child::become_subreaper();
-    let lock = if cfg.allow_overlap {
-        None
-    } else {
-        match lockfile::Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
-            Ok(lock) => Some(lock),
-            Err(lockfile::LockError::Held { pid }) => {
-                let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-                return Err((
-                    exit_codes::OVERLAP,
-                    format!(
-                        "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
-                        cfg.job_name
-                    ),
-                ));
-            }
-            Err(lockfile::LockError::Io { path, error }) => {
-                return Err((
-                    exit_codes::WRAPPER_ERROR,
-                    format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
-                ));
-            }
-        }
-    };
     let (log, log_error) = match logger::init(cfg) {
         Ok(handle) => (handle, None),
         Err(e) => (None, Some(e)),
@@ -211,6 +272,7 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
             ));
         }
     };
+    guardian::job_started(job.pid, job.spawned_at);
     JOB_PGID.store(job.pid, Ordering::Relaxed);
     install_panic_hook();
     log::info!(
@@ -227,18 +289,24 @@ fn start_job(cfg: &Config, user: Option<&child::UserInfo>) -> Result<Started, (i
     })
 }
 
-/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
-/// `sigwait`, so every thread must have them blocked. `child::spawn`
-/// unblocks them in the job.
-fn block_wrapper_signals() {
+/// The signals the wrapper handles itself, on its signal thread.
+fn wrapper_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, signal);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
+/// `sigwait`, so every thread must have them blocked. `child::spawn`
+/// unblocks them in the job.
+fn block_wrapper_signals() {
+    let set = wrapper_signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
@@ -246,13 +314,7 @@ fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-            unsafe {
-                libc::sigemptyset(&mut set);
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                    libc::sigaddset(&mut set, signal);
-                }
-            }
+            let set = wrapper_signals();
             loop {
                 let mut signal = 0;
                 if unsafe { libc::sigwait(&set, &mut signal) } == 0
@@ -277,14 +339,15 @@ fn install_panic_hook() {
     }));
 }
 
-/// The real `Effects`: the link thread, the job's group, the log, our stdout.
-struct World {
+/// The live `Effects`: the link thread, the job's process group, the log
+/// file, our own stdout and stderr.
+struct LiveEffects {
     link: LinkHandle,
     pgid: i32,
     log: Option<logger::LogHandle>,
 }
 
-impl Effects for World {
+impl Effects for LiveEffects {
     fn link(&mut self, command: LinkCommand) {
         self.link.send(command);
     }
@@ -304,6 +367,14 @@ impl Effects for World {
         if let Some(log) = &self.log {
             log.reopen();
         }
+    }
+
+    fn start_acknowledged(&mut self) {
+        guardian::start_acknowledged();
+    }
+
+    fn job_finished(&mut self, retcode: i32) {
+        guardian::job_finished(retcode);
     }
 
     fn log_undelivered(&mut self, text: &str) {
@@ -364,6 +435,11 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             // the job running unobserved.
             log::error!("cannot start the wrapper's threads: {e}; killing the job");
             child::signal_group(job.pid, libc::SIGKILL);
+            if !foreground {
+                // Exit without telling the guardian we finished: it waits
+                // until the group is gone, releases the lock and reports.
+                std::process::exit(exit_codes::WRAPPER_ERROR);
+            }
             if let Some(lock) = lock {
                 lock.release();
             }
@@ -374,16 +450,12 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         }
     };
     drop(events);
-    let spool_name = format!(
-        "{}.{}.{}.spool",
-        cfg.job_file_name(),
+    let spool_candidates = spool::candidates(
+        &cfg.spool_dir,
+        &cfg.job_file_name(),
         std::process::id(),
-        job.pid
+        job.pid,
     );
-    let spool_candidates = vec![
-        cfg.spool_dir.join(&spool_name),
-        std::env::temp_dir().join(&spool_name),
-    ];
     let settings = Settings {
         job_name: cfg.job_name.clone(),
         job_instance: cfg.job_instance.clone(),
@@ -391,10 +463,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         version: VERSION.to_string(),
         job_pid: job.pid,
         spawned_at: job.spawned_at,
-        merged_output: !cfg.separate_streams,
         output_interval: cfg.output_interval,
-        timeout: cfg.timeout,
-        tee: foreground,
     };
     // SP_BUFFER_MAX_MB is the whole budget: keep room beside the queued
     // batches for what else holds output (frames in flight, buffer pools,
@@ -404,12 +473,14 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         .saturating_sub(OUTPUT_OVERHEAD)
         .max(1 << 20);
     let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
-    let world = World {
+    let effects = LiveEffects {
         link,
         pgid: job.pid,
         log,
     };
-    let mut supervisor = Supervisor::new(world, settings, outbox, frame_pool, at);
+    let session = Session::new(settings, outbox, frame_pool, at);
+    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
+    let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {
         supervisor.handle(
             Event::Output {

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use crate::protocol::Stream;
+use crate::messages::Stream;
 use crate::spool::Spool;
 
 /// Most text in one `output` message (500 KiB, as the Python wrapper).

@@ -13,28 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// Which of the job's pipes a piece of output came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        }
-    }
-}
+use crate::messages::{AckKind, Inbound, Stream};
 
 /// Builds every frame we send. Holds the identity fields pre-escaped.
 pub struct Encoder {
@@ -219,6 +198,23 @@ pub fn push_timestamp(out: &mut String, now: SystemTime) {
     );
 }
 
+/// Append `now` as `2026-11-22T08:40:02.123456789Z` (RFC 3339, UTC, to the
+/// nanosecond): the log file's time stamps.
+pub fn push_log_timestamp(out: &mut String, now: SystemTime) {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since_epoch.subsec_nanos()
+    );
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -232,41 +228,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
-}
-
-/// What an `ack` acknowledges.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AckKind {
-    Connect,
-    Start,
-    Output,
-    Complete,
-    Other,
-}
-
-/// A frame from the server, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Inbound {
-    Ack {
-        kind: AckKind,
-        seq: Option<i64>,
-    },
-    Nack {
-        expected_seq: i64,
-    },
-    SyncResponse {
-        last_seq: i64,
-    },
-    Kill {
-        job_instance: Option<String>,
-        machine: Option<String>,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-    /// A well-formed frame of a type we do not act on.
-    Other(String),
 }
 
 /// Why an inbound frame was rejected (logged at debug level, then ignored).
@@ -375,6 +336,27 @@ mod tests {
         s.clear();
         push_timestamp(&mut s, at(951_782_400, 1)); // leap day 2000
         assert_eq!(s, "2000-02-29T00:00:00.000001+00:00");
+    }
+
+    /// Past the 32-bit `time_t` limit (2038-01-19T03:14:07Z) and past 2^32
+    /// seconds (2106): run on the i686 and armv7 builds by ./build.sh test.
+    #[test]
+    fn timestamps_after_2038_and_2106_format_right() {
+        let mut s = String::new();
+        push_timestamp(&mut s, at(i32::MAX as u64, 999_999));
+        assert_eq!(s, "2038-01-19T03:14:07.999999+00:00");
+        s.clear();
+        push_timestamp(&mut s, at(i32::MAX as u64 + 1, 0));
+        assert_eq!(s, "2038-01-19T03:14:08.000000+00:00");
+        s.clear();
+        push_timestamp(&mut s, at(2_208_988_800, 42)); // 2040-01-01
+        assert_eq!(s, "2040-01-01T00:00:00.000042+00:00");
+        s.clear();
+        push_timestamp(&mut s, at(u32::MAX as u64 + 1, 0));
+        assert_eq!(s, "2106-02-07T06:28:16.000000+00:00");
+        s.clear();
+        push_log_timestamp(&mut s, at(2_208_988_800, 0) + Duration::from_nanos(7));
+        assert_eq!(s, "2040-01-01T00:00:00.000000007Z");
     }
 
     #[test]

@@ -11,8 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::SyncSender;
 
-use crate::protocol::Stream;
-use crate::supervisor::Event;
+use crate::messages::{Event, Stream};
 use crate::utf8::Utf8Stream;
 
 const READ_SIZE: usize = 64 * 1024;

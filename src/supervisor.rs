@@ -1,234 +1,41 @@
 //! The supervisor: the one thread that owns all state and makes every
-//! decision. Readers, the waiter, the link and the signal thread send it
-//! `Event`s over one `mpsc` channel; it handles each in one `match`.
+//! decision, as a thin loop. Readers, the waiter, the link and the signal
+//! thread send it `Event`s over one bounded `mpsc` channel; it handles each
+//! in one `match` and routes it to the part that decides:
 //!
-//! It owns the outbox (what to send and when, ACKs, renumbering after a
-//! reconnect), the job's lifecycle (timeout, kill escalation SIGTERM ->
-//! SIGKILL, the result code) and every deadline, each an `Instant`; between
-//! events it sleeps in `recv_timeout` until the nearest one. Nothing polls.
+//! - `session.rs`: what goes on the wire and when (outbox, ACKs, reconnect
+//!   renumbering, heartbeats, `complete`, giving up);
+//! - `job.rs`: the job's lifecycle (exit, drained pipes, timeout, kill
+//!   escalation SIGTERM -> SIGKILL, the result code).
 //!
-//! The outside world is reached only through `Effects` (link commands,
-//! signals to the job's group, the log), so tests drive it with fake events
-//! and fake time, without threads.
+//! Between events it sleeps in `recv_timeout` until the nearer of the two
+//! parts' next deadlines. Nothing polls. The outside world is reached only
+//! through `Effects`, so tests drive it with fake events and fake time.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use crate::exit_codes::{self, KillReason};
-use crate::frames::FramePool;
-use crate::link::{LinkCommand, LinkEvent};
-use crate::outbox::Outbox;
-use crate::protocol::{AckKind, Encoder, Inbound, Stream};
-
-pub enum Event {
-    Output {
-        stream: Stream,
-        text: String,
-    },
-    StreamClosed(Stream),
-    /// The job's main process exited; `at` is the wall-clock time the waiter
-    /// reaped it, which becomes `complete.timestamp` (the server's endtime).
-    ChildExited {
-        status: i32,
-        at: SystemTime,
-    },
-    /// An orphan of the job, reaped by us as its subreaper.
-    Reaped,
-    Link(LinkEvent),
-    Signal(i32),
-}
-
-/// PROTOCOL.md: a heartbeat every 5 s.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// SIGTERM, then this long, then SIGKILL.
-pub const KILL_GRACE: Duration = Duration::from_secs(5);
-/// After a killed job's main process is gone, how often to look whether the
-/// rest of its group is gone too (zombies still count as members until
-/// reaped; on kernels without subreaper init reaps them and tells us nothing).
-const GROUP_RECHECK: Duration = Duration::from_millis(50);
-/// How often SIGKILL is repeated until the group is gone (only while killing).
-const KILL_REPEAT: Duration = Duration::from_millis(100);
-/// After the job's main process exits, how long a background process may keep
-/// its stdout/stderr open before we complete without the rest.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// How long to wait for `sync_response` before assuming a per-socket server.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Output in flight with no ACK progress for this long: the peer is stuck.
-const ACK_STALL: Duration = Duration::from_secs(30);
-/// The server waits up to 30 s for the job state before answering `complete`.
-const COMPLETE_TIMEOUT: Duration = Duration::from_secs(40);
-/// After the job ends, keep trying to deliver for this long after the later
-/// of the end and the last delivery progress (an ACK for something not ACKed
-/// before). Contact alone does not count: a server that answers but never
-/// ACKs output must not keep the agent alive forever (docs/delivery.md).
-pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
-/// `complete` attempts that got no answer before we stop trying.
-const MAX_COMPLETE_ATTEMPTS: u32 = 5;
-/// Output messages in flight at once: enough to keep the pipe full, few
-/// enough that a dropped connection leaves little in doubt (docs/delivery.md).
-pub const WINDOW: usize = 8;
-/// ... and at most this many bytes of output in flight (one message always
-/// may be): each in-flight message briefly exists twice, as a batch and as a
-/// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
-pub const WINDOW_BYTES: usize = 4 << 20;
-
-/// Longest piece of a server-supplied string that reaches the log. A hostile
-/// server may send 1 MiB strings on every frame; the log must not become the
-/// way it fills the disk.
-const LOGGED_TEXT_MAX: usize = 200;
-
-/// `text` cut to `LOGGED_TEXT_MAX` bytes (on a character boundary), with the
-/// full length noted when it was cut.
-fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= LOGGED_TEXT_MAX {
-        return text.into();
-    }
-    let mut end = LOGGED_TEXT_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len()).into()
-}
-
-/// What the supervisor does to the world.
-pub trait Effects {
-    fn link(&mut self, command: LinkCommand);
-    /// Signal the job's process group; `false` when no process is left in it.
-    fn signal_group(&mut self, signal: i32) -> bool;
-    /// `--foreground`: show the job's output on our own stdout/stderr.
-    fn tee(&mut self, stream: Stream, text: &str);
-    fn reopen_log(&mut self);
-    /// Append undelivered output to the job's log.
-    fn log_undelivered(&mut self, text: &str);
-    /// Close the connection cleanly (a close frame) and wait, briefly and
-    /// with a bound, for the link thread to finish before the process exits.
-    fn close_link(&mut self);
-}
-
-pub struct Settings {
-    pub job_name: String,
-    pub job_instance: String,
-    /// Empty until the link thread reports the machine id it resolved
-    /// (`LinkEvent::Identified`), which it does before its first connection.
-    pub machine: String,
-    pub version: String,
-    pub job_pid: i32,
-    /// Wall-clock time the job was spawned: `start.timestamp`, the server's
-    /// starttime, the same on every (re)send.
-    pub spawned_at: SystemTime,
-    /// The job writes stdout and stderr into one pipe (`SP_OUTPUT=merged`):
-    /// one reader, one stream to wait for.
-    pub merged_output: bool,
-    pub output_interval: Duration,
-    pub timeout: Option<Duration>,
-    pub tee: bool,
-}
-
-/// How the run ended.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub retcode: i32,
-    /// The server ACKed `complete` with all output delivered.
-    pub delivered: bool,
-}
-
-struct Conn {
-    generation: u64,
-    /// The server answered our `connect`. It answers in order, so only a
-    /// `sync_response` after this can be the answer to our `sync_request`.
-    connect_acked: bool,
-    synced: bool,
-    opened: Instant,
-    /// Last time in-flight output got an ACK (or started being in flight).
-    ack_progress: Instant,
-    complete_sent: Option<Instant>,
-}
-
-/// The job's result, once its main process is gone and its output drained.
-#[derive(Clone, Copy)]
-struct Finished {
-    retcode: i32,
-    at: Instant,
-    /// When the main process exited: `complete.timestamp`.
-    exited_at: SystemTime,
-}
-
-struct Kill {
-    reason: KillReason,
-    next_signal: Instant,
-    group_gone: bool,
-    /// Set while the job's main process is gone but its group is not.
-    recheck: Option<Instant>,
-}
+use crate::effects::Effects;
+use crate::exit_codes::KillReason;
+use crate::job::{JobChange, JobLifecycle};
+use crate::messages::Event;
+use crate::session::{Outcome, Request, Session};
 
 pub struct Supervisor<E: Effects> {
     effects: E,
-    settings: Settings,
-    encoder: Encoder,
-    outbox: Outbox,
-    /// Recycled buffers for output frames (shared with the link thread).
-    frames: FramePool,
-    conn: Option<Conn>,
-    start_acked: bool,
-    /// The server read our `start` (its `sync_response` came after it) and did
-    /// not ACK it: it does not know this instance.
-    start_ignored: bool,
-    /// Last delivery progress: an ACK for output or a start not ACKed before.
-    last_progress: Instant,
-    connect_failures: u32,
-    complete_attempts: u32,
-    job_exit: Option<(i32, Instant, SystemTime)>,
-    streams_open: [bool; 2],
-    kill: Option<Kill>,
-    timeout_at: Option<Instant>,
-    finished: Option<Finished>,
-    next_heartbeat: Instant,
-    /// When a batch was last sealed; `None` until the first, which goes out at once.
-    last_seal: Option<Instant>,
-    outcome: Option<Outcome>,
-    spill_noted: bool,
-    /// `outbox.lost_bytes` already reported in the log.
-    loss_logged: u64,
+    session: Session,
+    job: JobLifecycle,
+    /// `--foreground`: the job's output is also shown on our stdout/stderr.
+    tee: bool,
 }
 
 impl<E: Effects> Supervisor<E> {
-    pub fn new(
-        effects: E,
-        settings: Settings,
-        outbox: Outbox,
-        frames: FramePool,
-        started: Instant,
-    ) -> Self {
-        let timeout_at = settings.timeout.map(|t| started + t);
-        let encoder = Encoder::new(
-            &settings.job_name,
-            &settings.job_instance,
-            &settings.machine,
-        );
-        // Merged output has one pipe: stderr is "closed" from the start.
-        let streams_open = [true, !settings.merged_output];
+    pub fn new(effects: E, session: Session, job: JobLifecycle, tee: bool) -> Self {
         Supervisor {
             effects,
-            settings,
-            encoder,
-            outbox,
-            frames,
-            conn: None,
-            start_acked: false,
-            start_ignored: false,
-            last_progress: started,
-            connect_failures: 0,
-            complete_attempts: 0,
-            job_exit: None,
-            streams_open,
-            kill: None,
-            timeout_at,
-            finished: None,
-            next_heartbeat: started + HEARTBEAT_INTERVAL,
-            last_seal: None,
-            outcome: None,
-            spill_noted: false,
-            loss_logged: 0,
+            session,
+            job,
+            tee,
         }
     }
 
@@ -243,7 +50,7 @@ impl<E: Effects> Supervisor<E> {
             let now = Instant::now();
             self.on_time(now);
             self.pump(now);
-            self.log_new_loss();
+            self.session.log_new_loss();
             if let Some(outcome) = self.take_outcome() {
                 self.effects.close_link();
                 return outcome;
@@ -265,615 +72,123 @@ impl<E: Effects> Supervisor<E> {
                     // Every sender is gone, which the link thread never allows
                     // while it runs: nothing more can happen.
                     log::error!("internal: event channel closed");
-                    self.give_up("event channel closed");
+                    self.session
+                        .give_up("event channel closed", &mut self.effects);
                 }
             }
-        }
-    }
-
-    /// Output that could be kept neither in memory nor in the spool is lost
-    /// (a marker in the text says where); the log must say so too.
-    fn log_new_loss(&mut self) {
-        if self.outbox.lost_bytes > self.loss_logged {
-            log::error!(
-                "{} bytes of the job's output were lost ({} in all): {}",
-                self.outbox.lost_bytes - self.loss_logged,
-                self.outbox.lost_bytes,
-                self.outbox.loss_reason
-            );
-            self.loss_logged = self.outbox.lost_bytes;
         }
     }
 
     /// Handle one event at time `now`.
     pub fn handle(&mut self, event: Event, now: Instant) {
-        match event {
+        let effects = &mut self.effects;
+        let mut group = |signal| effects.signal_group(signal);
+        let change = match event {
             Event::Output { stream, text } => {
-                if self.settings.tee {
+                if self.tee {
                     self.effects.tee(stream, &text);
                 }
-                self.outbox.push(stream, &text);
-                if !self.spill_noted {
-                    if let Some(path) = self.outbox.spool_path() {
-                        self.spill_noted = true;
-                        log::warn!(
-                            "unacknowledged output passed the memory bound; spilling to {}",
-                            path.display()
-                        );
-                    }
-                }
-                if self.batch_due().is_none_or(|due| now >= due) {
-                    // Leading edge: sparse output goes out at once.
-                    self.seal(now);
-                }
+                self.session.on_output(stream, &text, now);
+                JobChange::default()
             }
-            Event::StreamClosed(stream) => {
-                self.streams_open[stream.index()] = false;
-                self.maybe_finish(now);
-            }
-            Event::Reaped => self.maybe_finish(now),
+            Event::StreamClosed(stream) => self.job.on_stream_closed(stream, now, &mut group),
+            Event::Reaped => self.job.on_reaped(now, &mut group),
             Event::ChildExited { status, at } => {
-                log::debug!(
-                    "job process {} exited, wait status {status:#x}",
-                    self.settings.job_pid
-                );
-                self.job_exit = Some((status, now, at));
-                self.maybe_finish(now);
+                log::debug!("job's main process exited, wait status {status:#x}");
+                self.job.on_exit(status, at, now, &mut group)
             }
             Event::Signal(signal) if signal == libc::SIGHUP => {
                 self.effects.reopen_log();
                 log::info!("SIGHUP: log file reopened");
+                JobChange::default()
             }
             Event::Signal(signal) => {
                 log::warn!("wrapper received signal {signal}: killing the job");
-                self.begin_kill(KillReason::Request, now);
+                self.job.kill(KillReason::Request, now, &mut group)
             }
-            Event::Link(link_event) => self.handle_link(link_event, now),
-        }
-    }
-
-    fn handle_link(&mut self, event: LinkEvent, now: Instant) {
-        match event {
-            LinkEvent::Identified { machine } => {
-                self.encoder = Encoder::new(
-                    &self.settings.job_name,
-                    &self.settings.job_instance,
-                    &machine,
-                );
-                self.settings.machine = machine;
-            }
-            LinkEvent::Connected { generation } => {
-                if self.connect_failures > 0 {
-                    log::info!(
-                        "connected to the server after {} failed attempts",
-                        self.connect_failures
-                    );
-                } else {
-                    log::info!("connected to the server");
-                }
-                self.connect_failures = 0;
-                self.outbox.on_disconnect();
-                self.conn = Some(Conn {
-                    generation,
-                    connect_acked: false,
-                    synced: false,
-                    opened: now,
-                    ack_progress: now,
-                    complete_sent: None,
-                });
-                let wall = SystemTime::now();
-                self.send(self.encoder.connect(wall));
-                if !self.start_acked {
-                    // The spawn time, not now: the server stores it as the
-                    // run's starttime, however late we get through.
-                    self.send(self.encoder.start(
-                        self.settings.spawned_at,
-                        self.settings.job_pid,
-                        &self.settings.version,
-                    ));
-                }
-                let (last_acked, next) = (
-                    self.outbox.last_acked_wire_seq(),
-                    self.outbox.next_wire_seq(),
-                );
-                self.send(self.encoder.sync_request(wall, last_acked, next));
-            }
-            LinkEvent::Disconnected { generation, reason } => {
-                if self
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.generation == generation)
-                {
-                    log::warn!("connection lost: {reason}");
-                    self.conn = None;
-                    self.outbox.on_disconnect();
-                }
-            }
-            LinkEvent::ConnectFailed { reason } => {
-                self.connect_failures += 1;
-                if self.connect_failures == 1 {
-                    log::warn!("cannot reach the server (retrying every 2 s): {reason}");
-                } else {
-                    log::debug!(
-                        "connection attempt {} failed: {reason}",
-                        self.connect_failures
-                    );
-                }
-            }
-            LinkEvent::BadFrame { generation, reason } => {
-                if self.is_current(generation) {
-                    log::debug!("ignored a frame from the server: {}", clip(&reason));
-                }
-            }
-            LinkEvent::Frame { generation, frame } => {
-                if self.is_current(generation) {
-                    self.handle_frame(frame, now);
-                }
-            }
-        }
-    }
-
-    fn is_current(&self, generation: u64) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.generation == generation)
-    }
-
-    fn handle_frame(&mut self, frame: Inbound, now: Instant) {
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!("received {}", clip(&format!("{frame:?}")));
-        }
-        match frame {
-            Inbound::Ack {
-                kind: AckKind::Connect,
-                ..
-            } => {
-                if let Some(conn) = self.conn.as_mut() {
-                    conn.connect_acked = true;
-                }
-            }
-            Inbound::Ack {
-                kind: AckKind::Start,
-                ..
-            } => {
-                if !self.start_acked {
-                    log::info!("server acknowledged the start");
-                    self.last_progress = now;
-                }
-                self.start_acked = true;
-                self.start_ignored = false;
-            }
-            Inbound::Ack {
-                kind: AckKind::Output,
-                seq: Some(seq),
-            } => {
-                if self.outbox.on_ack(seq) > 0 {
-                    self.last_progress = now;
-                    if let Some(conn) = self.conn.as_mut() {
-                        conn.ack_progress = now;
+            Event::Link(link_event) => {
+                let request = self.session.on_link(link_event, now, &mut self.effects);
+                match request {
+                    Some(Request::Kill) => {
+                        if !self.job.beyond_kill() {
+                            self.session.announce_kill(&mut self.effects);
+                        }
+                        let effects = &mut self.effects;
+                        self.job
+                            .kill(KillReason::Request, now, &mut |s| effects.signal_group(s))
                     }
+                    None => JobChange::default(),
                 }
-            }
-            Inbound::Ack {
-                kind: AckKind::Complete,
-                ..
-            } => {
-                // Only an answer to a `complete` we sent counts.
-                if self
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.complete_sent.is_some())
-                {
-                    let retcode = self.retcode();
-                    let delivered = self.outbox.is_empty();
-                    log::info!("server recorded the result (retcode {retcode})");
-                    if !delivered {
-                        self.write_undelivered("the server never accepted this instance's start");
-                    }
-                    self.outcome = Some(Outcome { retcode, delivered });
-                }
-            }
-            Inbound::Ack { .. } => {}
-            Inbound::Nack { expected_seq } => {
-                let outcome = self.outbox.on_nack(expected_seq);
-                log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
-            }
-            Inbound::SyncResponse { last_seq } => {
-                if self.conn.as_ref().is_some_and(|c| c.connect_acked) {
-                    self.on_synced(Some(last_seq));
-                } else {
-                    log::debug!("ignored a sync_response that came before the connect ack");
-                }
-            }
-            Inbound::Kill {
-                job_instance,
-                machine,
-            } => {
-                let ours = job_instance.as_deref() == Some(self.settings.job_instance.as_str())
-                    && machine
-                        .as_deref()
-                        .is_none_or(|m| m == self.settings.machine);
-                if ours {
-                    if self.kill.is_none() && self.finished.is_none() {
-                        log::info!("kill requested by the server");
-                        self.send(self.encoder.killed(SystemTime::now()));
-                    }
-                    self.begin_kill(KillReason::Request, now);
-                } else {
-                    log::warn!(
-                        "ignored a kill for another instance ({} on {})",
-                        clip(&format!("{job_instance:?}")),
-                        clip(&format!("{machine:?}"))
-                    );
-                }
-            }
-            Inbound::Error { code, message } => {
-                let complete_pending = self
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.complete_sent.is_some());
-                if code == "JOB_NOT_FOUND" && complete_pending {
-                    log::warn!(
-                        "server no longer knows this job ({}); output kept in this log",
-                        clip(&message)
-                    );
-                    let retcode = self.retcode();
-                    self.write_undelivered(
-                        "the server answered JOB_NOT_FOUND (job stopped or restarted)",
-                    );
-                    self.outcome = Some(Outcome {
-                        retcode,
-                        delivered: false,
-                    });
-                } else {
-                    log::warn!("server error {}: {}", clip(&code), clip(&message));
-                }
-            }
-            Inbound::Other(kind) => log::debug!("ignored a {kind:?} frame"),
-        }
-    }
-
-    /// The job's result code, or the wrapper-error code while it has none.
-    fn retcode(&self) -> i32 {
-        self.finished
-            .map_or(exit_codes::WRAPPER_ERROR, |finished| finished.retcode)
-    }
-
-    fn on_synced(&mut self, last_seq: Option<i64>) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if conn.synced {
-            return; // unsolicited: the numbering was settled already
-        }
-        conn.synced = true;
-        // Our start came before our sync_request, and the server answers in
-        // order: if start is not ACKed now, it never will be on this socket.
-        // (Only a real sync_response proves that; a timeout proves nothing.)
-        if !self.start_acked && last_seq.is_some() {
-            self.start_ignored = true;
-            log::warn!("server did not acknowledge the start (unknown instance or machine?)");
-        }
-        self.outbox.on_sync(last_seq.unwrap_or(-1));
-        log::debug!(
-            "synced: last_seq {last_seq:?}, next wire seq {}",
-            self.outbox.next_wire_seq()
-        );
-    }
-
-    /// When the open batch may be sealed: one interval after the last seal.
-    fn batch_due(&self) -> Option<Instant> {
-        self.last_seal.map(|at| at + self.settings.output_interval)
-    }
-
-    fn seal(&mut self, now: Instant) {
-        self.outbox.seal();
-        self.last_seal = Some(now);
-    }
-
-    fn begin_kill(&mut self, reason: KillReason, now: Instant) {
-        if self.kill.is_some() || self.finished.is_some() {
-            return; // repeated kills count once; a finished job has nothing to kill
-        }
-        let marker = match reason {
-            KillReason::Timeout => {
-                let secs = crate::config::format_seconds(self.settings.timeout.unwrap_or_default());
-                log::warn!("job exceeded its timeout of {secs} s: SIGTERM to its process group");
-                format!("\n[Job exceeded timeout of {secs} seconds]\n")
-            }
-            KillReason::Request => {
-                log::info!("SIGTERM to the job's process group");
-                "\n[Job terminated by user request]\n".to_string()
             }
         };
-        let alive = self.effects.signal_group(libc::SIGTERM);
-        self.kill = Some(Kill {
-            reason,
-            next_signal: now + KILL_GRACE,
-            group_gone: !alive,
-            recheck: None,
-        });
-        let marker_stream = if self.settings.merged_output {
-            Stream::Stdout
-        } else {
-            Stream::Stderr
-        };
-        self.outbox.push(marker_stream, &marker);
-        self.seal(now);
+        self.apply(change, now);
     }
 
-    fn maybe_finish(&mut self, now: Instant) {
-        if self.finished.is_some() {
-            return;
-        }
-        let Some((status, exited_at, exited_wall)) = self.job_exit else {
-            return;
-        };
-        let drained = self.streams_open == [false, false] || now >= exited_at + DRAIN_GRACE;
-        if !drained {
-            return;
-        }
-        if self.streams_open != [false, false] {
-            log::warn!(
-                "job output still open {} s after its main process exited; completing without the rest",
-                DRAIN_GRACE.as_secs()
-            );
-        }
-        if let Some(kill) = self.kill.as_mut() {
-            if !kill.group_gone {
-                if self.effects.signal_group(0) {
-                    // Processes (or unreaped zombies) remain: look again soon;
-                    // the kill timer finishes any that ignore SIGTERM.
-                    kill.recheck = Some(now + GROUP_RECHECK);
-                    return;
-                }
-                kill.group_gone = true;
-            }
-        }
-        let retcode = exit_codes::job_retcode(status, self.kill.as_ref().map(|k| k.reason));
-        log::info!("job finished with retcode {retcode}");
-        self.finished = Some(Finished {
-            retcode,
-            at: now,
-            exited_at: exited_wall,
-        });
-        self.seal(now);
+    /// Kill the job (repeated kills count once).
+    #[cfg(test)]
+    fn kill(&mut self, reason: KillReason, now: Instant) {
+        let effects = &mut self.effects;
+        let change = self
+            .job
+            .kill(reason, now, &mut |signal| effects.signal_group(signal));
+        self.apply(change, now);
     }
 
-    /// Fire every deadline that is due.
+    /// Pass what changed in the job on to the session.
+    fn apply(&mut self, change: JobChange, now: Instant) {
+        if let Some((stream, marker)) = change.kill_marker {
+            self.session.on_kill_marker(stream, &marker, now);
+        }
+        if let Some(finished) = change.finished {
+            self.effects.job_finished(finished.retcode);
+            self.session.on_job_finished(finished, now);
+        }
+    }
+
+    /// Fire every deadline that is due, the job's first (a timeout's marker
+    /// joins the output before the session seals it).
     pub fn on_time(&mut self, now: Instant) {
-        if self.timeout_at.is_some_and(|t| now >= t) {
-            self.timeout_at = None;
-            self.begin_kill(KillReason::Timeout, now);
-        }
-        if let Some(kill) = self.kill.as_mut() {
-            if !kill.group_gone && now >= kill.next_signal {
-                let alive = self.effects.signal_group(libc::SIGKILL);
-                kill.group_gone = !alive;
-                kill.next_signal = now + KILL_REPEAT;
-                if alive {
-                    log::debug!("SIGKILL to the job's process group");
-                }
-                self.maybe_finish(now);
-            }
-        }
-        if self
-            .kill
-            .as_ref()
-            .and_then(|k| k.recheck)
-            .is_some_and(|at| now >= at)
-        {
-            if let Some(kill) = self.kill.as_mut() {
-                kill.recheck = None;
-            }
-            self.maybe_finish(now);
-        }
-        if self
-            .job_exit
-            .is_some_and(|(_, at, _)| now >= at + DRAIN_GRACE)
-        {
-            self.maybe_finish(now);
-        }
-        if self.outbox.open_bytes() > 0 && self.batch_due().is_none_or(|due| now >= due) {
-            self.seal(now);
-        }
-        if now >= self.next_heartbeat {
-            // Also while killing and while delivering after the end, so the
-            // server does not declare the machine lost (253).
-            if self.conn.is_some() {
-                self.send(self.encoder.heartbeat(SystemTime::now()));
-            }
-            while self.next_heartbeat <= now {
-                self.next_heartbeat += HEARTBEAT_INTERVAL;
-            }
-        }
-        let mut drop_reason = None;
-        if let Some(conn) = self.conn.as_ref() {
-            if !conn.synced && now >= conn.opened + SYNC_TIMEOUT {
-                log::warn!(
-                    "no sync_response within {} s; assuming per-socket sequence numbers",
-                    SYNC_TIMEOUT.as_secs()
-                );
-                self.on_synced(None);
-            } else if self.outbox.in_flight() > 0 && now >= conn.ack_progress + ACK_STALL {
-                drop_reason = Some(format!("no ACK for {} s", ACK_STALL.as_secs()));
-            } else if conn
-                .complete_sent
-                .is_some_and(|at| now >= at + COMPLETE_TIMEOUT)
-            {
-                drop_reason = Some(format!(
-                    "no answer to complete for {} s",
-                    COMPLETE_TIMEOUT.as_secs()
-                ));
-            }
-        }
-        if let Some(reason) = drop_reason {
-            if let Some(conn) = self.conn.take() {
-                log::warn!("reconnecting: {reason}");
-                self.outbox.on_disconnect();
-                self.effects.link(LinkCommand::Drop {
-                    generation: conn.generation,
-                    reason,
-                });
-            }
-        }
-        if let Some(give_up_at) = self.delivery_deadline() {
-            if self.outcome.is_none() {
-                let exhausted = self.complete_attempts >= MAX_COMPLETE_ATTEMPTS
-                    && self.conn.as_ref().is_none_or(|c| c.complete_sent.is_none());
-                if exhausted || now >= give_up_at {
-                    self.give_up(&format!(
-                        "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
-                        DELIVERY_WINDOW.as_secs()
-                    ));
-                }
-            }
-        }
+        let effects = &mut self.effects;
+        let change = self
+            .job
+            .on_time(now, &mut |signal| effects.signal_group(signal));
+        self.apply(change, now);
+        self.session.on_time(now, &mut self.effects);
     }
 
-    /// When delivery is abandoned: `DELIVERY_WINDOW` after the later of the
-    /// job's end and the last delivery progress.
-    fn delivery_deadline(&self) -> Option<Instant> {
-        self.finished
-            .map(|finished| finished.at.max(self.last_progress) + DELIVERY_WINDOW)
-    }
-
-    fn give_up(&mut self, why: &str) {
-        if self.outcome.is_some() {
-            return;
-        }
-        let retcode = self.retcode();
-        log::error!("giving up delivery: {why}");
-        self.write_undelivered(why);
-        self.outcome = Some(Outcome {
-            retcode,
-            delivered: false,
-        });
-    }
-
-    fn write_undelivered(&mut self, why: &str) {
-        let retcode = self.retcode();
-        let delivered = self.outbox.acked_bytes;
-        let mut body = String::new();
-        self.outbox
-            .take_undelivered(|batch| body.push_str(&batch.text));
-        let header = format!(
-            "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {retcode}): {why}; {} bytes below were not delivered ({delivered} bytes before them were) ====\n",
-            self.settings.job_instance,
-            body.len()
-        );
-        self.effects.log_undelivered(&header);
-        self.effects.log_undelivered(&body);
-        if !body.ends_with('\n') && !body.is_empty() {
-            self.effects.log_undelivered("\n");
-        }
-        self.effects
-            .log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
-    }
-
-    /// Send what the connection state allows: output within the window once
-    /// the start is ACKed and the numbering is settled, then `complete`.
+    /// Send what the connection state allows.
     pub fn pump(&mut self, now: Instant) {
-        let Some(conn) = self.conn.as_ref() else {
-            return;
-        };
-        if !conn.synced || self.outcome.is_some() {
-            return;
-        }
-        let generation = conn.generation;
-        // Nothing may follow `complete` on a connection: the server finalises
-        // the result when it reads it.
-        if self.start_acked && conn.complete_sent.is_none() {
-            if self.outbox.in_flight() == 0 {
-                if let Some(conn) = self.conn.as_mut() {
-                    conn.ack_progress = now;
-                }
-            }
-            let wall = SystemTime::now();
-            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
-                let buffer = self.frames.take(batch.text.len() + 256);
-                let frame = self
-                    .encoder
-                    .output(buffer, wall, batch.stream, seq, &batch.text);
-                log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
-                self.effects.link(LinkCommand::Send { generation, frame });
-            }
-            self.outbox.release_empty_spool();
-        }
-        let Some(finished) = self.finished else {
-            return;
-        };
-        let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
-        let not_sent = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.complete_sent.is_none());
-        if ready && not_sent {
-            self.complete_attempts += 1;
-            // The main process's exit time, not now: the server stores it as
-            // the run's endtime, however long delivery took.
-            let frame = self.encoder.complete(
-                finished.exited_at,
-                finished.retcode,
-                self.outbox.next_wire_seq(),
-            );
-            log::debug!(
-                "sending complete (retcode {}, attempt {})",
-                finished.retcode,
-                self.complete_attempts
-            );
-            self.effects.link(LinkCommand::Send { generation, frame });
-            if let Some(conn) = self.conn.as_mut() {
-                conn.complete_sent = Some(now);
-            }
-        }
-    }
-
-    fn send(&mut self, frame: String) {
-        if let Some(conn) = self.conn.as_ref() {
-            let generation = conn.generation;
-            self.effects.link(LinkCommand::Send { generation, frame });
-        }
+        self.session.pump(now, &mut self.effects);
     }
 
     /// The nearest deadline, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines: Vec<Instant> = Vec::with_capacity(8);
-        deadlines.push(self.next_heartbeat);
-        deadlines.extend(self.timeout_at);
-        if let Some(kill) = self.kill.as_ref().filter(|k| !k.group_gone) {
-            deadlines.push(kill.next_signal);
-        }
-        deadlines.extend(self.kill.as_ref().and_then(|k| k.recheck));
-        if self.finished.is_none() {
-            deadlines.extend(self.job_exit.map(|(_, at, _)| at + DRAIN_GRACE));
-        }
-        if self.outbox.open_bytes() > 0 {
-            deadlines.extend(self.batch_due());
-        }
-        if let Some(conn) = self.conn.as_ref() {
-            if !conn.synced {
-                deadlines.push(conn.opened + SYNC_TIMEOUT);
-            }
-            if self.outbox.in_flight() > 0 {
-                deadlines.push(conn.ack_progress + ACK_STALL);
-            }
-            deadlines.extend(conn.complete_sent.map(|at| at + COMPLETE_TIMEOUT));
-        }
-        deadlines.extend(self.delivery_deadline());
-        deadlines.into_iter().min()
+        [self.job.next_deadline(), self.session.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The outcome, once there is one.
     pub fn take_outcome(&mut self) -> Option<Outcome> {
-        self.outcome.take()
+        self.session.take_outcome()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
+
+    use crate::messages::Stream;
+
     use serde_json::Value;
+
+    use crate::frames::FramePool;
+    use crate::job::KILL_GRACE;
+    use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent};
+    use crate::outbox::Outbox;
+    use crate::session::{DELIVERY_WINDOW, HEARTBEAT_INTERVAL, Settings};
 
     /// Records what the supervisor does; the job's group "exists" until told.
     #[derive(Default)]
@@ -922,6 +237,14 @@ mod tests {
     }
 
     fn supervisor(t0: Instant, timeout: Option<Duration>) -> Supervisor<Fake> {
+        supervisor_with_output(t0, timeout, false)
+    }
+
+    fn supervisor_with_output(
+        t0: Instant,
+        timeout: Option<Duration>,
+        merged_output: bool,
+    ) -> Supervisor<Fake> {
         let settings = Settings {
             job_name: "job".into(),
             job_instance: INSTANCE.into(),
@@ -929,22 +252,20 @@ mod tests {
             version: "test".into(),
             job_pid: 4242,
             spawned_at: spawned_at(),
-            merged_output: false,
             output_interval: Duration::from_millis(1000),
-            timeout,
-            tee: false,
         };
         let fake = Fake {
             group_alive: true,
             ..Fake::default()
         };
-        Supervisor::new(
-            fake,
+        let session = Session::new(
             settings,
             Outbox::new(1 << 20, vec![]),
             FramePool::default(),
             t0,
-        )
+        );
+        let job = JobLifecycle::new(timeout, merged_output, t0);
+        Supervisor::new(fake, session, job, false)
     }
 
     fn frame(sup: &mut Supervisor<Fake>, generation: u64, frame: Inbound, now: Instant) {
@@ -1010,7 +331,7 @@ mod tests {
     }
 
     fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
-        job_ends_at(sup, status, now, SystemTime::now());
+        job_ends_at(sup, status, now, crate::clock::now());
     }
 
     /// The job's main process exited at wall-clock time `at`.
@@ -1117,22 +438,21 @@ mod tests {
     #[test]
     fn merged_output_waits_for_one_stream_and_marks_kills_in_it() {
         let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.settings.merged_output = true;
-        sup.streams_open = [true, false];
-        sup.begin_kill(KillReason::Request, t0);
+        let mut sup = supervisor_with_output(t0, None, true);
+        sup.kill(KillReason::Request, t0);
         sup.effects.group_alive = false;
         sup.handle(Event::StreamClosed(Stream::Stdout), t0);
         sup.handle(
             Event::ChildExited {
                 status: libc::SIGTERM,
-                at: SystemTime::now(),
+                at: crate::clock::now(),
             },
             t0,
         );
-        assert_eq!(sup.retcode(), 143);
+        assert_eq!(sup.job.finished().map(|f| f.retcode), Some(143));
         let mut streams = Vec::new();
-        sup.outbox
+        sup.session
+            .outbox_mut()
             .take_undelivered(|batch| streams.push(batch.stream));
         assert_eq!(streams, [Stream::Stdout]);
     }
@@ -1284,7 +604,7 @@ mod tests {
         assert_eq!(sup.effects().signals, [libc::SIGTERM]);
         sup.effects.group_alive = false;
         job_ends(&mut sup, libc::SIGTERM, t0 + Duration::from_secs(2));
-        assert_eq!(sup.finished.map(|f| f.retcode), Some(124));
+        assert_eq!(sup.job.finished().map(|f| f.retcode), Some(124));
     }
 
     #[test]
@@ -1358,14 +678,5 @@ mod tests {
             sup.on_time(at);
         }
         assert_eq!(types(&sup).iter().filter(|t| *t == "heartbeat").count(), 3);
-    }
-
-    #[test]
-    fn server_strings_are_clipped_for_the_log() {
-        assert_eq!(clip("short"), "short");
-        let long = "é".repeat(300);
-        let clipped = clip(&long);
-        assert!(clipped.len() < LOGGED_TEXT_MAX + 20, "{}", clipped.len());
-        assert!(clipped.ends_with("... (600 bytes)"), "{clipped}");
     }
 }

@@ -6,14 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, TestDir, assert_same, log_text, pid_alive, run_job, wait_until};
+use common::{
+    Harness, Launch, TestDir, assert_same, launch_ok, log_text, pid_alive, run_job, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
-
-fn launch_ok(launch: &Launch) -> common::Launched {
-    launch.run().expect_started()
-}
 
 #[test]
 fn exact_output_and_exit_code_with_stdout_and_stderr() {
@@ -483,7 +481,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
 #[test]
 fn version_help_and_foreground() {
     let dir = TestDir::new("cli");
-    let version = std::process::Command::new(common::wrapper_bin())
+    let version = common::wrapper_command()
         .arg("--version")
         .output()
         .expect("run");
@@ -491,7 +489,7 @@ fn version_help_and_foreground() {
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("sp_wrapper {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = std::process::Command::new(common::wrapper_bin())
+    let help = common::wrapper_command()
         .arg("--help")
         .output()
         .expect("run");

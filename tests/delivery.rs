@@ -7,13 +7,9 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, wait_until};
+use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, wait_until};
 
 const MACHINE: &str = "test-minion";
-
-fn launch_ok(launch: &Launch) {
-    launch.run().expect_started();
-}
 
 fn numbered_lines(count: usize) -> String {
     (0..count).map(|i| format!("line {i}\n")).collect()

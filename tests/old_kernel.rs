@@ -34,135 +34,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Harness, Launch, Launched, TestDir, assert_same, log_text, pid_alive, wait_until};
+use common::{
+    Harness, Launch, Launched, TestDir, assert_same, group_members, lock_is_free, log_text,
+    pid_alive, read_pid_file, seccomp, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 const RESULT_WAIT: Duration = Duration::from_secs(60);
 
-/// A Linux 2.6.32 x86_64 kernel, as a seccomp filter.
-mod linux_2_6_32 {
-    use std::io;
-
-    /// `AUDIT_ARCH_X86_64` (EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE).
-    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    /// System calls with this bit set are the x32 ABI (Linux 3.4).
-    pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    /// 2.6.32's last system call is 298 (`perf_event_open`); 299-308
-    /// (`recvmmsg` ... `setns`) and 310-334 (`process_vm_readv` ... `rseq`)
-    /// came later. 309 (`getcpu`, 2.6.19) is old; 335-423 are unassigned on
-    /// x86_64; everything from 424 (`pidfd_send_signal`, `io_uring_*`,
-    /// `clone3`, `close_range`, `faccessat2`, ...) is new.
-    pub const NEW_RANGES: [(u32, u32); 3] = [(299, 308), (310, 334), (424, u32::MAX)];
-    pub const SYS_PRCTL: u32 = 157;
-    /// 2.6.32's last `prctl` option is `PR_MCE_KILL` (33). Later ones
-    /// (`PR_MCE_KILL_GET` 34, `PR_SET_MM` 35, `PR_SET_CHILD_SUBREAPER` 36,
-    /// `PR_SET_NO_NEW_PRIVS` 38, `PR_SET_PTRACER` 0x59616d61, ...) get
-    /// EINVAL from its `default:` case, which the filter reproduces.
-    pub const FIRST_NEW_PRCTL_OPTION: u32 = 34;
-
-    /// `offsetof(struct seccomp_data, ...)`.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
-    const ARG0_LOW: u32 = 16;
-
-    const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-
-    // Where the three verdicts sit (the last three instructions).
-    const ALLOW: usize = 15;
-    const ENOSYS: usize = 16;
-    const EINVAL: usize = 17;
-
-    /// One instruction; jump targets are absolute indices, made relative below.
-    fn insn(code: u16, k: u32, jt: usize, jf: usize) -> (u16, u32, usize, usize) {
-        (code, k, jt, jf)
-    }
-
-    /// The BPF program.
-    pub fn program() -> Vec<libc::sock_filter> {
-        let next = usize::MAX; // "fall through"
-        let listing = [
-            /* 0 */ insn(LD, ARCH, 0, 0),
-            /* 1 */ insn(JEQ, AUDIT_ARCH_X86_64, next, ALLOW),
-            /* 2 */ insn(LD, NR, 0, 0),
-            /* 3 */ insn(JGE, X32_SYSCALL_BIT, ENOSYS, next),
-            /* 4 */ insn(JEQ, SYS_PRCTL, 12, next),
-            /* 5 */ insn(JGE, NEW_RANGES[2].0, ENOSYS, next),
-            /* 6 */ insn(JGE, NEW_RANGES[1].1 + 1, ALLOW, next),
-            /* 7 */ insn(JGE, NEW_RANGES[1].0, ENOSYS, next),
-            /* 8 */ insn(JGE, NEW_RANGES[0].1 + 1, ALLOW, next),
-            /* 9 */ insn(JGE, NEW_RANGES[0].0, ENOSYS, next),
-            /* 10 */ insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-            /* 11 */ insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-            /* 12 */ insn(LD, ARG0_LOW, 0, 0),
-            /* 13 */ insn(JGE, FIRST_NEW_PRCTL_OPTION, EINVAL, next),
-            /* 14 */ insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-            /* ALLOW 15 */ insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-            /* ENOSYS 16 */
-            insn(RET, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
-            /* EINVAL 17 */
-            insn(RET, libc::SECCOMP_RET_ERRNO | libc::EINVAL as u32, 0, 0),
-        ];
-        listing
-            .iter()
-            .enumerate()
-            .map(|(at, &(code, k, jt, jf))| {
-                let relative = |target: usize| -> u8 {
-                    if code & 0x07 != libc::BPF_JMP as u16 || target == next {
-                        return 0;
-                    }
-                    assert!(target > at, "BPF jumps go forward only");
-                    u8::try_from(target - at - 1).expect("BPF jump within 255")
-                };
-                libc::sock_filter {
-                    code,
-                    jt: relative(jt),
-                    jf: relative(jf),
-                    k,
-                }
-            })
-            .collect()
-    }
-
-    /// Install the filter in the calling process. Only `prctl` on memory
-    /// prepared earlier: safe in a `pre_exec` hook or after `fork`.
-    pub fn install(program: &[libc::sock_filter]) -> io::Result<()> {
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
-        unsafe {
-            // Lets an unprivileged process install a filter; harmless as root
-            // (it only stops setuid executables from gaining privileges).
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const libc::sock_fprog,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-
-    /// Add the filter to `command` (it then applies to what it executes).
-    pub fn apply(command: &mut std::process::Command) {
-        let program = program();
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(command, move || install(&program));
-        }
-    }
-}
-
 /// The static binary under test. These tests are about it, not about the
 /// host build that `cargo test` makes, so SP_WRAPPER_BIN is required, and it
-/// must be what we ship: a plain static executable (ET_EXEC, no interpreter).
+/// must be what we ship: a plain static executable (ET_EXEC, no interpreter)
+/// for an ABI the filter has a 2.6.32 table for (x86_64 or i386), run by
+/// this kernel itself (no SP_WRAPPER_RUNNER).
 fn static_wrapper() -> PathBuf {
     let bin = std::env::var_os("SP_WRAPPER_BIN")
         .map(PathBuf::from)
@@ -171,6 +55,14 @@ fn static_wrapper() -> PathBuf {
          run ./build.sh, then SP_WRAPPER_BIN=$PWD/dist/sp_wrapper cargo test --release \
          --test old_kernel -- --include-ignored (./build.sh test does)",
         );
+    assert!(
+        common::wrapper_runner().is_empty(),
+        "SP_WRAPPER_RUNNER is set: under an emulator the filter would judge the emulator's \
+         host system calls, not the wrapper's; the old-kernel tests cannot run that way"
+    );
+    if let Err(why) = seccomp::abi_of_binary(&bin) {
+        panic!("{why}");
+    }
     let elf =
         std::fs::read(&bin).unwrap_or_else(|e| panic!("SP_WRAPPER_BIN={}: {e}", bin.display()));
     let (kind, interpreter) = elf_kind(&elf);
@@ -188,24 +80,34 @@ fn static_wrapper() -> PathBuf {
     bin
 }
 
-/// ELF64 `e_type`, and whether there is a PT_INTERP program header.
+/// ELF `e_type`, and whether there is a PT_INTERP program header (ELF32
+/// and ELF64, little-endian).
 fn elf_kind(elf: &[u8]) -> (u16, bool) {
     assert!(
-        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2,
-        "not an ELF64 file"
+        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[5] == 1,
+        "not a little-endian ELF file"
     );
     let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
     let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().expect("8 bytes"));
-    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
+    let (phoff, phentsize, phnum) = match elf[4] {
+        1 => (u32_at(28) as usize, u16_at(42) as usize, u16_at(44)),
+        2 => (u64_at(32) as usize, u16_at(54) as usize, u16_at(56)),
+        class => panic!("unknown ELF class {class}"),
+    };
     let interpreter = (0..phnum as usize).any(|i| u32_at(phoff + i * phentsize) == 3);
     (u16_at(16), interpreter)
 }
 
-/// The command Salt would run, with the old-kernel filter.
+/// The command Salt would run, with the old-kernel filter: the same one
+/// `Launch` installs itself under SP_TEST_OLD_KERNEL=1 (then not twice:
+/// under the first, the second's `PR_SET_NO_NEW_PRIVS` gets EINVAL, as on
+/// 2.6.32).
 fn old_kernel_command(launch: &Launch) -> Command {
     let mut command = launch.command();
-    linux_2_6_32::apply(&mut command);
+    if !seccomp::requested() {
+        seccomp::apply(&mut command);
+    }
     command
 }
 
@@ -234,6 +136,8 @@ enum Expect {
 /// One raw system call made by the probe child.
 struct Call {
     name: &'static str,
+    /// Made through `int 0x80` (the i386 table, AUDIT_ARCH_I386), not `syscall`.
+    i386: bool,
     nr: libc::c_long,
     args: [libc::c_long; 6],
     expect: Expect,
@@ -250,7 +154,7 @@ type Outcome = Result<i64, i32>;
 fn probe(calls: &[Call], filtered: bool) -> Vec<Outcome> {
     const MAX: usize = 32;
     assert!(calls.len() <= MAX);
-    let program = linux_2_6_32::program();
+    let program = seccomp::program();
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let pid = unsafe { libc::fork() };
@@ -259,18 +163,27 @@ fn probe(calls: &[Call], filtered: bool) -> Vec<Outcome> {
         let mut results = [0i64; 2 * MAX];
         unsafe {
             libc::close(fds[0]);
-            if filtered && linux_2_6_32::install(&program).is_err() {
+            if filtered && seccomp::install(&program).is_err() {
                 libc::_exit(100);
             }
             for (i, call) in calls.iter().enumerate() {
-                let [a, b, c, d, e, f] = call.args;
-                let ret = libc::syscall(call.nr, a, b, c, d, e, f);
-                results[2 * i] = ret;
-                results[2 * i + 1] = if ret == -1 {
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64
+                let (ret, errno) = if call.i386 {
+                    match int80(call.nr, call.args) {
+                        raw @ -4095..=-1 => (-1, -raw),
+                        value => (value, 0),
+                    }
                 } else {
-                    0
+                    let [a, b, c, d, e, f] = call.args;
+                    match libc::syscall(call.nr, a, b, c, d, e, f) {
+                        -1 => (
+                            -1,
+                            std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64,
+                        ),
+                        value => (value, 0),
+                    }
                 };
+                results[2 * i] = ret;
+                results[2 * i + 1] = errno;
             }
             let bytes = std::slice::from_raw_parts(
                 results.as_ptr().cast::<u8>(),
@@ -307,6 +220,29 @@ fn probe(calls: &[Call], filtered: bool) -> Vec<Outcome> {
         .collect()
 }
 
+/// An i386 system call from this 64-bit process: `int 0x80` enters the
+/// kernel's 32-bit table, and seccomp reports AUDIT_ARCH_I386, as for the
+/// i686 wrapper. Five 32-bit arguments: the calls below pass no pointer.
+/// Returns the raw result (-errno on failure).
+unsafe fn int80(nr: libc::c_long, args: [libc::c_long; 6]) -> i64 {
+    let ret: i32;
+    unsafe {
+        std::arch::asm!(
+            // LLVM reserves rbx, so the first argument is swapped in and out.
+            "xchg {arg0:r}, rbx",
+            "int 0x80",
+            "xchg {arg0:r}, rbx",
+            arg0 = inout(reg) args[0] as u32 as u64 => _,
+            inlateout("eax") nr as i32 => ret,
+            in("ecx") args[1] as i32,
+            in("edx") args[2] as i32,
+            in("esi") args[3] as i32,
+            in("edi") args[4] as i32,
+        );
+    }
+    i64::from(ret)
+}
+
 /// The running kernel's version.
 fn host_kernel() -> (u32, u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
@@ -316,6 +252,102 @@ fn host_kernel() -> (u32, u32, u32) {
         .map(|p| p.parse().unwrap_or(0));
     let mut next = || parts.next().unwrap_or(0);
     (next(), next(), next())
+}
+
+/// The filter's verdict for every number of both tables, every old and new
+/// `prctl` option, and other audit arches (killed: it fails closed). Needs
+/// no binary, so it runs in every `cargo test`.
+#[test]
+fn the_filter_program_answers_per_abi_and_kills_unknown_arches() {
+    use seccomp::{RET_ALLOW, RET_EINVAL, RET_ENOSYS, RET_KILL_PROCESS, evaluate};
+    let program = seccomp::program();
+    let new_on = |abi: &seccomp::Abi, nr: u32| {
+        abi.new_ranges
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&nr))
+    };
+    for abi in seccomp::KNOWN {
+        for nr in (0..1000).chain([0x3fff_ffff, u32::MAX]) {
+            let verdict = evaluate(&program, abi.audit_arch, nr, 0);
+            let x32 = abi == seccomp::X86_64 && nr >= seccomp::X32_SYSCALL_BIT;
+            let expected = if nr == abi.sys_prctl {
+                RET_ALLOW // option 0
+            } else if x32 || new_on(&abi, nr) {
+                RET_ENOSYS
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(verdict, expected, "{} system call {nr}", abi.name);
+        }
+        for option in 0..64u64 {
+            let verdict = evaluate(&program, abi.audit_arch, abi.sys_prctl, option);
+            let expected = if option < 34 { RET_ALLOW } else { RET_EINVAL };
+            assert_eq!(verdict, expected, "{} prctl option {option}", abi.name);
+        }
+        // The other ABI's prctl number is not prctl here.
+        assert_eq!(
+            evaluate(&program, abi.audit_arch, abi.sys_prctl + 1, 36),
+            if new_on(&abi, abi.sys_prctl + 1) {
+                RET_ENOSYS
+            } else {
+                RET_ALLOW
+            }
+        );
+    }
+    // Spot checks against the kernel's own tables.
+    assert_eq!(
+        evaluate(&program, seccomp::X86_64.audit_arch, 298, 0),
+        RET_ALLOW
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::X86_64.audit_arch, 299, 0),
+        RET_ENOSYS
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::X86_64.audit_arch, 309, 0),
+        RET_ALLOW
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::X86_64.audit_arch, 400, 0),
+        RET_ALLOW
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::X86_64.audit_arch, 435, 0),
+        RET_ENOSYS
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::I386.audit_arch, 336, 0),
+        RET_ALLOW
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::I386.audit_arch, 337, 0),
+        RET_ENOSYS
+    );
+    assert_eq!(
+        evaluate(&program, seccomp::I386.audit_arch, 403, 0),
+        RET_ENOSYS
+    );
+    // aarch64, arm, x86_64 big-endian-looking garbage, 0: not known, killed.
+    for arch in [0xC000_00B7, 0x4000_0028, 0x8000_003E, 0, u32::MAX] {
+        for nr in [0, 39, 172, 1000] {
+            assert_eq!(
+                evaluate(&program, arch, nr, 0),
+                RET_KILL_PROCESS,
+                "audit arch {arch:#x}"
+            );
+        }
+    }
+    // And a binary for an ABI without a table is refused before any launch.
+    let dir = TestDir::new("ok_abi");
+    let mut header = vec![0u8; 64];
+    header[..4].copy_from_slice(b"\x7fELF");
+    for (machine, known) in [(62u16, true), (3, true), (183, false), (40, false)] {
+        header[18..20].copy_from_slice(&machine.to_le_bytes());
+        let path = dir.join(&format!("elf_{machine}"));
+        std::fs::write(&path, &header).expect("write");
+        let abi = seccomp::abi_of_binary(&path);
+        assert_eq!(abi.is_ok(), known, "ELF machine {machine}: {abi:?}");
+    }
 }
 
 #[test]
@@ -331,6 +363,7 @@ fn the_filter_behaves_like_2_6_32_and_the_wrapper_daemon_and_job_run_under_it() 
     let p = |x: *mut u8| x as libc::c_long;
     let call = |name, nr, args, expect, since| Call {
         name,
+        i386: false,
         nr,
         args,
         expect,
@@ -450,6 +483,84 @@ fn the_filter_behaves_like_2_6_32_and_the_wrapper_daemon_and_job_run_under_it() 
             Some((3, 4, 0)),
         ),
     ];
+    // The same questions through the i386 table (the i686 build's ABI).
+    let i386 = |name, nr, args, expect, since| Call {
+        name,
+        i386: true,
+        nr,
+        args,
+        expect,
+        since,
+    };
+    let calls: Vec<Call> = calls
+        .into_iter()
+        .chain([
+            i386("i386 getpid (20)", 20, [0; 6], Old, None),
+            i386(
+                "i386 perf_event_open (336, the last in 2.6.32)",
+                336,
+                [0, 0, -1, -1, 0, 0],
+                Old,
+                None,
+            ),
+            i386(
+                "i386 prctl(PR_GET_DUMPABLE) (172)",
+                172,
+                [libc::PR_GET_DUMPABLE as _, 0, 0, 0, 0, 0],
+                Old,
+                None,
+            ),
+            i386(
+                "i386 recvmmsg (337, 2.6.33)",
+                337,
+                [-1, 0, 0, 0, 0, 0],
+                Enosys,
+                Some((2, 6, 33)),
+            ),
+            i386(
+                "i386 prlimit64 (340, 2.6.36)",
+                340,
+                [0, libc::RLIMIT_NOFILE as _, 0, 0, 0, 0],
+                Enosys,
+                Some((2, 6, 36)),
+            ),
+            i386(
+                "i386 getrandom (355, 3.17)",
+                355,
+                [0; 6],
+                Enosys,
+                Some((3, 17, 0)),
+            ),
+            i386(
+                "i386 socket (359, 4.3)",
+                359,
+                [libc::AF_UNIX as _, libc::SOCK_STREAM as _, 0, 0, 0, 0],
+                Enosys,
+                Some((4, 3, 0)),
+            ),
+            i386(
+                "i386 statx (383, 4.11)",
+                383,
+                [libc::AT_FDCWD as _, 0, 0, 0xfff, 0, 0],
+                Enosys,
+                Some((4, 11, 0)),
+            ),
+            i386(
+                "i386 clock_gettime64 (403, 5.1)",
+                403,
+                [0; 6],
+                Enosys,
+                Some((5, 1, 0)),
+            ),
+            i386(
+                "i386 prctl(PR_SET_CHILD_SUBREAPER, 1) (3.4)",
+                172,
+                [libc::PR_SET_CHILD_SUBREAPER as _, 1, 0, 0, 0, 0],
+                Einval,
+                Some((3, 4, 0)),
+            ),
+        ])
+        .collect();
     let filtered = probe(&calls, true);
     let open = probe(&calls, false);
     let host = host_kernel();
@@ -498,7 +609,7 @@ fn the_filter_behaves_like_2_6_32_and_the_wrapper_daemon_and_job_run_under_it() 
     // The static binary starts under the filter.
     let mut version = Command::new(&bin);
     version.arg("--version");
-    linux_2_6_32::apply(&mut version);
+    seccomp::apply(&mut version);
     let version = version
         .output()
         .expect("sp_wrapper --version under the filter");
@@ -690,21 +801,118 @@ fn salts_pipes_are_released_while_the_job_runs() {
     assert_eq!(result.retcode, Some(0));
 }
 
+#[test]
+#[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
+fn the_daemons_death_kills_the_job_and_is_reported() {
+    // No subreaper under the filter: when the daemon dies the job's
+    // processes go to init, and the guardian sees the group end through
+    // kill(-pgid, 0) alone (tests/guardian.rs has the full set).
+    let dir = TestDir::new("ok_guardian");
+    let mut server = Harness::start(&dir);
+    server.add_job("orphaned", "orphaned_1", &[MACHINE]);
+    let d = dir.path.display();
+    let command = format!(
+        "echo $PPID > {d}/daemon.pid; sleep 300 & echo $! > {d}/child.pid; echo $$ > {d}/shell.pid; echo running; wait"
+    );
+    let lock = dir.join("orphaned.lock");
+    launch_ok(
+        &launch(&server, "orphaned", "orphaned_1", &command, &dir)
+            .env("SP_ALLOW_OVERLAP", "false")
+            .env("SP_LOCKFILE", lock.to_str().expect("utf-8")),
+    );
+    let daemon = read_pid_file(&dir.join("daemon.pid"), RESULT_WAIT);
+    let shell = read_pid_file(&dir.join("shell.pid"), RESULT_WAIT);
+    let child = read_pid_file(&dir.join("child.pid"), RESULT_WAIT);
+    assert!(
+        wait_until(RESULT_WAIT, || server
+            .result("orphaned", MACHINE)
+            .ret
+            .contains("running")),
+        "no output recorded"
+    );
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    let died = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || group_members(shell).is_empty()),
+        "processes {:?} of the job outlived the daemon by 2 s",
+        group_members(shell)
+    );
+    assert!(!pid_alive(child));
+    let result = server
+        .wait_result("orphaned", MACHINE, Duration::from_secs(10))
+        .expect("the guardian's result within 10 s");
+    assert!(died.elapsed() < Duration::from_secs(10));
+    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(
+        result.ret,
+        format!(
+            "running\n\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
+             the job's process group was killed]\n"
+        )
+    );
+    assert!(wait_until(Duration::from_secs(10), || lock_is_free(&lock)));
+}
+
 // ---------------------------------------------------------------------------
 // The system-call audit (docs/packaging.md).
 
 /// Calls the wrapper makes that 2.6.32 refuses, each with what happens
 /// then. The audit fails on any other refusal: a new one needs a look at its
 /// fallback first, then an entry here and in docs/packaging.md.
-const REFUSED_BUT_HANDLED: [(&str, &str); 2] = [
+const REFUSED_BUT_HANDLED: [(&str, &str, &str); 10] = [
     (
+        "any",
         "getrandom",
         "the getrandom crate (tungstenite's handshake key and masks) polls /dev/random once, \
          then reads /dev/urandom",
     ),
     (
+        "any",
         "prctl(PR_SET_CHILD_SUBREAPER)",
         "ignored: init reaps the job's orphans instead of the daemon",
+    ),
+    // i386: musl 1.2 makes the direct socket calls (359-373, Linux 4.3)
+    // first and falls back to socketcall(2) on ENOSYS; the scenarios above
+    // (connect, send, receive, socketpair in std's spawn) pass that way.
+    (
+        "i386",
+        "socket",
+        "musl falls back to socketcall(SYS_SOCKET)",
+    ),
+    (
+        "i386",
+        "socketpair",
+        "musl falls back to socketcall(SYS_SOCKETPAIR)",
+    ),
+    (
+        "i386",
+        "connect",
+        "musl falls back to socketcall(SYS_CONNECT)",
+    ),
+    (
+        "i386",
+        "getsockopt",
+        "musl falls back to socketcall(SYS_GETSOCKOPT)",
+    ),
+    (
+        "i386",
+        "setsockopt",
+        "musl falls back to socketcall(SYS_SETSOCKOPT)",
+    ),
+    (
+        "i386",
+        "sendto",
+        "musl falls back to socketcall(SYS_SENDTO)",
+    ),
+    (
+        "i386",
+        "recvfrom",
+        "musl falls back to socketcall(SYS_RECVFROM)",
+    ),
+    (
+        "i386",
+        "statx",
+        "musl's fstatat tries statx (4.11) on 32-bit, then fstatat64",
     ),
 ];
 
@@ -728,6 +936,7 @@ struct AuditRun {
 #[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
 fn syscall_audit_under_strace() {
     let bin = static_wrapper();
+    let abi_name = seccomp::abi_of_binary(&bin).expect("checked above").name;
     let Some(strace) = ["/usr/bin/strace", "/bin/strace"]
         .into_iter()
         .map(Path::new)
@@ -824,7 +1033,8 @@ fn syscall_audit_under_strace() {
     }
     let total: u64 = made.values().sum();
     eprintln!(
-        "sp_wrapper made {} distinct system calls ({total} calls) under the 2.6.32 filter:\n{}",
+        "sp_wrapper ({abi_name}) made {} distinct system calls ({total} calls) under the 2.6.32 \
+         filter:\n{}",
         made.len(),
         made.iter()
             .map(|(name, count)| format!("{name} ({count})"))
@@ -842,7 +1052,9 @@ fn syscall_audit_under_strace() {
     }
     for call in refused.keys() {
         assert!(
-            REFUSED_BUT_HANDLED.iter().any(|(name, _)| name == call),
+            REFUSED_BUT_HANDLED
+                .iter()
+                .any(|(abi, name, _)| name == call && (*abi == "any" || *abi == abi_name)),
             "sp_wrapper makes {call}, which 2.6.32 refuses: check what happens then, and list it \
              in REFUSED_BUT_HANDLED and docs/packaging.md"
         );

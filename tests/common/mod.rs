@@ -7,8 +7,11 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod scripted;
 pub mod seccomp;
+#[path = "../../src/xorshift.rs"]
+pub mod xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The machine name every test launch reports (`SP_MACHINE_ID`).
+pub const MACHINE: &str = "test-minion";
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -43,6 +49,49 @@ pub fn wrapper_bin() -> PathBuf {
     std::env::var_os("SP_WRAPPER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp_wrapper")))
+}
+
+/// What runs the wrapper, from `SP_WRAPPER_RUNNER` (words split on spaces,
+/// e.g. `qemu-aarch64`): the binary is appended as its next argument. Empty
+/// when unset: the binary runs directly.
+pub fn wrapper_runner() -> Vec<String> {
+    std::env::var("SP_WRAPPER_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A `Command` that runs `bin` through the runner, if any.
+pub fn command_for(bin: &Path) -> Command {
+    let runner = wrapper_runner();
+    match runner.split_first() {
+        None => Command::new(bin),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(bin);
+            command
+        }
+    }
+}
+
+/// What `/proc/<pid>/exe` of a wrapper process names: `sp_wrapper`, or the
+/// runner's program (`qemu-aarch64`) when one is used, since qemu-user is
+/// the process the kernel sees.
+pub fn wrapper_image_name() -> String {
+    match wrapper_runner().first() {
+        None => "sp_wrapper".to_string(),
+        Some(program) => Path::new(program)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| program.clone()),
+    }
+}
+
+/// The wrapper under test, through the runner (for direct runs such as
+/// `--version`; launches go through `Launch`).
+pub fn wrapper_command() -> Command {
+    command_for(&wrapper_bin())
 }
 
 /// A fresh directory for one test, removed on drop (kept with SP_KEEP_TEST_DIRS).
@@ -281,7 +330,7 @@ impl Launch {
             .env("SP_JOB_INSTANCE", instance)
             .env("SP_JOB_INSTANCE_NAME", instance)
             .env("SP_COMMAND", command)
-            .env("SP_MACHINE_ID", "test-minion")
+            .env("SP_MACHINE_ID", MACHINE)
             .env("SP_WRAPPER_LOGDIR", dir.path.to_str().expect("utf-8 dir"))
             .env("SP_WRAPPER_LOGLEVEL", "debug")
             .env("SP_ALLOW_OVERLAP", "true")
@@ -312,20 +361,31 @@ impl Launch {
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(&self.bin);
+        let mut command = if self.bin == wrapper_bin() {
+            command_for(&self.bin)
+        } else {
+            // Another program (a test's strace, say): it is run as given.
+            Command::new(&self.bin)
+        };
         command.env_clear().args(&self.args).stdin(Stdio::null());
         for (k, v) in &self.env {
             command.env(k, v);
         }
         if seccomp::requested() {
             // SP_TEST_OLD_KERNEL=1: the wrapper, its daemon and the job run
-            // as on Linux 2.6.32 (newer system calls fail with ENOSYS).
-            let program = seccomp::program();
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                    seccomp::install(&program)
-                });
+            // as on Linux 2.6.32 (newer system calls fail with ENOSYS). Only
+            // for a binary the kernel runs itself: under qemu-user the filter
+            // would judge qemu's host calls, not the wrapper's.
+            assert!(
+                wrapper_runner().is_empty(),
+                "SP_TEST_OLD_KERNEL=1 with SP_WRAPPER_RUNNER={:?}: the old-kernel filter cannot \
+                 stand for the guest's kernel under an emulator; refusing to run",
+                wrapper_runner()
+            );
+            if let Err(why) = seccomp::abi_of_binary(&self.bin) {
+                panic!("{why}");
             }
+            seccomp::apply(&mut command);
         }
         command
     }
@@ -416,6 +476,11 @@ fn pipe_holders(pipes: &[String]) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// Launch as Salt does and assert the launch contract (see `expect_started`).
+pub fn launch_ok(launch: &Launch) -> Launched {
+    launch.run().expect_started()
 }
 
 /// Compare big outputs without printing megabytes on failure.
@@ -549,7 +614,7 @@ impl CuttingProxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let rng = Arc::new(Mutex::new(seed | 1));
+        let rng = Arc::new(Mutex::new(xorshift::XorShift::new(seed)));
         {
             let (stop, refusing, connections, cuts) = (
                 stop.clone(),
@@ -575,12 +640,8 @@ impl CuttingProxy {
                     };
                     connections.fetch_add(1, Ordering::SeqCst);
                     let lifetime = {
-                        let mut state = rng.lock().expect("rng");
-                        *state ^= *state << 13;
-                        *state ^= *state >> 7;
-                        *state ^= *state << 17;
                         let span = (max - min).as_millis() as u64 + 1;
-                        min + Duration::from_millis(*state % span)
+                        min + Duration::from_millis(rng.lock().expect("rng").next_u64() % span)
                     };
                     let _ = client.set_nonblocking(false);
                     let pipes = [
@@ -643,4 +704,106 @@ impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Wait for `path` to hold a pid (a job writes `$$`, `$!` or `$PPID` there).
+pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
+    let mut pid = None;
+    wait_until(timeout, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| panic!("no pid in {} after {timeout:?}", path.display()))
+}
+
+/// Fields of /proc/<pid>/stat after the command name: state is [0], ppid
+/// [1], pgrp [2].
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
+/// The parent of a live process.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.first().is_some_and(|s| s != "Z")
+                    && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// A process's resident memory in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Is the overlap lock at `path` free (no file, or its flock can be taken)?
+/// Takes and drops the flock at once, never creates the file.
+pub fn lock_is_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => panic!("open {}: {e}", path.display()),
+    };
+    let fd = file.as_raw_fd();
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        return true;
+    }
+    false
+}
+
+/// Seconds since the epoch of a time the endpoint recorded, as Python's
+/// `str(datetime)` prints it: `2026-11-23 16:55:01.123456+00:00`.
+pub fn recorded_seconds(text: &str) -> f64 {
+    fn parts<T: std::str::FromStr>(text: &str, separator: char) -> Option<Vec<T>> {
+        text.split(separator).map(|p| p.parse().ok()).collect()
+    }
+    let fields = text.split_once([' ', 'T']).and_then(|(date, time)| {
+        let time = time.strip_suffix("+00:00")?;
+        Some((parts::<i64>(date, '-')?, parts::<f64>(time, ':')?))
+    });
+    let Some((ymd, hms)) = fields.filter(|(d, t)| d.len() == 3 && t.len() == 3) else {
+        panic!("unexpected recorded time {text:?}");
+    };
+    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
+    // Days from civil (Howard Hinnant's algorithm).
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+/// Seconds since the epoch, now.
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }

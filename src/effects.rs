@@ -1,0 +1,25 @@
+//! What the supervisor does to the world, as a trait: frames to the link
+//! thread, signals to the job's process group, the log, our own stdout. The
+//! daemon's implementation is `LiveEffects` in `main.rs`; the supervisor's
+//! tests use a fake that records everything, so the session and the job's
+//! lifecycle are tested with fake events and fake time, without threads.
+
+use crate::messages::{LinkCommand, Stream};
+
+pub trait Effects {
+    fn link(&mut self, command: LinkCommand);
+    /// Signal the job's process group; `false` when no process is left in it.
+    fn signal_group(&mut self, signal: i32) -> bool;
+    /// `--foreground`: show the job's output on our own stdout/stderr.
+    fn tee(&mut self, stream: Stream, text: &str);
+    fn reopen_log(&mut self);
+    /// The server ACKed our `start` (the guardian must not send another).
+    fn start_acknowledged(&mut self) {}
+    /// The job's result is fixed (the guardian says so if we die delivering it).
+    fn job_finished(&mut self, _retcode: i32) {}
+    /// Append undelivered output to the job's log.
+    fn log_undelivered(&mut self, text: &str);
+    /// Close the connection cleanly (a close frame) and wait, briefly and
+    /// with a bound, for the link thread to finish before the process exits.
+    fn close_link(&mut self);
+}

@@ -1,0 +1,288 @@
+//! The job's lifecycle, as the supervisor thread tracks it: which output
+//! pipes are still open, the main process's exit, the timeout, the kill
+//! escalation (SIGTERM, then SIGKILL repeated until the group is gone), and
+//! the result code. It decides when the job is finished and with what code.
+//!
+//! Plain state with no threads and no clock: the supervisor passes `now` and a
+//! `group` function that signals the job's process group (`false`: no process
+//! is left in it). Every deadline it owns is listed once, in `deadlines`, from
+//! which both `next_deadline` and `on_time` are derived.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::exit_codes::{self, KillReason};
+use crate::messages::Stream;
+
+/// SIGTERM, then this long, then SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// After a killed job's main process is gone, how often to look whether the
+/// rest of its group is gone too (zombies still count as members until
+/// reaped; on kernels without subreaper init reaps them and tells us nothing).
+const GROUP_RECHECK: Duration = Duration::from_millis(50);
+/// How often SIGKILL is repeated until the group is gone (only while killing).
+const KILL_REPEAT: Duration = Duration::from_millis(100);
+/// After the job's main process exits, how long a background process may keep
+/// its stdout/stderr open before we complete without the rest.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The job's result, once its main process is gone and its output drained.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    pub retcode: i32,
+    pub at: Instant,
+    /// When the main process exited: `complete.timestamp`.
+    pub exited_at: SystemTime,
+}
+
+struct Kill {
+    reason: KillReason,
+    next_signal: Instant,
+    group_gone: bool,
+    /// Set while the job's main process is gone but its group is not.
+    recheck: Option<Instant>,
+}
+
+/// The main process's exit, as the waiter reported it.
+#[derive(Clone, Copy)]
+struct Exit {
+    status: i32,
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// What a call changed, for the supervisor to pass on to the session.
+#[derive(Debug, Default)]
+pub struct JobChange {
+    /// A kill began: this marker goes into the output, in this stream.
+    pub kill_marker: Option<(Stream, String)>,
+    /// The job is finished, with this result.
+    pub finished: Option<Finished>,
+}
+
+/// The deadlines the job owns.
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    Timeout,
+    KillSignal,
+    GroupRecheck,
+    Drained,
+}
+
+pub struct JobLifecycle {
+    timeout: Option<Duration>,
+    /// One pipe carries both streams (`SP_OUTPUT=merged`).
+    merged_output: bool,
+    timeout_at: Option<Instant>,
+    streams_open: [bool; 2],
+    exit: Option<Exit>,
+    kill: Option<Kill>,
+    finished: Option<Finished>,
+}
+
+impl JobLifecycle {
+    /// `merged_output`: one pipe carries both streams, so only stdout is
+    /// waited for.
+    pub fn new(timeout: Option<Duration>, merged_output: bool, started: Instant) -> Self {
+        JobLifecycle {
+            timeout,
+            merged_output,
+            timeout_at: timeout.map(|t| started + t),
+            streams_open: [true, !merged_output],
+            exit: None,
+            kill: None,
+            finished: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn finished(&self) -> Option<Finished> {
+        self.finished
+    }
+
+    /// Is a kill under way or the job finished (a new kill would do nothing)?
+    pub fn beyond_kill(&self) -> bool {
+        self.kill.is_some() || self.finished.is_some()
+    }
+
+    pub fn on_stream_closed(
+        &mut self,
+        stream: Stream,
+        now: Instant,
+        group: &mut impl FnMut(i32) -> bool,
+    ) -> JobChange {
+        self.streams_open[stream.index()] = false;
+        self.check_finished(now, group)
+    }
+
+    pub fn on_exit(
+        &mut self,
+        status: i32,
+        wall: SystemTime,
+        now: Instant,
+        group: &mut impl FnMut(i32) -> bool,
+    ) -> JobChange {
+        self.exit = Some(Exit {
+            status,
+            at: now,
+            wall,
+        });
+        self.check_finished(now, group)
+    }
+
+    /// An orphan of the job was reaped: it may have been the group's last.
+    pub fn on_reaped(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+        self.check_finished(now, group)
+    }
+
+    /// SIGTERM to the group, SIGKILL `KILL_GRACE` later. Repeated kills count
+    /// once; a finished job has nothing to kill.
+    pub fn kill(
+        &mut self,
+        reason: KillReason,
+        now: Instant,
+        group: &mut impl FnMut(i32) -> bool,
+    ) -> JobChange {
+        if self.beyond_kill() {
+            return JobChange::default();
+        }
+        let marker = match reason {
+            KillReason::Timeout => {
+                let secs = crate::config::format_seconds(self.timeout.unwrap_or_default());
+                log::warn!("job exceeded its timeout of {secs} s: SIGTERM to its process group");
+                format!("\n[Job exceeded timeout of {secs} seconds]\n")
+            }
+            KillReason::Request => {
+                log::info!("SIGTERM to the job's process group");
+                "\n[Job terminated by user request]\n".to_string()
+            }
+        };
+        let alive = group(libc::SIGTERM);
+        self.kill = Some(Kill {
+            reason,
+            next_signal: now + KILL_GRACE,
+            group_gone: !alive,
+            recheck: None,
+        });
+        // Merged output is all labelled stdout; separate streams put our
+        // notes where the job's errors go.
+        let stream = if self.merged_output {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
+        JobChange {
+            kill_marker: Some((stream, marker)),
+            finished: None,
+        }
+    }
+
+    /// Every deadline the job has now, each once.
+    fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> {
+        let kill = self.kill.as_ref();
+        let drained = match (self.finished, self.exit) {
+            (None, Some(exit)) => Some(exit.at + DRAIN_GRACE),
+            _ => None,
+        };
+        [
+            (Deadline::Timeout, self.timeout_at),
+            (
+                Deadline::KillSignal,
+                kill.filter(|k| !k.group_gone).map(|k| k.next_signal),
+            ),
+            (Deadline::GroupRecheck, kill.and_then(|k| k.recheck)),
+            (Deadline::Drained, drained),
+        ]
+        .into_iter()
+        .filter_map(|(deadline, at)| Some((deadline, at?)))
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines().map(|(_, at)| at).min()
+    }
+
+    /// Fire every deadline that is due.
+    pub fn on_time(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+        let due: Vec<Deadline> = self
+            .deadlines()
+            .filter(|(_, at)| now >= *at)
+            .map(|(deadline, _)| deadline)
+            .collect();
+        let mut change = JobChange::default();
+        for deadline in due {
+            let step = match deadline {
+                Deadline::Timeout => {
+                    self.timeout_at = None;
+                    self.kill(KillReason::Timeout, now, group)
+                }
+                Deadline::KillSignal => {
+                    let Some(kill) = self.kill.as_mut() else {
+                        continue;
+                    };
+                    let alive = group(libc::SIGKILL);
+                    kill.group_gone = !alive;
+                    kill.next_signal = now + KILL_REPEAT;
+                    if alive {
+                        log::debug!("SIGKILL to the job's process group");
+                    }
+                    self.check_finished(now, group)
+                }
+                Deadline::GroupRecheck => {
+                    if let Some(kill) = self.kill.as_mut() {
+                        kill.recheck = None;
+                    }
+                    self.check_finished(now, group)
+                }
+                Deadline::Drained => self.check_finished(now, group),
+            };
+            change.kill_marker = change.kill_marker.or(step.kill_marker);
+            change.finished = change.finished.or(step.finished);
+        }
+        change
+    }
+
+    /// The job is finished when its main process has exited, its output is
+    /// drained (or `DRAIN_GRACE` has passed), and, if we killed it, no
+    /// process of its group is left.
+    fn check_finished(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+        let unchanged = JobChange::default();
+        if self.finished.is_some() {
+            return unchanged;
+        }
+        let Some(exit) = self.exit else {
+            return unchanged;
+        };
+        let all_closed = self.streams_open == [false, false];
+        if !all_closed && now < exit.at + DRAIN_GRACE {
+            return unchanged;
+        }
+        if !all_closed {
+            log::warn!(
+                "job output still open {} s after its main process exited; completing without the rest",
+                DRAIN_GRACE.as_secs()
+            );
+        }
+        if let Some(kill) = self.kill.as_mut() {
+            if !kill.group_gone {
+                if group(0) {
+                    // Processes (or unreaped zombies) remain: look again soon;
+                    // the kill timer finishes any that ignore SIGTERM.
+                    kill.recheck = Some(now + GROUP_RECHECK);
+                    return unchanged;
+                }
+                kill.group_gone = true;
+            }
+        }
+        let retcode = exit_codes::job_retcode(exit.status, self.kill.as_ref().map(|k| k.reason));
+        log::info!("job finished with retcode {retcode}");
+        let finished = Finished {
+            retcode,
+            at: now,
+            exited_at: exit.wall,
+        };
+        self.finished = Some(finished);
+        JobChange {
+            kill_marker: None,
+            finished: Some(finished),
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! The session with the server, as the supervisor thread runs it: what goes
+//! on the wire and when. It owns the outbox (batching, numbering, ACKs, the
+//! spool), the connection state (generation, connect ACK, sync, `start`
+//! ACKed or ignored), heartbeats, `complete` and its retries, delivery
+//! progress, and the give-up report that writes undelivered output to the
+//! log.
+//!
+//! Plain state with no threads and no clock: the supervisor passes `now` and
+//! the `Effects` to send through. Every deadline it owns is listed once, in
+//! `deadlines`, from which both `next_deadline` and `on_time` are derived.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::effects::Effects;
+use crate::frames::FramePool;
+use crate::job::Finished;
+use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
+use crate::outbox::Outbox;
+use crate::protocol::Encoder;
+
+/// PROTOCOL.md: a heartbeat every 5 s.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long to wait for `sync_response` before assuming a per-socket server.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output in flight with no ACK progress for this long: the peer is stuck.
+const ACK_STALL: Duration = Duration::from_secs(30);
+/// The server waits up to 30 s for the job state before answering `complete`.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(40);
+/// After the job ends, keep trying to deliver for this long after the later
+/// of the end and the last delivery progress (an ACK for something not ACKed
+/// before). Contact alone does not count: a server that answers but never
+/// ACKs output must not keep the agent alive forever (docs/delivery.md).
+pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
+/// `complete` attempts that got no answer before we stop trying.
+const MAX_COMPLETE_ATTEMPTS: u32 = 5;
+/// Output messages in flight at once: enough to keep the pipe full, few
+/// enough that a dropped connection leaves little in doubt (docs/delivery.md).
+pub const WINDOW: usize = 8;
+/// ... and at most this many bytes of output in flight (one message always
+/// may be): each in-flight message briefly exists twice, as a batch and as a
+/// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
+pub const WINDOW_BYTES: usize = 4 << 20;
+
+/// Longest piece of a server-supplied string that reaches the log. A hostile
+/// server may send 1 MiB strings on every frame; the log must not become the
+/// way it fills the disk.
+const LOGGED_TEXT_MAX: usize = 200;
+
+/// `text` cut to `LOGGED_TEXT_MAX` bytes (on a character boundary), with the
+/// full length noted when it was cut.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_TEXT_MAX {
+        return text.into();
+    }
+    let mut end = LOGGED_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len()).into()
+}
+
+/// Who we are to the server, and how output is batched.
+pub struct Settings {
+    pub job_name: String,
+    pub job_instance: String,
+    /// Empty until the link thread reports the machine id it resolved
+    /// (`LinkEvent::Identified`), which it does before its first connection.
+    pub machine: String,
+    pub version: String,
+    pub job_pid: i32,
+    /// Wall-clock time the job was spawned: `start.timestamp`, the server's
+    /// starttime, the same on every (re)send.
+    pub spawned_at: SystemTime,
+    pub output_interval: Duration,
+}
+
+/// How the run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub retcode: i32,
+    /// The server ACKed `complete` with all output delivered.
+    pub delivered: bool,
+}
+
+/// What the session asks of the rest of the supervisor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The server sent a `kill` for this instance on this machine.
+    Kill,
+}
+
+struct Conn {
+    generation: u64,
+    /// The server answered our `connect`. It answers in order, so only a
+    /// `sync_response` after this can be the answer to our `sync_request`.
+    connect_acked: bool,
+    synced: bool,
+    opened: Instant,
+    /// Last time in-flight output got an ACK (or started being in flight).
+    ack_progress: Instant,
+    complete_sent: Option<Instant>,
+}
+
+/// The deadlines the session owns.
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    Heartbeat,
+    SealBatch,
+    SyncTimeout,
+    AckStall,
+    CompleteTimeout,
+    GiveUp,
+}
+
+pub struct Session {
+    settings: Settings,
+    encoder: Encoder,
+    outbox: Outbox,
+    /// Recycled buffers for output frames (the link thread returns them).
+    frames: FramePool,
+    conn: Option<Conn>,
+    start_acked: bool,
+    /// The server read our `start` (its `sync_response` came after it) and did
+    /// not ACK it: it does not know this instance.
+    start_ignored: bool,
+    /// When the session began: the first batch is due from then.
+    began: Instant,
+    /// Last delivery progress: an ACK for output or a start not ACKed before.
+    last_progress: Instant,
+    connect_failures: u32,
+    complete_attempts: u32,
+    /// The job's result, once the job is finished.
+    finished: Option<Finished>,
+    next_heartbeat: Instant,
+    /// When a batch was last sealed; `None` until the first, which goes out at once.
+    last_seal: Option<Instant>,
+    outcome: Option<Outcome>,
+    spill_noted: bool,
+    /// `outbox.lost_bytes` already reported in the log.
+    loss_logged: u64,
+}
+
+impl Session {
+    pub fn new(settings: Settings, outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+        let encoder = Encoder::new(
+            &settings.job_name,
+            &settings.job_instance,
+            &settings.machine,
+        );
+        Session {
+            settings,
+            encoder,
+            outbox,
+            frames,
+            conn: None,
+            start_acked: false,
+            start_ignored: false,
+            began,
+            last_progress: began,
+            connect_failures: 0,
+            complete_attempts: 0,
+            finished: None,
+            next_heartbeat: began + HEARTBEAT_INTERVAL,
+            last_seal: None,
+            outcome: None,
+            spill_noted: false,
+            loss_logged: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// Output from the job (or a marker of ours) joins the outbox.
+    pub fn on_output(&mut self, stream: Stream, text: &str, now: Instant) {
+        self.outbox.push(stream, text);
+        if !self.spill_noted {
+            if let Some(path) = self.outbox.spool_path() {
+                self.spill_noted = true;
+                log::warn!(
+                    "unacknowledged output passed the memory bound; spilling to {}",
+                    path.display()
+                );
+            }
+        }
+        if self.batch_due().is_none_or(|due| now >= due) {
+            // Leading edge: sparse output goes out at once.
+            self.seal(now);
+        }
+    }
+
+    /// A kill marker: it ends the current batch so it goes out at once.
+    pub fn on_kill_marker(&mut self, stream: Stream, marker: &str, now: Instant) {
+        self.outbox.push(stream, marker);
+        self.seal(now);
+    }
+
+    /// The job is finished: its result is fixed, the last batch goes out.
+    pub fn on_job_finished(&mut self, finished: Finished, now: Instant) {
+        self.finished = Some(finished);
+        self.seal(now);
+    }
+
+    /// We are killing the job at the server's request: tell it so, once.
+    pub fn announce_kill(&mut self, effects: &mut impl Effects) {
+        log::info!("kill requested by the server");
+        self.send(effects, self.encoder.killed(crate::clock::now()));
+    }
+
+    pub fn on_link(
+        &mut self,
+        event: LinkEvent,
+        now: Instant,
+        effects: &mut impl Effects,
+    ) -> Option<Request> {
+        match event {
+            LinkEvent::Identified { machine } => {
+                self.encoder = Encoder::new(
+                    &self.settings.job_name,
+                    &self.settings.job_instance,
+                    &machine,
+                );
+                self.settings.machine = machine;
+            }
+            LinkEvent::Connected { generation } => self.on_connected(generation, now, effects),
+            LinkEvent::Disconnected { generation, reason } => {
+                if self.is_current(generation) {
+                    log::warn!("connection lost: {reason}");
+                    self.conn = None;
+                    self.outbox.on_disconnect();
+                }
+            }
+            LinkEvent::ConnectFailed { reason } => {
+                self.connect_failures += 1;
+                if self.connect_failures == 1 {
+                    log::warn!("cannot reach the server (retrying every 2 s): {reason}");
+                } else {
+                    log::debug!(
+                        "connection attempt {} failed: {reason}",
+                        self.connect_failures
+                    );
+                }
+            }
+            LinkEvent::BadFrame { generation, reason } => {
+                if self.is_current(generation) {
+                    log::debug!("ignored a frame from the server: {}", clip(&reason));
+                }
+            }
+            LinkEvent::Frame { generation, frame } => {
+                if self.is_current(generation) {
+                    return self.on_frame(frame, now, effects);
+                }
+            }
+        }
+        None
+    }
+
+    fn on_connected(&mut self, generation: u64, now: Instant, effects: &mut impl Effects) {
+        if self.connect_failures > 0 {
+            log::info!(
+                "connected to the server after {} failed attempts",
+                self.connect_failures
+            );
+        } else {
+            log::info!("connected to the server");
+        }
+        self.connect_failures = 0;
+        self.outbox.on_disconnect();
+        self.conn = Some(Conn {
+            generation,
+            connect_acked: false,
+            synced: false,
+            opened: now,
+            ack_progress: now,
+            complete_sent: None,
+        });
+        let wall = crate::clock::now();
+        self.send(effects, self.encoder.connect(wall));
+        if !self.start_acked {
+            // The spawn time, not now: the server stores it as the run's
+            // starttime, however late we get through.
+            let start = self.encoder.start(
+                self.settings.spawned_at,
+                self.settings.job_pid,
+                &self.settings.version,
+            );
+            self.send(effects, start);
+        }
+        let (last_acked, next) = (
+            self.outbox.last_acked_wire_seq(),
+            self.outbox.next_wire_seq(),
+        );
+        self.send(effects, self.encoder.sync_request(wall, last_acked, next));
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
+    }
+
+    /// A `complete` of ours awaits its answer on this connection.
+    fn complete_pending(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.complete_sent.is_some())
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Inbound,
+        now: Instant,
+        effects: &mut impl Effects,
+    ) -> Option<Request> {
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("received {}", clip(&format!("{frame:?}")));
+        }
+        match frame {
+            Inbound::Ack {
+                kind: AckKind::Connect,
+                ..
+            } => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.connect_acked = true;
+                }
+            }
+            Inbound::Ack {
+                kind: AckKind::Start,
+                ..
+            } => {
+                if !self.start_acked {
+                    log::info!("server acknowledged the start");
+                    self.last_progress = now;
+                    effects.start_acknowledged();
+                }
+                self.start_acked = true;
+                self.start_ignored = false;
+            }
+            Inbound::Ack {
+                kind: AckKind::Output,
+                seq: Some(seq),
+            } => {
+                if self.outbox.on_ack(seq) > 0 {
+                    self.last_progress = now;
+                    if let Some(conn) = self.conn.as_mut() {
+                        conn.ack_progress = now;
+                    }
+                }
+            }
+            Inbound::Ack {
+                kind: AckKind::Complete,
+                ..
+            } => {
+                // Only an answer to a `complete` we sent counts.
+                if self.complete_pending() {
+                    let retcode = self.retcode();
+                    let delivered = self.outbox.is_empty();
+                    log::info!("server recorded the result (retcode {retcode})");
+                    if !delivered {
+                        self.write_undelivered(
+                            "the server never accepted this instance's start",
+                            effects,
+                        );
+                    }
+                    self.outcome = Some(Outcome { retcode, delivered });
+                }
+            }
+            Inbound::Ack { .. } => {}
+            Inbound::Nack { expected_seq } => {
+                let outcome = self.outbox.on_nack(expected_seq);
+                log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
+            }
+            Inbound::SyncResponse { last_seq } => {
+                if self.conn.as_ref().is_some_and(|c| c.connect_acked) {
+                    self.on_synced(Some(last_seq));
+                } else {
+                    log::debug!("ignored a sync_response that came before the connect ack");
+                }
+            }
+            Inbound::Kill {
+                job_instance,
+                machine,
+            } => {
+                let ours = job_instance.as_deref() == Some(self.settings.job_instance.as_str())
+                    && machine
+                        .as_deref()
+                        .is_none_or(|m| m == self.settings.machine);
+                if ours {
+                    return Some(Request::Kill);
+                }
+                log::warn!(
+                    "ignored a kill for another instance ({} on {})",
+                    clip(&format!("{job_instance:?}")),
+                    clip(&format!("{machine:?}"))
+                );
+            }
+            Inbound::Error { code, message } => {
+                if code == "JOB_NOT_FOUND" && self.complete_pending() {
+                    log::warn!(
+                        "server no longer knows this job ({}); output kept in this log",
+                        clip(&message)
+                    );
+                    let retcode = self.retcode();
+                    self.write_undelivered(
+                        "the server answered JOB_NOT_FOUND (job stopped or restarted)",
+                        effects,
+                    );
+                    self.outcome = Some(Outcome {
+                        retcode,
+                        delivered: false,
+                    });
+                } else {
+                    log::warn!("server error {}: {}", clip(&code), clip(&message));
+                }
+            }
+            Inbound::Other(kind) => log::debug!("ignored a {kind:?} frame"),
+        }
+        None
+    }
+
+    /// The job's result code, or the wrapper-error code while it has none.
+    fn retcode(&self) -> i32 {
+        self.finished
+            .map_or(crate::exit_codes::WRAPPER_ERROR, |finished| {
+                finished.retcode
+            })
+    }
+
+    fn on_synced(&mut self, last_seq: Option<i64>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if conn.synced {
+            return; // unsolicited: the numbering was settled already
+        }
+        conn.synced = true;
+        // Our start came before our sync_request, and the server answers in
+        // order: if start is not ACKed now, it never will be on this socket.
+        // (Only a real sync_response proves that; a timeout proves nothing.)
+        if !self.start_acked && last_seq.is_some() {
+            self.start_ignored = true;
+            log::warn!("server did not acknowledge the start (unknown instance or machine?)");
+        }
+        self.outbox.on_sync(last_seq.unwrap_or(-1));
+        log::debug!(
+            "synced: last_seq {last_seq:?}, next wire seq {}",
+            self.outbox.next_wire_seq()
+        );
+    }
+
+    /// When the open batch may be sealed: one interval after the last seal.
+    fn batch_due(&self) -> Option<Instant> {
+        self.last_seal.map(|at| at + self.settings.output_interval)
+    }
+
+    fn seal(&mut self, now: Instant) {
+        self.outbox.seal();
+        self.last_seal = Some(now);
+    }
+
+    /// When delivery is abandoned: `DELIVERY_WINDOW` after the later of the
+    /// job's end and the last delivery progress.
+    fn delivery_deadline(&self) -> Option<Instant> {
+        self.finished
+            .map(|finished| finished.at.max(self.last_progress) + DELIVERY_WINDOW)
+    }
+
+    /// Every deadline the session has now, each once.
+    fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> {
+        let conn = self.conn.as_ref();
+        // Open output with no seal yet is due at once (from the beginning).
+        let seal = (self.outbox.open_bytes() > 0).then(|| self.batch_due().unwrap_or(self.began));
+        let sync = conn.filter(|c| !c.synced).map(|c| c.opened + SYNC_TIMEOUT);
+        let ack_stall = conn
+            .filter(|_| self.outbox.in_flight() > 0)
+            .map(|c| c.ack_progress + ACK_STALL);
+        let complete = conn
+            .and_then(|c| c.complete_sent)
+            .map(|at| at + COMPLETE_TIMEOUT);
+        let give_up = self.delivery_deadline().filter(|_| self.outcome.is_none());
+        [
+            (Deadline::Heartbeat, Some(self.next_heartbeat)),
+            (Deadline::SealBatch, seal),
+            (Deadline::SyncTimeout, sync),
+            (Deadline::AckStall, ack_stall),
+            (Deadline::CompleteTimeout, complete),
+            (Deadline::GiveUp, give_up),
+        ]
+        .into_iter()
+        .filter_map(|(deadline, at)| Some((deadline, at?)))
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines().map(|(_, at)| at).min()
+    }
+
+    /// Fire every deadline that is due.
+    pub fn on_time(&mut self, now: Instant, effects: &mut impl Effects) {
+        let due: Vec<Deadline> = self
+            .deadlines()
+            .filter(|(_, at)| now >= *at)
+            .map(|(deadline, _)| deadline)
+            .collect();
+        for deadline in due {
+            match deadline {
+                Deadline::Heartbeat => {
+                    // Also while killing and while delivering after the end,
+                    // so the server does not declare the machine lost (253).
+                    if self.conn.is_some() {
+                        self.send(effects, self.encoder.heartbeat(crate::clock::now()));
+                    }
+                    while self.next_heartbeat <= now {
+                        self.next_heartbeat += HEARTBEAT_INTERVAL;
+                    }
+                }
+                Deadline::SealBatch => self.seal(now),
+                Deadline::SyncTimeout => {
+                    log::warn!(
+                        "no sync_response within {} s; assuming per-socket sequence numbers",
+                        SYNC_TIMEOUT.as_secs()
+                    );
+                    self.on_synced(None);
+                }
+                Deadline::AckStall => {
+                    self.reconnect(format!("no ACK for {} s", ACK_STALL.as_secs()), effects);
+                }
+                Deadline::CompleteTimeout => self.reconnect(
+                    format!("no answer to complete for {} s", COMPLETE_TIMEOUT.as_secs()),
+                    effects,
+                ),
+                Deadline::GiveUp => self.give_up(
+                    &format!(
+                        "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
+                        DELIVERY_WINDOW.as_secs()
+                    ),
+                    effects,
+                ),
+            }
+        }
+        let exhausted = self.complete_attempts >= MAX_COMPLETE_ATTEMPTS && !self.complete_pending();
+        if exhausted && self.finished.is_some() {
+            self.give_up(
+                &format!("the server did not answer complete in {MAX_COMPLETE_ATTEMPTS} attempts"),
+                effects,
+            );
+        }
+    }
+
+    /// Drop the current connection: the link reconnects.
+    fn reconnect(&mut self, reason: String, effects: &mut impl Effects) {
+        if let Some(conn) = self.conn.take() {
+            log::warn!("reconnecting: {reason}");
+            self.outbox.on_disconnect();
+            effects.link(LinkCommand::Drop {
+                generation: conn.generation,
+                reason,
+            });
+        }
+    }
+
+    /// Stop delivering: undelivered output goes to the log.
+    pub fn give_up(&mut self, why: &str, effects: &mut impl Effects) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let retcode = self.retcode();
+        log::error!("giving up delivery: {why}");
+        self.write_undelivered(why, effects);
+        self.outcome = Some(Outcome {
+            retcode,
+            delivered: false,
+        });
+    }
+
+    /// Undelivered output to the log, between clear markers.
+    fn write_undelivered(&mut self, why: &str, effects: &mut impl Effects) {
+        let retcode = self.retcode();
+        let delivered = self.outbox.acked_bytes;
+        let mut body = String::new();
+        self.outbox
+            .take_undelivered(|batch| body.push_str(&batch.text));
+        let header = format!(
+            "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {retcode}): {why}; {} bytes below were not delivered ({delivered} bytes before them were) ====\n",
+            self.settings.job_instance,
+            body.len()
+        );
+        effects.log_undelivered(&header);
+        effects.log_undelivered(&body);
+        if !body.ends_with('\n') && !body.is_empty() {
+            effects.log_undelivered("\n");
+        }
+        effects.log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
+    }
+
+    /// Send what the connection state allows: output within the window once
+    /// the start is ACKed and the numbering is settled, then `complete`.
+    pub fn pump(&mut self, now: Instant, effects: &mut impl Effects) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        if !conn.synced || self.outcome.is_some() {
+            return;
+        }
+        let generation = conn.generation;
+        // Nothing may follow `complete` on a connection: the server finalises
+        // the result when it reads it.
+        if self.start_acked && conn.complete_sent.is_none() {
+            if self.outbox.in_flight() == 0 {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.ack_progress = now;
+                }
+            }
+            let wall = crate::clock::now();
+            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
+                let buffer = self.frames.take(batch.text.len() + 256);
+                let frame = self
+                    .encoder
+                    .output(buffer, wall, batch.stream, seq, &batch.text);
+                log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
+                effects.link(LinkCommand::Send { generation, frame });
+            }
+            self.outbox.release_empty_spool();
+        }
+        let Some(finished) = self.finished else {
+            return;
+        };
+        let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
+        if ready && !self.complete_pending() {
+            self.complete_attempts += 1;
+            // The main process's exit time, not now: the server stores it as
+            // the run's endtime, however long delivery took.
+            let frame = self.encoder.complete(
+                finished.exited_at,
+                finished.retcode,
+                self.outbox.next_wire_seq(),
+            );
+            log::debug!(
+                "sending complete (retcode {}, attempt {})",
+                finished.retcode,
+                self.complete_attempts
+            );
+            effects.link(LinkCommand::Send { generation, frame });
+            if let Some(conn) = self.conn.as_mut() {
+                conn.complete_sent = Some(now);
+            }
+        }
+    }
+
+    /// Send `frame` on the current connection, if there is one.
+    fn send(&self, effects: &mut impl Effects, frame: String) {
+        if let Some(conn) = self.conn.as_ref() {
+            effects.link(LinkCommand::Send {
+                generation: conn.generation,
+                frame,
+            });
+        }
+    }
+
+    /// Output that could be kept neither in memory nor in the spool is lost
+    /// (a marker in the text says where); the log must say so too.
+    pub fn log_new_loss(&mut self) {
+        if self.outbox.lost_bytes > self.loss_logged {
+            log::error!(
+                "{} bytes of the job's output were lost ({} in all): {}",
+                self.outbox.lost_bytes - self.loss_logged,
+                self.outbox.lost_bytes,
+                self.outbox.loss_reason
+            );
+            self.loss_logged = self.outbox.lost_bytes;
+        }
+    }
+
+    /// The outcome, once there is one.
+    pub fn take_outcome(&mut self) -> Option<Outcome> {
+        self.outcome.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_strings_are_clipped_for_the_log() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        let clipped = clip(&long);
+        assert!(clipped.len() < LOGGED_TEXT_MAX + 20, "{}", clipped.len());
+        assert!(clipped.ends_with("... (600 bytes)"), "{clipped}");
+    }
+}

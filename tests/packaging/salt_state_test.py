@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The Salt state in docs/deploy.md picks the right package for every arch
+(tests/packaging/check.sh runs this; no Salt needed).
+
+usage: salt_state_test.py DEPLOY_MD VERSION DISTDIR
+
+Takes the ```yaml block between the `salt-state: begin` and `salt-state:
+end` markers of docs/deploy.md, renders it with jinja2 (as Salt's default
+renderer, jinja|yaml, does first; StrictUndefined, so a misspelt name fails)
+with the grains os_family and osarch of each platform below, parses the
+result with PyYAML, and asserts it installs exactly the package file
+packaging/package.sh names for that arch (and that the file is in DISTDIR
+when that arch was built), or fails the state on a platform we do not build.
+"""
+
+import os
+import re
+import sys
+
+import jinja2
+import yaml
+
+# (os_family, osarch grain) -> the package file, per packaging/arches.sh.
+# osarch is dpkg's arch on Debian-family and rpm's %{_host_cpu} on
+# RedHat-family; old 32-bit RHEL/CentOS report i386 or i686.
+PLATFORMS = {
+    ('Debian', 'amd64'): 'saltpeter-agent_{v}_amd64.deb',
+    ('Debian', 'arm64'): 'saltpeter-agent_{v}_arm64.deb',
+    ('Debian', 'i386'): 'saltpeter-agent_{v}_i386.deb',
+    ('Debian', 'armhf'): 'saltpeter-agent_{v}_armhf.deb',
+    ('RedHat', 'x86_64'): 'saltpeter-agent-{v}-1.x86_64.rpm',
+    ('RedHat', 'aarch64'): 'saltpeter-agent-{v}-1.aarch64.rpm',
+    ('RedHat', 'i686'): 'saltpeter-agent-{v}-1.i686.rpm',
+    ('RedHat', 'i386'): 'saltpeter-agent-{v}-1.i686.rpm',
+    ('RedHat', 'armv7hl'): 'saltpeter-agent-{v}-1.armv7hl.rpm',
+    ('RedHat', 'armv7l'): 'saltpeter-agent-{v}-1.armv7hl.rpm',
+}
+UNSUPPORTED = [('Debian', 'ppc64el'), ('RedHat', 's390x'), ('Suse', 'x86_64')]
+
+
+def main():
+    deploy_md, version, distdir = sys.argv[1], sys.argv[2], sys.argv[3]
+    text = open(deploy_md, encoding='utf-8').read()
+    block = re.search(r'<!-- salt-state: begin -->\s*```yaml\n(.*?)```\s*<!-- salt-state: end -->', text, re.S)
+    if not block:
+        print('salt_state_test.py: FAIL: no ```yaml block between the salt-state markers in %s' % deploy_md)
+        return 1
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(block.group(1))
+    failures = []
+    for (family, osarch), pattern in PLATFORMS.items():
+        expected = pattern.format(v=version)
+        try:
+            state = yaml.safe_load(template.render(grains={'os_family': family, 'osarch': osarch}))
+        except (jinja2.TemplateError, yaml.YAMLError) as e:
+            failures.append('%s %s: does not render: %s' % (family, osarch, e))
+            continue
+        want = {'saltpeter-agent': {'pkg.installed': [
+            {'sources': [{'saltpeter-agent': 'salt://saltpeter-agent/files/' + expected}]}]}}
+        if state != want:
+            failures.append('%s %s: rendered %r, expected %r' % (family, osarch, state, want))
+        built = os.path.exists(os.path.join(distdir, expected))
+        print('  %-6s %-8s -> %s%s' % (family, osarch, expected, '' if built else ' (not built here)'))
+    for family, osarch in UNSUPPORTED:
+        state = yaml.safe_load(template.render(grains={'os_family': family, 'osarch': osarch}))
+        steps = (state or {}).get('saltpeter-agent', {})
+        if 'test.fail_without_changes' not in steps:
+            failures.append('%s %s: rendered %r, expected a failing state' % (family, osarch, state))
+        print('  %-6s %-8s -> fails: %s' % (family, osarch, steps.get('test.fail_without_changes')))
+    # The built packages must all be reachable through the state.
+    named = {p.format(v=version) for p in PLATFORMS.values()}
+    for name in sorted(os.listdir(distdir)):
+        if re.match(r'saltpeter-agent.*\.(deb|rpm)$', name) and name not in named:
+            failures.append('%s is built but no osarch picks it' % name)
+    for failure in failures:
+        print('salt_state_test.py: FAIL: ' + failure)
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
