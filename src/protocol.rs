@@ -184,35 +184,39 @@ fn skip_plain(bytes: &[u8], mut from: usize) -> usize {
 /// Python's `datetime.fromisoformat` accepts before 3.11 (a `Z` suffix makes
 /// the server drop the whole frame).
 pub fn push_timestamp(out: &mut String, now: SystemTime) {
-    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since_epoch.subsec_micros()
-    );
+    push_utc(out, now, Precision::Micros);
 }
 
 /// Append `now` as `2026-11-22T08:40:02.123456789Z` (RFC 3339, UTC, to the
 /// nanosecond): the log file's time stamps.
 pub fn push_log_timestamp(out: &mut String, now: SystemTime) {
+    push_utc(out, now, Precision::Nanos);
+}
+
+/// The two shapes of a UTC time we write.
+enum Precision {
+    /// Microseconds and `+00:00`: the wire.
+    Micros,
+    /// Nanoseconds and `Z`: the log.
+    Nanos,
+}
+
+fn push_utc(out: &mut String, now: SystemTime, precision: Precision) {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         of_day / 3600,
         of_day / 60 % 60,
         of_day % 60,
-        since_epoch.subsec_nanos()
     );
+    let _ = match precision {
+        Precision::Micros => write!(out, ".{:06}+00:00", since_epoch.subsec_micros()),
+        Precision::Nanos => write!(out, ".{:09}Z", since_epoch.subsec_nanos()),
+    };
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
