@@ -886,9 +886,12 @@ fn a_hostile_server_cannot_break_delivery_or_the_job() {
     let dir = TestDir::new("hostile");
     let (port, seen) =
         crate::common::hostile::start("hostile_1", crate::common::hostile::Plan::Oversized);
-    // 2,000 numbered lines over about 2 s, then exit 5.
+    // 2,000 numbered lines over about 4 s, then exit 5: still writing when
+    // the second connection comes (2 s after the first is dropped), so each
+    // of the first two connections carries output, even when the agent is
+    // slow (under qemu-user).
     let command = "i=0; while [ $i -lt 2000 ]; do echo \"line $i\"; i=$((i+1)); \
-                   if [ $((i % 100)) -eq 0 ]; then sleep 0.1; fi; done; exit 5";
+                   if [ $((i % 100)) -eq 0 ]; then sleep 0.2; fi; done; exit 5";
     let launched = Launch::new(
         &format!("ws://127.0.0.1:{port}"),
         "hostile",

@@ -132,7 +132,7 @@ fn oversized(connection: u32) -> Vec<Message> {
 /// What the server does beyond the garbage it always sends.
 #[derive(Clone, Copy)]
 pub enum Plan {
-    /// On connections 1 and 2, after two ACKs: a message over 1 MiB,
+    /// On connections 1 and 2, after the first ACK: a message over 1 MiB,
     /// then silence on a socket kept open.
     Oversized,
     /// On every connection, before the `connect` ACK: this many frames
@@ -266,7 +266,7 @@ fn serve(stream: std::net::TcpStream, instance: &str, plan: Plan, seen: &Mutex<S
                     replies.extend(interjection(instance, expected));
                 }
                 let oversize = matches!(plan, Plan::Oversized) && connection <= 2;
-                if oversize && acked_here == 2 && seq + 1 == expected {
+                if oversize && acked_here == 1 && seq + 1 == expected {
                     replies.extend(oversized(connection));
                     seen.lock().expect("seen").oversized.push(connection);
                     silent = true;
