@@ -315,7 +315,7 @@ prove_arch() {
         # suite under the old-kernel filter, above: only the 2040 check is new.
         say "$triple: a job in 2040 (libfaketime in $faker)"
         timed "after 2038 ($faker + libfaketime)" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$faker" \
-            cargo test --release --locked --test arch -- --include-ignored --exact a_job_in_2040_is_recorded_with_2040_times
+            cargo test --release --locked --test integration -- --include-ignored arch::a_job_in_2040_is_recorded_with_2040_times
         return 0
     fi
     say "$triple: conformance, delivery and security suites against the real endpoint${runner:+, under $runner}"
@@ -327,13 +327,13 @@ prove_arch() {
         skip=(--skip two_hundred_megabytes_with_no_server_stay_within_the_memory_bound)
     fi
     timed "conformance + delivery + security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
-        cargo test --release --locked --test conformance --test delivery --test security -- --include-ignored "${skip[@]}"
+        cargo test --release --locked --test integration -- --include-ignored conformance:: delivery:: security:: "${skip[@]}"
     case "$triple" in
         "$TARGET") ;; # its old-kernel run is above
         i686-*)
             say "$triple: old-kernel tests (2.6.32, i386 table) and the conformance suite under the filter"
             timed "old kernel 2.6.32 (i386 seccomp table)" env SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$bin" \
-                cargo test --release --locked --test old_kernel --test conformance -- --include-ignored
+                cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance::
             ;;
         *)
             say "SKIPPED $triple old-kernel tests (floor: $(arch_floor "$triple")): the binary runs under qemu-user, which translates its system calls into the host's, so a host seccomp filter cannot play the guest's old kernel (docs/packaging.md)"
@@ -341,7 +341,7 @@ prove_arch() {
     esac
     say "$triple: a job in 2040 (libfaketime in $faker)"
     timed "after 2038 ($faker + libfaketime)" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$faker" \
-        cargo test --release --locked --test arch -- --include-ignored --exact a_job_in_2040_is_recorded_with_2040_times
+        cargo test --release --locked --test integration -- --include-ignored arch::a_job_in_2040_is_recorded_with_2040_times
 }
 
 arch_floor() {
@@ -432,11 +432,11 @@ run_tests() {
     # `cargo test` as a user reports them as ignored, never as passed. CI
     # runs as root: run them here, where they fail if they cannot run.
     say "tests that need root (SP_USER)"
-    cargo test --release --locked --test security -- --ignored
+    cargo test --release --locked --test integration -- --ignored security::
     say "static binary checks"
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
-    say "old-kernel tests: the conformance suite again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
-    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test old_kernel --test conformance -- --include-ignored
+    say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian::
     say "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
     prove_all_arches
     say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"

@@ -16,6 +16,24 @@ use crate::protocol;
 /// xorshift64*: small, deterministic, good enough to explore inputs.
 use crate::xorshift::XorShift as Rng;
 
+/// Drawing inputs from the generator.
+trait Draw {
+    /// A number in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: usize) -> usize;
+    /// One of `items`, which must not be empty.
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T;
+}
+
+impl Draw for Rng {
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
 fn iterations(default: usize) -> usize {
     std::env::var("SP_FUZZ_ITERATIONS")
         .ok()

@@ -99,13 +99,6 @@ impl JobLifecycle {
         self.finished
     }
 
-    /// The result code, or the wrapper-error code while there is none.
-    #[cfg(test)]
-    pub fn retcode(&self) -> i32 {
-        self.finished
-            .map_or(exit_codes::WRAPPER_ERROR, |finished| finished.retcode)
-    }
-
     /// Is a kill under way or the job finished (a new kill would do nothing)?
     pub fn beyond_kill(&self) -> bool {
         self.kill.is_some() || self.finished.is_some()

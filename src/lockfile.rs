@@ -1,5 +1,7 @@
-//! The overlap lock (`SP_ALLOW_OVERLAP=false`), taken by the daemon before it
-//! starts the job and held until the wrapper exits.
+//! The overlap lock (`SP_ALLOW_OVERLAP=false`), taken by the guardian before
+//! the daemon exists (by the agent itself with `--foreground`) and held, on
+//! one open file shared by both, until no process of the job is left
+//! (docs/architecture.md, "The guardian").
 //!
 //! Semantics (docs/configuration.md, "Overlap lock"):
 //! - The lock is `flock(LOCK_EX)` on the lock file, which also holds the

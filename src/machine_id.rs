@@ -975,6 +975,13 @@ fn reverse_names(name: &str) -> Option<Vec<String>> {
     };
     unsafe { libc::freeaddrinfo(list) };
     let (address, family) = address?;
+    let ip: Option<std::net::IpAddr> = match address.len() {
+        4 => <[u8; 4]>::try_from(address.as_slice()).ok().map(Into::into),
+        16 => <[u8; 16]>::try_from(address.as_slice())
+            .ok()
+            .map(Into::into),
+        _ => None,
+    };
 
     let mut buffer = vec![0 as libc::c_char; 4096];
     loop {
@@ -1015,8 +1022,41 @@ fn reverse_names(name: &str) -> Option<Vec<String>> {
             );
             alias = unsafe { alias.add(1) };
         }
+        // musl answers from the first /etc/hosts line with the address but
+        // gives none of that line's other names as aliases; glibc does, and
+        // Python's getfqdn looks at them (`127.0.1.1 web web.example.org`).
+        if cfg!(target_env = "musl") {
+            if let (Some(ip), Ok(hosts)) = (
+                ip,
+                read_regular_file(Path::new("/etc/hosts"), MAX_CONFIG_BYTES),
+            ) {
+                let hosts = String::from_utf8_lossy(&hosts);
+                for name in hosts_line_names(&hosts, ip) {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
         return Some(names);
     }
+}
+
+/// The names on the first /etc/hosts line for `ip`, as the files backend
+/// reads it (`#` starts a comment; the first name is the canonical one).
+fn hosts_line_names(hosts: &str, ip: std::net::IpAddr) -> Vec<String> {
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        if fields
+            .next()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            == Some(ip)
+        {
+            return fields.map(str::to_string).collect();
+        }
+    }
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -1403,6 +1443,20 @@ mod tests {
         assert!(fnmatch("*a*b*", "xxaxxbxx"));
         assert!(!fnmatch("*a*b", "xxaxxbxx"));
         assert!(fnmatch("**", ""));
+    }
+
+    #[test]
+    fn hosts_aliases_for_musl() {
+        let hosts = "# comment 127.0.1.1 x\n127.0.0.1 localhost\n\
+                     127.0.1.1\tweb  web.example.org # the box\n\
+                     127.0.1.1 other.example.org\n::1 ip6-localhost\n";
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(
+            hosts_line_names(hosts, ip("127.0.1.1")),
+            ["web", "web.example.org"]
+        );
+        assert_eq!(hosts_line_names(hosts, ip("::1")), ["ip6-localhost"]);
+        assert!(hosts_line_names(hosts, ip("10.0.0.1")).is_empty());
     }
 
     /// The fallback must give what the Python wrapper reported on this host.

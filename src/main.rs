@@ -133,7 +133,7 @@ fn run() -> i32 {
     }
 
     if foreground {
-        // The daemon does this in `detach`; here the job must not inherit
+        // `detach` does this for the guardian and daemon; here the job must not inherit
         // our launcher's descriptors either. No guardian: we are the caller's
         // child, and the caller sees us die.
         daemon::close_inherited_fds(&[]);
@@ -435,6 +435,11 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
             // the job running unobserved.
             log::error!("cannot start the wrapper's threads: {e}; killing the job");
             child::signal_group(job.pid, libc::SIGKILL);
+            if !foreground {
+                // Exit without telling the guardian we finished: it waits
+                // until the group is gone, releases the lock and reports.
+                std::process::exit(exit_codes::WRAPPER_ERROR);
+            }
             if let Some(lock) = lock {
                 lock.release();
             }

@@ -1,8 +1,10 @@
-//! The reader threads: one per job pipe (stdout, stderr). Each drains its pipe
+//! The reader threads: one per job output pipe (one pipe for stdout and
+//! stderr by default; two with `SP_OUTPUT=separate`). Each drains its pipe
 //! as fast as the job writes, whether or not a server is reachable (the
-//! supervisor never pushes back on them; memory is bounded by the outbox's
-//! spool instead), decodes UTF-8 across reads (`utf8.rs`) and sends
-//! `Event::Output` to the supervisor, then `Event::StreamClosed` at EOF.
+//! supervisor only appends to the outbox, bounded by its spool; the event
+//! channel between them holds 32 reads), decodes UTF-8 across reads
+//! (`utf8.rs`) and sends `Event::Output` to the supervisor, then
+//! `Event::StreamClosed` at EOF.
 //!
 //! Large reads (64 KiB) keep the per-byte cost constant and the number of
 //! events low; there is no per-line work.

@@ -449,7 +449,7 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(sup.job.retcode(), 143);
+        assert_eq!(sup.job.finished().map(|f| f.retcode), Some(143));
         let mut streams = Vec::new();
         sup.session
             .outbox_mut()

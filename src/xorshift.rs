@@ -17,16 +17,4 @@ impl XorShift {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-
-    /// A number in `0..n` (0 when `n` is 0). For the fuzzers.
-    #[cfg(test)]
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    /// One of `items`, which must not be empty. For the fuzzers.
-    #[cfg(test)]
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
 }

@@ -82,6 +82,8 @@ def main():
         for name, values in (('sp_wrapper', agent), ('Python wrapper 0.9.30', python)):
             print('  %-28s %8.1f %8.1f %8.1f' % (name, statistics.median(values), min(values), max(values)))
         print('  ratio (Python / sp_wrapper, medians): %.1fx' % (statistics.median(python) / statistics.median(agent)))
+        print('  (%d CPUs, load average %.2f over the last minute: both share the same machine state)'
+              % (os.cpu_count(), os.getloadavg()[0]))
         ok = True
     finally:
         stack.stop()

@@ -70,7 +70,7 @@ def crons(s):
         'e2e_badcwd': s.cron('pwd', cwd='/nonexistent/e2e-cwd'),
         'e2e_user': s.cron('id -un; id -u; echo "$HOME"', user='nobody'),
         'e2e_large': s.cron('seq 1 400000'),
-        'e2e_both_a': s.cron('echo a-start; sleep 3; echo a-end'),
-        'e2e_both_b': s.cron('echo b-start; sleep 3; echo b-end'),
+        'e2e_both_a': s.cron('echo a-start; sleep 5; echo a-end'),
+        'e2e_both_b': s.cron('echo b-start; sleep 5; echo b-end'),
         'e2e_quotes': s.cron('echo "it\'s"'),
     }

@@ -10,8 +10,9 @@ daemons (which detach into their own sessions) with their jobs, found by their
 executable or command line under the temporary directory. Only processes this
 module started are touched.
 
-The minion's id is set in its config and differs from the host name; nothing
-sets SP_MACHINE_ID, so the agent must find the id itself (issue 13).
+The minion's id is set in its config (in minion.d/, overriding a decoy in the
+main file, as Salt reads them) and differs from the host name; nothing sets
+SP_MACHINE_ID, so the agent must find the id itself (issue 13).
 """
 
 import json
@@ -118,13 +119,17 @@ class Stack:
         })
         minion = state('minion')
         minion.update({
-            'id': self.minion_id,
+            # Overridden by minion.d/ below, as Salt reads it: the agent must
+            # follow the same order to report the id the master knows.
+            'id': 'decoy-' + self.minion_id,
             'master': '127.0.0.1', 'master_port': self.ret_port, 'publish_port': self.publish_port,
             'acceptance_wait_time': 1, 'random_reauth_delay': 0,
             'enable_fqdns_grains': False,  # a DNS lookup per address at start
             'log_level_logfile': 'debug',
         })
-        for name, data in (('master', master), ('minion', minion)):
+        os.makedirs(os.path.join(self.conf, 'minion.d'))
+        for name, data in (('master', master), ('minion', minion),
+                           ('minion.d/50-id.conf', {'id': self.minion_id})):
             with open(os.path.join(self.conf, name), 'w') as f:
                 f.write('# written by tests/e2e/stack.py\n')
                 yaml.safe_dump(data, f, default_flow_style=False)
@@ -151,6 +156,11 @@ class Stack:
         """Write (or replace) <group>.yaml; Saltpeter rereads its config directory
         about every 50 ms. Written by rename so it never reads half a file."""
         path = os.path.join(self.sp_conf, group + '.yaml')
+        for name, data in crons.items():
+            if name != 'saltpeter_config' and 'lockfile' not in data:
+                # Not /tmp/sp_wrapper_<job>.lock: two suites on one machine
+                # would refuse each other's runs as overlaps.
+                data['lockfile'] = os.path.join(self.root, 'locks', name + '.lock')
         with open(path + '.tmp', 'w') as f:
             yaml.safe_dump(crons, f, default_flow_style=False)
         os.rename(path + '.tmp', path)

@@ -56,7 +56,8 @@ def test_machine_id_is_the_minion_id_without_sp_machine_id(stack):
     result = result_of(stack, data)
     assert result['ret'] == 'SP_MACHINE_ID=unset\n'
     assert result['retcode'] == 0
-    source = 'machine id "%s" from id: in %s' % (stack.minion_id, os.path.join(stack.conf, 'minion'))
+    source = 'machine id "%s" from id: in %s' % (
+        stack.minion_id, os.path.join(stack.conf, 'minion.d', '50-id.conf'))
     assert source in stack.agent_log_text('e2e_id')
     assert 'Not in expected machines list' not in stack.tail('log/saltpeter.out', 100000)
 

@@ -28,16 +28,17 @@ fork and exec: it must not get it); and a daemon stand-in with no file there
 import collections
 import glob
 import gzip
-import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ENDPOINT = os.path.join(HERE, '..', 'harness', 'endpoint.py')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'harness'))
+from endpoint_client import EndpointClient  # noqa: E402
+
 PACKAGED_LOGDIR = '/var/log/sp_wrapper'
 PACKAGED_HELPER = '/usr/libexec/saltpeter-agent/reopen-logs'
 # Fewer than the configuration's `rotate 8`, so logrotate deletes nothing.
@@ -171,32 +172,25 @@ def main():
     with open(config_path, 'w') as f:
         f.write(config)
 
-    with open(os.path.join(work, 'endpoint.err'), 'w') as endpoint_err:
-        endpoint = subprocess.Popen([sys.executable, ENDPOINT], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=endpoint_err, text=True)
-    try:
-        return run(wrapper, config_path, logdir, work, endpoint)
-    finally:
-        endpoint.kill()
-        endpoint.wait()
+    with EndpointClient(work) as endpoint:
+        failed = run(wrapper, config_path, logdir, work, endpoint)
+    if failed:
+        print('%s: kept %s (logs)' % (os.path.basename(__file__), work))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return failed
 
 
 def run(wrapper, config_path, logdir, work, endpoint):
-    def ask(**request):
-        endpoint.stdin.write(json.dumps(request) + '\n')
-        endpoint.stdin.flush()
-        return json.loads(endpoint.stdout.readline())
-
-    port = json.loads(endpoint.stdout.readline())['port']
     instances = {}  # (job, machine) -> instance
 
     def launch(job, machine):
         instance = '%s-%s_%d' % (job, machine, time.time_ns())
         instances[(job, machine)] = instance
-        ask(cmd='add_job', name=job, instance=instance, machines=[machine])
+        endpoint.ask(cmd='add_job', name=job, instance=instance, machines=[machine])
         env = {
             'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-            'SP_WEBSOCKET_URL': 'ws://127.0.0.1:%d' % port, 'SP_JOB_NAME': job,
+            'SP_WEBSOCKET_URL': endpoint.url, 'SP_JOB_NAME': job,
             'SP_JOB_INSTANCE': instance, 'SP_COMMAND': COMMAND, 'SP_MACHINE_ID': machine,
             'SP_TIMEOUT': '120', 'SP_WRAPPER_LOGLEVEL': 'debug', 'SP_WRAPPER_LOGDIR': logdir,
             'SP_OUTPUT_INTERVAL_MS': '0', 'SP_ALLOW_OVERLAP': 'true',
@@ -238,7 +232,7 @@ def run(wrapper, config_path, logdir, work, endpoint):
 
     failures = []
     for (job, machine), instance in instances.items():
-        result = ask(cmd='wait_result', name=job, machine=machine, timeout=30)
+        result = endpoint.ask(cmd='wait_result', name=job, machine=machine, timeout=30)
         expected = ''.join('line %d\n' % i for i in range(LINES_PER_JOB))
         if result.get('retcode') != 0 or result.get('ret') != expected:
             failures.append('%s: the server recorded retcode %r and %d bytes, expected 0 and %d lines' % (

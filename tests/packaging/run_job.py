@@ -10,15 +10,15 @@ retcode 3, the job's exact output, and wrapper_version VERSION; prints the
 record either way.
 """
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ENDPOINT = os.path.join(HERE, '..', 'harness', 'endpoint.py')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'harness'))
+from endpoint_client import EndpointClient  # noqa: E402
 
 # stdout and stderr are two pipes with no common order, so the check takes
 # the recorded lines as a multiset; the UTF-8 line proves no mangling.
@@ -29,29 +29,22 @@ EXPECTED_LINES = ['line one', 'on stderr', 'ünïcödé ✓', 'line 42']
 def main():
     version, wrapper, runner = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3:]
     workdir = tempfile.mkdtemp(prefix='sp_pkg_')
-    with open(os.path.join(workdir, 'endpoint.err'), 'w') as endpoint_err:
-        endpoint = subprocess.Popen([sys.executable, ENDPOINT], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=endpoint_err, text=True)
-    try:
-        return run(version, wrapper, runner, workdir, endpoint)
-    finally:
-        endpoint.kill()
-        endpoint.wait()
+    with EndpointClient(workdir) as endpoint:
+        failed = run(version, wrapper, runner, workdir, endpoint)
+    if failed:
+        print('run_job.py: kept %s (logs)' % workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return failed
 
 
 def run(version, wrapper, runner, workdir, endpoint):
-    def ask(**request):
-        endpoint.stdin.write(json.dumps(request) + '\n')
-        endpoint.stdin.flush()
-        return json.loads(endpoint.stdout.readline())
-
-    port = json.loads(endpoint.stdout.readline())['port']
     job, machine = 'pkg-check', 'pkg-minion'
     instance = '%s_%d' % (job, time.time_ns())
-    ask(cmd='add_job', name=job, instance=instance, machines=[machine])
+    endpoint.ask(cmd='add_job', name=job, instance=instance, machines=[machine])
     env = {
         'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-        'SP_WEBSOCKET_URL': 'ws://127.0.0.1:%d' % port,
+        'SP_WEBSOCKET_URL': endpoint.url,
         'SP_JOB_NAME': job, 'SP_JOB_INSTANCE': instance, 'SP_COMMAND': COMMAND,
         'SP_MACHINE_ID': machine, 'SP_TIMEOUT': '60', 'SP_WRAPPER_LOGLEVEL': 'normal',
         'SP_WRAPPER_LOGDIR': workdir, 'SP_ALLOW_OVERLAP': 'false',
@@ -63,7 +56,7 @@ def run(version, wrapper, runner, workdir, endpoint):
     print('launcher (%s) exit %d after %.0f ms: %r' % (
         ' '.join(runner + [os.path.basename(wrapper)]), launch.returncode,
         (time.monotonic() - started) * 1000, (launch.stdout + launch.stderr).strip()))
-    result = ask(cmd='wait_result', name=job, machine=machine, timeout=60)
+    result = endpoint.ask(cmd='wait_result', name=job, machine=machine, timeout=60)
     recorded = result.get('ret', '')
     print('server recorded: retcode %r, wrapper_version %r, starttime %s, endtime %s, output %r' % (
         result.get('retcode'), result.get('wrapper_version'), result.get('starttime'),

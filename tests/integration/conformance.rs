@@ -2,11 +2,9 @@
 //! Saltpeter machines endpoint (saltpeter 0.9.32 from PyPI, see
 //! tests/harness/endpoint.py), checking what the server recorded.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Harness, Launch, TestDir, assert_same, launch_ok, log_text, pid_alive, run_job, wait_until,
 };
 
@@ -481,7 +479,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
 #[test]
 fn version_help_and_foreground() {
     let dir = TestDir::new("cli");
-    let version = common::wrapper_command()
+    let version = crate::common::wrapper_command()
         .arg("--version")
         .output()
         .expect("run");
@@ -489,7 +487,7 @@ fn version_help_and_foreground() {
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("sp_wrapper {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = common::wrapper_command()
+    let help = crate::common::wrapper_command()
         .arg("--help")
         .output()
         .expect("run");

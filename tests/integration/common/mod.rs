@@ -5,11 +5,10 @@
 //!
 //! Every network address is `127.0.0.1` with a port the OS picked.
 
-#![allow(dead_code)]
-
+pub mod hostile;
 pub mod scripted;
 pub mod seccomp;
-#[path = "../../src/xorshift.rs"]
+#[path = "../../../src/xorshift.rs"]
 pub mod xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The machine name every test launch reports (`SP_MACHINE_ID`).
+pub const MACHINE: &str = "test-minion";
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -326,7 +328,7 @@ impl Launch {
             .env("SP_JOB_INSTANCE", instance)
             .env("SP_JOB_INSTANCE_NAME", instance)
             .env("SP_COMMAND", command)
-            .env("SP_MACHINE_ID", "test-minion")
+            .env("SP_MACHINE_ID", MACHINE)
             .env("SP_WRAPPER_LOGDIR", dir.path.to_str().expect("utf-8 dir"))
             .env("SP_WRAPPER_LOGLEVEL", "debug")
             .env("SP_ALLOW_OVERLAP", "true")
@@ -563,21 +565,6 @@ pub fn wall_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The daemon is the job's parent: the job writes `$PPID` to `file`.
-pub fn pid_from(file: &Path) -> i32 {
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(file)
-            .is_ok_and(|s| s.ends_with('\n'))),
-        "{} was not written",
-        file.display()
-    );
-    std::fs::read_to_string(file)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid number")
-}
-
 /// Is a process with this pid alive (and not a zombie)?
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -592,13 +579,11 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// A TCP proxy on 127.0.0.1:0 to `upstream` that cuts every connection
-/// after a random time in [min, max], and can refuse connections for a while.
+/// after a random time in [min, max].
 pub struct CuttingProxy {
     port: u16,
     stop: Arc<AtomicBool>,
-    refusing: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
-    cuts: Arc<AtomicU64>,
 }
 
 impl CuttingProxy {
@@ -607,17 +592,10 @@ impl CuttingProxy {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let refusing = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
-        let cuts = Arc::new(AtomicU64::new(0));
         let rng = Arc::new(Mutex::new(xorshift::XorShift::new(seed)));
         {
-            let (stop, refusing, connections, cuts) = (
-                stop.clone(),
-                refusing.clone(),
-                connections.clone(),
-                cuts.clone(),
-            );
+            let (stop, connections) = (stop.clone(), connections.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let client = match listener.accept() {
@@ -627,10 +605,6 @@ impl CuttingProxy {
                             continue;
                         }
                     };
-                    if refusing.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                         continue;
                     };
@@ -657,13 +631,12 @@ impl CuttingProxy {
                             let _ = from.shutdown(Shutdown::Both);
                         });
                     }
-                    let (stop, cuts) = (stop.clone(), cuts.clone());
+                    let stop = stop.clone();
                     thread::spawn(move || {
                         let deadline = Instant::now() + lifetime;
                         while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
                             thread::sleep(Duration::from_millis(10));
                         }
-                        cuts.fetch_add(1, Ordering::SeqCst);
                         let _ = client.shutdown(Shutdown::Both);
                         let _ = server.shutdown(Shutdown::Both);
                     });
@@ -673,14 +646,8 @@ impl CuttingProxy {
         CuttingProxy {
             port,
             stop,
-            refusing,
             connections,
-            cuts,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     pub fn url(&self) -> String {
@@ -689,10 +656,6 @@ impl CuttingProxy {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
-    }
-
-    pub fn refuse(&self, refuse: bool) {
-        self.refusing.store(refuse, Ordering::SeqCst);
     }
 }
 
@@ -706,8 +669,10 @@ impl Drop for CuttingProxy {
 pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
     let mut pid = None;
     wait_until(timeout, || {
+        // Whole lines only: a read between two writes must not give a prefix.
         pid = std::fs::read_to_string(path)
             .ok()
+            .filter(|text| text.ends_with('\n'))
             .and_then(|text| text.trim().parse().ok());
         pid.is_some()
     });
@@ -771,35 +736,4 @@ pub fn lock_is_free(path: &Path) -> bool {
         return true;
     }
     false
-}
-
-/// Seconds since the epoch of a time the endpoint recorded, as Python's
-/// `str(datetime)` prints it: `2026-11-23 16:55:01.123456+00:00`.
-pub fn recorded_seconds(text: &str) -> f64 {
-    fn parts<T: std::str::FromStr>(text: &str, separator: char) -> Option<Vec<T>> {
-        text.split(separator).map(|p| p.parse().ok()).collect()
-    }
-    let fields = text.split_once([' ', 'T']).and_then(|(date, time)| {
-        let time = time.strip_suffix("+00:00")?;
-        Some((parts::<i64>(date, '-')?, parts::<f64>(time, ':')?))
-    });
-    let Some((ymd, hms)) = fields.filter(|(d, t)| d.len() == 3 && t.len() == 3) else {
-        panic!("unexpected recorded time {text:?}");
-    };
-    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
-    // Days from civil (Howard Hinnant's algorithm).
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
-}
-
-/// Seconds since the epoch, now.
-pub fn now_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }

@@ -2,12 +2,10 @@
 //! in order, across cut connections, endpoint restarts and long outages; the
 //! job never slowed by the network; memory bounded with a spool beyond it.
 
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, wait_until};
+use crate::common::{CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, wait_until};
 
 const MACHINE: &str = "test-minion";
 
@@ -393,7 +391,7 @@ fn a_server_tracking_sequences_per_job_gets_exactly_once_even_when_acks_are_lost
             .retcode
             .is_some()),
         "no complete; log: {}",
-        common::log_text(&dir, "perjob")
+        crate::common::log_text(&dir, "perjob")
     );
     let recorded = recorded.lock().expect("state");
     assert_eq!(

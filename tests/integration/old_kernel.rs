@@ -11,9 +11,21 @@
 //! output, killing a process group, 8 MB of output, overlap, releasing
 //! Salt's pipes), against the real Saltpeter endpoint. The first test proves
 //! the filter really refuses new calls (and lets old ones through), so the
-//! others cannot pass vacuously; the last one, when `strace` is installed,
+//! others cannot pass vacuously; the last one, which needs `strace`,
 //! lists every system call the wrapper makes under the filter
 //! (docs/packaging.md, "Linux 2.6.32").
+//!
+//! | section | test | proves |
+//! |---|---|---|
+//! | the filter itself | `the_filter_program_answers_per_abi_and_kills_unknown_arches` | the BPF program's answers per ABI (x86_64, i386), unknown audit arches killed: it fails closed |
+//! | | `the_filter_behaves_like_2_6_32_and_the_wrapper_daemon_and_job_run_under_it` | new calls get ENOSYS, new prctl options EINVAL, old calls pass; the launcher, daemon and job all run under it |
+//! | the scenarios, under the filter | `exit_code_and_output_are_exact` | exact output and retcode |
+//! | | `kill_gives_143_and_no_process_of_the_group_survives` | group kill without newer calls |
+//! | | `eight_megabytes_arrive_exactly` | the output path |
+//! | | `overlap_is_refused_with_254` | the lock |
+//! | | `salts_pipes_are_released_while_the_job_runs` | the launch contract with Salt |
+//! | | `the_daemons_death_kills_the_job_and_is_reported` | the guardian without `PR_SET_CHILD_SUBREAPER` (init reaps) |
+//! | the system-call audit | `syscall_audit_under_strace` | every call the agent makes under the filter, and which were refused (needs strace) |
 //!
 //! All are `#[ignore]`d: they need the static release binary and the
 //! Python endpoint. `./build.sh test` runs them with `--include-ignored`:
@@ -21,11 +33,9 @@
 //! ```sh
 //! ./build.sh && ./build.sh deps
 //! SP_TEST_PYTHON=$PWD/.venv/bin/python SP_WRAPPER_BIN=$PWD/dist/sp_wrapper \
-//!     cargo test --release --test old_kernel -- --include-ignored
+//!     cargo test --release --test integration -- --include-ignored old_kernel::
 //! ```
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -34,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, group_members, lock_is_free, log_text,
     pid_alive, read_pid_file, seccomp, wait_until,
 };
@@ -53,10 +63,10 @@ fn static_wrapper() -> PathBuf {
         .expect(
             "SP_WRAPPER_BIN is not set: these tests run the static release binary; \
          run ./build.sh, then SP_WRAPPER_BIN=$PWD/dist/sp_wrapper cargo test --release \
-         --test old_kernel -- --include-ignored (./build.sh test does)",
+         --test integration -- --include-ignored old_kernel:: (./build.sh test does)",
         );
     assert!(
-        common::wrapper_runner().is_empty(),
+        crate::common::wrapper_runner().is_empty(),
         "SP_WRAPPER_RUNNER is set: under an emulator the filter would judge the emulator's \
          host system calls, not the wrapper's; the old-kernel tests cannot run that way"
     );
@@ -111,7 +121,8 @@ fn old_kernel_command(launch: &Launch) -> Command {
     command
 }
 
-fn launch_ok(launch: &Launch) -> Launched {
+/// `common::launch_ok`, under the old-kernel filter.
+fn launch_ok_as_on_2_6_32(launch: &Launch) -> Launched {
     Launch::run_command(old_kernel_command(launch)).expect_started()
 }
 
@@ -623,7 +634,7 @@ fn the_filter_behaves_like_2_6_32_and_the_wrapper_daemon_and_job_run_under_it() 
     let dir = TestDir::new("ok_filter");
     let mut server = Harness::start(&dir);
     server.add_job("filter", "filter_1", &[MACHINE]);
-    launch_ok(&launch(
+    launch_ok_as_on_2_6_32(&launch(
         &server,
         "filter",
         "filter_1",
@@ -649,7 +660,7 @@ fn exit_code_and_output_are_exact() {
     // Pauses give the two pipes a definite order (they have none otherwise).
     let command =
         "echo out1; sleep 0.3; echo err1 >&2; sleep 0.3; printf 'out2 no newline'; exit 3";
-    let launched = launch_ok(&launch(&server, "exact", "exact_1", command, &dir));
+    let launched = launch_ok_as_on_2_6_32(&launch(&server, "exact", "exact_1", command, &dir));
     assert!(
         launched.stdout.contains("Saltpeter Wrapper version"),
         "{launched:?}"
@@ -680,7 +691,7 @@ fn kill_gives_143_and_no_process_of_the_group_survives() {
         "trap '' TERM; sleep 300 & echo $! > {0}; echo $$ >> {0}; echo running; wait",
         pids.display()
     );
-    launch_ok(&launch(&server, "kill", "kill_1", &command, &dir));
+    launch_ok_as_on_2_6_32(&launch(&server, "kill", "kill_1", &command, &dir));
     assert!(
         wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids)
             .map(|p| p.lines().count() == 2)
@@ -737,7 +748,7 @@ fn eight_megabytes_arrive_exactly() {
     let file = dir.join("input.txt");
     std::fs::write(&file, &text).expect("write input");
     let command = format!("cat {}", file.display());
-    launch_ok(&launch(&server, "eight", "eight_1", &command, &dir));
+    launch_ok_as_on_2_6_32(&launch(&server, "eight", "eight_1", &command, &dir));
     let result = server
         .wait_result("eight", MACHINE, RESULT_WAIT)
         .expect("result recorded");
@@ -758,7 +769,7 @@ fn overlap_is_refused_with_254() {
             .env("SP_ALLOW_OVERLAP", "false")
             .env("SP_LOCKFILE", lock.to_str().expect("utf-8"))
     };
-    launch_ok(&locked("overlap_1", "sleep 3; echo first done"));
+    launch_ok_as_on_2_6_32(&locked("overlap_1", "sleep 3; echo first done"));
     let refused = Launch::run_command(old_kernel_command(&locked("overlap_2", "echo second ran")));
     assert_eq!(refused.code, Some(254), "{refused:?}");
     assert!(
@@ -782,7 +793,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
     server.add_job("pipes", "pipes_1", &[MACHINE]);
     // Launch::run_command returns only once the launcher exited and its
     // stdout and stderr are closed, as Salt's cmd.run_all waits.
-    let launched = launch_ok(&launch(
+    let launched = launch_ok_as_on_2_6_32(&launch(
         &server,
         "pipes",
         "pipes_1",
@@ -806,7 +817,7 @@ fn salts_pipes_are_released_while_the_job_runs() {
 fn the_daemons_death_kills_the_job_and_is_reported() {
     // No subreaper under the filter: when the daemon dies the job's
     // processes go to init, and the guardian sees the group end through
-    // kill(-pgid, 0) alone (tests/guardian.rs has the full set).
+    // kill(-pgid, 0) alone (tests/integration/guardian.rs has the full set).
     let dir = TestDir::new("ok_guardian");
     let mut server = Harness::start(&dir);
     server.add_job("orphaned", "orphaned_1", &[MACHINE]);
@@ -815,7 +826,7 @@ fn the_daemons_death_kills_the_job_and_is_reported() {
         "echo $PPID > {d}/daemon.pid; sleep 300 & echo $! > {d}/child.pid; echo $$ > {d}/shell.pid; echo running; wait"
     );
     let lock = dir.join("orphaned.lock");
-    launch_ok(
+    launch_ok_as_on_2_6_32(
         &launch(&server, "orphaned", "orphaned_1", &command, &dir)
             .env("SP_ALLOW_OVERLAP", "false")
             .env("SP_LOCKFILE", lock.to_str().expect("utf-8")),
@@ -931,9 +942,11 @@ struct AuditRun {
 /// threads, and the job's child until it executes /bin/sh): a server that
 /// comes late while output spills to the spool, output on both streams with
 /// the lock and an exit code, a timeout kill (as `SP_USER=nobody` when we are
-/// root). Skipped, loudly, when strace is not installed.
+/// root). Ignored by default with its reason; run with --include-ignored
+/// (as ./build.sh test does, after ./build.sh deps installed strace) it fails
+/// when strace is missing rather than passing without auditing anything.
 #[test]
-#[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
+#[ignore = "needs the static binary, the endpoint and strace: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
 fn syscall_audit_under_strace() {
     let bin = static_wrapper();
     let abi_name = seccomp::abi_of_binary(&bin).expect("checked above").name;
@@ -942,10 +955,9 @@ fn syscall_audit_under_strace() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        eprintln!(
-            "SKIPPED: strace is not installed (apt-get install strace) for the syscall audit"
+        panic!(
+            "strace is not installed, so the syscall audit cannot run (./build.sh deps installs it; or apt-get install strace)"
         );
-        return;
     };
     let dir = TestDir::new("ok_audit");
     let mut server = Harness::start_without_endpoint(&dir);

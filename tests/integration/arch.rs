@@ -21,12 +21,10 @@
 //! `#[ignore]`d: it needs the binary, qemu-user and libfaketime, which
 //! `./build.sh deps` installs. Without them it fails, never passes.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Harness, Launch, TestDir, log_text};
+use crate::common::{Harness, Launch, TestDir, log_text};
 
 const MACHINE: &str = "test-minion";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -38,7 +36,7 @@ fn a_job_in_2040_is_recorded_with_2040_times() {
         std::env::var_os("SP_WRAPPER_BIN").is_some(),
         "SP_WRAPPER_BIN is not set: this test is about one arch's built binary"
     );
-    let runner = common::wrapper_runner();
+    let runner = crate::common::wrapper_runner();
     assert!(
         runner
             .first()

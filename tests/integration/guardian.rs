@@ -12,14 +12,12 @@
 //! the job writes: `$PPID` of the job's shell is the daemon, the daemon's
 //! parent is the guardian, the shell's pid is the job's process group.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
-    Harness, JobResult, Launch, TestDir, group_members, lock_is_free, log_text, now_seconds,
-    parent_of, pid_alive, read_pid_file, recorded_seconds, vm_rss_kib, wait_until,
+use crate::common::{
+    Harness, JobResult, Launch, TestDir, group_members, lock_is_free, log_text, parent_of,
+    pid_alive, read_pid_file, unix_seconds, vm_rss_kib, wait_until, wall_now,
 };
 
 const MACHINE: &str = "test-minion";
@@ -153,7 +151,7 @@ fn sigkill_of_the_daemon_of_a_silent_job() {
 
     kill(job.daemon, libc::SIGKILL);
     let died = Instant::now();
-    let killed_at = now_seconds();
+    let killed_at = wall_now();
     let took = wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
     eprintln!("the job's group was gone {took:?} after the daemon's death");
     assert!(!pid_alive(job.child) && !pid_alive(job.pgid));
@@ -162,7 +160,7 @@ fn sigkill_of_the_daemon_of_a_silent_job() {
     assert_eq!(result.ret, death_line(job.daemon, "signal 9 (SIGKILL)"));
     assert_eq!(result.starts, 1, "the server had our start: no second one");
     assert_eq!(result.starttime, before.starttime, "start time kept");
-    let ended = recorded_seconds(result.endtime.as_deref().expect("endtime"));
+    let ended = unix_seconds(result.endtime.as_deref().expect("endtime"));
     assert!(
         ended >= killed_at - 0.5 && ended <= killed_at + GROUP_GONE_WITHIN.as_secs_f64() + 0.5,
         "endtime {ended} is when the group was found gone, the daemon died at {killed_at}"
@@ -278,7 +276,7 @@ fn spooled_output_goes_to_the_log_and_the_result_waits_for_the_server() {
     let lock = dir.join("spool.lock");
     // ~2 MB with a 1 MiB bound and no server: the rest spills to the spool.
     let writer = "seq 1 100000 | sed 's/^/spooled line /'; wait";
-    let launched_at = now_seconds();
+    let launched_at = wall_now();
     locked_launch(&server, &dir, "spool", &with_pid_files(&dir, writer))
         .env("SP_BUFFER_MAX_MB", "1")
         .run()
@@ -302,7 +300,7 @@ fn spooled_output_goes_to_the_log_and_the_result_waits_for_the_server() {
     );
     let spooled = spool_file().expect("spool file");
     kill(job.daemon, libc::SIGKILL);
-    let killed_at = now_seconds();
+    let killed_at = wall_now();
     wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
     assert!(
         wait_until(Duration::from_secs(5), || !spooled.exists()),
@@ -340,12 +338,12 @@ fn spooled_output_goes_to_the_log_and_the_result_waits_for_the_server() {
         result.starts, 1,
         "the guardian sent the start the server never had"
     );
-    let started = recorded_seconds(result.starttime.as_deref().expect("starttime"));
+    let started = unix_seconds(result.starttime.as_deref().expect("starttime"));
     assert!(
         started >= launched_at - 0.5 && started <= killed_at,
         "starttime {started} is the job's spawn (launched {launched_at}, killed {killed_at})"
     );
-    let ended = recorded_seconds(result.endtime.as_deref().expect("endtime"));
+    let ended = unix_seconds(result.endtime.as_deref().expect("endtime"));
     assert!(
         ended >= killed_at - 0.5 && ended <= killed_at + 3.0,
         "endtime {ended}: when the group was gone, not when the server came back"
@@ -414,7 +412,7 @@ fn spool_files_of_dead_agents_are_removed_at_the_next_start() {
     for path in kept.iter().chain([&stale]) {
         std::fs::write(path, "x").expect("write");
     }
-    let result = common::run_job(&mut server, &dir, "fresh", "echo fresh");
+    let result = crate::common::run_job(&mut server, &dir, "fresh", "echo fresh");
     assert_eq!((result.retcode, result.ret.as_str()), (Some(0), "fresh\n"));
     assert!(
         !stale.exists(),

@@ -14,12 +14,10 @@
 //! Times are compared with the wall clock read by the test around the
 //! events, with bounds generous enough for a loaded 2-core machine.
 
-mod common;
-
 use std::time::Duration;
 
-use common::scripted::{Plan, ScriptedServer};
-use common::{
+use crate::common::scripted::{Plan, ScriptedServer};
+use crate::common::{
     Harness, JobResult, Launch, TestDir, log_text, pid_alive, unix_seconds, wait_until, wall_now,
 };
 
@@ -218,9 +216,9 @@ fn output_reads_in_the_order_the_job_wrote_it() {
     assert_eq!(expected.lines().count(), 801);
     for round in 0..3 {
         let job = format!("order{round}");
-        let result = common::run_job(&mut server, &dir, &job, ALTERNATING);
+        let result = crate::common::run_job(&mut server, &dir, &job, ALTERNATING);
         assert_eq!(result.retcode, Some(0));
-        common::assert_same(&result.ret, &expected, "terminal order");
+        crate::common::assert_same(&result.ret, &expected, "terminal order");
     }
 }
 
@@ -257,7 +255,7 @@ fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
     Launch::new(&server.url(), "stingy", "stingy_1", &command, &dir)
         .run()
         .expect_started();
-    let daemon = common::pid_from(&pid_file);
+    let daemon = crate::common::read_pid_file(&pid_file, Duration::from_secs(20));
     wait_log(&dir, "stingy", "job finished", Duration::from_secs(10));
     let ended_at = wall_now();
     // Documented bound: 60 s without delivery progress after the end.

@@ -1,5 +1,5 @@
 //! "Linux 2.6.32" for tests: the one seccomp-BPF filter that every test
-//! claiming an old kernel installs (tests/old_kernel.rs, and the conformance
+//! claiming an old kernel installs (tests/integration/old_kernel.rs, and the conformance
 //! suite under `SP_TEST_OLD_KERNEL=1` through `Launch`). Installed with
 //! `prctl` in a `pre_exec` hook, so the launcher, the daemon and the job all
 //! inherit it across `fork` and `execve`.
