@@ -280,8 +280,8 @@ armv7_cargo() {
 # table). The jobs' /bin/sh is the host's: with no binfmt_misc entry,
 # qemu-user's execve hands a native executable to the kernel.
 
-# prove_arch TRIPLE: unit tests built for it, the conformance, delivery and
-# security suites (root-only tests included) against the real endpoint, the
+# prove_arch TRIPLE: unit tests built for it, the conformance, record,
+# delivery, guardian and security suites (root-only tests included), the
 # old-kernel suite where the filter has the arch's table, and the after-2038
 # check. Prints each suite's time.
 prove_arch() {
@@ -318,7 +318,7 @@ prove_arch() {
             cargo test --release --locked --test integration -- --include-ignored --exact arch::a_job_in_2040_is_recorded_with_2040_times
         return 0
     fi
-    say "$triple: conformance, delivery and security suites against the real endpoint${runner:+, under $runner}"
+    say "$triple: the conformance, record, delivery, guardian and security suites${runner:+, under $runner}"
     local skip=()
     if [ -n "$runner" ]; then
         # The daemon's RSS under qemu-user is qemu's own (its translator and
@@ -326,8 +326,9 @@ prove_arch() {
         say "SKIPPED under $runner: two_hundred_megabytes_with_no_server_stay_within_the_memory_bound (RSS would include qemu itself; measured on x86_64 and i686)"
         skip=(--skip two_hundred_megabytes_with_no_server_stay_within_the_memory_bound)
     fi
-    timed "conformance + delivery + security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
-        cargo test --release --locked --test integration -- --include-ignored conformance:: delivery:: security:: "${skip[@]}"
+    timed "conformance, record, delivery, guardian, security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
+        cargo test --release --locked --test integration -- --include-ignored \
+        conformance:: record:: delivery:: guardian:: security:: "${skip[@]}"
     case "$triple" in
         "$TARGET") ;; # its old-kernel run is above
         i686-*)

@@ -52,9 +52,10 @@ fn job_processes(dir: &TestDir) -> Job {
     let child = read_pid_file(&dir.join("child.pid"), STARTUP);
     let guardian = parent_of(daemon).expect("the daemon's parent");
     let name = std::fs::read_to_string(format!("/proc/{guardian}/comm")).unwrap_or_default();
+    // (under SP_WRAPPER_RUNNER the kernel sees qemu-user's name)
     assert_eq!(
         name.trim(),
-        "sp_wrapper",
+        crate::common::wrapper_image_name(),
         "the daemon's parent is the guardian"
     );
     assert_eq!(
