@@ -13,8 +13,9 @@ pub trait Effects {
     /// `--foreground`: show the job's output on our own stdout/stderr.
     fn tee(&mut self, stream: Stream, text: &str);
     fn reopen_log(&mut self);
-    /// The server ACKed our `start` (the guardian must not send another).
-    fn start_acknowledged(&mut self) {}
+    /// Our `start` went out on a connection (the guardian must not send
+    /// another: the server may have recorded it).
+    fn start_sent(&mut self) {}
     /// The job's result is fixed (the guardian says so if we die delivering it).
     fn job_finished(&mut self, _retcode: i32) {}
     /// Append undelivered output to the job's log.

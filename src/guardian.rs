@@ -12,7 +12,7 @@
 //! for the daemon, which handles them) and, like the daemon, SIGPIPE.
 //!
 //! The daemon tells it four facts over a close-on-exec, non-blocking pipe,
-//! one short line each (`job_started`, `start_acknowledged`, `job_finished`,
+//! one short line each (`job_started`, `start_sent`, `job_finished`,
 //! `finished`);
 //! the guardian reads them once the daemon is gone (they fit in the pipe).
 //!
@@ -153,9 +153,11 @@ pub fn job_started(pid: i32, at: SystemTime) {
     ));
 }
 
-/// The server ACKed our `start`: it holds a record (and maybe output) that a
-/// second `start` would reset.
-pub fn start_acknowledged() {
+/// Our `start` went out on a connection: the server may hold a record (and
+/// output) that a second `start` would reset. Said when it is sent, not when
+/// it is ACKed: the server records `start` on receipt, and a daemon killed
+/// between that and reading the ACK must not make us reset the record.
+pub fn start_sent() {
     tell("S\n");
 }
 
@@ -175,7 +177,7 @@ pub fn finished() {
 #[derive(Debug, Default, PartialEq)]
 struct Told {
     job: Option<(i32, SystemTime)>,
-    start_acknowledged: bool,
+    start_sent: bool,
     job_retcode: Option<i32>,
     finished: bool,
 }
@@ -196,7 +198,7 @@ impl Told {
                         }
                     }
                 }
-                ["S"] => told.start_acknowledged = true,
+                ["S"] => told.start_sent = true,
                 ["F", code] => told.job_retcode = code.parse().ok(),
                 ["D"] => told.finished = true,
                 _ => {}
@@ -320,7 +322,7 @@ impl Guardian {
                 daemon,
                 how: how_it_ended(status),
                 job,
-                start_acknowledged: told.start_acknowledged,
+                start_sent: told.start_sent,
                 job_retcode: told.job_retcode,
                 lock,
             },
@@ -333,7 +335,7 @@ struct TakeOver {
     daemon: libc::pid_t,
     how: String,
     job: (i32, SystemTime),
-    start_acknowledged: bool,
+    start_sent: bool,
     job_retcode: Option<i32>,
     lock: Option<Lock>,
 }
@@ -385,13 +387,13 @@ fn take_over(cfg: &Config, dead: TakeOver) {
         encoder: Encoder::new(&cfg.job_name, &cfg.job_instance, &machine(cfg)),
         job_pid,
         spawned_at,
-        send_start: !dead.start_acknowledged,
+        send_start: !dead.start_sent,
         text: format!(
             "\n[sp_wrapper: the agent (pid {}) {}; {what}]\n",
             dead.daemon, dead.how
         ),
         // The end of the run is when its last process was gone.
-        ended_at: gone_at.unwrap_or_else(SystemTime::now),
+        ended_at: gone_at.unwrap_or_else(crate::clock::now),
     };
     match report.deliver(cfg, Instant::now() + REPORT_WINDOW) {
         Ok(Reported::Recorded) => log::info!(
@@ -668,7 +670,7 @@ mod tests {
             told,
             Told {
                 job: Some((4242, UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))),
-                start_acknowledged: true,
+                start_sent: true,
                 job_retcode: None,
                 finished: false,
             }

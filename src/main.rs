@@ -369,8 +369,8 @@ impl Effects for LiveEffects {
         }
     }
 
-    fn start_acknowledged(&mut self) {
-        guardian::start_acknowledged();
+    fn start_sent(&mut self) {
+        guardian::start_sent();
     }
 
     fn job_finished(&mut self, retcode: i32) {

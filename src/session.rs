@@ -287,6 +287,7 @@ impl Session {
                 &self.settings.version,
             );
             self.send(effects, start);
+            effects.start_sent();
         }
         let (last_acked, next) = (
             self.outbox.last_acked_wire_seq(),
@@ -333,7 +334,6 @@ impl Session {
                 if !self.start_acked {
                     log::info!("server acknowledged the start");
                     self.last_progress = now;
-                    effects.start_acknowledged();
                 }
                 self.start_acked = true;
                 self.start_ignored = false;
