@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Harness, Launch, TestDir, assert_same, launch_ok, log_text, pid_alive, run_job, wait_until,
+    Harness, Launch, TestDir, assert_same, launch_ok, log_text, run_job, wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -64,22 +64,9 @@ fn a_megabyte_of_multibyte_utf8_arrives_exactly() {
 
 #[test]
 fn eight_megabytes_arrive_exactly() {
-    let dir = TestDir::new("eight");
-    let mut server = Harness::start(&dir);
-    let text: String = (0..200_000)
-        .map(|i| format!("line {i:08} of the eight megabyte test.\n"))
-        .collect();
-    assert!(text.len() >= 8_000_000);
-    let file = dir.join("input.txt");
-    std::fs::write(&file, &text).expect("write input");
-    let result = run_job(
-        &mut server,
-        &dir,
-        "eight",
-        &format!("cat {}", file.display()),
-    );
-    assert_eq!(result.retcode, Some(0));
-    assert_same(&result.ret, &text, "8 MB");
+    crate::common::scenarios::eight_megabytes_arrive_exactly("", |launch| {
+        launch_ok(&launch);
+    });
 }
 
 #[test]
@@ -118,64 +105,9 @@ fn timeout_kills_with_124_in_about_the_timeout() {
 
 #[test]
 fn kill_gives_143_and_leaves_no_process_of_the_group() {
-    let dir = TestDir::new("kill");
-    let mut server = Harness::start(&dir);
-    server.add_job("kill", "kill_1", &[MACHINE]);
-    let pids = dir.join("pids");
-    // The shell and its background child both ignore SIGTERM: only the
-    // SIGKILL escalation can end them.
-    let command = format!(
-        "trap '' TERM; sleep 300 & echo $! > {0}; echo $$ >> {0}; echo running; wait",
-        pids.display()
-    );
-    launch_ok(&Launch::new(
-        &server.url(),
-        "kill",
-        "kill_1",
-        &command,
-        &dir,
-    ));
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids)
-            .map(|p| p.lines().count() == 2)
-            .unwrap_or(false)),
-        "the job did not start"
-    );
-    let pids: Vec<i32> = std::fs::read_to_string(&pids)
-        .expect("pids")
-        .lines()
-        .map(|l| l.trim().parse().expect("pid"))
-        .collect();
-    assert!(
-        wait_until(Duration::from_secs(20), || server
-            .result("kill", MACHINE)
-            .starttime
-            .is_some()),
-        "start recorded"
-    );
-    let asked = Instant::now();
-    server.kill("kill", "kill_1", MACHINE);
-    let result = server
-        .wait_result("kill", MACHINE, RESULT_WAIT)
-        .expect("result recorded");
-    assert_eq!(result.retcode, Some(143));
-    assert!(result.ret.contains("running\n"), "{:?}", result.ret);
-    assert!(
-        result.ret.contains("[Job terminated by user request]"),
-        "{:?}",
-        result.ret
-    );
-    assert!(
-        asked.elapsed() < Duration::from_secs(20),
-        "kill took {:?}",
-        asked.elapsed()
-    );
-    for pid in pids {
-        assert!(
-            wait_until(Duration::from_secs(5), || !pid_alive(pid)),
-            "process {pid} of the job survived the kill"
-        );
-    }
+    crate::common::scenarios::kill_gives_143_and_no_process_of_the_group_survives("", |launch| {
+        launch_ok(&launch);
+    });
 }
 
 #[test]

@@ -680,80 +680,22 @@ fn exit_code_and_output_are_exact() {
 #[test]
 #[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
 fn kill_gives_143_and_no_process_of_the_group_survives() {
-    let dir = TestDir::new("ok_kill");
-    let mut server = Harness::start(&dir);
-    server.add_job("kill", "kill_1", &[MACHINE]);
-    let pids = dir.join("pids");
-    // The shell and its background child both ignore SIGTERM: only the
-    // SIGKILL escalation ends them. Under the filter the daemon cannot be a
-    // subreaper (prctl EINVAL, as on 2.6.32): the orphan goes to init.
-    let command = format!(
-        "trap '' TERM; sleep 300 & echo $! > {0}; echo $$ >> {0}; echo running; wait",
-        pids.display()
+    // Under the filter the daemon cannot be a subreaper (prctl EINVAL, as on
+    // 2.6.32): the orphan goes to init.
+    crate::common::scenarios::kill_gives_143_and_no_process_of_the_group_survives(
+        "ok_",
+        |launch| {
+            launch_ok_as_on_2_6_32(&launch.bin(static_wrapper()));
+        },
     );
-    launch_ok_as_on_2_6_32(&launch(&server, "kill", "kill_1", &command, &dir));
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids)
-            .map(|p| p.lines().count() == 2)
-            .unwrap_or(false)),
-        "the job did not start"
-    );
-    let pids: Vec<i32> = std::fs::read_to_string(&pids)
-        .expect("pids")
-        .lines()
-        .map(|l| l.trim().parse().expect("pid"))
-        .collect();
-    assert!(
-        wait_until(Duration::from_secs(20), || server
-            .result("kill", MACHINE)
-            .starttime
-            .is_some()),
-        "start recorded"
-    );
-    let asked = Instant::now();
-    server.kill("kill", "kill_1", MACHINE);
-    let result = server
-        .wait_result("kill", MACHINE, RESULT_WAIT)
-        .expect("result recorded");
-    assert_eq!(result.retcode, Some(143), "{result:?}");
-    assert!(result.ret.starts_with("running\n"), "{:?}", result.ret);
-    assert!(
-        result.ret.contains("[Job terminated by user request]"),
-        "{:?}",
-        result.ret
-    );
-    assert!(
-        asked.elapsed() < Duration::from_secs(20),
-        "kill took {:?}",
-        asked.elapsed()
-    );
-    for pid in pids {
-        assert!(
-            wait_until(Duration::from_secs(5), || !pid_alive(pid)),
-            "process {pid} of the job survived the kill"
-        );
-    }
 }
 
 #[test]
 #[ignore = "needs the static binary and the endpoint: SP_WRAPPER_BIN=$PWD/dist/sp_wrapper ... -- --include-ignored"]
 fn eight_megabytes_arrive_exactly() {
-    let dir = TestDir::new("ok_eight");
-    let mut server = Harness::start(&dir);
-    server.add_job("eight", "eight_1", &[MACHINE]);
-    let text: String = (0..200_000)
-        .map(|i| format!("line {i:08} of the eight megabyte test.\n"))
-        .collect();
-    assert!(text.len() >= 8_000_000);
-    let file = dir.join("input.txt");
-    std::fs::write(&file, &text).expect("write input");
-    let command = format!("cat {}", file.display());
-    launch_ok_as_on_2_6_32(&launch(&server, "eight", "eight_1", &command, &dir));
-    let result = server
-        .wait_result("eight", MACHINE, RESULT_WAIT)
-        .expect("result recorded");
-    assert_eq!(result.retcode, Some(0));
-    assert_same(&result.ret, &text, "8 MB under the old-kernel filter");
+    crate::common::scenarios::eight_megabytes_arrive_exactly("ok_", |launch| {
+        launch_ok_as_on_2_6_32(&launch.bin(static_wrapper()));
+    });
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! Every network address is `127.0.0.1` with a port the OS picked.
 
 pub mod hostile;
+pub mod scenarios;
 pub mod scripted;
 pub mod seccomp;
 #[path = "../../../src/xorshift.rs"]
