@@ -56,6 +56,9 @@ const OUTPUT_OVERHEAD: usize = 6 << 20;
 /// Events that may wait for the supervisor (see `supervise`).
 const EVENT_QUEUE: usize = 32;
 
+/// How long a panic waits for its log line before the process aborts.
+const PANIC_LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The job's process group, for the panic hook (0 = no job yet).
 static JOB_PGID: AtomicI32 = AtomicI32::new(0);
 
@@ -327,14 +330,29 @@ fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// With `panic = "abort"` nothing unwinds: log the panic and kill the job's
-/// group, so a wrapper bug never leaves an unsupervised job behind.
+/// With `panic = "abort"` nothing unwinds: kill the job's group, log the
+/// panic, abort; the guardian then reports. A wrapper bug never leaves an
+/// unsupervised job behind.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        log::error!("sp_wrapper panicked: {info}; killing the job");
+        // Kill first: logging may never return. A panic inside a log call
+        // holds the logger's lock, and logging again from this thread would
+        // wait on it forever, leaving a hung daemon (which the guardian
+        // cannot tell from a live one) and the job unsupervised.
         let pgid = JOB_PGID.load(Ordering::Relaxed);
         if pgid > 0 {
             child::signal_group(pgid, libc::SIGKILL);
+        }
+        // So the log line is written by another thread, waited for briefly;
+        // then the panic aborts the process and the guardian reports.
+        let message = format!("sp_wrapper panicked: {info}; the job's process group was killed");
+        let (done, logged) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new().spawn(move || {
+            log::error!("{message}");
+            let _ = done.send(());
+        });
+        if writer.is_ok() {
+            let _ = logged.recv_timeout(PANIC_LOG_WAIT);
         }
     }));
 }
