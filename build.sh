@@ -79,19 +79,26 @@ deps_arches() {
         echo "build.sh: could not install ${missing[*]}; arches that need them are skipped" >&2
 }
 
-deps_python() {
+# The real endpoint (saltpeter==0.9.32 and websockets, which it imports but
+# does not declare): all the demo needs besides the musl target.
+deps_endpoint() {
     if [ ! -x "$PYTHON" ]; then
         say "creating $VENV"
         python3 -m venv "$VENV"
     fi
     if ! "$PYTHON" -c 'import saltpeter.machines_endpoint, websockets' 2>/dev/null; then
         say "installing the real Saltpeter endpoint (saltpeter==0.9.32) into $VENV"
-        "$PYTHON" -m pip install --quiet --no-deps 'saltpeter==0.9.32' websockets
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps 'saltpeter==0.9.32' websockets
     fi
-    # The Python reference wrapper, for the side-by-side benchmark.
+}
+
+# The endpoint, and the Python reference wrapper for the side-by-side
+# benchmark and the tests that compare with it.
+deps_python() {
+    deps_endpoint
     if [ ! -f "$VENV/ref0930/saltpeter/wrapper.py" ]; then
         say "installing the Python reference wrapper (saltpeter==0.9.30) into $VENV/ref0930"
-        "$PYTHON" -m pip install --quiet --no-deps --target "$VENV/ref0930" 'saltpeter==0.9.30'
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --target "$VENV/ref0930" 'saltpeter==0.9.30'
     fi
 }
 
@@ -447,8 +454,10 @@ run_tests() {
     e2e_suite
 }
 
+# Only what the demo runs (the musl target, the endpoint's .venv): a fresh
+# machine gets to the demo in well under a minute.
 demo() {
-    deps
+    deps_endpoint
     build
     say "running a job through dist/sp_wrapper against the real Saltpeter endpoint"
     "$PYTHON" tests/harness/demo.py dist/sp_wrapper
