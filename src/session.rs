@@ -357,14 +357,14 @@ impl Session {
                 if self.complete_pending() {
                     let retcode = self.retcode();
                     let delivered = self.outbox.is_empty();
-                    log::info!("server recorded the result (retcode {retcode})");
                     if !delivered {
                         self.write_undelivered(
                             "the server never accepted this instance's start",
                             effects,
                         );
                     }
-                    self.outcome = Some(Outcome { retcode, delivered });
+                    self.settle(Outcome { retcode, delivered }, effects);
+                    log::info!("server recorded the result (retcode {retcode})");
                 }
             }
             Inbound::Ack { .. } => {}
@@ -407,10 +407,13 @@ impl Session {
                         "the server answered JOB_NOT_FOUND (job stopped or restarted)",
                         effects,
                     );
-                    self.outcome = Some(Outcome {
-                        retcode,
-                        delivered: false,
-                    });
+                    self.settle(
+                        Outcome {
+                            retcode,
+                            delivered: false,
+                        },
+                        effects,
+                    );
                 } else {
                     log::warn!("server error {}: {}", clip(&code), clip(&message));
                 }
@@ -568,10 +571,22 @@ impl Session {
         let retcode = self.retcode();
         log::error!("giving up delivery: {why}");
         self.write_undelivered(why, effects);
-        self.outcome = Some(Outcome {
-            retcode,
-            delivered: false,
-        });
+        self.settle(
+            Outcome {
+                retcode,
+                delivered: false,
+            },
+            effects,
+        );
+    }
+
+    /// The run's end is settled: the result is recorded, or the server
+    /// refused it, or what was not delivered is in the log. The guardian is
+    /// told first, so a death from here on makes it report nothing (a
+    /// second `complete` would overwrite a delivered result with 255).
+    fn settle(&mut self, outcome: Outcome, effects: &mut impl Effects) {
+        effects.settled();
+        self.outcome = Some(outcome);
     }
 
     /// Undelivered output to the log, between clear markers.
