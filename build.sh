@@ -30,6 +30,13 @@ PYTHON="$VENV/bin/python"
 E2E_VENV=.venv-e2e
 E2E_PYTHON="$E2E_VENV/bin/python"
 MAX_SIZE=$((1024 * 1024))
+# Virtual environments live here, one per interpreter and set of pins, so a
+# fresh clone on the same machine (CI) reuses them instead of reinstalling;
+# .venv and .venv-e2e are symlinks to them. pip keeps its download cache in
+# ~/.cache/pip as ever.
+CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
+ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
+E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 
 say() { printf '==> %s\n' "$*"; }
@@ -81,16 +88,41 @@ deps_arches() {
         echo "build.sh: could not install ${missing[*]}; arches that need them are skipped" >&2
 }
 
+# cached_venv LINK PYTHON PIN...: make LINK a symlink to the virtual
+# environment in CACHE_DIR keyed by PYTHON's version and the pins, creating
+# that environment (empty) if it is not there yet. The caller installs into
+# it and checks what it needs, so a cached environment is only trusted as
+# far as those checks go.
+cached_venv() {
+    local link=$1 python=$2 key dir
+    shift 2
+    key=$({ "$python" -c 'import sys; print(sys.version)' && printf '%s\n' "$@"; } | sha256sum | cut -c1-12)
+    dir="$CACHE_DIR/venvs/${link#.}-$key"
+    mkdir -p "$CACHE_DIR/venvs"
+    if [ ! -x "$dir/bin/python" ]; then
+        say "creating the virtual environment $dir (for $link: $*)"
+        rm -rf "$dir.tmp"
+        "$python" -m venv "$dir.tmp"
+        # (venv writes its own path into its scripts: made in place, then
+        # renamed, so a venv is only ever seen whole; pip runs as python -m)
+        mv -T "$dir.tmp" "$dir" 2>/dev/null || rm -rf "$dir.tmp"
+    fi
+    if [ -L "$link" ] || [ ! -e "$link" ]; then
+        ln -sfn "$dir" "$link"
+    elif [ "$(readlink -f "$link")" != "$(readlink -f "$dir")" ]; then
+        # An environment made before the cache: replaced by the cached one.
+        rm -rf "$link"
+        ln -sfn "$dir" "$link"
+    fi
+}
+
 # The real endpoint (saltpeter==0.9.32 and websockets, which it imports but
 # does not declare): all the demo needs besides the musl target.
 deps_endpoint() {
-    if [ ! -x "$PYTHON" ]; then
-        say "creating $VENV"
-        python3 -m venv "$VENV"
-    fi
+    cached_venv "$VENV" python3 "${ENDPOINT_PINS[@]}"
     if ! "$PYTHON" -c 'import saltpeter.machines_endpoint, websockets' 2>/dev/null; then
-        say "installing the real Saltpeter endpoint (saltpeter==0.9.32) into $VENV"
-        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps 'saltpeter==0.9.32' websockets
+        say "installing the real Saltpeter endpoint (${ENDPOINT_PINS[*]}) into $VENV"
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps "${ENDPOINT_PINS[@]}"
     fi
 }
 
@@ -586,13 +618,10 @@ deps_e2e() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
-    if [ ! -x "$E2E_PYTHON" ]; then
-        say "creating $E2E_VENV"
-        python3 -m venv "$E2E_VENV"
-    fi
+    cached_venv "$E2E_VENV" python3 "${E2E_PINS[@]}"
     if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
-        say "installing salt==3008.3, saltpeter==0.9.32, websockets and pytest into $E2E_VENV (minutes on a fresh machine)"
-        "$E2E_PYTHON" -m pip install --quiet 'salt==3008.3' 'saltpeter==0.9.32' websockets 'pytest>=8,<10'
+        say "installing ${E2E_PINS[*]} into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
+        "$E2E_PYTHON" -m pip install --quiet --disable-pip-version-check "${E2E_PINS[@]}"
         say "e2e dependencies installed in $((SECONDS - started)) s"
     fi
 }
