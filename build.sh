@@ -55,7 +55,7 @@ deps_rust() {
 }
 
 # The other arches (docs/packaging.md, "The binaries"): Rust targets for
-# aarch64 and i686; for armv7, whose std rustup cannot download, std's
+# aarch64 and i686; for armv7, when rustup cannot download its std, std's
 # sources (rust-src), Debian's musl for armhf, and clang to build LLVM's
 # libunwind; qemu-user to run aarch64 and armv7 binaries, faketime for the
 # after-2038 check. apt only when something is missing (and we are root).
@@ -217,7 +217,7 @@ build_arch() {
     mkdir -p "dist/$triple"
     # Never leave an older binary standing for an arch that did not build.
     rm -f "dist/$triple/sp_wrapper"
-    if [ "$triple" = "$ARMV7" ]; then
+    if [ "$triple" = "$ARMV7" ] && ! armv7_prebuilt; then
         build_armv7 || return 1
     else
         [ "$triple" = "$TARGET" ] || deps_rust "$triple"
@@ -255,7 +255,24 @@ check_static() {
     say "$bin: $size bytes ($((size / 1024)) KiB; bound $((MAX_SIZE / 1024)) KiB), static ET_EXEC, no PT_INTERP: $says"
 }
 
-# armv7: rustup has no prebuilt std for armv7-unknown-linux-musleabihf, so
+# armv7_prebuilt: rustup lists armv7-unknown-linux-musleabihf, so try its
+# prebuilt std first (once per run); where its download fails (404 on the
+# Rust dist server for this toolchain, seen here), build std from source.
+ARMV7_PREBUILT=
+armv7_prebuilt() {
+    if [ -z "$ARMV7_PREBUILT" ]; then
+        ARMV7_PREBUILT=no
+        if rustup target list --installed 2>/dev/null | grep -qx "$ARMV7" ||
+            rustup target add "$ARMV7" >/dev/null 2>&1; then
+            ARMV7_PREBUILT=yes
+        else
+            say "rustup has no prebuilt std for $ARMV7 here (rustup target add failed): std is built from source"
+        fi
+    fi
+    [ "$ARMV7_PREBUILT" = yes ]
+}
+
+# armv7 without rustup's prebuilt std (armv7_prebuilt failed), so
 # std is built from its sources (-Zbuild-std; RUSTC_BOOTSTRAP=1 lets the
 # stable compiler accept it), linked by rust-lld against Debian's
 # musl-dev:armhf (crt objects and libc.a, musl 1.2.3) and LLVM's libunwind,
@@ -342,7 +359,7 @@ prove_arch() {
         "$@"
         ARCH_TIMES+=("$(printf '%-32s %-44s %4d s' "$triple" "$what" $((SECONDS - started)))")
     }
-    if [ "$triple" = "$ARMV7" ]; then
+    if [ "$triple" = "$ARMV7" ] && ! armv7_prebuilt; then
         say "$triple: unit tests built for it, run under $runner"
         timed "unit tests (std from source, qemu-arm)" armv7_unit_tests
     elif [ "$triple" != "$TARGET" ]; then
