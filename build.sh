@@ -573,35 +573,49 @@ build_local() {
     say "dist/sp_wrapper-local"
 }
 
+# step NAME: close the step that ran since the last call (its time goes to
+# STEP_TIMES, printed at the end of the test), and name the next.
+STEP_TIMES=()
+STEP_NAME=
+STEP_START=0
+step() {
+    [ -z "$STEP_NAME" ] || STEP_TIMES+=("$(printf '%-44s %5d s' "$STEP_NAME" $((SECONDS - STEP_START)))")
+    STEP_NAME=$1
+    STEP_START=$SECONDS
+    [ -z "$1" ] || say "$1"
+}
+
 run_tests() {
+    step "dependencies and the x86_64 build"
     deps
     build
-    say "format and lint"
+    step "format and lint"
     cargo fmt --all -- --check
     cargo clippy --locked --all-targets -- -D warnings
     export SP_TEST_PYTHON="$PWD/$PYTHON"
-    say "unit, integration and conformance tests (host build)"
+    step "unit, integration and conformance tests (host build)"
     cargo test --release --locked
     # Tests that need root are #[ignore]d with their reason, so a plain
     # `cargo test` as a user reports them as ignored, never as passed. CI
     # runs as root: run them here, where they fail if they cannot run.
-    say "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid)"
+    step "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid)"
     cargo test --release --locked --test integration -- --ignored security:: guardian::
-    say "static binary checks"
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
-    say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    step "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian::
-    say "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
+    step "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
     prove_all_arches
-    say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
+    step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
+    step "end-to-end: dependencies, then the suite"
     deps_e2e
     e2e_suite
+    step ""
+    say "./build.sh test passed in $((SECONDS / 60)) min $((SECONDS % 60)) s; by step:"
+    printf '    %s\n' "${STEP_TIMES[@]}"
 }
 
-# Only what the demo runs (the musl target, the endpoint's .venv): a fresh
-# machine gets to the demo in well under a minute.
 demo() {
     deps_endpoint
     build
