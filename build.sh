@@ -557,7 +557,7 @@ soak() {
             fi
         done
         soak_hog_stop
-        printf '    %s\n' "${table[@]}" | grep "^round *$round "
+        printf '    %s\n' "${table[@]}" | grep "^    round *$round " || true
     done
     trap - EXIT
     say "soak: $rounds rounds, $failures failed suite runs, $((SECONDS / 60)) min $((SECONDS % 60)) s"
