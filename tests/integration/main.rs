@@ -24,6 +24,7 @@
 mod common;
 
 mod arch;
+mod bounded;
 mod conformance;
 mod delivery;
 mod guardian;
