@@ -439,8 +439,8 @@ run_tests() {
     # Tests that need root are #[ignore]d with their reason, so a plain
     # `cargo test` as a user reports them as ignored, never as passed. CI
     # runs as root: run them here, where they fail if they cannot run.
-    say "tests that need root (SP_USER)"
-    cargo test --release --locked --test integration -- --ignored security::
+    say "tests that need root (SP_USER, a 1 MiB tmpfs)"
+    cargo test --release --locked --test integration -- --ignored security:: bounded::
     say "static binary checks"
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
