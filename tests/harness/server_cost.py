@@ -215,7 +215,7 @@ def main():
     args = parser.parse_args()
     multiprocessing.set_start_method("fork")
     if not args.json:
-        print("| job output | SP_OUTPUT_MAX_MB | stored | server CPU (endpoint + manager + job process) | record complete after the job's end |")
+        print("| job output | SP_OUTPUT_MAX_MB | stored by the server | server CPU (endpoint + manager + job process) | record complete after the job's end |")
         print("|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         row = measure(args.wrapper, size, args.cap_mb, args.record_out, args.deadline,
@@ -226,7 +226,7 @@ def main():
             c = row["cpu_s"]
             delay = f"{row['delay_s']} s" if row["complete"] else f"never (within {args.deadline:.0f} s)"
             cap = {None: "default", 0: "no cap"}.get(args.cap_mb, args.cap_mb)
-            print(f"| {size} MB | {cap} | {row['ret_bytes'] / 1e6:.1f} MB | "
+            print(f"| {size} MiB | {cap} | {row['ret_bytes'] / 1048576:.1f} MiB | "
                   f"{row['server_cpu_s']} s ({c['endpoint']} + {c['manager']} + {c['job']}) | {delay} |",
                   flush=True)
 
