@@ -86,6 +86,10 @@ impl OutputCap {
         if self.not_kept.is_some() {
             return;
         }
+        if self.kept_limit == 0 {
+            self.stop_keeping("SP_LEFTOUT_MAX_MB is 0".to_string());
+            return;
+        }
         if self.file.is_none() {
             let opened = OpenOptions::new()
                 .write(true)
