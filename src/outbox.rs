@@ -103,6 +103,8 @@ pub struct Outbox {
     pub acked_bytes: u64,
     /// Bytes lost in gaps already closed.
     lost_closed: u64,
+    /// Gaps opened so far (for the log: one line per gap).
+    pub gaps: u64,
     /// Why output was last lost (empty while none was): for the log.
     pub loss_reason: String,
     pub spooled_batches: u64,
@@ -142,6 +144,7 @@ impl Outbox {
             spool_failed_at: None,
             acked_bytes: 0,
             lost_closed: 0,
+            gaps: 0,
             loss_reason: String::new(),
             spooled_batches: 0,
         }
@@ -228,6 +231,7 @@ impl Outbox {
         tail.push(text);
         self.loss_reason.clone_from(&reason);
         self.loss = Some(Loss { reason, tail });
+        self.gaps += 1;
     }
 
     /// Whether there is room again, with margin (so that a gap is one

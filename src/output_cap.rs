@@ -64,7 +64,8 @@ impl OutputCap {
             self.sent += text.len() as u64;
             return text;
         }
-        let mut cut = (room as usize).min(text.len());
+        // Compared in u64: on 32-bit targets a cap past 4 GiB must not wrap.
+        let mut cut = room.min(text.len() as u64) as usize;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -114,7 +115,7 @@ impl OutputCap {
             }
         }
         let room = self.kept_limit.saturating_sub(self.kept);
-        let mut take = (room as usize).min(text.len());
+        let mut take = room.min(text.len() as u64) as usize;
         while !text.is_char_boundary(take) {
             take -= 1;
         }

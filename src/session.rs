@@ -139,8 +139,10 @@ pub struct Session {
     last_seal: Option<Instant>,
     outcome: Option<Outcome>,
     spill_noted: bool,
-    /// `outbox.lost_bytes` already reported in the log.
+    /// `outbox.lost_bytes()` when the log last said so.
     loss_logged: u64,
+    /// `outbox.gaps` already reported in the log.
+    gaps_logged: u64,
 }
 
 impl Session {
@@ -169,6 +171,7 @@ impl Session {
             outcome: None,
             spill_noted: false,
             loss_logged: 0,
+            gaps_logged: 0,
         }
     }
 
@@ -694,15 +697,16 @@ impl Session {
     /// (a marker in the text says where); the log must say so too.
     pub fn log_new_loss(&mut self) {
         let lost = self.outbox.lost_bytes();
-        // Once per gap and then at most every 64 MiB, not per batch.
-        let first = self.loss_logged == 0 && lost > 0;
-        if first || lost >= self.loss_logged + (64 << 20) {
+        // Once per gap, then at most every 64 MiB lost: not once per batch.
+        let new_gap = self.outbox.gaps > self.gaps_logged;
+        if new_gap || lost >= self.loss_logged + (64 << 20) {
             log::error!(
-                "{} bytes of the job's output lost so far: {}",
-                lost,
+                "output is being lost (gap {}, {lost} bytes lost so far; the last 256 KiB of each gap are kept): {}",
+                self.outbox.gaps,
                 self.outbox.loss_reason
             );
             self.loss_logged = lost;
+            self.gaps_logged = self.outbox.gaps;
         }
     }
 
