@@ -105,6 +105,9 @@ pub struct Outbox {
     lost_closed: u64,
     /// Gaps opened so far (for the log: one line per gap).
     pub gaps: u64,
+    /// Text that must follow an open gap whole rather than join its tail
+    /// (the end of the output past `SP_OUTPUT_MAX_MB` and its line).
+    epilogue: Option<Batch>,
     /// Why output was last lost (empty while none was): for the log.
     pub loss_reason: String,
     pub spooled_batches: u64,
@@ -145,6 +148,7 @@ impl Outbox {
             acked_bytes: 0,
             lost_closed: 0,
             gaps: 0,
+            epilogue: None,
             loss_reason: String::new(),
             spooled_batches: 0,
         }
@@ -211,7 +215,8 @@ impl Outbox {
     }
 
     fn place(&mut self, batch: Batch) {
-        if self.loss.is_some() && self.room_to_close_gap() {
+        // With an epilogue waiting, only the drain closes the gap (`force_close_gap`).
+        if self.loss.is_some() && self.epilogue.is_none() && self.room_to_close_gap() {
             self.close_gap();
         }
         if let Some(loss) = self.loss.as_mut() {
@@ -288,14 +293,31 @@ impl Outbox {
             return;
         };
         self.lost_closed += loss.tail.dropped;
+        let epilogue = self.epilogue.take().map_or(String::new(), |b| b.text);
         for (stream, text) in [
             (Stream::Stderr, loss_marker(&loss)),
             (Stream::Stdout, loss.tail.take()),
+            (Stream::Stdout, epilogue),
         ] {
             if !text.is_empty() {
                 self.memory_bytes += text.len();
                 self.memory.push_back(Batch { stream, text });
             }
+        }
+    }
+
+    /// Append the last text of the job, which must survive whole: after an
+    /// open gap rather than in its tail, where its start could fall out.
+    pub fn push_end(&mut self, text: &str) {
+        self.seal();
+        if self.loss.is_some() {
+            self.epilogue = Some(Batch {
+                stream: Stream::Stdout,
+                text: text.to_string(),
+            });
+        } else {
+            self.push(Stream::Stdout, text);
+            self.seal();
         }
     }
 
@@ -385,7 +407,10 @@ impl Outbox {
 
     /// Nothing sealed, nothing open: all output is ACKed.
     pub fn is_empty(&self) -> bool {
-        self.unacked_batches() == 0 && self.open.is_none() && self.loss.is_none()
+        self.unacked_batches() == 0
+            && self.open.is_none()
+            && self.loss.is_none()
+            && self.epilogue.is_none()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -567,6 +592,7 @@ impl Outbox {
                 .loss
                 .as_ref()
                 .map_or(0, |l| (loss_marker(l).len() + l.tail.bytes()) as u64)
+            + self.epilogue.as_ref().map_or(0, |b| b.text.len() as u64)
     }
 
     /// Everything not delivered, oldest first, one batch at a time (so the
@@ -594,6 +620,9 @@ impl Outbox {
                 stream: Stream::Stdout,
                 text: loss.tail.take(),
             });
+        }
+        if let Some(epilogue) = self.epilogue.take() {
+            each(&epilogue);
         }
         self.memory_bytes = 0;
         self.sent = 0;
@@ -896,6 +925,23 @@ mod tests {
         let marker_line_len = delivered.len() - delivered.replace(&marker, "").len();
         assert!(marker_line_len > 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_end_pushed_during_a_gap_follows_it_whole() {
+        let mut ob =
+            Outbox::with_batch_limit(1000, vec![PathBuf::from("/nonexistent/x.spool")], 100);
+        push_lines(&mut ob, 0, 3000, 100); // a gap far longer than its tail
+        let end = format!("[the line]\n{}", "e".repeat(GAP_TAIL_BYTES));
+        ob.push_end(&end);
+        let mut delivered = String::new();
+        while let Some((seq, batch)) = ob.next_to_send(4, usize::MAX) {
+            delivered.push_str(&batch.text.clone());
+            ob.on_ack(seq as i64);
+        }
+        assert!(ob.is_empty());
+        assert!(delivered.ends_with(&end), "the end was cut");
+        assert_eq!(delivered.matches("were lost here").count(), 1);
     }
 
     #[test]

@@ -119,16 +119,28 @@ impl OutputCap {
         while !text.is_char_boundary(take) {
             take -= 1;
         }
-        if take > 0 {
-            let written = self
-                .file
-                .as_mut()
-                .map(|file| file.write_all(&text.as_bytes()[..take]));
-            if let Some(Err(e)) = written {
-                self.stop_keeping(format!("writing it failed: {e}"));
+        let mut bytes = &text.as_bytes()[..take];
+        while !bytes.is_empty() {
+            // Counted write by write: after a full disk the line says
+            // exactly how much the file holds.
+            let Some(file) = self.file.as_mut() else {
                 return;
+            };
+            match file.write(bytes) {
+                Ok(0) => {
+                    self.stop_keeping("writing it failed: no progress".to_string());
+                    return;
+                }
+                Ok(n) => {
+                    self.kept += n as u64;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stop_keeping(format!("writing it failed: {e}"));
+                    return;
+                }
             }
-            self.kept += take as u64;
         }
         if take < text.len() {
             self.stop_keeping(format!(

@@ -226,8 +226,7 @@ impl Session {
     pub fn on_job_finished(&mut self, finished: Finished, now: Instant) {
         self.finished = Some(finished);
         if let Some(end) = self.cap.as_mut().and_then(OutputCap::finish) {
-            self.outbox.seal();
-            self.outbox.push(Stream::Stdout, &end);
+            self.outbox.push_end(&end);
         }
         self.seal(now);
     }

@@ -138,19 +138,77 @@ fn two_hundred_megabytes_cost_the_production_server_little_and_keep_both_ends() 
     assert_eq!(offset, total);
 }
 
-/// Unmounts on drop (also when the test fails).
-struct Mounted(PathBuf);
+/// A tmpfs mounted in a test's directory: unmounted on drop (also when the
+/// test fails), before the directory is removed.
+struct Mounted {
+    point: PathBuf,
+    dir: TestDir,
+}
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
     }
 }
 
 #[test]
 #[ignore = "needs root to mount a 1 MiB tmpfs: run as root with --include-ignored (./build.sh test does)"]
 fn a_full_disk_loses_the_middle_in_one_gap_and_the_record_keeps_both_ends() {
-    let dir = TestDir::new("fulldisk");
+    let (ret, _mounted) = full_disk_run("fulldisk", "0");
+    let gaps: Vec<&str> = ret
+        .lines()
+        .filter(|l| l.contains("bytes of output were lost here"))
+        .collect();
+    println!("gaps: {gaps:?}");
+    assert!(!gaps.is_empty(), "the record does not say what was lost");
+    assert!(gaps.len() <= 3, "{} gap lines, not coalesced", gaps.len());
+    let lost: u64 = gaps
+        .iter()
+        .filter_map(|l| {
+            l.split_once("[sp_wrapper: ")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(lost > 40_000_000, "only {lost} bytes said lost of ~50 MB");
+}
+
+/// The same with the default `SP_OUTPUT_MAX_MB`: the file that keeps what
+/// is left out is on the full disk too, and the line says what it could keep.
+#[test]
+#[ignore = "needs root to mount a 1 MiB tmpfs: run as root with --include-ignored (./build.sh test does)"]
+fn a_full_disk_under_the_default_cap_says_what_the_left_out_file_could_not_keep() {
+    let (ret, _mounted) = full_disk_run("fullcap", "");
+    let line = ret
+        .lines()
+        .find(|l| l.contains("bytes of output were left out here"))
+        .unwrap_or_else(|| panic!("no left-out line in {:.300}", ret));
+    println!("{line}");
+    assert!(line.contains("are kept on the minion in"), "{line}");
+    assert!(line.contains("No space left on device"), "{line}");
+    assert_eq!(ret.matches("were left out here").count(), 1);
+    // The count it gives is what the file holds.
+    let (kept, path) = line
+        .split_once("; the first ")
+        .and_then(|(_, rest)| rest.split_once(" of the "))
+        .and_then(|(kept, rest)| {
+            let path = rest.split_once("kept on the minion in ")?.1;
+            Some((kept.parse::<u64>().ok()?, path.split_once(" (")?.0))
+        })
+        .unwrap_or_else(|| panic!("cannot parse {line}"));
+    let size = std::fs::metadata(path).expect("the left-out file").len();
+    assert_eq!(size, kept, "{path}");
+}
+
+/// A ~50 MB job between a first and a last line, log and spool on a full
+/// 1 MiB tmpfs, the server away until the job has ended, `SP_BUFFER_MAX_MB=1`
+/// and `SP_OUTPUT_MAX_MB=cap` (empty: the default). Asserts what both cases
+/// share; returns what the server stored, and the mount (unmounted on drop).
+fn full_disk_run(name: &str, cap: &str) -> (String, Mounted) {
+    let dir = TestDir::new(name);
     let small = dir.join("small");
     std::fs::create_dir_all(&small).expect("mount point");
     let mounted = Command::new("mount")
@@ -159,7 +217,12 @@ fn a_full_disk_loses_the_middle_in_one_gap_and_the_record_keeps_both_ends() {
         .status()
         .expect("run mount");
     assert!(mounted.success(), "mount -t tmpfs failed (not root?)");
-    let _mounted = Mounted(small.clone());
+    // From here on unmounted however the test ends, before `dir` is removed.
+    let mounted = Mounted {
+        point: small.clone(),
+        dir,
+    };
+    let dir = &mounted.dir;
     let done = dir.join("done");
     // ~50 MB between a first and a last line, as fast as it can print.
     let command = format!(
@@ -167,15 +230,17 @@ fn a_full_disk_loses_the_middle_in_one_gap_and_the_record_keeps_both_ends() {
         awk_lines(500_000),
         done.display()
     );
-    let mut server = Harness::start_without_endpoint(&dir);
-    server.add_job("full", "full_1", &[MACHINE]);
+    let mut server = Harness::start_without_endpoint(dir);
+    server.add_job(name, &format!("{name}_1"), &[MACHINE]);
     let small_dir = small.to_str().expect("utf-8");
-    let launch = Launch::new(&server.url(), "full", "full_1", &command, &dir)
+    let mut launch = Launch::new(&server.url(), name, &format!("{name}_1"), &command, dir)
         .env("SP_WRAPPER_LOGDIR", small_dir)
         .env("SP_SPOOL_DIR", small_dir)
         .env("TMPDIR", small_dir)
-        .env("SP_BUFFER_MAX_MB", "1")
-        .env("SP_OUTPUT_MAX_MB", "0");
+        .env("SP_BUFFER_MAX_MB", "1");
+    if !cap.is_empty() {
+        launch = launch.env("SP_OUTPUT_MAX_MB", cap);
+    }
     launch_ok(&launch);
     // The server is away until the job has ended.
     assert!(
@@ -184,8 +249,17 @@ fn a_full_disk_loses_the_middle_in_one_gap_and_the_record_keeps_both_ends() {
     );
     server.start_endpoint();
     let result = server
-        .wait_result("full", MACHINE, Duration::from_secs(120))
-        .expect("the record completes");
+        .wait_result(name, MACHINE, Duration::from_secs(120))
+        .unwrap_or_else(|partial| {
+            panic!(
+                "the record never completed: retcode {:?}, {} bytes, ending {:?}",
+                partial.retcode,
+                partial.ret.len(),
+                String::from_utf8_lossy(
+                    &partial.ret.as_bytes()[partial.ret.len().saturating_sub(300)..]
+                )
+            )
+        });
     let (start, end) = (
         unix_seconds(result.starttime.as_deref().expect("starttime")),
         unix_seconds(result.endtime.as_deref().expect("endtime")),
@@ -206,26 +280,8 @@ fn a_full_disk_loses_the_middle_in_one_gap_and_the_record_keeps_both_ends() {
         result.ret.ends_with("the last line\n"),
         "the record lost the job's end"
     );
-    let gaps: Vec<&str> = result
-        .ret
-        .lines()
-        .filter(|l| l.contains("bytes of output were lost here"))
-        .collect();
-    println!("gaps: {gaps:?}");
-    assert!(!gaps.is_empty(), "the record does not say what was lost");
-    assert!(gaps.len() <= 3, "{} gap lines, not coalesced", gaps.len());
-    let lost: u64 = gaps
-        .iter()
-        .filter_map(|l| {
-            l.split_once("[sp_wrapper: ")?
-                .1
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    assert!(lost > 40_000_000, "only {lost} bytes said lost of ~50 MB");
+    drop(server);
+    (result.ret, mounted)
 }
 
 #[test]
