@@ -598,8 +598,8 @@ run_tests() {
     # Tests that need root are #[ignore]d with their reason, so a plain
     # `cargo test` as a user reports them as ignored, never as passed. CI
     # runs as root: run them here, where they fail if they cannot run.
-    step "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid)"
-    cargo test --release --locked --test integration -- --ignored security:: guardian::
+    step "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid; a 1 MiB tmpfs)"
+    cargo test --release --locked --test integration -- --ignored security:: guardian:: bounded::
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     step "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian::

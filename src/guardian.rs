@@ -527,7 +527,7 @@ fn save_spool(cfg: &Config, log: Option<&logger::LogHandle>, path: &std::path::P
         writeln!(
             out,
             "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {}): the agent died; {bytes} bytes \
-             below were spooled to disk by it (the first of them may have been delivered) ====",
+             below were spooled to disk by it and never read back for delivery ====",
             cfg.job_instance,
             exit_codes::AGENT_DIED
         )?;

@@ -21,11 +21,13 @@ mod logger;
 mod machine_id;
 mod messages;
 mod outbox;
+mod output_cap;
 mod protocol;
 mod readers;
 mod session;
 mod spool;
 mod supervisor;
+mod tail;
 mod utf8;
 mod xorshift;
 
@@ -521,7 +523,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         .buffer_limit
         .saturating_sub(OUTPUT_OVERHEAD)
         .max(1 << 20);
-    let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
+    let outbox = outbox::Outbox::new(batch_memory, spool_candidates, cfg.spool_limit);
     let effects = LiveEffects {
         link,
         pgid: job.pid,
@@ -529,7 +531,12 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         group_gone: false,
         log,
     };
-    let session = Session::new(settings, outbox, frame_pool, at);
+    let mut session = Session::new(settings, outbox, frame_pool, at);
+    if let Some(limit) = cfg.output_limit {
+        let path = cfg.leftout_path(std::process::id());
+        session =
+            session.with_output_cap(output_cap::OutputCap::new(limit, cfg.leftout_limit, path));
+    }
     let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
     let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {

@@ -16,6 +16,7 @@ use crate::frames::FramePool;
 use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
 use crate::outbox::Outbox;
+use crate::output_cap::OutputCap;
 use crate::protocol::Encoder;
 
 /// PROTOCOL.md: a heartbeat every 5 s.
@@ -116,6 +117,8 @@ pub struct Session {
     settings: Settings,
     encoder: Encoder,
     outbox: Outbox,
+    /// `SP_OUTPUT_MAX_MB`, unless 0.
+    cap: Option<OutputCap>,
     /// Recycled buffers for output frames (the link thread returns them).
     frames: FramePool,
     conn: Option<Conn>,
@@ -136,8 +139,10 @@ pub struct Session {
     last_seal: Option<Instant>,
     outcome: Option<Outcome>,
     spill_noted: bool,
-    /// `outbox.lost_bytes` already reported in the log.
+    /// `outbox.lost_bytes()` when the log last said so.
     loss_logged: u64,
+    /// `outbox.gaps` already reported in the log.
+    gaps_logged: u64,
 }
 
 impl Session {
@@ -151,6 +156,7 @@ impl Session {
             settings,
             encoder,
             outbox,
+            cap: None,
             frames,
             conn: None,
             start_acked: false,
@@ -165,7 +171,14 @@ impl Session {
             outcome: None,
             spill_noted: false,
             loss_logged: 0,
+            gaps_logged: 0,
         }
+    }
+
+    /// Bound what the server receives (`SP_OUTPUT_MAX_MB`).
+    pub fn with_output_cap(mut self, cap: OutputCap) -> Self {
+        self.cap = Some(cap);
+        self
     }
 
     #[cfg(test)]
@@ -175,6 +188,13 @@ impl Session {
 
     /// Output from the job (or a marker of ours) joins the outbox.
     pub fn on_output(&mut self, stream: Stream, text: &str, now: Instant) {
+        let text = match self.cap.as_mut() {
+            Some(cap) => cap.admit(text),
+            None => text,
+        };
+        if text.is_empty() {
+            return;
+        }
         self.outbox.push(stream, text);
         if !self.spill_noted {
             if let Some(path) = self.outbox.spool_path() {
@@ -193,6 +213,11 @@ impl Session {
 
     /// A kill marker: it ends the current batch so it goes out at once.
     pub fn on_kill_marker(&mut self, stream: Stream, marker: &str, now: Instant) {
+        // Past the cap it joins the output's end, which follows at the end.
+        let marker = match self.cap.as_mut() {
+            Some(cap) => cap.admit(marker),
+            None => marker,
+        };
         self.outbox.push(stream, marker);
         self.seal(now);
     }
@@ -200,6 +225,9 @@ impl Session {
     /// The job is finished: its result is fixed, the last batch goes out.
     pub fn on_job_finished(&mut self, finished: Finished, now: Instant) {
         self.finished = Some(finished);
+        if let Some(end) = self.cap.as_mut().and_then(OutputCap::finish) {
+            self.outbox.push_end(&end);
+        }
         self.seal(now);
     }
 
@@ -593,17 +621,23 @@ impl Session {
     fn write_undelivered(&mut self, why: &str, effects: &mut impl Effects) {
         let retcode = self.retcode();
         let delivered = self.outbox.acked_bytes;
-        let mut body = String::new();
-        self.outbox
-            .take_undelivered(|batch| body.push_str(&batch.text));
+        self.outbox.seal();
         let header = format!(
             "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {retcode}): {why}; {} bytes below were not delivered ({delivered} bytes before them were) ====\n",
             self.settings.job_instance,
-            body.len()
+            self.outbox.undelivered_bytes()
         );
         effects.log_undelivered(&header);
-        effects.log_undelivered(&body);
-        if !body.ends_with('\n') && !body.is_empty() {
+        // Batch by batch (at most 500 KiB each, the spool read back one
+        // record at a time): memory stays bounded whatever the backlog.
+        let mut ends_with_newline = true;
+        self.outbox.take_undelivered(|batch| {
+            if !batch.text.is_empty() {
+                effects.log_undelivered(&batch.text);
+                ends_with_newline = batch.text.ends_with('\n');
+            }
+        });
+        if !ends_with_newline {
             effects.log_undelivered("\n");
         }
         effects.log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
@@ -676,14 +710,17 @@ impl Session {
     /// Output that could be kept neither in memory nor in the spool is lost
     /// (a marker in the text says where); the log must say so too.
     pub fn log_new_loss(&mut self) {
-        if self.outbox.lost_bytes > self.loss_logged {
+        let lost = self.outbox.lost_bytes();
+        // Once per gap, then at most every 64 MiB lost: not once per batch.
+        let new_gap = self.outbox.gaps > self.gaps_logged;
+        if new_gap || lost >= self.loss_logged + (64 << 20) {
             log::error!(
-                "{} bytes of the job's output were lost ({} in all): {}",
-                self.outbox.lost_bytes - self.loss_logged,
-                self.outbox.lost_bytes,
+                "output is being lost (gap {}, {lost} bytes lost so far; the last 256 KiB of each gap are kept): {}",
+                self.outbox.gaps,
                 self.outbox.loss_reason
             );
-            self.loss_logged = self.outbox.lost_bytes;
+            self.loss_logged = lost;
+            self.gaps_logged = self.outbox.gaps;
         }
     }
 

@@ -297,7 +297,7 @@ mod tests {
         };
         let session = Session::new(
             settings,
-            Outbox::new(1 << 20, vec![]),
+            Outbox::new(1 << 20, vec![], u64::MAX),
             FramePool::default(),
             t0,
         );

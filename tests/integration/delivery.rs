@@ -198,13 +198,11 @@ fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
 
     let mut server = Harness::start_without_endpoint(&dir);
     server.add_job("thirty", "thirty_1", &[MACHINE]);
-    launch_ok(&Launch::new(
-        &server.url(),
-        "thirty",
-        "thirty_1",
-        &command,
-        &dir,
-    ));
+    // Every byte is asserted: no SP_OUTPUT_MAX_MB cap here.
+    launch_ok(
+        &Launch::new(&server.url(), "thirty", "thirty_1", &command, &dir)
+            .env("SP_OUTPUT_MAX_MB", "0"),
+    );
     assert!(
         wait_until(Duration::from_secs(60), || job_nanos(&dir).is_some()),
         "the job did not finish while the server was away"
@@ -248,7 +246,8 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
     let mut server = Harness::start_without_endpoint(&dir);
     server.add_job("big", "big_1", &[MACHINE]);
     let launch = Launch::new(&server.url(), "big", "big_1", &command, &dir)
-        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string());
+        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string())
+        .env("SP_OUTPUT_MAX_MB", "0");
     launch_ok(&launch);
     assert!(
         wait_until(Duration::from_secs(30), || std::fs::read_to_string(
