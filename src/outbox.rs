@@ -8,11 +8,10 @@
 //!
 //! The wire `seq` of a batch is `global - wire_base`. The real server keeps
 //! its expected seq per socket and starts again at 0 after a reconnect, so
-//! after each reconnect the answer to our `sync_request` decides:
-//! - `last_seq == -1` (fresh per-socket state): renumber, so the oldest
-//!   unACKed batch is seq 0 on the new socket;
-//! - `last_seq >= 0` (a server that tracks seqs per job): keep the numbering
-//!   and retire what the server says it already has.
+//! after each reconnect's `sync_response` we renumber, so the oldest unACKed
+//! batch is seq 0 on the new socket. Whatever `last_seq` it names (the real
+//! server answers -1 on a new socket; Saltpeter has no per-job sequence
+//! state), nothing is retired on its word: only ACKs retire.
 //!
 //! Batches sent but not ACKed when a connection drops are sent again: never
 //! lost. If the server had appended one and only its ACK was lost, it appears
@@ -85,8 +84,6 @@ pub struct Outbox {
     /// Their total size.
     sent_bytes: usize,
     wire_base: u64,
-    /// Highest global number sent under the current numbering.
-    sent_high: Option<u64>,
     /// The global front at the last NACK we acted on: repeats for the same
     /// front are the rest of the window being refused, not news.
     nack_front: Option<u64>,
@@ -110,7 +107,6 @@ pub struct Outbox {
     epilogue: Option<Batch>,
     /// Why output was last lost (empty while none was): for the log.
     pub loss_reason: String,
-    pub spooled_batches: u64,
 }
 
 impl Outbox {
@@ -138,7 +134,6 @@ impl Outbox {
             sent: 0,
             sent_bytes: 0,
             wire_base: 0,
-            sent_high: None,
             nack_front: None,
             open: None,
             max_batch: max_batch.max(4),
@@ -150,7 +145,6 @@ impl Outbox {
             gaps: 0,
             epilogue: None,
             loss_reason: String::new(),
-            spooled_batches: 0,
         }
     }
 
@@ -369,7 +363,6 @@ impl Outbox {
         }
         match spool.push(batch.stream, &batch.text) {
             Ok(()) => {
-                self.spooled_batches += 1;
                 self.spool_failed_at = None;
                 Ok(())
             }
@@ -483,7 +476,6 @@ impl Outbox {
         let global = self.front + self.sent as u64;
         self.sent_bytes += self.memory.get(self.sent).map_or(0, |b| b.text.len());
         self.sent += 1;
-        self.sent_high = Some(self.sent_high.map_or(global, |h| h.max(global)));
         let seq = self.wire_seq(global);
         self.memory.get(self.sent - 1).map(|batch| (seq, batch))
     }
@@ -533,7 +525,6 @@ impl Outbox {
             // The server's numbering is behind ours (it lost per-socket state
             // we did not see go): number the oldest unACKed batch `expected`.
             self.wire_base = self.front - expected;
-            self.sent_high = None;
         } else {
             let claimed = expected - front_wire;
             if claimed > self.sent as u64 {
@@ -557,28 +548,11 @@ impl Outbox {
         self.nack_front = None;
     }
 
-    /// The server's `sync_response` on a new connection (see the module docs).
-    pub fn on_sync(&mut self, last_seq: i64) {
-        let claimed = u64::try_from(last_seq)
-            .ok()
-            .and_then(|seq| self.wire_base.checked_add(seq));
-        match (claimed, self.sent_high) {
-            // A per-job server: it holds everything up to `claimed`. Sent
-            // batches are still in memory (only ACKs evict them).
-            (Some(claimed), Some(high)) if claimed <= high => {
-                if claimed >= self.front {
-                    let count = (claimed - self.front + 1) as usize;
-                    self.retire(count.min(self.memory.len()));
-                }
-            }
-            // -1 (fresh per-socket state), or a claim to hold more than we
-            // ever sent, which no honest server can make: renumber and
-            // resend everything unACKed, never retire on its word.
-            _ => {
-                self.wire_base = self.front;
-                self.sent_high = None;
-            }
-        }
+    /// The server's `sync_response` on a new connection: renumber from the
+    /// oldest unACKed batch (see the module docs). `last_seq` is not
+    /// trusted: a claim to hold more retires nothing.
+    pub fn on_sync(&mut self, _last_seq: i64) {
+        self.wire_base = self.front;
         self.sent = 0;
         self.sent_bytes = 0;
     }
@@ -765,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_to_a_per_job_server_keeps_numbering_and_skips_what_it_has() {
+    fn a_sync_response_never_retires_and_always_renumbers() {
         let mut ob = outbox();
         for i in 0..4 {
             ob.push(Stream::Stdout, &format!("m{i}"));
@@ -774,22 +748,12 @@ mod tests {
         send_all(&mut ob, 4);
         ob.on_ack(0);
         ob.on_disconnect();
-        // The server appended m1 and m2 but their ACKs were lost.
+        // A claim to hold m1 and m2 (no Saltpeter server makes one on a new
+        // socket) retires nothing: everything unACKed is sent again from 0.
         ob.on_sync(2);
-        assert_eq!(send_all(&mut ob, 4), vec![(3, "m3".into())]);
-        // A claim beyond what was ever sent retires nothing: everything
-        // unACKed is renumbered and sent again.
-        let mut ob2 = outbox();
-        for text in ["x", "y"] {
-            ob2.push(Stream::Stdout, text);
-            ob2.seal();
-        }
-        ob2.next_to_send(1, usize::MAX);
-        ob2.on_disconnect();
-        ob2.on_sync(1_000_000);
         assert_eq!(
-            send_all(&mut ob2, 4),
-            vec![(0, "x".into()), (1, "y".into())]
+            send_all(&mut ob, 4),
+            vec![(0, "m1".into()), (1, "m2".into()), (2, "m3".into())]
         );
     }
 
