@@ -628,7 +628,7 @@ impl Report {
             send(
                 ws,
                 self.encoder
-                    .start(self.spawned_at, self.job_pid, crate::VERSION),
+                    .start(self.spawned_at, self.job_pid, crate::protocol::VERSION),
             )?;
         }
         send(ws, self.encoder.sync_request(crate::clock::now(), -1, 0))?;

@@ -48,7 +48,7 @@ use supervisor::Supervisor;
 /// connection cleanly (a close frame, then the server's reply).
 const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use protocol::VERSION;
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
 /// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch

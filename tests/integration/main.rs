@@ -13,6 +13,7 @@
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded, stale spools removed |
 //! | `security` | the lock against races and planted files, `SP_USER`, paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
+//! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
 //!
 //! Tests that need something this machine may lack (root, strace, the
@@ -25,6 +26,7 @@
 mod common;
 
 mod arch;
+mod architecture;
 mod bounded;
 mod conformance;
 mod delivery;
