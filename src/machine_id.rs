@@ -41,7 +41,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::salt_yaml::{self, Value};
@@ -93,13 +93,20 @@ impl fmt::Display for Source {
 
 /// The `-c` directory of the salt-minion process among our ancestors, found
 /// at launch (`note_salt_ancestor`), before detaching makes init our parent.
-static ANCESTOR_CONFIG_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+static ANCESTOR_CONFIG_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Look for the salt-minion (or salt-call) process that started us and
 /// remember its `-c` directory. Call at launch, before detaching; cheap
 /// (a few /proc reads, no DNS).
 pub fn note_salt_ancestor() {
-    ANCESTOR_CONFIG_DIR.get_or_init(|| {
+    let found = salt_ancestor_config_dir();
+    if let Ok(mut slot) = ANCESTOR_CONFIG_DIR.lock() {
+        *slot = found;
+    }
+}
+
+fn salt_ancestor_config_dir() -> Option<PathBuf> {
+    {
         let mut pid = unsafe { libc::getppid() };
         for _ in 0..MAX_ANCESTORS {
             if pid <= 1 {
@@ -119,7 +126,7 @@ pub fn note_salt_ancestor() {
             pid = parent_of(pid).unwrap_or(0);
         }
         None
-    });
+    }
 }
 
 /// The parent pid from `/proc/<pid>/stat` (the field after the `)` that
@@ -170,12 +177,14 @@ fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<String> {
 /// The machine id and where it came from. `env` is the process environment
 /// (the minion's, inherited through `cmd.run_all`). Logs the outcome and any
 /// configuration file it had to skip. May take up to `DNS_BOUND` when the
-/// id must be generated from the host's names.
+/// id must be generated from the host's names. Not inlined: the link thread
+/// and the guardian both call it, and one copy keeps the binary smaller.
+#[inline(never)]
 pub fn resolve(
     override_id: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
 ) -> (String, Source) {
-    let ancestor = ANCESTOR_CONFIG_DIR.get().cloned().flatten();
+    let ancestor = ANCESTOR_CONFIG_DIR.lock().ok().and_then(|dir| dir.clone());
     let (id, source) = resolve_in(
         override_id,
         &env,
@@ -248,8 +257,10 @@ fn resolve_in(
         );
     }
     let mut id = generate(&host());
+    // Python's lower()/upper() are Unicode-wide; host names are ASCII, and
+    // Unicode case tables would cost the binary ~20 KiB.
     if settings.lowercase {
-        id = id.to_lowercase();
+        id = id.to_ascii_lowercase();
     }
     match &settings.remove_domain {
         Some(RemoveDomain::Any) => {
@@ -259,7 +270,10 @@ fn resolve_in(
         }
         Some(RemoveDomain::Suffix(domain)) => {
             let suffix = format!(".{domain}");
-            if id.to_uppercase().ends_with(&suffix.to_uppercase()) {
+            if id
+                .to_ascii_uppercase()
+                .ends_with(&suffix.to_ascii_uppercase())
+            {
                 id.truncate(id.len().saturating_sub(suffix.len()));
             }
         }

@@ -14,7 +14,6 @@
 //! has no runtime dependencies beyond `arraydeque`, and costs about 60 KiB
 //! of the 1 MiB bound (docs/architecture.md, "Dependencies").
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
@@ -131,7 +130,7 @@ pub fn load(text: &str) -> Result<Value, String> {
 
 struct Composer<'a> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Rc<Node>>,
+    anchors: Vec<(usize, Rc<Node>)>,
     /// Nodes made so far, aliases included (the same bound as construction).
     made: usize,
 }
@@ -139,7 +138,7 @@ struct Composer<'a> {
 fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
     let mut composer = Composer {
         events: Parser::new_from_str(text),
-        anchors: HashMap::new(),
+        anchors: Vec::new(),
         made: 0,
     };
     let mut root = None;
@@ -167,7 +166,7 @@ impl<'a> Composer<'a> {
     fn next(&mut self) -> Result<Event<'a>, String> {
         match self.events.next() {
             Some(Ok((event, _))) => Ok(event),
-            Some(Err(e)) => Err(e.to_string()),
+            Some(Err(e)) => Err(format!("{} (line {})", e.info(), e.marker().line())),
             None => Ok(Event::StreamEnd),
         }
     }
@@ -184,8 +183,10 @@ impl<'a> Composer<'a> {
             Event::Alias(id) => {
                 return self
                     .anchors
-                    .get(&id)
-                    .cloned()
+                    .iter()
+                    .rev()
+                    .find(|(anchor, _)| *anchor == id)
+                    .map(|(_, node)| node.clone())
                     .ok_or_else(|| "found undefined alias".to_string());
             }
             Event::Scalar(value, style, anchor, tag) => (
@@ -225,7 +226,7 @@ impl<'a> Composer<'a> {
         };
         let node = Rc::new(node);
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.push((anchor, node.clone()));
         }
         Ok(node)
     }
