@@ -15,6 +15,7 @@
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
+#   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
@@ -126,6 +127,81 @@ deps_packaging() {
         say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
         "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
     fi
+}
+
+# The Salts the differential test (tests/salt_id) asks for the minion id,
+# besides 3008.3 (the e2e venv): 2019.2.8 on Python 2.7 (the last line
+# CentOS 6 minions run) and 3006 LTS on Python 3.10, from pyenv. Only what
+# salt.config.minion_config imports, pinned, --no-deps, into a directory
+# named by the pins (.salt-oracles/<salt>-py<version>-<hash of the pins>):
+# present and importable, it is reused, so a second run installs nothing.
+PY27=${SP_PY27:-/root/.pyenv/versions/2.7.18/bin/python}
+PY310=${SP_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+SALT2019_PINS="salt==2019.2.8 PyYAML==5.4.1 Jinja2==2.11.3 MarkupSafe==1.1.1 msgpack==0.6.2 tornado==4.5.3 singledispatch==3.4.0.3 backports_abc==0.5 futures==3.3.0"
+SALT3006_PINS="salt==3006.9 PyYAML==6.0.2 Jinja2==3.1.4 MarkupSafe==2.1.5 msgpack==1.0.8 distro==1.9.0 looseversion==1.3.0 packaging==24.1 psutil==6.0.0"
+# Filled by deps_salt_oracles: LABEL=PYTHON:PYTHONPATH for each Salt that can
+# run here, and the reasons for those that cannot.
+SALT_ORACLES=()
+SALT_ORACLES_SKIPPED=()
+
+# salt_oracle LABEL PYTHON PINS...: install (once) and register one Salt.
+salt_oracle() {
+    local label=$1 python=$2 dir pyver hash
+    shift 2
+    if [ ! -x "$python" ]; then
+        SALT_ORACLES_SKIPPED+=("Salt $label: no $python (pyenv install it, or set SP_PY27/SP_PY310)")
+        return 0
+    fi
+    pyver=$("$python" -c 'import platform; print(platform.python_version())')
+    hash=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
+    dir="$PWD/.salt-oracles/salt-$label-py$pyver-$hash"
+    if ! PYTHONPATH="$dir" "$python" -c 'import salt.config' >/dev/null 2>&1; then
+        say "installing Salt $label for Python $pyver into $dir ($*)"
+        rm -rf "$dir.tmp"
+        "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.tmp" "$@" 2>&1 |
+            grep -v -e DEPRECATION -e 'Running pip as' || true
+        if ! PYTHONPATH="$dir.tmp" "$python" -c 'import salt.config'; then
+            echo "build.sh: Salt $label installed into $dir.tmp cannot import salt.config (output above)" >&2
+            exit 1
+        fi
+        rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    fi
+    SALT_ORACLES+=("$label=$python:$dir")
+}
+
+deps_salt_oracles() {
+    local started=$SECONDS
+    SALT_ORACLES=() SALT_ORACLES_SKIPPED=()
+    salt_oracle 2019.2.8 "$PY27" $SALT2019_PINS
+    salt_oracle 3006.9 "$PY310" $SALT3006_PINS
+    if [ -x "$E2E_PYTHON" ]; then
+        SALT_ORACLES+=("3008.3=$PWD/$E2E_PYTHON:")
+    else
+        SALT_ORACLES_SKIPPED+=("Salt 3008.3: no $E2E_PYTHON (./build.sh e2e makes it)")
+    fi
+    say "Salt oracles ready in $((SECONDS - started)) s: ${SALT_ORACLES[*]%%=*}"
+}
+
+# The differential test of the machine id: every case of
+# tests/salt_id/corpus.py, computed by each Salt and by dist/sp_wrapper
+# (--print-machine-id, no SP_MACHINE_ID), must be equal. Root (namespaces).
+salt_id_suite() {
+    local started=$SECONDS why
+    if [ "$(id -u)" -ne 0 ]; then
+        say "SKIPPED the machine-id differential test: it needs root (mount, UTS and network namespaces)"
+        return 0
+    fi
+    deps_salt_oracles
+    for why in "${SALT_ORACLES_SKIPPED[@]}"; do
+        say "SKIPPED $why"
+    done
+    local args=()
+    for oracle in "${SALT_ORACLES[@]}"; do
+        args+=(--salt "$oracle")
+    done
+    say "machine id: tests/salt_id against ${SALT_ORACLES[*]%%=*}, dist/sp_wrapper"
+    python3 tests/salt_id/differential.py --bin dist/sp_wrapper "${args[@]}"
+    say "machine-id differential test: $((SECONDS - started)) s"
 }
 
 deps() {
@@ -451,6 +527,7 @@ run_tests() {
     package
     bash tests/packaging/check.sh "$VERSION" dist
     deps_e2e
+    salt_id_suite
     e2e_suite
 }
 
@@ -570,9 +647,10 @@ case "${1:-build}" in
     package) package ;;
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
+    salt-id) build; salt_id_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|salt-id|clean]" >&2
         exit 2
         ;;
 esac
