@@ -517,6 +517,8 @@ run_tests() {
     # runs as root: run them here, where they fail if they cannot run.
     say "tests that need root (SP_USER)"
     cargo test --release --locked --test integration -- --ignored security::
+    say "dead DNS: the machine id's host-name lookups bounded (root: namespaces; the shipped static binary, musl's resolver)"
+    SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --ignored dead_dns::
     say "static binary checks"
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"

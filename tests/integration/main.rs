@@ -10,6 +10,7 @@
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
 //! | `delivery` | every byte in order across cuts, restarts and outages; the job never slowed; memory bounded with a spool |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded, stale spools removed |
+//! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER`, paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
@@ -25,6 +26,7 @@ mod common;
 
 mod arch;
 mod conformance;
+mod dead_dns;
 mod delivery;
 mod guardian;
 mod old_kernel;
