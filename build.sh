@@ -16,6 +16,7 @@
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
 #   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
+#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
@@ -202,6 +203,30 @@ salt_id_suite() {
     say "machine id: tests/salt_id against ${SALT_ORACLES[*]%%=*}, dist/sp_wrapper"
     python3 tests/salt_id/differential.py --bin dist/sp_wrapper "${args[@]}"
     say "machine-id differential test: $((SECONDS - started)) s"
+}
+
+# The Salt that old hosts run, launching the agent: salt-call --local
+# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on 2019.2.8 and
+# 3006.9 (the e2e suite is 3008.3), the agent reporting to the real endpoint.
+old_salt_suite() {
+    local started=$SECONDS oracle args=()
+    if [ "$(id -u)" -ne 0 ]; then
+        say "SKIPPED the old-Salt launch test: it needs root (the job runs as nobody)"
+        return 0
+    fi
+    [ ${#SALT_ORACLES[@]} -gt 0 ] || deps_salt_oracles
+    for oracle in "${SALT_ORACLES[@]}"; do
+        case "$oracle" in
+            2019.2.8=* | 3006.9=*) args+=(--salt "$oracle") ;;
+        esac
+    done
+    if [ ${#args[@]} -eq 0 ]; then
+        say "SKIPPED the old-Salt launch test: neither Salt 2019.2.8 nor 3006.9 is installable here (above)"
+        return 0
+    fi
+    say "old Salt: salt-call --local cmd.run_all of dist/sp_wrapper, as Saltpeter 0.9.32 calls it, to the real endpoint"
+    python3 tests/salt_call/old_salt_call.py --bin dist/sp_wrapper --endpoint-python "$PWD/$PYTHON" "${args[@]}"
+    say "old-Salt launch test: $((SECONDS - started)) s"
 }
 
 deps() {
@@ -530,6 +555,7 @@ run_tests() {
     bash tests/packaging/check.sh "$VERSION" dist
     deps_e2e
     salt_id_suite
+    old_salt_suite
     e2e_suite
 }
 
@@ -650,9 +676,10 @@ case "${1:-build}" in
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
     salt-id) build; salt_id_suite ;;
+    old-salt) deps_endpoint; build; old_salt_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|salt-id|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
         exit 2
         ;;
 esac
