@@ -105,28 +105,29 @@ pub fn note_salt_ancestor() {
     }
 }
 
+/// The `-c` of the nearest salt-minion or salt-call process above us; `None`
+/// when there is none, or when that process has no `-c` (it then took
+/// SALT_CONFIG_DIR or /etc/salt, as we will).
 fn salt_ancestor_config_dir() -> Option<PathBuf> {
-    {
-        let mut pid = unsafe { libc::getppid() };
-        for _ in 0..MAX_ANCESTORS {
-            if pid <= 1 {
-                break;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if let Some(dir) = salt_config_dir_from_cmdline(&cmdline) {
-                let dir = PathBuf::from(dir);
-                if dir.is_absolute() {
-                    return Some(dir);
-                }
-                // Salt makes a relative -c absolute against its own cwd.
-                return std::fs::read_link(format!("/proc/{pid}/cwd"))
-                    .ok()
-                    .map(|cwd| cwd.join(dir));
-            }
-            pid = parent_of(pid).unwrap_or(0);
+    let mut pid = unsafe { libc::getppid() };
+    for _ in 0..MAX_ANCESTORS {
+        if pid <= 1 {
+            break;
         }
-        None
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if let Some(dir) = salt_config_dir_from_cmdline(&cmdline) {
+            let dir = PathBuf::from(dir?);
+            if dir.is_absolute() {
+                return Some(dir);
+            }
+            // Salt makes a relative -c absolute against its own cwd.
+            return std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .map(|cwd| cwd.join(dir));
+        }
+        pid = parent_of(pid).unwrap_or(0);
     }
+    None
 }
 
 /// The parent pid from `/proc/<pid>/stat` (the field after the `)` that
@@ -138,11 +139,11 @@ fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
 }
 
 /// When this command line is salt-minion's or salt-call's (run directly or
-/// by an interpreter), its config directory option, if it has one:
-/// `-c DIR`, `-cDIR`, `--config-dir=DIR`, `--config-dir DIR`. A command
+/// by an interpreter): `Some` of its config directory option, if it has one
+/// (`-c DIR`, `-cDIR`, `--config-dir=DIR`, `--config-dir DIR`). A command
 /// line rewritten by setproctitle (one string, spaces between the words)
-/// is split on spaces.
-fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<String> {
+/// is split on spaces. `None` for any other process.
+fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<Option<String>> {
     let text = String::from_utf8_lossy(cmdline);
     let mut args: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
     if args.len() == 1 && args[0].contains(' ') {
@@ -171,7 +172,7 @@ fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<String> {
             }
         }
     }
-    found
+    Some(found)
 }
 
 /// The machine id and where it came from. `env` is the process environment
@@ -1376,30 +1377,27 @@ mod tests {
     #[test]
     fn salt_command_lines() {
         let dir = |args: &[&str]| salt_config_dir_from_cmdline(args.join("\0").as_bytes());
-        assert_eq!(
-            dir(&["/usr/bin/salt-minion", "-c", "/a"]),
-            Some("/a".into())
-        );
+        let some = |d: &str| Some(Some(d.to_string()));
+        assert_eq!(dir(&["/usr/bin/salt-minion", "-c", "/a"]), some("/a"));
         assert_eq!(
             dir(&["/usr/bin/python3", "/usr/bin/salt-minion", "-c/b", "-d"]),
-            Some("/b".into())
+            some("/b")
         );
         assert_eq!(
             dir(&["salt-call", "--config-dir=/c", "--local"]),
-            Some("/c".into())
+            some("/c")
         );
-        assert_eq!(
-            dir(&["salt-minion", "--config-dir", "/d"]),
-            Some("/d".into())
-        );
-        assert_eq!(dir(&["salt-minion", "-d"]), None);
+        assert_eq!(dir(&["salt-minion", "--config-dir", "/d"]), some("/d"));
+        // A salt-minion without -c decides too: SALT_CONFIG_DIR or /etc/salt.
+        assert_eq!(dir(&["salt-minion", "-d"]), Some(None));
+        assert_eq!(dir(&["saltpeter", "-c", "/etc/saltpeter"]), None);
         assert_eq!(dir(&["bash", "-c", "salt-minion -c /x"]), None);
         // setproctitle: one string, words separated by spaces.
         assert_eq!(
             salt_config_dir_from_cmdline(
                 b"/usr/bin/python3 /usr/bin/salt-minion -c /e ProcessPayload\0"
             ),
-            Some("/e".into())
+            some("/e")
         );
     }
 
