@@ -710,14 +710,14 @@ fn ipv4_addresses() -> Vec<Ipv4Addr> {
         {
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            if !ip.is_loopback() && !addresses.contains(&ip) {
-                addresses.push(ip);
+            // Kept in order as they come (a handful): no sort routine to link.
+            if let (false, Err(at)) = (ip.is_loopback(), addresses.binary_search(&ip)) {
+                addresses.insert(at, ip);
             }
         }
         entry = ifa.ifa_next;
     }
     unsafe { libc::freeifaddrs(list) };
-    addresses.sort();
     addresses
 }
 
