@@ -1315,6 +1315,29 @@ mod tests {
     }
 
     #[test]
+    fn what_only_salt_can_compute_falls_back_with_a_warning() {
+        let root = Root::new();
+        // id_function: Salt would run a module; we give the generated id.
+        root.write(
+            "etc/salt/minion",
+            "id_function: {grains.get: {key: fqdn}}\n",
+        );
+        assert_eq!(
+            root.resolve(&[]),
+            ("host.example.org".into(), Source::Generated)
+        );
+        // An sdb:// id is reported as it is (Salt would look it up).
+        let main = root.write("etc/salt/minion", "id: sdb://vault/minion-id\n");
+        assert_eq!(
+            root.resolve(&[]),
+            ("sdb://vault/minion-id".into(), Source::MinionConfig(main))
+        );
+        // A float Python prints in exponent form: not reproduced, falls through.
+        root.write("etc/salt/minion", "id: 1.0e+20\n");
+        assert_eq!(root.resolve(&[]).1, Source::Generated);
+    }
+
+    #[test]
     fn append_domain_on_configured_and_cached_ids() {
         let root = Root::new();
         root.write("etc/salt/minion", "id: web\nappend_domain: example.org\n");
