@@ -109,6 +109,16 @@ CASES = [
     }),
     case("empty main file", minion(""), hostname="empty-main-41"),
     case("comments only", minion("# nothing here\n#id: commented\n"), hostname="comments-42"),
+    case("!!python/unicode (PyYAML on Python 2 writes it)", minion("id: !!python/unicode 'py2-u-88'\n")),
+    case("explicit key syntax", minion("? id\n: explicit-key-89\nmaster: salt\n")),
+    case("quoted id keeps its spaces", minion("id: ' padded-90 '\n")),
+    case("non-ASCII id", minion("id: w\u00e9b-\u00fc-91\n")),
+    case("a very large integer id", minion("id: 123456789012345678901234567892\n")),
+    case("negative integer id", minion("id: -93\n")),
+    case("safe_dump of a long string: folded single quotes", minion(
+        "id: 'a-very-long-id-94'\nmaster: 'salt-master-with-a-name-long-enough-to-fold\n  -over-two-lines'\n")),
+    case("nested flow collections over lines before the id", minion(
+        "grains: {roles: [web,\n    db], site: {name: x}}\nid: flow-before-95\n")),
     # --- minion.d, default_include, include ---------------------------------
     case("minion.d overrides the main file", {
         "etc/salt/minion": "id: main\n",
@@ -126,6 +136,13 @@ CASES = [
     case("broken later file does not lose the earlier id", {
         "etc/salt/minion.d/10-id.conf": "id: kept-46\n",
         "etc/salt/minion.d/20-bad.conf": "id: a\nid: b\n",
+    }),
+    case("minion.d file with only a document marker", {
+        "etc/salt/minion": "id: main-96\n",
+        "etc/salt/minion.d/empty.conf": "---\n",
+    }),
+    case("CRLF in minion.d", {
+        "etc/salt/minion.d/crlf.conf": "master: salt\r\nid: crlf-97\r\n",
     }),
     case("minion.d file that is a list is skipped", {
         "etc/salt/minion": "id: main-47\n",
