@@ -763,6 +763,32 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for text in [
+            format!("id: {}", "[".repeat(100_000)),
+            format!("id: {}x{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("id: {}", "{a: ".repeat(50_000)),
+            format!("id:\n{}x\n", "- ".repeat(10_000)),
+        ] {
+            assert!(load(&text).is_err(), "{:?}", &text[..40]);
+        }
+        // Just within the bound, on half the link thread's 256 KiB stack
+        // (machine_id runs there): nested mappings, sequences and merges.
+        let deepest = format!(
+            "b: &b {{x: 1}}\nid: {}{{<<: *b, y: [z]}}{}\n",
+            "{a: [".repeat(30),
+            "]}".repeat(30)
+        );
+        let parsed = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || load(&deepest).map(|v| v.get("id").is_some()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(parsed, Ok(true));
+    }
+
+    #[test]
     fn alias_bombs_are_bounded() {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for level in 1..12 {
