@@ -133,11 +133,14 @@ deps_packaging() {
 # The Salts the differential test (tests/salt_id) asks for the minion id,
 # besides 3008.3 (the e2e venv): 2019.2.8 on Python 2.7 (the last line
 # CentOS 6 minions run) and 3006 LTS on Python 3.10, from pyenv. Only what
-# salt.config.minion_config imports, pinned, --no-deps, into a directory
-# named by the pins (.salt-oracles/<salt>-py<version>-<hash of the pins>):
-# present and importable, it is reused, so a second run installs nothing.
+# salt.config.minion_config (and salt-call --local) import, pinned,
+# --no-deps, into a directory named by the pins, outside the checkout so that
+# a fresh clone reuses it ($SP_SALT_ORACLES, else ~/.cache/sp-salt-oracles/
+# <salt>-py<version>-<hash of the pins>): present and importable, it is
+# reused, so a second run installs nothing.
 PY27=${SP_PY27:-/root/.pyenv/versions/2.7.18/bin/python}
 PY310=${SP_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+SALT_ORACLES_DIR=${SP_SALT_ORACLES:-${XDG_CACHE_HOME:-$HOME/.cache}/sp-salt-oracles}
 SALT2019_PINS="salt==2019.2.8 PyYAML==5.4.1 Jinja2==2.11.3 MarkupSafe==1.1.1 msgpack==0.6.2 tornado==4.5.3 singledispatch==3.4.0.3 backports_abc==0.5 futures==3.3.0"
 SALT3006_PINS="salt==3006.9 PyYAML==6.0.2 Jinja2==3.1.4 MarkupSafe==2.1.5 msgpack==1.0.8 distro==1.9.0 looseversion==1.3.0 packaging==24.1 psutil==6.0.0"
 # Filled by deps_salt_oracles: LABEL=PYTHON:PYTHONPATH for each Salt that can
@@ -147,7 +150,7 @@ SALT_ORACLES_SKIPPED=()
 
 # salt_oracle LABEL PYTHON PINS...: install (once) and register one Salt.
 salt_oracle() {
-    local label=$1 python=$2 dir pyver hash
+    local label=$1 python=$2 dir pyver hash tmp
     shift 2
     if [ ! -x "$python" ]; then
         SALT_ORACLES_SKIPPED+=("Salt $label: no $python (pyenv install it, or set SP_PY27/SP_PY310)")
@@ -155,17 +158,20 @@ salt_oracle() {
     fi
     pyver=$("$python" -c 'import platform; print(platform.python_version())')
     hash=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
-    dir="$PWD/.salt-oracles/salt-$label-py$pyver-$hash"
+    dir="$SALT_ORACLES_DIR/salt-$label-py$pyver-$hash"
     if ! PYTHONPATH="$dir" "$python" -c 'import salt.config' >/dev/null 2>&1; then
         say "installing Salt $label for Python $pyver into $dir ($*)"
-        rm -rf "$dir.tmp"
-        "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.tmp" "$@" 2>&1 |
+        mkdir -p "$SALT_ORACLES_DIR"
+        # Into a directory of our own, renamed when complete: a concurrent
+        # run never sees half an install.
+        tmp=$(mktemp -d "$dir.XXXXXX")
+        "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$tmp" "$@" 2>&1 |
             grep -v -e DEPRECATION -e 'Running pip as' || true
-        if ! PYTHONPATH="$dir.tmp" "$python" -c 'import salt.config'; then
-            echo "build.sh: Salt $label installed into $dir.tmp cannot import salt.config (output above)" >&2
+        if ! PYTHONPATH="$tmp" "$python" -c 'import salt.config'; then
+            echo "build.sh: Salt $label installed into $tmp cannot import salt.config (output above)" >&2
             exit 1
         fi
-        rm -rf "$dir" && mv "$dir.tmp" "$dir"
+        rm -rf "$dir" && mv "$tmp" "$dir"
     fi
     SALT_ORACLES+=("$label=$python:$dir")
 }
