@@ -19,8 +19,8 @@
 //!    wins, and a file Salt cannot parse is skipped whole. YAML as Salt reads
 //!    it (`salt_yaml`), a non-string id turned into its Python `str()`.
 //! 3. `<root_dir>/etc/salt/minion_id`, the id salt-minion cached (unless
-//!    `minion_id_caching` is falsy): its first line, `strip()`ped, a leading
-//!    BOM then dropped; not when empty or `localhost`.
+//!    `minion_id_caching` is falsy): its first line, `strip()`ped (a UTF-8
+//!    BOM kept, as Salt keeps it); not when empty or `localhost`.
 //! 4. The id `generate_minion_id()` makes from the host's names (see
 //!    `generate`), then `minion_id_lowercase` and `minion_id_remove_domain`.
 //!
@@ -31,8 +31,10 @@
 //! Files are read with a size bound, never through a FIFO, and any file that
 //! cannot be read or parsed is skipped with a warning: the lookup falls
 //! through, it never fails. Step 4 may consult DNS: `resolve` runs on the
-//! link thread, off the launch path, and bounds its lookups to
-//! `DNS_BOUND` in all.
+//! link thread (and in the guardian, and for `--print-machine-id`), off the
+//! launch path, and bounds its lookups to `DNS_BOUND` in all, on a thread
+//! of their own. Only `note_salt_ancestor` runs at launch, before
+//! detaching: a few /proc reads.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
