@@ -10,8 +10,8 @@ root): the case's files are laid over /etc (an overlay: /etc/salt,
 the only network is a loopback with the case's addresses. Salt and the agent
 see the same host, which nothing on the real host can disturb. With
 `minion_args`, the agent runs under a process whose command line is
-`salt-minion <args>` (how a minion started with `-c DIR` is recognised) and
-Salt is given that directory, as salt-minion would be.
+`salt-minion <args>` (how a minion started with `-c DIR` is recognised), and
+salt-minion's own option parser is given the same arguments.
 
 usage: differential.py --bin DIST/sp_wrapper --salt LABEL=PYTHON[:PYTHONPATH] ...
 Exit status 0 only when every case is equal for every Salt; a Salt that
@@ -40,6 +40,8 @@ set -e
 root=$1 name=$2 addresses=$3
 shift 3
 mount -t overlay overlay -o "lowerdir=$root/etc:/etc" /etc
+# salt-minion's option parser sets up logging and caches: not on the host.
+for d in /var/log /var/cache /run; do mount -t tmpfs tmpfs "$d"; done
 hostname "$name"
 if [ -n "$addresses" ]; then
     ip link set lo up
@@ -72,17 +74,16 @@ def in_namespaces(root, case, command, env):
                           timeout=TIMEOUT)
 
 
-def config_dir_of(case):
-    """The directory salt-minion would be given: -c, else SALT_CONFIG_DIR."""
-    args = case.get("minion_args", [])
-    for i, arg in enumerate(args):
-        if arg in ("-c", "--config-dir"):
-            return args[i + 1]
-        if arg.startswith("--config-dir="):
-            return arg.split("=", 1)[1]
-        if arg.startswith("-c"):
-            return arg[2:]
-    return case.get("env", {}).get("SALT_CONFIG_DIR") or "/etc/salt"
+def oracle_args(case):
+    """How Salt is asked: a case about where the config directory comes from
+    (salt-minion's command line, its environment) asks salt-minion's own
+    option parser, which decides that; the others ask minion_config, as
+    salt-call does (a broken include is skipped there; the daemon, with
+    ignore_config_errors=False, would not start at all)."""
+    env = case.get("env", {})
+    if "minion_args" in case or "SALT_CONFIG_DIR" in env or "SALT_MINION_CONFIG" in env:
+        return ["--salt-minion"] + case.get("minion_args", [])
+    return ["/etc/salt"]
 
 
 def salt_id(python, pythonpath, root, case):
@@ -90,7 +91,7 @@ def salt_id(python, pythonpath, root, case):
     env.update(case.get("env", {}))
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    done = in_namespaces(root, case, [python, ORACLE, config_dir_of(case)], env)
+    done = in_namespaces(root, case, [python, ORACLE] + oracle_args(case), env)
     lines = [l for l in done.stdout.decode("utf-8", "replace").splitlines() if l.startswith("ID=")]
     if done.returncode != 0 or not lines:
         return None, done.stderr.decode("utf-8", "replace")[-2000:]
