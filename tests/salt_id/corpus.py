@@ -223,6 +223,14 @@ CASES = [
         "etc/salt/minion.d/c.conf": "minion_id_caching: no\n",
         "etc/salt/minion_id": "cached\n",
     }, hostname="gen-67"),
+    case("minion_id_caching: ~", {
+        "etc/salt/minion": "minion_id_caching: ~\n",
+        "etc/salt/minion_id": "cached\n",
+    }, hostname="gen-98"),
+    case("minion_id_caching: 'false' (a string: truthy, the cache is read)", {
+        "etc/salt/minion": "minion_id_caching: 'false'\n",
+        "etc/salt/minion_id": "cached-99\n",
+    }),
     case("cache under root_dir", {
         "etc/salt/minion": "root_dir: /etc/state\n",
         "etc/state/etc/salt/minion_id": "rooted-68\n",
