@@ -17,6 +17,8 @@
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
+#   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
+#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
@@ -160,6 +162,111 @@ deps_packaging() {
         say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
         "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
     fi
+}
+
+# The Salts the differential test (tests/salt_id) asks for the minion id,
+# besides 3008.3 (the e2e venv): 2019.2.8 on Python 2.7 (the last line
+# CentOS 6 minions run) and 3006 LTS on Python 3.10, from pyenv. Only what
+# salt.config.minion_config (and salt-call --local) import, pinned,
+# --no-deps, into a directory named by the pins, outside the checkout so that
+# a fresh clone reuses it ($SP_SALT_ORACLES, else ~/.cache/sp-salt-oracles/
+# <salt>-py<version>-<hash of the pins>): present and importable, it is
+# reused, so a second run installs nothing.
+PY27=${SP_PY27:-/root/.pyenv/versions/2.7.18/bin/python}
+PY310=${SP_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+SALT_ORACLES_DIR=${SP_SALT_ORACLES:-${XDG_CACHE_HOME:-$HOME/.cache}/sp-salt-oracles}
+SALT2019_PINS="salt==2019.2.8 PyYAML==5.4.1 Jinja2==2.11.3 MarkupSafe==1.1.1 msgpack==0.6.2 tornado==4.5.3 singledispatch==3.4.0.3 backports_abc==0.5 futures==3.3.0"
+SALT3006_PINS="salt==3006.9 PyYAML==6.0.2 Jinja2==3.1.4 MarkupSafe==2.1.5 msgpack==1.0.8 distro==1.9.0 looseversion==1.3.0 packaging==24.1 psutil==6.0.0"
+# Filled by deps_salt_oracles: LABEL=PYTHON:PYTHONPATH for each Salt that can
+# run here, and the reasons for those that cannot.
+SALT_ORACLES=()
+SALT_ORACLES_SKIPPED=()
+
+# salt_oracle LABEL PYTHON PINS...: install (once) and register one Salt.
+salt_oracle() {
+    local label=$1 python=$2 dir pyver hash tmp
+    shift 2
+    if [ ! -x "$python" ]; then
+        SALT_ORACLES_SKIPPED+=("Salt $label: no $python (pyenv install it, or set SP_PY27/SP_PY310)")
+        return 0
+    fi
+    pyver=$("$python" -c 'import platform; print(platform.python_version())')
+    hash=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
+    dir="$SALT_ORACLES_DIR/salt-$label-py$pyver-$hash"
+    if ! PYTHONPATH="$dir" "$python" -c 'import salt.config' >/dev/null 2>&1; then
+        say "installing Salt $label for Python $pyver into $dir ($*)"
+        mkdir -p "$SALT_ORACLES_DIR"
+        # Into a directory of our own, renamed when complete: a concurrent
+        # run never sees half an install.
+        tmp=$(mktemp -d "$dir.XXXXXX")
+        "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$tmp" "$@" 2>&1 |
+            grep -v -e DEPRECATION -e 'Running pip as' || true
+        if ! PYTHONPATH="$tmp" "$python" -c 'import salt.config'; then
+            echo "build.sh: Salt $label installed into $tmp cannot import salt.config (output above)" >&2
+            exit 1
+        fi
+        rm -rf "$dir" && mv "$tmp" "$dir"
+    fi
+    SALT_ORACLES+=("$label=$python:$dir")
+}
+
+deps_salt_oracles() {
+    local started=$SECONDS
+    SALT_ORACLES=() SALT_ORACLES_SKIPPED=()
+    salt_oracle 2019.2.8 "$PY27" $SALT2019_PINS
+    salt_oracle 3006.9 "$PY310" $SALT3006_PINS
+    if [ -x "$E2E_PYTHON" ]; then
+        SALT_ORACLES+=("3008.3=$PWD/$E2E_PYTHON:")
+    else
+        SALT_ORACLES_SKIPPED+=("Salt 3008.3: no $E2E_PYTHON (./build.sh e2e makes it)")
+    fi
+    say "Salt oracles ready in $((SECONDS - started)) s: ${SALT_ORACLES[*]%%=*}"
+}
+
+# The differential test of the machine id: every case of
+# tests/salt_id/corpus.py, computed by each Salt and by dist/sp_wrapper
+# (--print-machine-id, no SP_MACHINE_ID), must be equal. Root (namespaces).
+salt_id_suite() {
+    local started=$SECONDS why
+    if [ "$(id -u)" -ne 0 ]; then
+        say "SKIPPED the machine-id differential test: it needs root (mount, UTS and network namespaces)"
+        return 0
+    fi
+    deps_salt_oracles
+    for why in "${SALT_ORACLES_SKIPPED[@]}"; do
+        say "SKIPPED $why"
+    done
+    local args=()
+    for oracle in "${SALT_ORACLES[@]}"; do
+        args+=(--salt "$oracle")
+    done
+    say "machine id: tests/salt_id against ${SALT_ORACLES[*]%%=*}, dist/sp_wrapper"
+    python3 tests/salt_id/differential.py --bin dist/sp_wrapper "${args[@]}"
+    say "machine-id differential test: $((SECONDS - started)) s"
+}
+
+# The Salt that old hosts run, launching the agent: salt-call --local
+# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on 2019.2.8 and
+# 3006.9 (the e2e suite is 3008.3), the agent reporting to the real endpoint.
+old_salt_suite() {
+    local started=$SECONDS oracle args=()
+    if [ "$(id -u)" -ne 0 ]; then
+        say "SKIPPED the old-Salt launch test: it needs root (the job runs as nobody)"
+        return 0
+    fi
+    [ ${#SALT_ORACLES[@]} -gt 0 ] || deps_salt_oracles
+    for oracle in "${SALT_ORACLES[@]}"; do
+        case "$oracle" in
+            2019.2.8=* | 3006.9=*) args+=(--salt "$oracle") ;;
+        esac
+    done
+    if [ ${#args[@]} -eq 0 ]; then
+        say "SKIPPED the old-Salt launch test: neither Salt 2019.2.8 nor 3006.9 is installable here (above)"
+        return 0
+    fi
+    say "old Salt: salt-call --local cmd.run_all of dist/sp_wrapper, as Saltpeter 0.9.32 calls it, to the real endpoint"
+    python3 tests/salt_call/old_salt_call.py --bin dist/sp_wrapper --endpoint-python "$PWD/$PYTHON" "${args[@]}"
+    say "old-Salt launch test: $((SECONDS - started)) s"
 }
 
 deps() {
@@ -600,6 +707,8 @@ run_tests() {
     # runs as root: run them here, where they fail if they cannot run.
     step "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid; a 1 MiB tmpfs)"
     cargo test --release --locked --test integration -- --ignored security:: guardian:: bounded::
+    step "dead DNS: the machine id's host-name lookups bounded (root: namespaces; the shipped static binary, musl's resolver)"
+    SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --ignored dead_dns::
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     step "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian::
@@ -608,8 +717,11 @@ run_tests() {
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
-    step "end-to-end: dependencies, then the suite"
+    step "Salt 3008.3 (the e2e venv), 3006.9 and 2019.2.8: the machine id against Salt's own, and old Salt launching the agent"
     deps_e2e
+    salt_id_suite
+    old_salt_suite
+    step "end-to-end: salt-master, salt-minion, the Saltpeter server"
     e2e_suite
     step ""
     say "./build.sh test passed in $((SECONDS / 60)) min $((SECONDS % 60)) s; by step:"
@@ -728,9 +840,11 @@ case "${1:-build}" in
     package) package ;;
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
+    salt-id) build; salt_id_suite ;;
+    old-salt) deps_endpoint; build; old_salt_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|e2e|e2e-bench|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
         exit 2
         ;;
 esac

@@ -1,6 +1,7 @@
 //! Seeded random-input tests ("fuzzers") for what takes hostile input: the
-//! inbound frame decoder, the configuration parser, and the outbox driven by
-//! a simulated server that cuts connections at random.
+//! inbound frame decoder, the configuration parser, the minion-config YAML
+//! reader, and the outbox driven by a simulated server that cuts connections
+//! at random.
 //!
 //! The seeds are fixed here (the kept corpus is the seed plus the generator),
 //! so a failure reproduces exactly; `SP_FUZZ_ITERATIONS` scales the run
@@ -308,6 +309,84 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
                 written.len() + repeated,
                 "round {round}: only lost-ACK batches repeat"
             );
+        }
+    }
+}
+
+/// Minion configurations, mutated with YAML's own punctuation: the reader
+/// (scanner, composer, Salt's construction) must answer every one, value or
+/// error, without panicking and within its node bound.
+const YAML_SEEDS: &[&str] = &[
+    "id: web-1\nmaster:\n- a\n- b\n",
+    "base: &b {id: x, master: m}\n<<: *b\nid: y\n",
+    "id: >-\n  folded\n  text\ngrains:\n  roles: [a, {b: c}]\n",
+    "%YAML 1.1\n---\nid: !!str 0755\n...\n",
+    "a: &a [1, 2]\nb: [*a, *a, *a]\nc: {? x : y}\n",
+    "'id': \"multi\n  line \\u00e9\"\ninclude:\n  - a.conf\n",
+    "id: |+\n  keep\n\nx: 1:30\ny: 0x1F\nz: 1.5e+3\n",
+];
+
+const YAML_FRAGMENTS: &[&str] = &[
+    "\n",
+    "  ",
+    "- ",
+    ": ",
+    "? ",
+    "&a ",
+    "*a",
+    "<<: ",
+    "!!str ",
+    "!x ",
+    "|",
+    ">-",
+    "'",
+    "\"",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "#",
+    "---\n",
+    "...\n",
+    "%TAG ! tag:x,2000:\n",
+    "\t",
+    "\\",
+    "~",
+    "0o7",
+    ".inf",
+    "=",
+    "\u{feff}",
+    "\r",
+];
+
+#[test]
+fn fuzz_minion_config_yaml_never_panics() {
+    let mut rng = Rng::new(0x5a17_1d5e);
+    for _ in 0..iterations(20_000) {
+        let seed = rng.pick(YAML_SEEDS);
+        let mut text: Vec<char> = seed.chars().collect();
+        for _ in 0..1 + rng.below(6) {
+            let at = rng.below(text.len() + 1);
+            match rng.below(3) {
+                0 if !text.is_empty() => {
+                    text.remove(at.min(text.len() - 1));
+                }
+                1 => {
+                    let insert: Vec<char> = rng.pick(YAML_FRAGMENTS).chars().collect();
+                    text.splice(at..at, insert);
+                }
+                _ => text.insert(
+                    at,
+                    char::from_u32(rng.next_u64() as u32 % 0x250).unwrap_or('x'),
+                ),
+            }
+        }
+        let text: String = text.into_iter().collect();
+        if let Ok(value) = crate::salt_yaml::load(&text) {
+            if let Some(id) = value.get("id") {
+                let _ = id.python_str();
+            }
         }
     }
 }

@@ -2,36 +2,51 @@
 //!
 //! Saltpeter never passes `SP_MACHINE_ID`, and its endpoint drops every frame
 //! whose `machine` is not one of the minion ids it targeted. So the default is
-//! the minion's own id, found the way salt-minion finds it (salt 3008,
-//! `salt/config/__init__.py`: `minion_config`, `load_config`,
-//! `include_config`, `_read_conf_file`, `get_id`, `_append_domain`):
+//! the minion's own id, computed the way `salt.config.minion_config` computes
+//! it (salt 2019.2 to 3008 agree: `load_config`, `include_config`,
+//! `_read_conf_file`, `apply_minion_config`, `get_id`,
+//! `salt.utils.network.generate_minion_id`, `_append_domain`), and checked
+//! against Salt itself by tests/salt_id (the differential test):
 //!
 //! 1. `SP_MACHINE_ID` (the caller's override) wins.
-//! 2. `id:` in the minion configuration. salt-minion's `-c` defaults to
-//!    `$SALT_CONFIG_DIR`, else `/etc/salt`; the main file is `<dir>/minion`,
-//!    except that with the default directory `$SALT_MINION_CONFIG` (when it
-//!    names a file) is read instead. Then the `default_include` glob (from
-//!    the main file, else `minion.d/*.conf`) and then the `include` globs,
-//!    both relative to `<dir>`, each sorted, each file's own `include` after
-//!    it: a later file wins. Salt turns a non-string id into `str()` of it.
-//! 3. `<root_dir>/etc/salt/minion_id`, the id salt-minion cached on its first
-//!    start (not with `minion_id_caching: False`; not `localhost`).
-//! 4. The host name as Python's `socket.getfqdn()` gives it (what the Python
-//!    wrapper reported): forward lookup of `gethostname()`, reverse lookup of
-//!    that address, the first of name and aliases that contains a dot.
+//! 2. `id:` in the minion configuration: the main file `<dir>/minion`, where
+//!    `<dir>` is the `-c` of the salt-minion (or salt-call) process among our
+//!    ancestors, else `$SALT_CONFIG_DIR`, else `/etc/salt` (with the default
+//!    directory, `$SALT_MINION_CONFIG` names the main file when it is one);
+//!    then the `default_include` glob (from the main file, else
+//!    `minion.d/*.conf`), then the main file's `include` globs, each sorted,
+//!    each file's own `include` (relative to it) after it: a later file
+//!    wins, and a file Salt cannot parse is skipped whole. YAML as Salt reads
+//!    it (`salt_yaml`), a non-string id turned into its Python `str()`.
+//! 3. `<root_dir>/etc/salt/minion_id`, the id salt-minion cached (unless
+//!    `minion_id_caching` is falsy): its first line, `strip()`ped (a UTF-8
+//!    BOM kept, as Salt keeps it); not when empty or `localhost`.
+//! 4. The id `generate_minion_id()` makes from the host's names (see
+//!    `generate`), then `minion_id_lowercase` and `minion_id_remove_domain`.
 //!
-//! `append_domain` from the configuration applies to 2 and 3, as in Salt.
+//! `append_domain` applies to 2, 3 and 4, except to a generated id that is an
+//! IPv4 address. `id_function` and `sdb://` ids need Salt's own modules: a
+//! warning names `SP_MACHINE_ID`, the only way to get them right.
+//!
 //! Files are read with a size bound, never through a FIFO, and any file that
 //! cannot be read or parsed is skipped with a warning: the lookup falls
-//! through, it never fails. Step 4 may consult DNS, so `resolve` must run off
-//! the launch path (it is plain data in, data out, callable from any thread).
+//! through, it never fails. Step 4 may consult DNS: `resolve` runs on the
+//! link thread (and in the guardian, and for `--print-machine-id`), off the
+//! launch path, and bounds its lookups to `DNS_BOUND` in all, on a thread
+//! of their own. Only `note_salt_ancestor` runs at launch, before
+//! detaching: a few /proc reads.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::salt_yaml::{self, Value};
 
 /// Salt's `syspaths.CONFIG_DIR` on Linux.
 const SALT_CONFIG_DIR: &str = "/etc/salt";
@@ -45,6 +60,14 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const MAX_INCLUDE_DEPTH: usize = 8;
 /// Files one glob may bring in before the rest are ignored.
 const MAX_GLOB_MATCHES: usize = 256;
+/// The host-name lookups (getfqdn's forward and reverse lookups, the
+/// canonical name of `localhost`) together: the server waits 30 s for the
+/// first frame, and a resolver that never answers would take longer than
+/// that (resolv.conf's timeout times its attempts, per query).
+pub const DNS_BOUND: Duration = Duration::from_secs(5);
+/// How far up the process tree the salt-minion process is looked for
+/// (salt-minion, its job process, a shell or two, us).
+const MAX_ANCESTORS: usize = 16;
 
 /// Where the machine id came from (logged, so a wrong name can be traced).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,8 +78,8 @@ pub enum Source {
     MinionConfig(PathBuf),
     /// The minion id salt-minion cached in this file.
     MinionIdFile(PathBuf),
-    /// The host name, as Python's `socket.getfqdn()` derives it.
-    HostName,
+    /// Salt's `generate_minion_id()` from the host's names and addresses.
+    Generated,
 }
 
 impl fmt::Display for Source {
@@ -65,58 +88,162 @@ impl fmt::Display for Source {
             Source::Override => write!(f, "SP_MACHINE_ID"),
             Source::MinionConfig(path) => write!(f, "id: in {}", path.display()),
             Source::MinionIdFile(path) => write!(f, "{}", path.display()),
-            Source::HostName => write!(f, "the host name (as socket.getfqdn() gives it)"),
+            Source::Generated => write!(f, "the host's names, as generate_minion_id() picks"),
         }
     }
+}
+
+/// The `-c` directory of the salt-minion process among our ancestors, found
+/// at launch (`note_salt_ancestor`), before detaching makes init our parent.
+static ANCESTOR_CONFIG_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Look for the salt-minion (or salt-call) process that started us and
+/// remember its `-c` directory. Call at launch, before detaching; cheap
+/// (a few /proc reads, no DNS).
+pub fn note_salt_ancestor() {
+    let found = salt_ancestor_config_dir();
+    if let Ok(mut slot) = ANCESTOR_CONFIG_DIR.lock() {
+        *slot = found;
+    }
+}
+
+/// The `-c` of the nearest salt-minion or salt-call process above us; `None`
+/// when there is none, or when that process has no `-c` (it then took
+/// SALT_CONFIG_DIR or /etc/salt, as we will).
+fn salt_ancestor_config_dir() -> Option<PathBuf> {
+    let mut pid = unsafe { libc::getppid() };
+    for _ in 0..MAX_ANCESTORS {
+        if pid <= 1 {
+            break;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if let Some(dir) = salt_config_dir_from_cmdline(&cmdline) {
+            let dir = PathBuf::from(dir?);
+            if dir.is_absolute() {
+                return Some(dir);
+            }
+            // Salt makes a relative -c absolute against its own cwd.
+            return std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .map(|cwd| cwd.join(dir));
+        }
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    None
+}
+
+/// The parent pid from `/proc/<pid>/stat` (the field after the `)` that
+/// ends the command name, which may itself contain spaces and parentheses).
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// When this command line is salt-minion's or salt-call's (run directly or
+/// by an interpreter): `Some` of its config directory option, if it has one
+/// (`-c DIR`, `-cDIR`, `--config-dir=DIR`, `--config-dir DIR`). A command
+/// line rewritten by setproctitle (one string, spaces between the words)
+/// is split on spaces. `None` for any other process.
+fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<Option<String>> {
+    let text = String::from_utf8_lossy(cmdline);
+    let mut args: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
+    if args.len() == 1 && args[0].contains(' ') {
+        args = args[0].split(' ').filter(|a| !a.is_empty()).collect();
+    }
+    let is_salt = |arg: &str| {
+        let name = arg.rsplit('/').next().unwrap_or(arg);
+        name == "salt-minion" || name == "salt-call"
+    };
+    // The program itself, or the script an interpreter runs.
+    let at = args.iter().take(2).position(|a| is_salt(a))?;
+    let mut found = None;
+    let mut rest = args[at + 1..].iter();
+    while let Some(arg) = rest.next() {
+        if *arg == "--" {
+            break;
+        }
+        if *arg == "-c" || *arg == "--config-dir" {
+            found = rest.next().map(|d| d.to_string());
+        } else if let Some(dir) = arg.strip_prefix("--config-dir=") {
+            found = Some(dir.to_string());
+        } else if let Some(dir) = arg.strip_prefix("-c") {
+            // `-cDIR`, but not another long option that starts with `-c`.
+            if !arg.starts_with("--") {
+                found = Some(dir.to_string());
+            }
+        }
+    }
+    Some(found)
 }
 
 /// The machine id and where it came from. `env` is the process environment
 /// (the minion's, inherited through `cmd.run_all`). Logs the outcome and any
-/// configuration file it had to skip.
+/// configuration file it had to skip. May take up to `DNS_BOUND` when the
+/// id must be generated from the host's names. Not inlined: the link thread
+/// and the guardian both call it, and one copy keeps the binary smaller.
+#[inline(never)]
 pub fn resolve(
     override_id: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
 ) -> (String, Source) {
-    let (id, source) = resolve_in(override_id, &env, Path::new("/"), fqdn);
+    let ancestor = ANCESTOR_CONFIG_DIR.lock().ok().and_then(|dir| dir.clone());
+    let (id, source) = resolve_in(
+        override_id,
+        &env,
+        Path::new("/"),
+        ancestor.as_deref(),
+        || HostFacts::gather(Path::new("/"), DNS_BOUND),
+    );
     log::info!("machine id {id:?} from {source}");
     (id, source)
 }
 
-/// `resolve` with the filesystem root (for Salt's default paths) and the
-/// host-name lookup given, so tests need neither /etc/salt nor DNS.
+/// `resolve` with the filesystem root (for Salt's default paths), the
+/// ancestor's `-c` and the host's facts given, so tests need neither
+/// /etc/salt nor DNS.
 fn resolve_in(
     override_id: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
     root: &Path,
-    host_name: impl FnOnce() -> String,
+    ancestor_config_dir: Option<&Path>,
+    host: impl FnOnce() -> HostFacts,
 ) -> (String, Source) {
     if let Some(id) = override_id.filter(|id| !id.is_empty()) {
         return (id.to_string(), Source::Override);
     }
-    let settings = read_minion_config(env, root);
+    let settings = read_minion_config(env, root, ancestor_config_dir);
     let with_domain = |id: String| match &settings.append_domain {
         Some(domain) => append_domain(id, domain),
         None => id,
     };
-    match settings.id {
-        Some((Ok(id), path)) if !id.is_empty() => {
-            return (with_domain(id), Source::MinionConfig(path));
+    if let Some((value, path)) = &settings.id {
+        match value.python_str() {
+            Some(id) if id.starts_with("sdb://") => {
+                log::warn!(
+                    "{}: id {id:?} is an sdb:// reference, which only Salt can look up; \
+                     reporting it as it is: set SP_MACHINE_ID in the cron's env: to the real id",
+                    path.display()
+                );
+                return (with_domain(id), Source::MinionConfig(path.clone()));
+            }
+            // Salt ignores an empty id (`if not opts.get("id")`).
+            Some(id) if !id.is_empty() => {
+                return (with_domain(id), Source::MinionConfig(path.clone()));
+            }
+            Some(_) => log::debug!("{}: id is empty; Salt ignores it too", path.display()),
+            None => log::warn!(
+                "{}: id is a {}, whose Python str() this agent does not reproduce; \
+                 ignored (quote it, or set SP_MACHINE_ID)",
+                path.display(),
+                value.type_name()
+            ),
         }
-        Some((Ok(_), path)) => {
-            log::debug!("{}: id is empty; Salt ignores it too", path.display());
-        }
-        Some((Err(why), path)) => {
-            log::warn!(
-                "{}: id {why}; ignored (quote it, or set SP_MACHINE_ID)",
-                path.display()
-            );
-        }
-        None => {}
     }
     if settings.minion_id_caching {
         let root_dir = match &settings.root_dir {
-            Some(dir) if Path::new(dir).is_absolute() => PathBuf::from(dir),
-            _ => root.to_path_buf(),
+            Some(dir) => root.join(dir),
+            None => root.to_path_buf(),
         };
         let cache = root_dir
             .join(SALT_CONFIG_DIR.trim_start_matches('/'))
@@ -125,7 +252,41 @@ fn resolve_in(
             return (with_domain(id), Source::MinionIdFile(cache));
         }
     }
-    (host_name(), Source::HostName)
+    if settings.id_function {
+        log::warn!(
+            "minion config: id_function computes the id with a Salt module, which this agent \
+             cannot run; using the id generate_minion_id() would give: set SP_MACHINE_ID in \
+             the cron's env: to the real id"
+        );
+    }
+    let mut id = generate(&host());
+    // Python's lower()/upper() are Unicode-wide; host names are ASCII, and
+    // Unicode case tables would cost the binary ~20 KiB.
+    if settings.lowercase {
+        id = id.to_ascii_lowercase();
+    }
+    match &settings.remove_domain {
+        Some(RemoveDomain::Any) => {
+            if let Some((host, _)) = id.split_once('.') {
+                id = host.to_string();
+            }
+        }
+        Some(RemoveDomain::Suffix(domain)) => {
+            let suffix = format!(".{domain}");
+            if id
+                .to_ascii_uppercase()
+                .ends_with(&suffix.to_ascii_uppercase())
+            {
+                id.truncate(id.len().saturating_sub(suffix.len()));
+            }
+        }
+        None => {}
+    }
+    // `_append_domain` is skipped for an IPv4 address (Salt's is_ipv4).
+    if id.parse::<Ipv4Addr>().is_err() {
+        id = with_domain(id);
+    }
+    (id, Source::Generated)
 }
 
 /// Salt's `_append_domain`: not when the id already ends with the domain or
@@ -138,39 +299,78 @@ fn append_domain(id: String, domain: &str) -> String {
     }
 }
 
+/// `minion_id_remove_domain`: `True` removes any domain, a string that one.
+enum RemoveDomain {
+    Any,
+    Suffix(String),
+}
+
 /// What the minion configuration says about the keys we need; for `id`,
 /// also the file that set it (the last one that did).
 struct MinionSettings {
-    id: Option<(Result<String, String>, PathBuf)>,
+    id: Option<(Value, PathBuf)>,
     root_dir: Option<String>,
     append_domain: Option<String>,
     minion_id_caching: bool,
+    lowercase: bool,
+    remove_domain: Option<RemoveDomain>,
+    id_function: bool,
 }
 
-fn read_minion_config(env: &dyn Fn(&str) -> Option<String>, root: &Path) -> MinionSettings {
+fn read_minion_config(
+    env: &dyn Fn(&str) -> Option<String>,
+    root: &Path,
+    ancestor_config_dir: Option<&Path>,
+) -> MinionSettings {
     let default_dir = root.join(SALT_CONFIG_DIR.trim_start_matches('/'));
-    let config_dir = match env("SALT_CONFIG_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => default_dir.clone(),
+    // salt-minion's -c, whose default is $SALT_CONFIG_DIR, else /etc/salt.
+    let config_dir = match (
+        ancestor_config_dir,
+        env("SALT_CONFIG_DIR").filter(|d| !d.is_empty()),
+    ) {
+        (Some(dir), _) => root.join(dir.strip_prefix("/").unwrap_or(dir)),
+        (None, Some(dir)) => root.join(dir.trim_start_matches('/')),
+        (None, None) => default_dir.clone(),
     };
-    let default_path = config_dir.join("minion");
-    // load_config: the environment variable only counts for the default path.
-    let main_path = match env("SALT_MINION_CONFIG").filter(|p| !p.is_empty()) {
-        Some(path) if config_dir == default_dir && Path::new(&path).is_file() => {
-            PathBuf::from(path)
-        }
-        _ => default_path,
+    let default_path = default_dir.join("minion");
+    let path = config_dir.join("minion");
+    // minion_config: SALT_CONFIG_DIR/minion stands in for an unset
+    // SALT_MINION_CONFIG; load_config: the variable counts only for the
+    // default path, and only when it names a file.
+    let env_main = env("SALT_MINION_CONFIG")
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            env("SALT_CONFIG_DIR")
+                .filter(|d| !d.is_empty())
+                .map(|d| format!("{d}/minion"))
+        })
+        .map(|p| root.join(p.trim_start_matches('/')));
+    let main_path = match env_main {
+        Some(p) if path == default_path && p.is_file() => p,
+        _ => path.clone(),
     };
-    let mut files: Vec<(PathBuf, TopLevel)> = Vec::new();
+    let mut files: Vec<(PathBuf, Value)> = Vec::new();
     let main = read_config_file(&main_path);
     // Includes are relative to the -c directory, even when the main file
     // came from SALT_MINION_CONFIG (include_config is given `path`).
-    let default_include = match main.as_ref().and_then(|top| top.get("default_include")) {
-        Some(Setting::Text(pattern)) => vec![pattern.clone()],
-        Some(Setting::List(patterns)) => patterns.clone(),
-        _ => vec![DEFAULT_INCLUDE.to_string()],
+    let patterns = |value: Option<&Value>| -> Vec<String> {
+        match value {
+            Some(Value::Str(pattern)) if !pattern.is_empty() => vec![pattern.clone()],
+            Some(Value::Seq(items)) => items
+                .iter()
+                .filter_map(|item| match item {
+                    Value::Str(pattern) => Some(pattern.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     };
-    let include = main.as_ref().map(|top| top.includes()).unwrap_or_default();
+    let default_include = match main.as_ref().and_then(|top| top.get("default_include")) {
+        Some(value) => patterns(Some(value)),
+        None => vec![DEFAULT_INCLUDE.to_string()],
+    };
+    let include = patterns(main.as_ref().and_then(|top| top.get("include")));
     if let Some(top) = main {
         files.push((main_path.clone(), top));
     }
@@ -184,38 +384,55 @@ fn read_minion_config(env: &dyn Fn(&str) -> Option<String>, root: &Path) -> Mini
         root_dir: None,
         append_domain: None,
         minion_id_caching: true,
+        lowercase: false,
+        remove_domain: None,
+        id_function: false,
     };
     for (path, top) in files {
         if let Some(id) = top.get("id") {
-            settings.id = Some((id.clone().into_id(), path.clone()));
+            settings.id = Some((id.clone(), path.clone()));
         }
         match top.get("root_dir") {
-            Some(Setting::Text(dir)) => settings.root_dir = Some(dir.clone()),
+            Some(Value::Str(dir)) => settings.root_dir = Some(dir.clone()),
             Some(_) => settings.root_dir = None,
             None => {}
         }
         match top.get("append_domain") {
-            Some(Setting::Text(domain)) if !domain.is_empty() => {
+            Some(Value::Str(domain)) if !domain.is_empty() => {
                 settings.append_domain = Some(domain.clone());
             }
             Some(_) => settings.append_domain = None,
             None => {}
         }
         if let Some(caching) = top.get("minion_id_caching") {
-            settings.minion_id_caching = !matches!(caching, Setting::Bool(false));
+            settings.minion_id_caching = caching.truthy();
+        }
+        if let Some(lowercase) = top.get("minion_id_lowercase") {
+            settings.lowercase = lowercase.truthy();
+        }
+        match top.get("minion_id_remove_domain") {
+            Some(Value::Bool(true)) => settings.remove_domain = Some(RemoveDomain::Any),
+            Some(Value::Str(domain)) if !domain.is_empty() => {
+                settings.remove_domain = Some(RemoveDomain::Suffix(domain.clone()));
+            }
+            Some(_) => settings.remove_domain = None,
+            None => {}
+        }
+        if let Some(function) = top.get("id_function") {
+            settings.id_function = function.truthy();
         }
     }
     settings
 }
 
 /// Read each file the patterns match, in Salt's order: sorted per pattern,
-/// each file followed by its own includes.
+/// each file followed by its own includes (relative to it).
 fn collect_includes(
     patterns: &[String],
     relative_to: &Path,
     home: Option<&str>,
     depth: usize,
-    files: &mut Vec<(PathBuf, TopLevel)>,
+    files: &mut Vec<(PathBuf, Value)>,
 ) {
     if depth >= MAX_INCLUDE_DEPTH {
         log::warn!("minion config: includes nested deeper than {MAX_INCLUDE_DEPTH}; not followed");
@@ -230,10 +447,21 @@ fn collect_includes(
         };
         let absolute = relative_to.join(&expanded);
         for path in glob(&absolute) {
+            // A file Salt cannot read is an empty one to it (skipped).
             let Some(top) = read_config_file(&path) else {
                 continue;
             };
-            let nested = top.includes();
+            let nested = match top.get("include") {
+                Some(Value::Str(p)) if !p.is_empty() => vec![p.clone()],
+                Some(Value::Seq(items)) => items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Value::Str(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
             files.push((path, top));
             collect_includes(&nested, &parent, home, depth + 1, files);
@@ -241,9 +469,9 @@ fn collect_includes(
     }
 }
 
-/// A config file's top-level settings, or `None` (with a warning when the
-/// file exists) if it cannot be used.
-fn read_config_file(path: &Path) -> Option<TopLevel> {
+/// A config file's top-level mapping (`Map`, possibly empty), or `None`
+/// (with a warning when the file exists) if Salt would not use it.
+fn read_config_file(path: &Path) -> Option<Value> {
     let bytes = match read_regular_file(path, MAX_CONFIG_BYTES) {
         Ok(bytes) => bytes,
         Err(ReadError::Missing) => return None,
@@ -254,17 +482,34 @@ fn read_config_file(path: &Path) -> Option<TopLevel> {
     };
     let parsed = std::str::from_utf8(&bytes)
         .map_err(|_| "not UTF-8 text".to_string())
-        .and_then(read_top_level);
+        .and_then(|text| salt_yaml::load(&text.replace("\r\n", "\n")));
+    // _read_conf_file: `safe_load(...) or {}`, then it must be a dict.
     match parsed {
-        Ok(top) => Some(top),
+        Ok(map @ Value::Map(_)) => Some(map),
+        Ok(value) if !value.truthy() => Some(Value::Map(Vec::new())),
+        Ok(value) => {
+            log::warn!(
+                "minion config {}: a {}, not a mapping; skipped, as Salt does",
+                path.display(),
+                value.type_name()
+            );
+            None
+        }
         Err(why) => {
-            log::warn!("minion config {}: {why}; skipped", path.display());
+            log::warn!(
+                "minion config {}: {why}; skipped, as Salt does",
+                path.display()
+            );
             None
         }
     }
 }
 
-/// The first line of salt-minion's id cache, as `get_id` reads it.
+/// The first line of salt-minion's id cache, as `get_id` reads it: text
+/// mode (any of `\n`, `\r\n`, `\r` ends the line), `strip()`; `None` when
+/// that leaves nothing or `localhost`. A UTF-8 BOM stays: `get_id` looks for
+/// `codecs.BOM`, which is the UTF-16 one, so salt-minion keeps U+FEFF in its
+/// id (the differential test shows all three Salt versions do).
 fn read_minion_id_file(path: &Path) -> Option<String> {
     let bytes = match read_regular_file(path, 64 * 1024) {
         Ok(bytes) => bytes,
@@ -278,15 +523,227 @@ fn read_minion_id_file(path: &Path) -> Option<String> {
         log::warn!("{}: not UTF-8 text; skipped", path.display());
         return None;
     };
-    let line = text.split('\n').next().unwrap_or("");
-    let name = python_strip(line.trim_start_matches('\u{feff}'));
+    let line = text.split(['\n', '\r']).next().unwrap_or("");
+    let name = python_strip(line);
     (!name.is_empty() && name != "localhost").then(|| name.to_string())
 }
 
-/// Python's `str.strip()`: Unicode whitespace plus the four separators
+/// Python's `str.isspace()`: Unicode whitespace plus the four separators
 /// (U+001C..U+001F) Python also counts.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()`.
 fn python_strip(text: &str) -> &str {
-    text.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+    text.trim_matches(python_space)
+}
+
+// ---------------------------------------------------------------------------
+// The generated id: salt.utils.network.generate_minion_id.
+
+/// What `generate_minion_id()` looks at, gathered once (`gather`) or made
+/// up by tests.
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    /// `socket.gethostname()`, which on Linux is also `platform.node()`.
+    pub hostname: String,
+    /// `socket.getfqdn(hostname)`.
+    pub fqdn: String,
+    /// The canonical name `getaddrinfo("localhost", AI_CANONNAME)` gives:
+    /// Salt asks only when every name above was filtered out.
+    pub localhost_canonical: Option<String>,
+    /// The text of /etc/hostname, /etc/nodename and /etc/hosts (absent: None).
+    pub files: [Option<String>; 3],
+    /// The host's IPv4 addresses that are not loopback, in ascending order.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Salt's DistinctList filter: names that stand for the local host.
+fn is_localhost_name(name: &str) -> bool {
+    let c: Vec<char> = name.chars().collect();
+    let starts = |prefix: &str| name.starts_with(prefix);
+    if starts("localhost")
+        || starts("ip6-")
+        || starts("0.0.0.0")
+        || starts("::1")
+        || starts("ipv6-")
+        || starts("fe00::")
+        || starts("fe02::")
+    {
+        return true;
+    }
+    // r"127[.]\d"
+    if starts("127.") && c.get(4).is_some_and(|d| d.is_ascii_digit()) {
+        return true;
+    }
+    // r"1.0.0.*.ip6.arpa" with re.match: `.` is any character.
+    if c.len() >= 14 && c[0] == '1' && c[2] == '0' && c[4] == '0' {
+        let tail: Vec<char> = "ip6".chars().collect();
+        for k in 5..=c.len() - 9 {
+            if c[k + 1..k + 4] == tail[..] && c[k + 5..k + 9].iter().collect::<String>() == "arpa" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// `generate_minion_id()`: the first candidate that survives the filter
+/// and is not already listed, else `localhost`.
+pub fn generate(facts: &HostFacts) -> String {
+    let mut names: Vec<String> = Vec::new();
+    let add = |name: &str, names: &mut Vec<String>| {
+        if !name.is_empty() && !names.iter().any(|n| n == name) && !is_localhost_name(name) {
+            names.push(name.to_string());
+        }
+    };
+    add(&facts.fqdn, &mut names);
+    add(&facts.hostname, &mut names);
+    if names.is_empty() {
+        if let Some(canonical) = &facts.localhost_canonical {
+            add(canonical, &mut names);
+        }
+    }
+    for text in facts.files.iter().flatten() {
+        for line in text.split(['\n', '\r']) {
+            let line = python_strip(line);
+            let before_comment = line.split('#').next().unwrap_or("");
+            let fields: Vec<&str> = before_comment
+                .split(python_space)
+                .filter(|f| !f.is_empty())
+                .collect();
+            let Some(first) = fields.first() else {
+                continue;
+            };
+            let head: String = first.chars().take(4).collect();
+            if head == "127." || head == "::1" || fields.len() == 1 {
+                for field in &fields {
+                    add(field, &mut names);
+                }
+            }
+        }
+    }
+    for address in &facts.addresses {
+        add(&address.to_string(), &mut names);
+    }
+    names
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl HostFacts {
+    /// The facts of this host (files under `root`), the DNS lookups bounded
+    /// to `bound` in all: past it, getfqdn counts as failed (it then gives
+    /// the host name, as Python's does) and localhost has no other name.
+    pub fn gather(root: &Path, bound: Duration) -> HostFacts {
+        let hostname = gethostname();
+        let read = |name: &str| {
+            read_regular_file(&root.join(name), MAX_CONFIG_BYTES)
+                .ok()
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let files = [
+            read("etc/hostname"),
+            read("etc/nodename"),
+            read("etc/hosts"),
+        ];
+        let (results, answers) = std::sync::mpsc::channel();
+        let name = hostname.clone();
+        let lookups = std::thread::Builder::new()
+            .name("dns".into())
+            .spawn(move || {
+                let fqdn = getfqdn(&name);
+                let filtered = |n: &str| n.is_empty() || is_localhost_name(n);
+                let canonical = (filtered(&fqdn) && filtered(&name))
+                    .then(|| canonical_name("localhost"))
+                    .flatten();
+                let _ = results.send((fqdn, canonical));
+            });
+        let (fqdn, localhost_canonical) = match lookups {
+            Ok(_) => match answers.recv_timeout(bound) {
+                Ok(answer) => answer,
+                Err(_) => {
+                    log::warn!(
+                        "host name lookups did not answer within {} s (DNS down?); \
+                         using the host name {hostname:?} as getfqdn() gives it when they fail",
+                        bound.as_secs()
+                    );
+                    (hostname.clone(), None)
+                }
+            },
+            Err(e) => {
+                log::warn!("cannot start the host name lookups ({e}); using the host name");
+                (hostname.clone(), None)
+            }
+        };
+        HostFacts {
+            hostname,
+            fqdn,
+            localhost_canonical,
+            files,
+            addresses: ipv4_addresses(),
+        }
+    }
+}
+
+fn gethostname() -> String {
+    let mut buffer = [0u8; 256];
+    if unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } != 0 {
+        return String::new();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// The host's non-loopback IPv4 addresses, ascending (Salt's `ip_addrs()`).
+fn ipv4_addresses() -> Vec<Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        let ifa = unsafe { &*entry };
+        if !ifa.ifa_addr.is_null()
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            // Kept in order as they come (a handful): no sort routine to link.
+            if let (false, Err(at)) = (ip.is_loopback(), addresses.binary_search(&ip)) {
+                addresses.insert(at, ip);
+            }
+        }
+        entry = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(list) };
+    addresses
+}
+
+/// `getaddrinfo(name, AF_INET, SOCK_RAW, AI_CANONNAME)`'s canonical name.
+fn canonical_name(name: &str) -> Option<String> {
+    let c_name = CString::new(name).ok()?;
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = libc::AF_INET;
+    hints.ai_socktype = libc::SOCK_RAW;
+    hints.ai_flags = libc::AI_CANONNAME;
+    let mut list: *mut libc::addrinfo = std::ptr::null_mut();
+    if unsafe { libc::getaddrinfo(c_name.as_ptr(), std::ptr::null(), &hints, &mut list) } != 0
+        || list.is_null()
+    {
+        return None;
+    }
+    let first = unsafe { &*list };
+    let canonical = (!first.ai_canonname.is_null()).then(|| {
+        unsafe { CStr::from_ptr(first.ai_canonname) }
+            .to_string_lossy()
+            .into_owned()
+    });
+    unsafe { libc::freeaddrinfo(list) };
+    canonical
 }
 
 enum ReadError {
@@ -328,449 +785,6 @@ fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         )));
     }
     Ok(bytes)
-}
-
-// ---------------------------------------------------------------------------
-// A YAML subset: the top-level scalar (and list-of-scalar) values of a block
-// mapping, typed the way PyYAML's SafeLoader (YAML 1.1) types them. Anything
-// this reader does not understand is reported as `Unusable` for that key, and
-// anything Salt's loader would reject makes the whole file an error.
-
-/// One top-level value.
-#[derive(Clone, Debug, PartialEq)]
-enum Setting {
-    Text(String),
-    /// A YAML int, as Python's `str(int)` renders it.
-    Int(String),
-    Bool(bool),
-    Null,
-    List(Vec<String>),
-    /// Present, but not something this reader renders as Salt would.
-    Unusable(String),
-}
-
-impl Setting {
-    /// `_read_conf_file`: an id that is not a string becomes `str()` of it.
-    /// `Err` says why this one cannot be rendered as Salt would.
-    fn into_id(self) -> Result<String, String> {
-        match self {
-            Setting::Text(id) | Setting::Int(id) => Ok(id),
-            Setting::Bool(true) => Ok("True".into()),
-            Setting::Bool(false) => Ok("False".into()),
-            Setting::Null => Ok("None".into()),
-            Setting::List(_) => Err("is a list".into()),
-            Setting::Unusable(why) => Err(why),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct TopLevel {
-    entries: Vec<(String, Setting)>,
-}
-
-impl TopLevel {
-    fn get(&self, key: &str) -> Option<&Setting> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
-    fn includes(&self) -> Vec<String> {
-        match self.get("include") {
-            Some(Setting::Text(pattern)) if !pattern.is_empty() => vec![pattern.clone()],
-            Some(Setting::List(patterns)) => patterns.clone(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// Indentation, and the line without it (`None` for blank and comment lines).
-fn content(line: &str) -> Option<(usize, &str)> {
-    let body = line.trim_start_matches(' ');
-    let trimmed = body.trim();
-    if trimmed.is_empty() || trimmed.starts_with('#') {
-        return None;
-    }
-    Some((line.len() - body.len(), body))
-}
-
-/// The top-level keys of a YAML document that is a block mapping.
-fn read_top_level(text: &str) -> Result<TopLevel, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if let Some(c) = text.chars().find(|&c| !yaml_printable(c)) {
-        return Err(format!(
-            "character U+{:04X} is not allowed in YAML",
-            c as u32
-        ));
-    }
-    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
-    let mut top = TopLevel::default();
-    let mut base_indent: Option<usize> = None;
-    let mut seen_start = false;
-    let mut ended = false;
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        i += 1;
-        let Some((indent, body)) = content(line) else {
-            continue;
-        };
-        if indent == 0 && (body == "---" || body.starts_with("--- ")) {
-            if seen_start || base_indent.is_some() || ended {
-                return Err("more than one YAML document".into());
-            }
-            if !body[3..].trim().is_empty() && !body[3..].trim().starts_with('#') {
-                return Err("content on the --- line is not supported".into());
-            }
-            seen_start = true;
-            continue;
-        }
-        if indent == 0 && (body == "..." || body.starts_with("... ")) {
-            ended = true;
-            continue;
-        }
-        if indent == 0 && body.starts_with('%') && base_indent.is_none() && !seen_start {
-            continue; // a directive (%YAML, %TAG)
-        }
-        if ended {
-            return Err("more than one YAML document".into());
-        }
-        if body.starts_with('\t') || line.starts_with('\t') {
-            return Err(format!("line {i}: a tab as indentation"));
-        }
-        let base = *base_indent.get_or_insert(indent);
-        if indent > base {
-            continue; // inside a value we skipped or already read
-        }
-        if indent < base {
-            return Err(format!("line {i}: less indented than the mapping"));
-        }
-        let Some((key, rest)) = split_key(body) else {
-            return Err(format!("line {i}: not a `key: value` line"));
-        };
-        // The lines that belong to this value: more indented than the key.
-        let mut end = i;
-        while end < lines.len() {
-            match content(lines[end]) {
-                Some((next_indent, _)) if next_indent <= base => break,
-                _ => end += 1,
-            }
-        }
-        let value = read_value(rest, &lines[i..end], base)?;
-        i = end;
-        if top.entries.iter().any(|(k, _)| *k == key) {
-            // SaltYamlSafeLoader rejects duplicate keys: "conflicting ID".
-            return Err(format!("key {key:?} appears twice"));
-        }
-        top.entries.push((key, value));
-    }
-    Ok(top)
-}
-
-/// PyYAML's Reader accepts only these characters.
-fn yaml_printable(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
-        || c >= '\u{10000}'
-}
-
-/// `key: rest` (or `"key": rest`); `None` when the line is not one.
-fn split_key(body: &str) -> Option<(String, &str)> {
-    if let Some(quote) = body.chars().next().filter(|c| *c == '"' || *c == '\'') {
-        let (key, after) = read_quoted(body, quote).ok()?;
-        let rest = after.trim_start().strip_prefix(':')?;
-        return (rest.is_empty() || rest.starts_with([' ', '\t'])).then_some((key, rest));
-    }
-    if body.starts_with(['-', '?', '[', '{', '&', '*', '!', '|', '>', '%', '@', '`']) {
-        return None;
-    }
-    let mut search = 0;
-    while let Some(at) = body[search..].find(':') {
-        let colon = search + at;
-        let after = &body[colon + 1..];
-        if after.is_empty() || after.starts_with([' ', '\t']) {
-            let key = body[..colon].trim_end();
-            if key.is_empty() || key.contains(" #") {
-                return None;
-            }
-            return Some((key.to_string(), after));
-        }
-        search = colon + 1;
-    }
-    None
-}
-
-/// The value after `key:`, with the lines indented under it.
-fn read_value(rest: &str, nested: &[&str], base: usize) -> Result<Setting, String> {
-    let inline = strip_comment(rest).trim();
-    let nested: Vec<(usize, &str)> = nested.iter().filter_map(|l| content(l)).collect();
-    if inline.is_empty() {
-        if nested.is_empty() {
-            return Ok(Setting::Null);
-        }
-        if nested
-            .iter()
-            .all(|(indent, body)| *indent > base && (body.starts_with("- ") || *body == "-"))
-            && nested.iter().all(|(indent, _)| *indent == nested[0].0)
-        {
-            let mut items = Vec::new();
-            for (_, body) in &nested {
-                match read_scalar(body[1..].trim(), &[])? {
-                    Setting::Text(item) => items.push(item),
-                    _ => return Ok(Setting::Unusable("is a list of non-strings".into())),
-                }
-            }
-            return Ok(Setting::List(items));
-        }
-        if nested.len() == 1 && split_key(nested[0].1).is_none() {
-            return read_scalar(nested[0].1.trim(), &[]);
-        }
-        return Ok(Setting::Unusable("is a nested block".into()));
-    }
-    let continuation: Vec<&str> = nested.iter().map(|(_, body)| body.trim()).collect();
-    read_scalar(rest.trim(), &continuation)
-}
-
-/// `text` up to a ` #` comment (outside quotes it is the only comment form).
-fn strip_comment(text: &str) -> &str {
-    let bytes = text.as_bytes();
-    for (at, &b) in bytes.iter().enumerate() {
-        if b == b'#' && (at == 0 || bytes[at - 1] == b' ' || bytes[at - 1] == b'\t') {
-            return &text[..at];
-        }
-    }
-    text
-}
-
-/// One scalar (or flow list of scalars), typed as PyYAML types it.
-fn read_scalar(text: &str, continuation: &[&str]) -> Result<Setting, String> {
-    let Some(first) = text.chars().next() else {
-        return Ok(Setting::Null);
-    };
-    match first {
-        '"' | '\'' => {
-            let (value, after) = match read_quoted(text, first) {
-                Ok(quoted) => quoted,
-                Err(_) if !continuation.is_empty() => {
-                    return Ok(Setting::Unusable("is a multi-line quoted string".into()));
-                }
-                Err(why) => return Err(why),
-            };
-            if !strip_comment(after).trim().is_empty() {
-                return Err(format!("text after the closing quote: {after:?}"));
-            }
-            if !continuation.is_empty() {
-                return Ok(Setting::Unusable("is a multi-line quoted string".into()));
-            }
-            Ok(Setting::Text(value))
-        }
-        '[' => read_flow_list(text),
-        '{' => Ok(Setting::Unusable("is a mapping".into())),
-        '|' | '>' => Ok(Setting::Unusable("is a block scalar".into())),
-        '&' | '*' | '!' => Ok(Setting::Unusable("uses an anchor, alias or tag".into())),
-        '%' | '@' | '`' | ',' | ']' | '}' => Err(format!("{first:?} cannot start a value")),
-        _ => {
-            let mut plain = strip_comment(text).trim().to_string();
-            if plain.starts_with(['-', '?', ':']) && plain.chars().nth(1).is_none_or(|c| c == ' ') {
-                return Ok(Setting::Unusable("is a nested block".into()));
-            }
-            for line in continuation {
-                let line = strip_comment(line).trim();
-                if line.is_empty() {
-                    continue;
-                }
-                plain.push(' ');
-                plain.push_str(line);
-            }
-            if plain.contains(": ") || plain.ends_with(':') {
-                return Err(format!("a `: ` inside the value {plain:?}"));
-            }
-            Ok(resolve_plain(plain))
-        }
-    }
-}
-
-/// `[a, b]` of plain or quoted strings.
-fn read_flow_list(text: &str) -> Result<Setting, String> {
-    let Some(inner) = strip_comment(text)
-        .trim()
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-    else {
-        return Ok(Setting::Unusable(
-            "is a flow list this reader does not read".into(),
-        ));
-    };
-    let mut items = Vec::new();
-    for item in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let value = if item.starts_with(['"', '\'']) {
-            match read_quoted(item, item.chars().next().unwrap_or('"')) {
-                Ok((value, after)) if after.trim().is_empty() => Setting::Text(value),
-                _ => {
-                    return Ok(Setting::Unusable(
-                        "is a flow list this reader does not read".into(),
-                    ));
-                }
-            }
-        } else if item.starts_with(['[', '{', '&', '*', '!']) {
-            return Ok(Setting::Unusable("is a nested flow collection".into()));
-        } else {
-            resolve_plain(item.to_string())
-        };
-        match value {
-            Setting::Text(item) => items.push(item),
-            _ => return Ok(Setting::Unusable("is a list of non-strings".into())),
-        }
-    }
-    Ok(Setting::List(items))
-}
-
-/// A quoted scalar at the start of `text`: its value and what follows it.
-fn read_quoted(text: &str, quote: char) -> Result<(String, &str), String> {
-    let mut value = String::new();
-    let mut chars = text.char_indices().skip(1).peekable();
-    while let Some((at, c)) = chars.next() {
-        if c == quote {
-            if quote == '\'' && chars.peek().is_some_and(|(_, next)| *next == '\'') {
-                chars.next();
-                value.push('\'');
-                continue;
-            }
-            return Ok((value, &text[at + 1..]));
-        }
-        if c == '\\' && quote == '"' {
-            let Some((_, escape)) = chars.next() else {
-                break;
-            };
-            let hex_digits = match escape {
-                'x' => 2,
-                'u' => 4,
-                'U' => 8,
-                _ => 0,
-            };
-            if hex_digits > 0 {
-                let mut code = 0u32;
-                for _ in 0..hex_digits {
-                    let digit = chars.next().and_then(|(_, d)| d.to_digit(16));
-                    code = code * 16 + digit.ok_or("a bad \\x/\\u/\\U escape")?;
-                }
-                value.push(char::from_u32(code).ok_or("an escape that is not a character")?);
-                continue;
-            }
-            value.push(match escape {
-                '0' => '\0',
-                'a' => '\u{7}',
-                'b' => '\u{8}',
-                't' | '\t' => '\t',
-                'n' => '\n',
-                'v' => '\u{b}',
-                'f' => '\u{c}',
-                'r' => '\r',
-                'e' => '\u{1b}',
-                ' ' => ' ',
-                '"' => '"',
-                '/' => '/',
-                '\\' => '\\',
-                'N' => '\u{85}',
-                '_' => '\u{a0}',
-                'L' => '\u{2028}',
-                'P' => '\u{2029}',
-                other => return Err(format!("unknown escape \\{other}")),
-            });
-            continue;
-        }
-        value.push(c);
-    }
-    Err("an unterminated quoted string".into())
-}
-
-/// Type a plain scalar as PyYAML's YAML 1.1 resolvers do (Salt's loader keeps
-/// timestamps as text and reads `0755` as decimal 755).
-fn resolve_plain(plain: String) -> Setting {
-    match plain.as_str() {
-        "" | "~" | "null" | "Null" | "NULL" => return Setting::Null,
-        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
-            return Setting::Bool(true);
-        }
-        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
-            return Setting::Bool(false);
-        }
-        _ => {}
-    }
-    if let Some(int) = python_int_text(&plain) {
-        return Setting::Int(int);
-    }
-    if looks_numeric(&plain) {
-        return Setting::Unusable(format!(
-            "{plain:?} is a YAML number whose Python str() this reader does not reproduce"
-        ));
-    }
-    Setting::Text(plain)
-}
-
-/// `str(int)` of a decimal YAML int, and of `0755` (Salt strips the zeros).
-fn python_int_text(plain: &str) -> Option<String> {
-    let (negative, digits) = match plain.as_bytes().first()? {
-        b'-' => (true, &plain[1..]),
-        b'+' => (false, &plain[1..]),
-        _ => (false, plain),
-    };
-    let first = *digits.as_bytes().first()?;
-    if !first.is_ascii_digit() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
-        return None;
-    }
-    if first == b'0' && digits.len() > 1 {
-        // YAML 1.1 octal; only unsigned, all-octal digits are ints at all,
-        // and Salt reads them as decimal after stripping the zeros.
-        if plain.len() != digits.len()
-            || !digits
-                .bytes()
-                .all(|b| (b'0'..=b'7').contains(&b) || b == b'_')
-        {
-            return None;
-        }
-    }
-    let value: String = digits.chars().filter(|c| *c != '_').collect();
-    let value = value.trim_start_matches('0');
-    Some(match (value.is_empty(), negative) {
-        (true, _) => "0".to_string(),
-        (false, true) => format!("-{value}"),
-        (false, false) => value.to_string(),
-    })
-}
-
-/// Would PyYAML read this as a number (float, hex, binary, sexagesimal)?
-fn looks_numeric(plain: &str) -> bool {
-    let unsigned = plain.trim_start_matches(['-', '+']);
-    let lower = unsigned.to_ascii_lowercase();
-    if matches!(lower.as_str(), ".inf" | ".nan") {
-        return true;
-    }
-    let Some(first) = unsigned.chars().next() else {
-        return false;
-    };
-    if !(first.is_ascii_digit() || first == '.') {
-        return false;
-    }
-    let octal = |s: &str| s.bytes().all(|b| (b'0'..=b'7').contains(&b) || b == b'_');
-    if lower.len() > 1 && lower.starts_with('0') && octal(&lower) {
-        return true; // a signed octal (unsigned ones are python_int_text's)
-    }
-    if let Some(hex) = lower.strip_prefix("0x") {
-        return !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_');
-    }
-    if let Some(binary) = lower.strip_prefix("0b") {
-        return !binary.is_empty() && binary.bytes().all(|b| b == b'0' || b == b'1' || b == b'_');
-    }
-    // Floats and sexagesimals: digits with `.`, `_`, `:` and an exponent.
-    let mantissa = lower.split_once('e').map_or(lower.as_str(), |(m, _)| m);
-    let exponent_ok = lower.split_once('e').is_none_or(|(_, e)| {
-        let e = e.trim_start_matches(['-', '+']);
-        !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())
-    });
-    exponent_ok
-        && (mantissa.contains('.') || mantissa.contains(':'))
-        && mantissa
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':'))
 }
 
 // ---------------------------------------------------------------------------
@@ -925,27 +939,23 @@ unsafe extern "C" {
     ) -> libc::c_int;
 }
 
-/// This host's name as Python's `socket.getfqdn()` gives it: resolve
-/// `gethostname()` to an address, look that address up in reverse, and take
-/// the first of the name and its aliases that contains a dot (else that
-/// name); the plain host name when either lookup fails. May consult DNS.
-pub fn fqdn() -> String {
-    let mut buffer = [0u8; 256];
-    let hostname = if unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0 {
-        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
+/// Python's `socket.getfqdn(name)`: resolve `name` to an address, look that
+/// address up in reverse, and take the first of the name and its aliases
+/// that contains a dot (else that name); `name` itself when either lookup
+/// fails. May consult DNS.
+fn getfqdn(name: &str) -> String {
+    let name = python_strip(name);
+    let name = if name.is_empty() || name == "0.0.0.0" || name == "::" {
+        gethostname()
     } else {
-        String::new()
+        name.to_string()
     };
-    if hostname.is_empty() {
-        return "localhost".to_string();
-    }
-    reverse_names(&hostname)
+    reverse_names(&name)
         .and_then(|names| {
-            let dotted = names.iter().find(|name| name.contains('.')).cloned();
+            let dotted = names.iter().find(|n| n.contains('.')).cloned();
             dotted.or_else(|| names.into_iter().next())
         })
-        .unwrap_or(hostname)
+        .unwrap_or(name)
 }
 
 /// `gethostbyaddr(name)`: the reverse name of `name`'s first address, then
@@ -1094,15 +1104,29 @@ mod tests {
             self.0.join(relative).to_string_lossy().into_owned()
         }
 
-        /// Resolve with this root, the given environment and no override.
+        /// Resolve with this root, the given environment, no override, and
+        /// a host whose generated id is `host.example.org`.
         fn resolve(&self, env: &[(&str, String)]) -> (String, Source) {
+            self.resolve_with(env, None, host("host.example.org", "host"))
+        }
+
+        fn resolve_with(
+            &self,
+            env: &[(&str, String)],
+            ancestor: Option<&Path>,
+            facts: HostFacts,
+        ) -> (String, Source) {
             let env: HashMap<String, String> = env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
-            resolve_in(None, &|var| env.get(var).cloned(), &self.0, || {
-                "host.from.getfqdn".to_string()
-            })
+            resolve_in(
+                None,
+                &|var| env.get(var).cloned(),
+                &self.0,
+                ancestor,
+                || facts,
+            )
         }
     }
 
@@ -1112,134 +1136,27 @@ mod tests {
         }
     }
 
-    type Id = Result<Option<Result<String, String>>, String>;
-
-    fn id_of(yaml: &str) -> Id {
-        read_top_level(yaml).map(|top| top.get("id").cloned().map(Setting::into_id))
-    }
-
-    fn text(s: &str) -> Id {
-        Ok(Some(Ok(s.to_string())))
-    }
-
-    #[test]
-    fn yaml_plain_quoted_and_commented_ids() {
-        assert_eq!(id_of("id: web-1"), text("web-1"));
-        assert_eq!(id_of("id: web-1   # the web box\n"), text("web-1"));
-        assert_eq!(id_of("id: web#1"), text("web#1"));
-        assert_eq!(id_of("# id: commented\nmaster: salt\n"), Ok(None));
-        assert_eq!(id_of("id : spaced"), text("spaced"));
-        assert_eq!(id_of("'id': quoted-key"), text("quoted-key"));
-        assert_eq!(
-            id_of("id: 'it''s # not a comment'  # but this is"),
-            text("it's # not a comment")
-        );
-        assert_eq!(
-            id_of(r#"id: "tab\there \"q\" \u00e9 \x41""#),
-            text("tab\there \"q\" é A")
-        );
-        assert_eq!(id_of("id: \"\""), text(""));
-        assert_eq!(id_of("id: with spaces inside "), text("with spaces inside"));
-        assert_eq!(
-            id_of("master: http://salt:4506\nid: after-url\n"),
-            text("after-url")
-        );
-        assert_eq!(id_of("\u{feff}id: bom\r\nmaster: x\r\n"), text("bom"));
-        assert_eq!(id_of("%YAML 1.1\n---\nid: doc\n...\n"), text("doc"));
-        assert_eq!(id_of("id: folded\n  over two\n"), text("folded over two"));
-        assert_eq!(id_of("id:\n  next-line\n"), text("next-line"));
-        assert_eq!(
-            id_of("  id: indented-doc\n  master: x\n"),
-            text("indented-doc")
-        );
-        assert_eq!(id_of("grains:\n  id: nested\nid: top\n"), text("top"));
-        assert_eq!(
-            id_of("2001-12-14: date-key\nid: 2001-12-14"),
-            text("2001-12-14")
-        );
-    }
-
-    #[test]
-    fn yaml_non_string_ids_become_what_salt_makes_of_them() {
-        // _read_conf_file: str() of the value PyYAML built.
-        assert_eq!(id_of("id: 123"), text("123"));
-        assert_eq!(id_of("id: +1_000"), text("1000"));
-        assert_eq!(id_of("id: -0"), text("0"));
-        assert_eq!(id_of("id: 0755"), text("755"));
-        assert_eq!(id_of("id: 0789"), text("0789")); // not octal: a string
-        assert_eq!(id_of("id: 1e3"), text("1e3")); // YAML 1.1 floats need a dot
-        assert_eq!(id_of("id: yes"), text("True"));
-        assert_eq!(id_of("id: Off"), text("False"));
-        assert_eq!(id_of("id:"), text("None"));
-        assert_eq!(id_of("id: ~ # nothing"), text("None"));
-        for unusable in [
-            "id: 1.50",
-            "id: 1.0e+3",
-            "id: .inf",
-            "id: 0x1F",
-            "id: 0b101",
-            "id: 190:20:30",
-            "id: -0755",
-            "id: [a, b]",
-            "id: {a: b}",
-            "id: |\n  block\n",
-            "id: &anchor x",
-            "id: !!str tagged",
-            "id:\n  - a\n  - b\n",
-            "id:\n  nested: map\n",
-            "id: 'multi\n  line'\n",
-        ] {
-            match id_of(unusable) {
-                Ok(Some(Err(_))) => {}
-                other => panic!("{unusable:?}: {other:?}"),
-            }
+    fn host(fqdn: &str, hostname: &str) -> HostFacts {
+        HostFacts {
+            hostname: hostname.into(),
+            fqdn: fqdn.into(),
+            ..HostFacts::default()
         }
-    }
-
-    #[test]
-    fn yaml_that_salt_rejects_is_an_error() {
-        for broken in [
-            "id: a\nid: b\n", // SaltYamlSafeLoader: conflicting ID
-            "id: a: b\n",     // mapping values are not allowed here
-            "- id: a\n",      // not a mapping
-            "just text\n",    // not a mapping
-            "id: \"unterminated\n",
-            "id: \"bad \\q escape\"",
-            "id: 'x' trailing",
-            "id: @reserved",
-            "id: a\x01b",          // unacceptable character
-            "id: a\n---\nid: b\n", // two documents
-            "\tid: tabbed\n",
-            "  id: a\nmaster: less-indented\n",
-        ] {
-            assert!(
-                read_top_level(broken).is_err(),
-                "{broken:?} should be rejected"
-            );
-        }
-    }
-
-    #[test]
-    fn yaml_lists_for_include() {
-        let top = read_top_level("include:\n  - a.conf\n  - 'b c.conf'\n").expect("valid");
-        assert_eq!(top.includes(), vec!["a.conf", "b c.conf"]);
-        let top = read_top_level("include: [x.conf, \"y.conf\"]  # two\n").expect("valid");
-        assert_eq!(top.includes(), vec!["x.conf", "y.conf"]);
-        let top = read_top_level("include: one.conf\n").expect("valid");
-        assert_eq!(top.includes(), vec!["one.conf"]);
     }
 
     #[test]
     fn override_wins_even_over_a_config() {
         let root = Root::new();
         root.write("etc/salt/minion", "id: from-config\n");
-        let (id, source) = resolve_in(Some("forced"), &|_| None, &root.0, || {
-            unreachable!("no DNS")
+        let (id, source) = resolve_in(Some("forced"), &|_| None, &root.0, None, || {
+            unreachable!("no host facts needed")
         });
         assert_eq!((id.as_str(), source), ("forced", Source::Override));
         // An empty SP_MACHINE_ID counts as unset.
-        let (id, _) = resolve_in(Some(""), &|_| None, &root.0, || "host".into());
-        assert_eq!(id, "from-config");
+        assert_eq!(
+            resolve_in(Some(""), &|_| None, &root.0, None, HostFacts::default).0,
+            "from-config"
+        );
     }
 
     #[test]
@@ -1257,49 +1174,51 @@ mod tests {
         root.write("etc/salt/minion.d/99-not-conf.txt", "id: txt\n");
         assert_eq!(
             root.resolve(&[]),
-            ("second".into(), Source::MinionConfig(second))
+            ("second".into(), Source::MinionConfig(second.clone()))
         );
+        // A broken drop-in is skipped whole; the others stand.
+        root.write("etc/salt/minion.d/40-broken.conf", "id: [unclosed\n");
+        assert_eq!(root.resolve(&[]).1, Source::MinionConfig(second));
     }
 
     #[test]
-    fn salt_config_dir_and_salt_minion_config() {
+    fn config_dir_from_ancestor_then_environment() {
         let root = Root::new();
         root.write("etc/salt/minion", "id: etc-salt\n");
-        let custom = root.write("custom/minion", "id: custom-dir\n");
-        let env_file = root.write("elsewhere/minion.yml", "id: env-file\n");
-        root.write("elsewhere/minion.d/x.conf", "id: wrong-dir\n");
-        let dir = ("SALT_CONFIG_DIR", root.path("custom"));
-        let file = (
-            "SALT_MINION_CONFIG",
-            env_file.to_string_lossy().into_owned(),
-        );
+        root.write("custom/minion", "id: custom-dir\n");
+        root.write("other/minion", "id: other-dir\n");
+        let dir = ("SALT_CONFIG_DIR", "/custom".to_string());
+        assert_eq!(root.resolve(std::slice::from_ref(&dir)).0, "custom-dir");
+        let facts = HostFacts::default();
+        // salt-minion's -c wins: SALT_CONFIG_DIR is only its default.
         assert_eq!(
-            root.resolve(std::slice::from_ref(&dir)).1,
-            Source::MinionConfig(custom.clone())
+            root.resolve_with(&[dir], Some(Path::new("/other")), facts)
+                .0,
+            "other-dir"
         );
-        // The -c directory (SALT_CONFIG_DIR) beats SALT_MINION_CONFIG...
-        assert_eq!(
-            root.resolve(&[dir, file.clone()]).1,
-            Source::MinionConfig(custom)
-        );
-        // ...which counts with the default directory, whose minion.d still applies.
-        assert_eq!(
-            root.resolve(std::slice::from_ref(&file)),
-            ("env-file".into(), Source::MinionConfig(env_file))
-        );
-        let dropin = root.write("etc/salt/minion.d/a.conf", "id: etc-dropin\n");
-        assert_eq!(root.resolve(&[file]).1, Source::MinionConfig(dropin));
-        // A SALT_MINION_CONFIG that is not a file is ignored.
-        let missing = ("SALT_MINION_CONFIG", root.path("nope"));
-        assert_eq!(root.resolve(&[missing]).0, "etc-dropin");
     }
 
     #[test]
-    fn default_include_and_include_keys() {
+    fn salt_minion_config_counts_with_the_default_dir_only() {
+        let root = Root::new();
+        root.write("etc/salt/minion", "id: etc-salt\n");
+        root.write("elsewhere/minion.yml", "id: env-file\n");
+        let file = ("SALT_MINION_CONFIG", "/elsewhere/minion.yml".to_string());
+        assert_eq!(root.resolve(std::slice::from_ref(&file)).0, "env-file");
+        root.write("custom/minion", "id: custom-dir\n");
+        let dir = ("SALT_CONFIG_DIR", "/custom".to_string());
+        assert_eq!(root.resolve(&[dir, file.clone()]).0, "custom-dir");
+        // minion.d of the default directory still applies.
+        root.write("etc/salt/minion.d/a.conf", "id: etc-dropin\n");
+        assert_eq!(root.resolve(&[file]).0, "etc-dropin");
+    }
+
+    #[test]
+    fn nested_includes_are_relative_to_the_including_file() {
         let root = Root::new();
         root.write(
             "etc/salt/minion",
-            "default_include: conf.d/*.yaml\ninclude:\n  - extra/[ab].conf\n  - ~/home.conf\n",
+            "default_include: conf.d/*.yaml\ninclude:\n- extra/[ab].conf\n",
         );
         root.write("etc/salt/minion.d/x.conf", "id: not-default-any-more\n");
         root.write("etc/salt/conf.d/1.yaml", "id: via-default-include\n");
@@ -1309,31 +1228,27 @@ mod tests {
             "id: include-a\ninclude: nested/n.conf\n",
         );
         let nested = root.write("etc/salt/extra/nested/n.conf", "id: nested-include\n");
-        root.write("etc/salt/extra/c.conf", "id: not-matched\n");
         assert_eq!(root.resolve(&[]).1, Source::MinionConfig(nested));
-        let home = root.write("home/home.conf", "id: from-home\n");
-        assert_eq!(
-            root.resolve(&[("HOME", root.path("home"))]).1,
-            Source::MinionConfig(home)
-        );
     }
 
     #[test]
-    fn minion_id_file_under_root_dir() {
+    fn minion_id_cache_as_get_id_reads_it() {
         let root = Root::new();
         root.write("etc/salt/minion", "master: salt\n");
         assert_eq!(
             root.resolve(&[]),
-            ("host.from.getfqdn".into(), Source::HostName)
+            ("host.example.org".into(), Source::Generated)
         );
-        let cached = root.write("etc/salt/minion_id", "\u{feff} cached-id \nsecond line\n");
+        let cached = root.write("etc/salt/minion_id", " cached-id \r\nsecond line\n");
         assert_eq!(
             root.resolve(&[]),
-            ("cached-id".into(), Source::MinionIdFile(cached.clone()))
+            ("cached-id".into(), Source::MinionIdFile(cached))
         );
+        // A UTF-8 BOM is part of the id, as for salt-minion.
+        root.write("etc/salt/minion_id", "\u{feff}x \n");
+        assert_eq!(root.resolve(&[]).0, "\u{feff}x");
         root.write("etc/salt/minion_id", "localhost\n");
-        assert_eq!(root.resolve(&[]).1, Source::HostName);
-        // root_dir moves the cache; minion_id_caching: False turns it off.
+        assert_eq!(root.resolve(&[]).1, Source::Generated);
         let moved = root.write("state/etc/salt/minion_id", "moved-id");
         root.write(
             "etc/salt/minion",
@@ -1343,34 +1258,97 @@ mod tests {
             root.resolve(&[]),
             ("moved-id".into(), Source::MinionIdFile(moved))
         );
-        root.write(
-            "etc/salt/minion",
-            format!(
-                "root_dir: {}\nminion_id_caching: False\n",
-                root.path("state")
-            ),
-        );
-        assert_eq!(root.resolve(&[]).1, Source::HostName);
+        for falsy in ["False", "no", "0", "''", "~", "[]", "0.0"] {
+            root.write(
+                "etc/salt/minion",
+                format!(
+                    "root_dir: {}\nminion_id_caching: {falsy}\n",
+                    root.path("state")
+                ),
+            );
+            assert_eq!(root.resolve(&[]).1, Source::Generated, "{falsy}");
+        }
     }
 
     #[test]
-    fn append_domain_as_salt_does() {
+    fn generated_id_order_and_filters() {
+        let mut facts = host("localhost", "localhost");
+        assert_eq!(generate(&facts), "localhost");
+        facts.files[0] = Some("box1\n".into());
+        facts.files[2] = Some(
+            "127.0.0.1 localhost\n127.0.1.1 web.example.org web # x\n10.0.0.1 db\nsolo\n".into(),
+        );
+        assert_eq!(generate(&facts), "box1");
+        facts.files[0] = None;
+        assert_eq!(generate(&facts), "web.example.org");
+        facts.files[2] = Some("10.0.0.1 db\n".into());
+        facts.addresses = vec![Ipv4Addr::new(10, 1, 2, 3)];
+        assert_eq!(generate(&facts), "10.1.2.3");
+        facts.localhost_canonical = Some("canon.example".into());
+        assert_eq!(generate(&facts), "canon.example");
+        assert_eq!(generate(&host("ip6-x", "real")), "real");
+        assert!(is_localhost_name("127.0.1.1"));
+        assert!(!is_localhost_name("127.x"));
+        assert!(is_localhost_name("1.0.0.0.0.ip6.arpa"));
+        assert!(is_localhost_name("1x0y0zzzip6xarpa"));
+        assert!(!is_localhost_name("1x0y0zzipv6xarpa"));
+    }
+
+    #[test]
+    fn generated_id_then_lowercase_remove_domain_append_domain() {
         let root = Root::new();
-        root.write("etc/salt/minion", "id: web\nappend_domain: example.org\n");
-        assert_eq!(root.resolve(&[]).0, "web.example.org");
+        let facts = || host("Web.Example.ORG", "Web");
+        root.write("etc/salt/minion", "minion_id_lowercase: True\n");
+        assert_eq!(root.resolve_with(&[], None, facts()).0, "web.example.org");
+        root.write("etc/salt/minion", "minion_id_remove_domain: True\n");
+        assert_eq!(root.resolve_with(&[], None, facts()).0, "Web");
+        root.write("etc/salt/minion", "minion_id_remove_domain: example.org\n");
+        assert_eq!(root.resolve_with(&[], None, facts()).0, "Web");
+        root.write("etc/salt/minion", "append_domain: corp\n");
+        assert_eq!(
+            root.resolve_with(&[], None, facts()).0,
+            "Web.Example.ORG.corp"
+        );
+        let ip = HostFacts {
+            addresses: vec![Ipv4Addr::new(10, 9, 8, 7)],
+            ..HostFacts::default()
+        };
+        assert_eq!(root.resolve_with(&[], None, ip).0, "10.9.8.7");
+    }
+
+    #[test]
+    fn what_only_salt_can_compute_falls_back_with_a_warning() {
+        let root = Root::new();
+        // id_function: Salt would run a module; we give the generated id.
         root.write(
             "etc/salt/minion",
-            "id: web.example.org\nappend_domain: example.org\n",
+            "id_function: {grains.get: {key: fqdn}}\n",
         );
+        assert_eq!(
+            root.resolve(&[]),
+            ("host.example.org".into(), Source::Generated)
+        );
+        // An sdb:// id is reported as it is (Salt would look it up).
+        let main = root.write("etc/salt/minion", "id: sdb://vault/minion-id\n");
+        assert_eq!(
+            root.resolve(&[]),
+            ("sdb://vault/minion-id".into(), Source::MinionConfig(main))
+        );
+        // A float Python prints in exponent form: not reproduced, falls through.
+        root.write("etc/salt/minion", "id: 1.0e+20\n");
+        assert_eq!(root.resolve(&[]).1, Source::Generated);
+    }
+
+    #[test]
+    fn append_domain_on_configured_and_cached_ids() {
+        let root = Root::new();
+        root.write("etc/salt/minion", "id: web\nappend_domain: example.org\n");
         assert_eq!(root.resolve(&[]).0, "web.example.org");
         root.write("etc/salt/minion", "id: web.\nappend_domain: example.org\n");
         assert_eq!(root.resolve(&[]).0, "web.");
         root.write("etc/salt/minion", "append_domain: example.org\n");
         root.write("etc/salt/minion_id", "cached");
         assert_eq!(root.resolve(&[]).0, "cached.example.org");
-        // Not to the host name: Salt's generated ids are its own business.
-        std::fs::remove_file(root.0.join("etc/salt/minion_id")).expect("rm");
-        assert_eq!(root.resolve(&[]).0, "host.from.getfqdn");
     }
 
     #[test]
@@ -1390,8 +1368,6 @@ mod tests {
             format!("id: huge\n#{}\n", "x".repeat(2 << 20)),
         );
         expect_cached("a file over the size bound");
-        root.write("etc/salt/minion", "id: 1.5\n");
-        expect_cached("a float id");
         root.write("etc/salt/minion", "id: [a]\n");
         expect_cached("a list id");
         root.write("etc/salt/minion", "id: \"\"\n");
@@ -1406,21 +1382,13 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         expect_cached("a FIFO (must not block)");
         std::fs::remove_file(root.0.join("etc/salt/minion")).expect("rm");
-        std::os::unix::fs::symlink(root.0.join("nowhere"), root.0.join("etc/salt/minion"))
-            .expect("symlink");
-        expect_cached("a dangling symlink");
-        // A broken drop-in is skipped; the main file's id stands.
-        std::fs::remove_file(root.0.join("etc/salt/minion")).expect("rm");
-        root.write("etc/salt/minion", "id: main\n");
-        root.write("etc/salt/minion.d/bad.conf", "id: [unclosed\n\x07");
-        assert_eq!(root.resolve(&[]).0, "main");
         // A file we may not read (root reads it anyway).
         let locked = root.write("etc/salt/minion.d/locked.conf", "id: locked\n");
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
         let readable = File::open(&locked).is_ok();
         assert_eq!(
             root.resolve(&[]).0,
-            if readable { "locked" } else { "main" }
+            if readable { "locked" } else { "cached-id" }
         );
         // An include loop stops at the depth bound.
         root.write("etc/salt/minion", "id: main\ninclude: loop.conf\n");
@@ -1428,6 +1396,33 @@ mod tests {
         assert_eq!(
             root.resolve(&[]).0,
             if readable { "locked" } else { "main" }
+        );
+    }
+
+    #[test]
+    fn salt_command_lines() {
+        let dir = |args: &[&str]| salt_config_dir_from_cmdline(args.join("\0").as_bytes());
+        let some = |d: &str| Some(Some(d.to_string()));
+        assert_eq!(dir(&["/usr/bin/salt-minion", "-c", "/a"]), some("/a"));
+        assert_eq!(
+            dir(&["/usr/bin/python3", "/usr/bin/salt-minion", "-c/b", "-d"]),
+            some("/b")
+        );
+        assert_eq!(
+            dir(&["salt-call", "--config-dir=/c", "--local"]),
+            some("/c")
+        );
+        assert_eq!(dir(&["salt-minion", "--config-dir", "/d"]), some("/d"));
+        // A salt-minion without -c decides too: SALT_CONFIG_DIR or /etc/salt.
+        assert_eq!(dir(&["salt-minion", "-d"]), Some(None));
+        assert_eq!(dir(&["saltpeter", "-c", "/etc/saltpeter"]), None);
+        assert_eq!(dir(&["bash", "-c", "salt-minion -c /x"]), None);
+        // setproctitle: one string, words separated by spaces.
+        assert_eq!(
+            salt_config_dir_from_cmdline(
+                b"/usr/bin/python3 /usr/bin/salt-minion -c /e ProcessPayload\0"
+            ),
+            some("/e")
         );
     }
 
@@ -1459,16 +1454,21 @@ mod tests {
         assert!(hosts_line_names(hosts, ip("10.0.0.1")).is_empty());
     }
 
-    /// The fallback must give what the Python wrapper reported on this host.
+    /// On this host, the real facts give what Salt's own code gives
+    /// (`SP_TEST_SALT_PYTHON`: a Python that can import salt), else what
+    /// Python's getfqdn gives for the first candidate.
     #[test]
-    fn fqdn_matches_python_getfqdn() {
+    fn getfqdn_matches_python() {
         let python = std::env::var("SP_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let output = std::process::Command::new(&python)
-            .args(["-c", "import socket; print(socket.getfqdn())"])
+            .args([
+                "-c",
+                "import socket; print(socket.getfqdn(socket.gethostname()))",
+            ])
             .output()
             .expect("python3 (or SP_TEST_PYTHON) to compare with");
         assert!(output.status.success(), "{python} failed");
         let expected = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        assert_eq!(fqdn(), expected);
+        assert_eq!(getfqdn(&gethostname()), expected);
     }
 }

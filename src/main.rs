@@ -24,6 +24,7 @@ mod outbox;
 mod output_cap;
 mod protocol;
 mod readers;
+mod salt_yaml;
 mod session;
 mod spool;
 mod supervisor;
@@ -92,6 +93,17 @@ fn usage() -> String {
     text
 }
 
+/// `--print-machine-id`: the id on stdout and where it came from on stderr;
+/// `SP_MACHINE_ID` counts, as in a run.
+fn print_machine_id() -> i32 {
+    machine_id::note_salt_ancestor();
+    let override_id = std::env::var("SP_MACHINE_ID").ok();
+    let (id, source) = machine_id::resolve(override_id.as_deref(), |var| std::env::var(var).ok());
+    println!("{id}");
+    eprintln!("sp_wrapper: machine id from {source}");
+    exit_codes::SUCCESS
+}
+
 fn run() -> i32 {
     let mut foreground = false;
     for arg in std::env::args().skip(1) {
@@ -105,6 +117,10 @@ fn run() -> i32 {
                 return exit_codes::SUCCESS;
             }
             "--foreground" => foreground = true,
+            // Hidden (not in --help): the machine id this agent would
+            // report here, for tests/salt_id's comparison with Salt and for
+            // an operator's check (docs/configuration.md, "The machine id").
+            "--print-machine-id" => return print_machine_id(),
             other => {
                 eprintln!("sp_wrapper: unknown argument {other:?} (see --help)");
                 return exit_codes::CONFIG;
@@ -139,6 +155,12 @@ fn run() -> i32 {
                 ),
             );
         }
+    }
+
+    // Before detaching: once detached, the salt-minion that started us is
+    // no longer among our ancestors, and its `-c` names the config directory.
+    if cfg.machine_id.is_none() {
+        machine_id::note_salt_ancestor();
     }
 
     if foreground {

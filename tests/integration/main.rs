@@ -11,6 +11,7 @@
 //! | `delivery` | every byte in order across cuts, restarts and outages; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded, stale spools removed |
+//! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER`, paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
 //! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
@@ -29,6 +30,7 @@ mod arch;
 mod architecture;
 mod bounded;
 mod conformance;
+mod dead_dns;
 mod delivery;
 mod guardian;
 mod old_kernel;

@@ -1,0 +1,802 @@
+//! A minion configuration file read the way Salt reads it: YAML parsed by
+//! `saphyr-parser` (events only), then composed and constructed here with the
+//! rules of Salt's `SaltYamlSafeLoader` on PyYAML's `SafeLoader`: YAML 1.1
+//! implicit typing of plain scalars (`yes`/`off` are booleans, `0755` is
+//! 755, `0x1F` is 31, `1:30` is 90, `1.5` a float), Salt's leading-zero rule
+//! for ints, timestamps kept as text, merge keys (`<<`) merged as Salt's own
+//! `flatten_mapping` does (explicit keys win), duplicate keys and unknown
+//! tags an error (Salt then skips the file). Pure: text in, value out; used
+//! by `machine_id` on whatever thread resolves the id.
+//!
+//! Why a parser crate and not our own: the constructs real fleets write
+//! (unindented lists, block scalars, anchors, flow mappings, multi-line
+//! quoted strings) need a real YAML scanner; `saphyr-parser` is `no_std`,
+//! has no runtime dependencies beyond `arraydeque`, and costs about 60 KiB
+//! of the 1 MiB bound (docs/architecture.md, "Dependencies").
+
+use std::rc::Rc;
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+/// What Python holds after `yaml.load`, for the types a config can give.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    /// An int as Python's `str()` renders it (any size: digits, not i64).
+    Int(String),
+    /// A float as Python's `repr()` prints it, for the ones `float_repr`
+    /// renders; others are `Opaque`.
+    Float(String),
+    Bool(bool),
+    Null,
+    Seq(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+    /// A value whose Python `str()` we do not reproduce (bytes, sets, ...):
+    /// the name of its type.
+    Opaque(&'static str),
+}
+
+impl Value {
+    /// Python's `str()` of this value, when we render it as Python 3 does.
+    pub fn python_str(&self) -> Option<String> {
+        match self {
+            Value::Str(s) | Value::Int(s) | Value::Float(s) => Some(s.clone()),
+            Value::Bool(true) => Some("True".into()),
+            Value::Bool(false) => Some("False".into()),
+            Value::Null => Some("None".into()),
+            Value::Seq(_) | Value::Map(_) | Value::Opaque(_) => None,
+        }
+    }
+
+    /// Python truthiness (`x or {}`, `if opts.get(...)`).
+    pub fn truthy(&self) -> bool {
+        match self {
+            Value::Str(s) => !s.is_empty(),
+            Value::Int(s) => s != "0",
+            Value::Float(f) => f.trim_start_matches('-') != "0.0",
+            Value::Bool(b) => *b,
+            Value::Null => false,
+            Value::Seq(items) => !items.is_empty(),
+            Value::Map(pairs) => !pairs.is_empty(),
+            Value::Opaque(_) => true,
+        }
+    }
+
+    /// `mapping.get(key)` for a string key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// A short name of the Python type, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "str",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Bool(_) => "bool",
+            Value::Null => "None",
+            Value::Seq(_) => "list",
+            Value::Map(_) => "dict",
+            Value::Opaque(what) => what,
+        }
+    }
+}
+
+/// Nesting deeper than this is refused (PyYAML has no bound but recursion).
+const MAX_DEPTH: usize = 64;
+/// Nodes constructed, counting each alias expansion: bounds a "billion
+/// laughs" file.
+const MAX_NODES: usize = 200_000;
+
+const YAML_TAG: &str = "tag:yaml.org,2002:";
+
+/// A composed node: what PyYAML's composer builds, before construction.
+#[derive(Debug)]
+enum Node {
+    Scalar {
+        value: String,
+        plain: bool,
+        tag: Option<String>,
+    },
+    Seq {
+        tag: Option<String>,
+        items: Vec<Rc<Node>>,
+    },
+    Map {
+        tag: Option<String>,
+        pairs: Vec<(Rc<Node>, Rc<Node>)>,
+    },
+}
+
+/// `salt.utils.yaml.safe_load(text)`: the single document's value (`Null`
+/// for an empty stream), or why Salt's loader would raise.
+pub fn load(text: &str) -> Result<Value, String> {
+    let root = compose(text)?;
+    let mut budget = MAX_NODES;
+    match root {
+        None => Ok(Value::Null),
+        Some(node) => construct(&node, 0, &mut budget),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Composition: events to nodes, anchors resolved.
+
+struct Composer<'a> {
+    events: Parser<'a, saphyr_parser::StrInput<'a>>,
+    anchors: Vec<(usize, Rc<Node>)>,
+    /// Nodes made so far, aliases included (the same bound as construction).
+    made: usize,
+}
+
+fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
+    let mut composer = Composer {
+        events: Parser::new_from_str(text),
+        anchors: Vec::new(),
+        made: 0,
+    };
+    let mut root = None;
+    let mut documents = 0;
+    loop {
+        match composer.next()? {
+            Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamEnd => break,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err("expected a single document in the stream".into());
+                }
+                let first = composer.next()?;
+                root = Some(composer.node(first, 0)?);
+                composer.anchors.clear();
+            }
+            _ => return Err("unexpected event at the top level".into()),
+        }
+    }
+    Ok(root)
+}
+
+impl<'a> Composer<'a> {
+    fn next(&mut self) -> Result<Event<'a>, String> {
+        match self.events.next() {
+            Some(Ok((event, _))) => Ok(event),
+            Some(Err(e)) => Err(format!("{} (line {})", e.info(), e.marker().line())),
+            None => Ok(Event::StreamEnd),
+        }
+    }
+
+    fn node(&mut self, event: Event<'a>, depth: usize) -> Result<Rc<Node>, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        self.made += 1;
+        if self.made > MAX_NODES {
+            return Err(format!("more than {MAX_NODES} nodes"));
+        }
+        let (node, anchor) = match event {
+            Event::Alias(id) => {
+                return self
+                    .anchors
+                    .iter()
+                    .rev()
+                    .find(|(anchor, _)| *anchor == id)
+                    .map(|(_, node)| node.clone())
+                    .ok_or_else(|| "found undefined alias".to_string());
+            }
+            Event::Scalar(value, style, anchor, tag) => (
+                Node::Scalar {
+                    value: value.into_owned(),
+                    plain: style == ScalarStyle::Plain,
+                    tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
+                },
+                anchor,
+            ),
+            Event::SequenceStart(anchor, tag) => {
+                let mut items = Vec::new();
+                loop {
+                    match self.next()? {
+                        Event::SequenceEnd => break,
+                        event => items.push(self.node(event, depth + 1)?),
+                    }
+                }
+                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
+                (Node::Seq { tag, items }, anchor)
+            }
+            Event::MappingStart(anchor, tag) => {
+                let mut pairs = Vec::new();
+                loop {
+                    let key = match self.next()? {
+                        Event::MappingEnd => break,
+                        event => self.node(event, depth + 1)?,
+                    };
+                    let event = self.next()?;
+                    let value = self.node(event, depth + 1)?;
+                    pairs.push((key, value));
+                }
+                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
+                (Node::Map { tag, pairs }, anchor)
+            }
+            _ => return Err("unexpected event inside a node".into()),
+        };
+        let node = Rc::new(node);
+        if anchor != 0 {
+            self.anchors.push((anchor, node.clone()));
+        }
+        Ok(node)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Construction: SafeConstructor with Salt's overrides.
+
+fn construct(node: &Node, depth: usize, budget: &mut usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+    }
+    if *budget == 0 {
+        return Err(format!("more than {MAX_NODES} values (aliases expanded)"));
+    }
+    *budget -= 1;
+    match node {
+        Node::Scalar { value, plain, tag } => construct_scalar(value, *plain, tag.as_deref()),
+        Node::Seq { tag, items } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "seq") => Ok(Value::Seq(
+                items
+                    .iter()
+                    .map(|item| construct(item, depth + 1, budget))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Some("omap" | "pairs") => Ok(Value::Opaque("omap")),
+            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
+        },
+        Node::Map { tag, pairs } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "map") => construct_mapping(pairs, depth, budget),
+            Some("set") => {
+                construct_mapping(pairs, depth, budget)?;
+                Ok(Value::Opaque("set"))
+            }
+            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
+        },
+    }
+}
+
+/// `tag:yaml.org,2002:str` -> `str`; any other tag unchanged.
+fn core_tag(tag: &str) -> &str {
+    tag.strip_prefix(YAML_TAG).unwrap_or(tag)
+}
+
+fn construct_scalar(value: &str, plain: bool, tag: Option<&str>) -> Result<Value, String> {
+    let tag = match tag {
+        Some(tag) if tag != "!" => core_tag(tag).to_string(),
+        // `!` and quoted scalars: a string; plain ones by their look.
+        Some(_) => "str".to_string(),
+        None if !plain => "str".to_string(),
+        None => implicit_tag(value).to_string(),
+    };
+    match tag.as_str() {
+        "str" | "timestamp" | "python/unicode" => Ok(Value::Str(value.to_string())),
+        "null" => Ok(Value::Null),
+        "bool" => match value.to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" => Ok(Value::Bool(true)),
+            "no" | "false" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("{value:?} is not a bool")),
+        },
+        // Past u64 (hex, octal, binary, sexagesimal only: decimal digits
+        // are kept as text at any size), Python's int is not rendered.
+        "int" => Ok(int_value(value).map_or(Value::Opaque("int"), Value::Int)),
+        "float" => Ok(float_repr(value).map_or(Value::Opaque("float"), Value::Float)),
+        "binary" => Ok(Value::Opaque("bytes")),
+        "merge" | "value" => Err(format!("could not determine a constructor for {tag:?}")),
+        other => Err(format!("could not determine a constructor for {other:?}")),
+    }
+}
+
+/// Salt's `flatten_mapping` then `construct_mapping`.
+fn construct_mapping(
+    pairs: &[(Rc<Node>, Rc<Node>)],
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Value, String> {
+    let pairs = flatten(pairs, 0)?;
+    let mut mapping: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+    let mut seen: Vec<String> = Vec::with_capacity(pairs.len());
+    for (key_node, value_node) in pairs {
+        let key = construct(&key_node, depth + 1, budget)?;
+        let Some(identity) = key_identity(&key) else {
+            return Err(format!("found unacceptable key ({})", key.type_name()));
+        };
+        let value = construct(&value_node, depth + 1, budget)?;
+        if !identity.is_empty() && seen.contains(&identity) {
+            return Err(format!("found conflicting ID {identity:?}"));
+        }
+        seen.push(identity);
+        mapping.push((key, value));
+    }
+    Ok(Value::Map(mapping))
+}
+
+type Pair = (Rc<Node>, Rc<Node>);
+
+/// Salt's `flatten_mapping`: `<<` values (a mapping, or a list of them, the
+/// later ones first) go before the explicit pairs, minus the keys whose
+/// text an explicit key already has.
+fn flatten(pairs: &[Pair], depth: usize) -> Result<Vec<Pair>, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("merges nested deeper than {MAX_DEPTH}"));
+    }
+    let mut merge: Vec<Pair> = Vec::new();
+    let mut explicit: Vec<Pair> = Vec::new();
+    for (key, value) in pairs {
+        let is_merge = match &**key {
+            Node::Scalar { value, plain, tag } => match tag.as_deref() {
+                Some(tag) => core_tag(tag) == "merge",
+                None => *plain && value == "<<",
+            },
+            _ => false,
+        };
+        if !is_merge {
+            explicit.push((key.clone(), value.clone()));
+            continue;
+        }
+        match &**value {
+            Node::Map { pairs, .. } => merge.extend(flatten(pairs, depth + 1)?),
+            Node::Seq { items, .. } => {
+                let mut submerge = Vec::new();
+                for item in items {
+                    let Node::Map { pairs, .. } = &**item else {
+                        return Err("expected a mapping for merging".into());
+                    };
+                    submerge.push(flatten(pairs, depth + 1)?);
+                }
+                submerge.reverse();
+                merge.extend(submerge.into_iter().flatten());
+            }
+            Node::Scalar { .. } => {
+                return Err("expected a mapping or list of mappings for merging".into());
+            }
+        }
+    }
+    if merge.is_empty() {
+        return Ok(explicit);
+    }
+    let raw = |node: &Node| match node {
+        Node::Scalar { value, .. } => Some(value.clone()),
+        _ => None,
+    };
+    let existing: Vec<Option<String>> = explicit.iter().map(|(k, _)| raw(k)).collect();
+    let mut flattened: Vec<Pair> = merge
+        .into_iter()
+        .filter(|(k, _)| {
+            let text = raw(k);
+            text.is_none() || !existing.contains(&text)
+        })
+        .collect();
+    flattened.extend(explicit);
+    Ok(flattened)
+}
+
+/// What Python's dict compares keys by (`1 == 1.0 == True`); `None` for an
+/// unhashable key; empty for a key equal to nothing (NaN).
+fn key_identity(key: &Value) -> Option<String> {
+    Some(match key {
+        Value::Str(s) => format!("s:{s}"),
+        Value::Int(i) => format!("n:{i}"),
+        Value::Bool(b) => format!("n:{}", u8::from(*b)),
+        Value::Float(f) if f == "nan" => String::new(),
+        Value::Float(f) => match f.strip_suffix(".0") {
+            Some(whole) if !whole.contains('e') => format!("n:{}", whole.trim_start_matches('-')),
+            _ => format!("f:{f}"),
+        },
+        Value::Null => "none".into(),
+        Value::Opaque(what) => format!("o:{what}"),
+        Value::Seq(_) | Value::Map(_) => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// PyYAML's YAML 1.1 implicit resolvers (resolver.py), as plain matchers.
+
+fn implicit_tag(value: &str) -> &'static str {
+    if is_bool(value) {
+        "bool"
+    } else if is_float(value) {
+        "float"
+    } else if is_int(value) {
+        "int"
+    } else if value == "<<" {
+        "merge"
+    } else if matches!(value, "" | "~" | "null" | "Null" | "NULL") {
+        "null"
+    } else if value == "=" {
+        "value"
+    } else {
+        // Timestamps resolve too, but Salt constructs them as their text.
+        "str"
+    }
+}
+
+fn is_bool(v: &str) -> bool {
+    matches!(
+        v,
+        "yes"
+            | "Yes"
+            | "YES"
+            | "no"
+            | "No"
+            | "NO"
+            | "true"
+            | "True"
+            | "TRUE"
+            | "false"
+            | "False"
+            | "FALSE"
+            | "on"
+            | "On"
+            | "ON"
+            | "off"
+            | "Off"
+            | "OFF"
+    )
+}
+
+fn strip_sign(v: &str) -> &str {
+    v.strip_prefix(['-', '+']).unwrap_or(v)
+}
+
+/// `[0-9][0-9_]*` at the start: its length (0 when none).
+fn digits_run(v: &[u8]) -> usize {
+    if v.first().is_some_and(u8::is_ascii_digit) {
+        1 + v[1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'_')
+            .count()
+    } else {
+        0
+    }
+}
+
+/// `(?::[0-5]?[0-9])+` at the start: its length (0 when none).
+fn sexagesimal_run(v: &[u8]) -> usize {
+    let mut at = 0;
+    while v.get(at) == Some(&b':') {
+        let digits = v[at + 1..]
+            .iter()
+            .take(2)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let ok = match digits {
+            1 => true,
+            2 => v[at + 1] <= b'5',
+            _ => false,
+        };
+        if !ok {
+            break;
+        }
+        // `[0-5]?[0-9]` takes at most two digits; a third ends the group.
+        at += 1 + digits;
+    }
+    at
+}
+
+/// `[eE][-+][0-9]+` exactly.
+fn is_exponent(v: &[u8]) -> bool {
+    v.len() >= 3
+        && matches!(v[0], b'e' | b'E')
+        && matches!(v[1], b'-' | b'+')
+        && v[2..].iter().all(u8::is_ascii_digit)
+}
+
+fn is_float(value: &str) -> bool {
+    let v = value.as_bytes();
+    if matches!(value, ".nan" | ".NaN" | ".NAN") {
+        return true;
+    }
+    let unsigned = strip_sign(value).as_bytes();
+    if matches!(unsigned, b".inf" | b".Inf" | b".INF") {
+        return true;
+    }
+    // `\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?` (no sign)
+    if v.first() == Some(&b'.') {
+        let run = digits_run(&v[1..]);
+        return run > 0 && (1 + run == v.len() || is_exponent(&v[1 + run..]));
+    }
+    let run = digits_run(unsigned);
+    if run == 0 {
+        return false;
+    }
+    let rest = &unsigned[run..];
+    // `[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?`
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'_')
+            .count();
+        if digits == fraction.len() || is_exponent(&fraction[digits..]) {
+            return true;
+        }
+    }
+    // `[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*`
+    let sexa = sexagesimal_run(rest);
+    sexa > 0
+        && rest[sexa..].first() == Some(&b'.')
+        && rest[sexa + 1..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || *b == b'_')
+}
+
+fn is_int(value: &str) -> bool {
+    let v = strip_sign(value).as_bytes();
+    let all =
+        |s: &[u8], ok: fn(&u8) -> bool| !s.is_empty() && s.iter().all(|b| ok(b) || *b == b'_');
+    if let Some(bits) = v.strip_prefix(b"0b") {
+        return all(bits, |b| matches!(b, b'0' | b'1'));
+    }
+    if let Some(hex) = v.strip_prefix(b"0x") {
+        return all(hex, u8::is_ascii_hexdigit);
+    }
+    if v == b"0" {
+        return true;
+    }
+    if let Some(octal) = v.strip_prefix(b"0") {
+        return all(octal, |b| (b'0'..=b'7').contains(b));
+    }
+    if !v.first().is_some_and(|b| (b'1'..=b'9').contains(b)) {
+        return false;
+    }
+    let run = digits_run(v);
+    run == v.len() || {
+        let sexa = sexagesimal_run(&v[run..]);
+        sexa > 0 && run + sexa == v.len()
+    }
+}
+
+/// Salt's `construct_scalar` (leading zeros stripped: `0755` is 755) then
+/// PyYAML's `construct_yaml_int`, as Python's `str()` prints the result.
+fn int_value(text: &str) -> Result<String, String> {
+    let mut text = text.to_string();
+    if text != "0" && text.starts_with('0') && !text.starts_with("0b") && !text.starts_with("0x") {
+        text = text.trim_start_matches('0').to_string();
+        if text.is_empty() {
+            text = "0".into();
+        }
+    }
+    let cleaned: String = text.chars().filter(|c| *c != '_').collect();
+    let negative = cleaned.starts_with('-');
+    let digits = strip_sign(&cleaned);
+    let bad = || format!("{text:?} is not an int");
+    let magnitude: String = if digits.is_empty() {
+        return Err(bad());
+    } else if digits == "0" {
+        "0".into()
+    } else if let Some(bits) = digits.strip_prefix("0b") {
+        u64::from_str_radix(bits, 2).map_err(|_| bad())?.to_string()
+    } else if let Some(hex) = digits.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).map_err(|_| bad())?.to_string()
+    } else if digits.starts_with('0') {
+        u64::from_str_radix(digits, 8)
+            .map_err(|_| bad())?
+            .to_string()
+    } else if digits.contains(':') {
+        let mut total: u64 = 0;
+        for part in digits.split(':') {
+            let part: u64 = part.parse().map_err(|_| bad())?;
+            total = total
+                .checked_mul(60)
+                .and_then(|t| t.checked_add(part))
+                .ok_or_else(bad)?;
+        }
+        total.to_string()
+    } else if digits.bytes().all(|b| b.is_ascii_digit()) {
+        // Any size, as Python's int: the digits are the value.
+        let trimmed = digits.trim_start_matches('0');
+        if trimmed.is_empty() { "0" } else { trimmed }.to_string()
+    } else {
+        return Err(bad());
+    };
+    Ok(if negative && magnitude != "0" {
+        format!("-{magnitude}")
+    } else {
+        magnitude
+    })
+}
+
+/// Python's `repr()` of the float PyYAML's `construct_yaml_float` makes of
+/// `text`, worked on the digits (no float arithmetic, which would cost the
+/// binary tens of KiB): `None` (so `Opaque`) past 15 significant digits,
+/// for exponents outside Python's positional range and for sexagesimals.
+/// A decimal of at most 15 significant digits is the shortest text of its
+/// double, so Python prints those digits.
+fn float_repr(text: &str) -> Option<String> {
+    let lower: String = text
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let negative = lower.starts_with('-');
+    let unsigned = strip_sign(&lower);
+    let sign = if negative { "-" } else { "" };
+    match unsigned {
+        ".inf" => return Some(format!("{sign}inf")),
+        ".nan" => return Some("nan".into()),
+        _ if unsigned.contains(':') => return None,
+        _ => {}
+    }
+    let (mantissa, exponent) = match unsigned.split_once('e') {
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = format!("{whole}{fraction}");
+    // The value is 0.<digits> * 10^point.
+    let leading = digits.len() - digits.trim_start_matches('0').len();
+    let significant = digits.trim_matches('0');
+    if significant.is_empty() {
+        return Some(format!("{sign}0.0"));
+    }
+    if significant.len() > 15 {
+        return None;
+    }
+    let point = whole.len() as i32 - leading as i32 + exponent;
+    if !(-3..=16).contains(&point) {
+        return None;
+    }
+    let body = if point <= 0 {
+        format!("0.{}{significant}", "0".repeat((-point) as usize))
+    } else if point as usize >= significant.len() {
+        format!(
+            "{significant}{}.0",
+            "0".repeat(point as usize - significant.len())
+        )
+    } else {
+        let (head, tail) = significant.split_at(point as usize);
+        format!("{head}.{tail}")
+    };
+    Some(format!("{sign}{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> Result<Option<String>, String> {
+        load(text).map(|v| v.get("id").and_then(Value::python_str))
+    }
+
+    #[test]
+    fn plain_scalars_typed_as_yaml_1_1() {
+        for (text, expected) in [
+            ("id: web-1", "web-1"),
+            ("id: 123", "123"),
+            ("id: +1_000", "1000"),
+            ("id: 0755", "755"),
+            ("id: 0789", "0789"),
+            ("id: -0755", "-493"),
+            ("id: 0x1F", "31"),
+            ("id: 0b101", "5"),
+            ("id: 190:20:30", "685230"),
+            ("id: 1.5", "1.5"),
+            ("id: 1.0e+3", "1000.0"),
+            ("id: 0.0", "0.0"),
+            ("id: 1.0e3", "1.0e3"),
+            ("id: 1e3", "1e3"),
+            ("id: .inf", "inf"),
+            ("id: -.Inf", "-inf"),
+            ("id: 1_0.5", "10.5"),
+            ("id: yes", "True"),
+            ("id: Off", "False"),
+            ("id: y", "y"),
+            ("id:", "None"),
+            ("id: ~", "None"),
+            ("id: 2001-12-14", "2001-12-14"),
+            ("id: 12345678901234567890123", "12345678901234567890123"),
+        ] {
+            assert_eq!(id(text), Ok(Some(expected.to_string())), "{text}");
+        }
+    }
+
+    #[test]
+    fn floats_print_as_python_does() {
+        for (text, repr) in [
+            ("1.5", Some("1.5")),
+            ("1.", Some("1.0")),
+            (".5", Some("0.5")),
+            ("-0.0", Some("-0.0")),
+            ("10.50", Some("10.5")),
+            ("1_000.25", Some("1000.25")),
+            ("1.0e+3", Some("1000.0")),
+            ("1.5e-3", Some("0.0015")),
+            ("0.0001", Some("0.0001")),
+            ("0.00001", None),
+            ("1.0e+15", Some("1000000000000000.0")),
+            ("1.0e+16", None),
+            ("3.14159265358979", Some("3.14159265358979")),
+            ("3.141592653589793", None),
+            ("1:30.5", None),
+        ] {
+            assert_eq!(float_repr(text).as_deref(), repr, "{text}");
+        }
+    }
+
+    #[test]
+    fn structures_salt_accepts() {
+        assert_eq!(id("master:\n- a\n- b\nid: x\n"), Ok(Some("x".into())));
+        assert_eq!(id("{id: flow, master: m}"), Ok(Some("flow".into())));
+        assert_eq!(
+            id("id: >-\n  folded\n  text\n"),
+            Ok(Some("folded text".into()))
+        );
+        assert_eq!(id("id: |\n  lit\n"), Ok(Some("lit\n".into())));
+        assert_eq!(id("id: !!str 123"), Ok(Some("123".into())));
+        assert_eq!(id("id: \"multi\n  line\"\n"), Ok(Some("multi line".into())));
+        assert_eq!(
+            id("base: &b {id: merged}\n<<: *b\n"),
+            Ok(Some("merged".into()))
+        );
+        assert_eq!(
+            id("base: &b {id: merged}\n<<: *b\nid: explicit\n"),
+            Ok(Some("explicit".into()))
+        );
+        assert_eq!(id("x: &a anchored\nid: *a\n"), Ok(Some("anchored".into())));
+        assert_eq!(id(""), Ok(None));
+    }
+
+    #[test]
+    fn what_salt_rejects_is_an_error() {
+        for text in [
+            "id: a\nid: b\n",
+            "1: a\ntrue: b\n",
+            "id: !custom x\n",
+            "id: a\n---\nid: b\n",
+            "id: =\n",
+            "? [a]\n: b\n",
+            "id: *nowhere\n",
+            "id: \"unterminated\n",
+        ] {
+            assert!(load(text).is_err(), "{text:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for text in [
+            format!("id: {}", "[".repeat(100_000)),
+            format!("id: {}x{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("id: {}", "{a: ".repeat(50_000)),
+            format!("id:\n{}x\n", "- ".repeat(10_000)),
+        ] {
+            assert!(load(&text).is_err(), "{:?}", &text[..40]);
+        }
+        // Just within the bound, on half the link thread's 256 KiB stack
+        // (machine_id runs there): nested mappings, sequences and merges.
+        let deepest = format!(
+            "b: &b {{x: 1}}\nid: {}{{<<: *b, y: [z]}}{}\n",
+            "{a: [".repeat(30),
+            "]}".repeat(30)
+        );
+        let parsed = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || load(&deepest).map(|v| v.get("id").is_some()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(parsed, Ok(true));
+    }
+
+    #[test]
+    fn alias_bombs_are_bounded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..12 {
+            let prev = level - 1;
+            text.push_str(&format!(
+                "a{level}: &a{level} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        assert!(load(&text).is_err());
+    }
+}
