@@ -20,6 +20,7 @@ mod lockfile;
 mod logger;
 mod machine_id;
 mod messages;
+mod nss;
 mod outbox;
 mod protocol;
 mod readers;
