@@ -22,6 +22,7 @@ mod machine_id;
 mod messages;
 mod nss;
 mod outbox;
+mod pacing;
 mod protocol;
 mod readers;
 mod session;

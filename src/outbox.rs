@@ -157,6 +157,19 @@ impl Outbox {
         }
     }
 
+    /// A new bound on a batch's text (the session follows the link's speed,
+    /// `pacing.rs`); it applies from the open batch on, sealed ones keep theirs.
+    pub fn set_batch_limit(&mut self, max_batch: usize) {
+        self.max_batch = max_batch.max(4);
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.text.len() + 3 >= self.max_batch)
+        {
+            self.seal();
+        }
+    }
+
     pub fn open_bytes(&self) -> usize {
         self.open.as_ref().map_or(0, |b| b.text.len())
     }

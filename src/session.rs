@@ -16,6 +16,7 @@ use crate::frames::FramePool;
 use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
 use crate::outbox::Outbox;
+use crate::pacing::Pacer;
 use crate::protocol::Encoder;
 
 /// PROTOCOL.md: a heartbeat every 5 s.
@@ -116,6 +117,8 @@ pub struct Session {
     settings: Settings,
     encoder: Encoder,
     outbox: Outbox,
+    /// The output message bound, from the link's speed.
+    pacer: Pacer,
     /// Recycled buffers for output frames (the link thread returns them).
     frames: FramePool,
     conn: Option<Conn>,
@@ -141,7 +144,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(settings: Settings, outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+    pub fn new(settings: Settings, mut outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+        let pacer = Pacer::new();
+        outbox.set_batch_limit(pacer.limit());
         let encoder = Encoder::new(
             &settings.job_name,
             &settings.job_instance,
@@ -151,6 +156,7 @@ impl Session {
             settings,
             encoder,
             outbox,
+            pacer,
             frames,
             conn: None,
             start_acked: false,
@@ -253,6 +259,8 @@ impl Session {
                     return self.on_frame(frame, now, effects);
                 }
             }
+            // Any generation: the link's speed does not change with a reconnect.
+            LinkEvent::Sent { bytes, took } => self.on_frame_sent(bytes, took),
         }
         None
     }
@@ -294,6 +302,23 @@ impl Session {
             self.outbox.next_wire_seq(),
         );
         self.send(effects, self.encoder.sync_request(wall, last_acked, next));
+    }
+
+    /// The link timed a frame: output messages follow its speed (`pacing.rs`).
+    fn on_frame_sent(&mut self, bytes: usize, took: Duration) {
+        let before = self.pacer.limit();
+        if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
+            self.outbox.set_batch_limit(limit);
+            let line = format!(
+                "output messages now at most {limit} bytes (a {bytes}-byte frame took {:.1} s on the link)",
+                took.as_secs_f64()
+            );
+            if limit < before {
+                log::info!("slow link: {line}");
+            } else {
+                log::debug!("{line}");
+            }
+        }
     }
 
     fn is_current(&self, generation: u64) -> bool {

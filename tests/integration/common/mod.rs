@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod scenarios;
 pub mod scripted;
 pub mod seccomp;
+pub mod throttle;
 #[path = "../../../src/xorshift.rs"]
 pub mod xorshift;
 
