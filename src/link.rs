@@ -233,8 +233,11 @@ impl QueueAhead {
         }
         if took >= Duration::from_secs(1) {
             self.quick = 0;
-            let per_second = size as f64 / took.as_secs_f64();
-            self.bytes = ((per_second * QUEUE_AHEAD.as_secs_f64()) as u64).max(MIN_QUEUE_AHEAD);
+            // Integer arithmetic: float code would add ~30 KiB to the binary.
+            let moved = size as u128 * QUEUE_AHEAD.as_millis() / took.as_millis().max(1);
+            self.bytes = u64::try_from(moved)
+                .unwrap_or(u64::MAX)
+                .clamp(MIN_QUEUE_AHEAD, MAX_QUEUE_AHEAD);
         } else if size as u64 * 2 >= self.bytes {
             self.quick += 1;
             if self.quick >= 2 {
@@ -642,17 +645,18 @@ impl Link {
                 unacknowledged.pop_front();
                 let (checked_at, acknowledged_then) = last_check;
                 let done = if acknowledged > acknowledged_then && end > acknowledged_then {
-                    let share = (end - acknowledged_then) as f64
-                        / (acknowledged - acknowledged_then) as f64;
-                    checked_at + now.saturating_duration_since(checked_at).mul_f64(share)
+                    let span = now.saturating_duration_since(checked_at).as_nanos();
+                    let into = span * u128::from(end - acknowledged_then)
+                        / u128::from(acknowledged - acknowledged_then);
+                    checked_at + Duration::from_nanos(u64::try_from(into).unwrap_or(u64::MAX))
                 } else {
                     now
                 };
                 let took = done.saturating_duration_since(handed.max(last_frame_done));
                 last_frame_done = done;
                 log::debug!(
-                    "frame of {size} bytes on the link for {:.2} s ({} bytes queued behind it)",
-                    took.as_secs_f64(),
+                    "frame of {size} bytes on the link for {} ms ({} bytes queued behind it)",
+                    took.as_millis(),
                     written - acknowledged
                 );
                 queue_ahead.after_frame(size, took);

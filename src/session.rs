@@ -310,8 +310,8 @@ impl Session {
         if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
             self.outbox.set_batch_limit(limit);
             let line = format!(
-                "output messages now at most {limit} bytes (a {bytes}-byte frame took {:.1} s on the link)",
-                took.as_secs_f64()
+                "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
+                took.as_millis()
             );
             if limit < before {
                 log::info!("slow link: {line}");
