@@ -248,11 +248,21 @@ impl QueueAhead {
     }
 }
 
-/// The link's socket, counting the bytes the kernel took from us.
+/// The socket under every WebSocket of ours, counting the bytes the kernel
+/// took from us. (One stream type for the link and the guardian: tungstenite
+/// compiled for two would cost the static binary about 25 KB.)
 #[derive(Debug)]
-struct Counted {
+pub struct Counted {
     stream: TcpStream,
     written: u64,
+}
+
+impl std::ops::Deref for Counted {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
 }
 
 impl Read for Counted {
@@ -292,15 +302,7 @@ impl Counted {
 /// handshake (bounded). The socket is left blocking, with the handshake
 /// timeout as its read and write timeouts; the link thread makes it
 /// non-blocking, the guardian (`guardian.rs`) sets its own timeouts.
-pub fn open(url: &WsUrl) -> Result<WebSocket<TcpStream>, String> {
-    open_over(url, |stream| stream)
-}
-
-/// `open`, with the socket wrapped by `wrap` before the handshake.
-fn open_over<S: Read + Write>(
-    url: &WsUrl,
-    wrap: impl FnOnce(TcpStream) -> S,
-) -> Result<WebSocket<S>, String> {
+pub fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
@@ -327,9 +329,12 @@ fn open_over<S: Read + Write>(
         .max_message_size(Some(MAX_INBOUND_FRAME))
         .max_frame_size(Some(MAX_INBOUND_FRAME))
         .read_buffer_size(16 * 1024);
-    let (ws, _response) =
-        tungstenite::client::client_with_config(url.raw.as_str(), wrap(stream), Some(config))
-            .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
+    let (ws, _response) = tungstenite::client::client_with_config(
+        url.raw.as_str(),
+        Counted { stream, written: 0 },
+        Some(config),
+    )
+    .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
     Ok(ws)
 }
 
@@ -429,7 +434,7 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<Counted>, String> {
-        let ws = open_over(&self.url, |stream| Counted { stream, written: 0 })?;
+        let ws = open(&self.url)?;
         ws.get_ref()
             .stream
             .set_nonblocking(true)
