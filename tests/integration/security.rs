@@ -367,8 +367,9 @@ fn free_id(database: &str, taken: &[u32]) -> u32 {
 
 /// `SP_USER` naming a user that only the host's NSS knows (as with SSSD,
 /// LDAP or AD), whose primary group and a supplementary group are known only
-/// there too; and a local user (`nobody`) who is a member of that directory
-/// group. The static binary cannot see either through musl: the launcher
+/// there too; and a local user (in /etc/passwd, added for the test) who is a
+/// member of that directory group. (Not `nobody`: other tests ask for its
+/// groups, and must not see the test's.) The static binary cannot see either through musl: the launcher
 /// must ask NSS (getent), and the job must run with what glibc says. The
 /// oracle is glibc itself (`getent`, `id`), asked while NSS knows the user.
 #[test]
@@ -384,8 +385,9 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
         "libnss-extrausers is not installed: apt-get install libnss-extrausers (./build.sh deps does)"
     );
     let pid = std::process::id();
-    let (user, primary, extra) = (
+    let (user, local, primary, extra) = (
         format!("sp_nss_u{pid}"),
+        format!("sp_nss_l{pid}"),
         format!("sp_nss_p{pid}"),
         format!("sp_nss_g{pid}"),
     );
@@ -399,6 +401,8 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
 
     let global = extrausers::GlobalLock::take();
     let uid = free_id("passwd", &[]);
+    let local_uid = free_id("passwd", &[uid]);
+    let local_user = extrausers::LocalUser::add(&local, local_uid);
     let primary_gid = free_id("group", &[]);
     let extra_gid = free_id("group", &[primary_gid]);
     let mut nss = extrausers::ExtraUsers::install(
@@ -406,7 +410,7 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
             "{user}:x:{uid}:{primary_gid}:sp_wrapper test:{}:/bin/sh\n",
             utf8(&home)
         ),
-        &format!("{primary}:x:{primary_gid}:\n{extra}:x:{extra_gid}:{user},nobody\n"),
+        &format!("{primary}:x:{primary_gid}:\n{extra}:x:{extra_gid}:{user},{local}\n"),
     );
     assert!(
         !std::fs::read_to_string("/etc/passwd")
@@ -427,7 +431,7 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
             .map(str::to_string)
             .collect()
     };
-    let (user_groups, nobody_groups) = (id_groups(&user), id_groups("nobody"));
+    let (user_groups, local_groups) = (id_groups(&user), id_groups(&local));
     let launch = |job_name: &str, instance: &str, sp_user: &str| {
         Launch::new(&server.url(), job_name, instance, job, &dir)
             .env("SP_USER", sp_user)
@@ -436,10 +440,11 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
             .run()
     };
     let directory_launch = launch("diruser", "diruser_1", &user);
-    let local_launch = launch("localuser", "localuser_1", "nobody");
+    let local_launch = launch("localuser", "localuser_1", &local);
     // Restore /etc/nsswitch.conf at once: the launches are done with NSS
     // (the job's `id -u/-g/-G` print numbers and ask no one).
     nss.disable();
+    drop(local_user);
     drop(global);
 
     assert_eq!(
@@ -459,8 +464,8 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
         .collect();
     assert_eq!(user_groups, expected, "glibc's groups of {user}");
     assert!(
-        nobody_groups.contains(&extra_gid.to_string()),
-        "glibc's groups of nobody: {nobody_groups:?}"
+        local_groups.contains(&extra_gid.to_string()),
+        "glibc's groups of {local}: {local_groups:?}"
     );
     assert_eq!(directory_launch.code, Some(0), "{directory_launch:?}");
     assert_eq!(local_launch.code, Some(0), "{local_launch:?}");
@@ -516,8 +521,8 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
     assert!(lines.len() >= 3, "{:?}", result.ret);
     let job_groups: BTreeSet<String> = lines[2].split_whitespace().map(str::to_string).collect();
     assert_eq!(
-        job_groups, nobody_groups,
-        "nobody keeps its directory group {extra_gid}"
+        job_groups, local_groups,
+        "{local} keeps its directory group {extra_gid}"
     );
     wait_wrappers_done(&dir.join("diruser.log"), 1);
     wait_wrappers_done(&dir.join("localuser.log"), 1);

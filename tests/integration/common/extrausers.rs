@@ -164,6 +164,42 @@ impl Drop for ExtraUsers {
     }
 }
 
+/// A user in /etc/passwd for the length of a test (`useradd`, which takes
+/// the passwd file's own locks), removed on drop. Its primary group is
+/// `nogroup` (65534); it gets no group of its own.
+pub struct LocalUser {
+    name: String,
+}
+
+impl LocalUser {
+    pub fn add(name: &str, uid: u32) -> LocalUser {
+        let out = Command::new("useradd")
+            .args([
+                "-M",
+                "-N",
+                "-g",
+                "65534",
+                "-d",
+                "/nonexistent",
+                "-s",
+                "/bin/sh",
+            ])
+            .args(["-u", &uid.to_string(), name])
+            .output()
+            .expect("run useradd");
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+        LocalUser {
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
 /// `getent DATABASE KEY` through the host's glibc: `None` when not found.
 pub fn getent(database: &str, key: &str) -> Option<String> {
     let out = Command::new("getent")
