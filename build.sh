@@ -12,6 +12,8 @@
 #   ./build.sh deps        the musl target, .venv with the real Saltpeter endpoint,
 #                          and the packaging tools from Debian
 #   ./build.sh demo        build, run one job against the real endpoint, show the result
+#   ./build.sh soak [N]    the host and per-arch integration suites N times (10), every
+#                          other round with every core kept busy by a CPU hog
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
@@ -28,6 +30,13 @@ PYTHON="$VENV/bin/python"
 E2E_VENV=.venv-e2e
 E2E_PYTHON="$E2E_VENV/bin/python"
 MAX_SIZE=$((1024 * 1024))
+# Virtual environments live here, one per interpreter and set of pins, so a
+# fresh clone on the same machine (CI) reuses them instead of reinstalling;
+# .venv and .venv-e2e are symlinks to them. pip keeps its download cache in
+# ~/.cache/pip as ever.
+CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
+ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
+E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 
 say() { printf '==> %s\n' "$*"; }
@@ -46,7 +55,7 @@ deps_rust() {
 }
 
 # The other arches (docs/packaging.md, "The binaries"): Rust targets for
-# aarch64 and i686; for armv7, whose std rustup cannot download, std's
+# aarch64 and i686; for armv7, when rustup cannot download its std, std's
 # sources (rust-src), Debian's musl for armhf, and clang to build LLVM's
 # libunwind; qemu-user to run aarch64 and armv7 binaries, faketime for the
 # after-2038 check. apt only when something is missing (and we are root).
@@ -79,16 +88,41 @@ deps_arches() {
         echo "build.sh: could not install ${missing[*]}; arches that need them are skipped" >&2
 }
 
+# cached_venv LINK PYTHON PIN...: make LINK a symlink to the virtual
+# environment in CACHE_DIR keyed by PYTHON's version and the pins, creating
+# that environment (empty) if it is not there yet. The caller installs into
+# it and checks what it needs, so a cached environment is only trusted as
+# far as those checks go.
+cached_venv() {
+    local link=$1 python=$2 key dir
+    shift 2
+    key=$({ "$python" -c 'import sys; print(sys.version)' && printf '%s\n' "$@"; } | sha256sum | cut -c1-12)
+    dir="$CACHE_DIR/venvs/${link#.}-$key"
+    mkdir -p "$CACHE_DIR/venvs"
+    if [ ! -x "$dir/bin/python" ]; then
+        say "creating the virtual environment $dir (for $link: $*)"
+        rm -rf "$dir.tmp"
+        "$python" -m venv "$dir.tmp"
+        # (venv writes its own path into its scripts: made in place, then
+        # renamed, so a venv is only ever seen whole; pip runs as python -m)
+        mv -T "$dir.tmp" "$dir" 2>/dev/null || rm -rf "$dir.tmp"
+    fi
+    if [ -L "$link" ] || [ ! -e "$link" ]; then
+        ln -sfn "$dir" "$link"
+    elif [ "$(readlink -f "$link")" != "$(readlink -f "$dir")" ]; then
+        # An environment made before the cache: replaced by the cached one.
+        rm -rf "$link"
+        ln -sfn "$dir" "$link"
+    fi
+}
+
 # The real endpoint (saltpeter==0.9.32 and websockets, which it imports but
 # does not declare): all the demo needs besides the musl target.
 deps_endpoint() {
-    if [ ! -x "$PYTHON" ]; then
-        say "creating $VENV"
-        python3 -m venv "$VENV"
-    fi
+    cached_venv "$VENV" python3 "${ENDPOINT_PINS[@]}"
     if ! "$PYTHON" -c 'import saltpeter.machines_endpoint, websockets' 2>/dev/null; then
-        say "installing the real Saltpeter endpoint (saltpeter==0.9.32) into $VENV"
-        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps 'saltpeter==0.9.32' websockets
+        say "installing the real Saltpeter endpoint (${ENDPOINT_PINS[*]}) into $VENV"
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps "${ENDPOINT_PINS[@]}"
     fi
 }
 
@@ -199,7 +233,7 @@ build_arch() {
     mkdir -p "dist/$triple"
     # Never leave an older binary standing for an arch that did not build.
     rm -f "dist/$triple/sp_wrapper"
-    if [ "$triple" = "$ARMV7" ]; then
+    if [ "$triple" = "$ARMV7" ] && ! armv7_prebuilt; then
         build_armv7 || return 1
     else
         [ "$triple" = "$TARGET" ] || deps_rust "$triple"
@@ -237,7 +271,24 @@ check_static() {
     say "$bin: $size bytes ($((size / 1024)) KiB; bound $((MAX_SIZE / 1024)) KiB), static ET_EXEC, no PT_INTERP: $says"
 }
 
-# armv7: rustup has no prebuilt std for armv7-unknown-linux-musleabihf, so
+# armv7_prebuilt: rustup lists armv7-unknown-linux-musleabihf, so try its
+# prebuilt std first (once per run); where its download fails (404 on the
+# Rust dist server for this toolchain, seen here), build std from source.
+ARMV7_PREBUILT=
+armv7_prebuilt() {
+    if [ -z "$ARMV7_PREBUILT" ]; then
+        ARMV7_PREBUILT=no
+        if rustup target list --installed 2>/dev/null | grep -qx "$ARMV7" ||
+            rustup target add "$ARMV7" >/dev/null 2>&1; then
+            ARMV7_PREBUILT=yes
+        else
+            say "rustup has no prebuilt std for $ARMV7 here (rustup target add failed): std is built from source"
+        fi
+    fi
+    [ "$ARMV7_PREBUILT" = yes ]
+}
+
+# armv7 without rustup's prebuilt std (armv7_prebuilt failed), so
 # std is built from its sources (-Zbuild-std; RUSTC_BOOTSTRAP=1 lets the
 # stable compiler accept it), linked by rust-lld against Debian's
 # musl-dev:armhf (crt objects and libc.a, musl 1.2.3) and LLVM's libunwind,
@@ -324,7 +375,7 @@ prove_arch() {
         "$@"
         ARCH_TIMES+=("$(printf '%-32s %-44s %4d s' "$triple" "$what" $((SECONDS - started)))")
     }
-    if [ "$triple" = "$ARMV7" ]; then
+    if [ "$triple" = "$ARMV7" ] && ! armv7_prebuilt; then
         say "$triple: unit tests built for it, run under $runner"
         timed "unit tests (std from source, qemu-arm)" armv7_unit_tests
     elif [ "$triple" != "$TARGET" ]; then
@@ -439,6 +490,101 @@ build_all() {
     printf '    %s\n' "${summary[@]}"
 }
 
+# ---------------------------------------------------------------------------
+# Soak (issue 17): a suite that passes once may still fail on the next fresh
+# machine. N rounds of the host's integration suite (every test, root-only
+# ones included) and each arch's suites (prove_arch), the even rounds with a
+# busy loop per core at the same priority as the tests. Every failure is
+# printed with its round, and the run ends with a table and exit 1 if any.
+
+SOAK_HOG_PIDS=()
+soak_hog_start() {
+    local i
+    for i in $(seq "$(nproc)"); do
+        ( while :; do :; done ) &
+        SOAK_HOG_PIDS+=($!)
+    done
+}
+soak_hog_stop() {
+    [ ${#SOAK_HOG_PIDS[@]} -eq 0 ] || kill "${SOAK_HOG_PIDS[@]}" 2>/dev/null || true
+    wait "${SOAK_HOG_PIDS[@]}" 2>/dev/null || true
+    SOAK_HOG_PIDS=()
+}
+
+# The host's part of ./build.sh test: every integration test (root-only and
+# old-kernel ones included; arch:: is per arch), then the conformance and
+# guardian suites again under the 2.6.32 filter.
+soak_host() {
+    SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- \
+        --include-ignored --skip arch:: &&
+        SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked \
+            --test integration -- --include-ignored old_kernel:: conformance:: guardian::
+}
+
+# soak_summary LOG STATUS: "ok, N passed" (summed over the log's test
+# binaries) or the names of the failed tests.
+soak_summary() {
+    if [ "$2" -eq 0 ]; then
+        echo "ok, $(grep -o '[0-9]* passed' "$1" | awk '{n += $1} END {print n + 0}') passed"
+    else
+        echo "FAILED (exit $2): $(grep -E '^test .* FAILED$' "$1" | sed 's/^test //; s/ \.\.\. FAILED$//' | tr '\n' ' ')"
+    fi
+}
+
+soak() {
+    local rounds=${1:-10} round hog started status failures=0 table=() triple log
+    case "$rounds" in '' | *[!0-9]*) echo "build.sh: soak N: N must be a number of rounds" >&2; exit 2 ;; esac
+    deps
+    build
+    export SP_TEST_PYTHON="$PWD/$PYTHON"
+    cargo test --release --locked --test integration --no-run
+    build_all
+    mkdir -p target/soak
+    trap 'soak_hog_stop' EXIT
+    for round in $(seq "$rounds"); do
+        hog=no
+        if [ $((round % 2)) -eq 0 ]; then
+            hog="yes ($(nproc) busy loops)"
+            soak_hog_start
+        fi
+        say "soak round $round/$rounds, CPU hog: $hog"
+        started=$SECONDS
+        log="target/soak/round$round-host.log"
+        status=0
+        # (In the background, waited for: `set -e` holds inside it, which
+        # it would not on the left of `||`.)
+        soak_host >"$log" 2>&1 &
+        wait $! || status=$?
+        table+=("$(printf 'round %2d  hog %-3s  %-32s %4d s  %s' "$round" "${hog%% *}" host $((SECONDS - started)) "$(soak_summary "$log" $status)")")
+        if [ $status -ne 0 ]; then
+            failures=$((failures + 1))
+            say "round $round host suite FAILED (log: $log)"
+            sed -n '/^failures:$/,/^test result/p' "$log" | tail -n 80
+        fi
+        for triple in "${BUILT_ARCHES[@]}"; do
+            [ "$triple" = "$TARGET" ] && continue
+            started=$SECONDS
+            log="target/soak/round$round-$triple.log"
+            status=0
+            ARCH_TIMES=()
+            prove_arch "$triple" >"$log" 2>&1 &
+            wait $! || status=$?
+            table+=("$(printf 'round %2d  hog %-3s  %-32s %4d s  %s' "$round" "${hog%% *}" "$triple" $((SECONDS - started)) "$(soak_summary "$log" $status)")")
+            if [ $status -ne 0 ]; then
+                failures=$((failures + 1))
+                say "round $round $triple FAILED (log: $log)"
+                sed -n '/^failures:$/,/^test result/p' "$log" | tail -n 80
+            fi
+        done
+        soak_hog_stop
+        printf '    %s\n' "${table[@]}" | grep "^    round *$round " || true
+    done
+    trap - EXIT
+    say "soak: $rounds rounds, $failures failed suite runs, $((SECONDS / 60)) min $((SECONDS % 60)) s"
+    printf '    %s\n' "${table[@]}"
+    [ "$failures" -eq 0 ]
+}
+
 build_local() {
     cargo build --release --locked
     mkdir -p dist
@@ -447,40 +593,54 @@ build_local() {
     say "dist/sp_wrapper-local"
 }
 
+# step NAME: close the step that ran since the last call (its time goes to
+# STEP_TIMES, printed at the end of the test), and name the next.
+STEP_TIMES=()
+STEP_NAME=
+STEP_START=0
+step() {
+    [ -z "$STEP_NAME" ] || STEP_TIMES+=("$(printf '%-44s %5d s' "$STEP_NAME" $((SECONDS - STEP_START)))")
+    STEP_NAME=$1
+    STEP_START=$SECONDS
+    [ -z "$1" ] || say "$1"
+}
+
 run_tests() {
+    step "dependencies and the x86_64 build"
     deps
     build
-    say "format and lint"
+    step "format and lint"
     cargo fmt --all -- --check
     cargo clippy --locked --all-targets -- -D warnings
     export SP_TEST_PYTHON="$PWD/$PYTHON"
-    say "unit, integration and conformance tests (host build)"
+    step "unit, integration and conformance tests (host build)"
     cargo test --release --locked
     # Tests that need root are #[ignore]d with their reason, so a plain
     # `cargo test` as a user reports them as ignored, never as passed. CI
     # runs as root: run them here, where they fail if they cannot run.
-    say "tests that need root (SP_USER)"
-    cargo test --release --locked --test integration -- --ignored security::
-    say "static binary checks"
+    step "tests that need root (SP_USER; a reused pid of the job, through ns_last_pid; a 1 MiB tmpfs)"
+    cargo test --release --locked --test integration -- --ignored security:: guardian:: bounded::
     file dist/sp_wrapper | grep -q 'statically linked' || { echo "build.sh: dist/sp_wrapper is not statically linked" >&2; exit 1; }
     # The host build above is linked with glibc, which has NSS: only the
     # static musl file can show that directory users reach it through getent.
-    say "directory users (SP_USER known only to NSS, libnss-extrausers), static binary"
+    step "directory users (SP_USER known only to NSS, libnss-extrausers), static binary"
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored --exact \
         security::sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups
-    say "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    step "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian::
-    say "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
+    step "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
     prove_all_arches
-    say "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
+    step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
+    step "end-to-end: dependencies, then the suite"
     deps_e2e
     e2e_suite
+    step ""
+    say "./build.sh test passed in $((SECONDS / 60)) min $((SECONDS % 60)) s; by step:"
+    printf '    %s\n' "${STEP_TIMES[@]}"
 }
 
-# Only what the demo runs (the musl target, the endpoint's .venv): a fresh
-# machine gets to the demo in well under a minute.
 demo() {
     deps_endpoint
     build
@@ -514,13 +674,10 @@ deps_e2e() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
-    if [ ! -x "$E2E_PYTHON" ]; then
-        say "creating $E2E_VENV"
-        python3 -m venv "$E2E_VENV"
-    fi
+    cached_venv "$E2E_VENV" python3 "${E2E_PINS[@]}"
     if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
-        say "installing salt==3008.3, saltpeter==0.9.32, websockets and pytest into $E2E_VENV (minutes on a fresh machine)"
-        "$E2E_PYTHON" -m pip install --quiet 'salt==3008.3' 'saltpeter==0.9.32' websockets 'pytest>=8,<10'
+        say "installing ${E2E_PINS[*]} into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
+        "$E2E_PYTHON" -m pip install --quiet --disable-pip-version-check "${E2E_PINS[@]}"
         say "e2e dependencies installed in $((SECONDS - started)) s"
     fi
 }
@@ -592,12 +749,13 @@ case "${1:-build}" in
     deps) deps ;;
     demo) demo ;;
     bench) bench ;;
+    soak) soak "${2:-10}" ;;
     package) package ;;
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|bench|package|e2e|e2e-bench|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|e2e|e2e-bench|clean]" >&2
         exit 2
         ;;
 esac

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, SystemTime};
@@ -292,6 +293,20 @@ pub fn signal_group(pgid: i32, signal: i32) -> bool {
     // Negative pid = process group. ESRCH means no process is left in it.
     let rc = unsafe { libc::kill(-pgid, signal) };
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// `signal_group` for a group whose leader we know was reaped. The kernel
+/// never hands out a pid still in use as a process group's id, so if a
+/// process with the leader's pid exists now, the group was empty and its id
+/// was reused (CentOS 6's pid_max is 32768): the group is gone, and
+/// signalling that id would hit an unrelated group. Without /proc, the
+/// plain signal (a reuse in that window would need the pids to wrap).
+pub fn signal_group_of_reaped(pgid: i32, signal: i32) -> bool {
+    let proc_mounted = Path::new("/proc/self").exists();
+    if proc_mounted && Path::new(&format!("/proc/{pgid}")).exists() {
+        return false;
+    }
+    signal_group(pgid, signal)
 }
 
 /// Become the reaper of our orphaned descendants (Linux 3.4+), so zombies of

@@ -72,6 +72,14 @@ pub struct Config {
     pub buffer_limit: usize,
     /// Where the spool file goes: `SP_SPOOL_DIR`, else the log directory.
     pub spool_dir: PathBuf,
+    /// `SP_SPOOL_MAX_MB` in bytes: the most backlog the spool file holds.
+    pub spool_limit: u64,
+    /// `SP_OUTPUT_MAX_MB` in bytes: the most output the server receives
+    /// per run; `None` (0) for no cap.
+    pub output_limit: Option<u64>,
+    /// `SP_LEFTOUT_MAX_MB` in bytes: the most of the output past the cap
+    /// kept on the minion.
+    pub leftout_limit: u64,
 }
 
 /// Every variable we read, with a one-line description (for `--help`).
@@ -125,6 +133,18 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "SP_SPOOL_DIR",
         "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills",
     ),
+    (
+        "SP_SPOOL_MAX_MB",
+        "default 512; most unacknowledged output kept in the spool file",
+    ),
+    (
+        "SP_OUTPUT_MAX_MB",
+        "default 8 (0: no cap); most output the server receives per run: the head, then its last 256 KiB",
+    ),
+    (
+        "SP_LEFTOUT_MAX_MB",
+        "default 256; most of the output past SP_OUTPUT_MAX_MB kept in <log dir>/<job>.<instance>.leftout",
+    ),
 ];
 
 /// The variables Saltpeter always passes; none is optional.
@@ -147,6 +167,13 @@ const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
 const DEFAULT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_BUFFER_MB: usize = 64;
+const DEFAULT_SPOOL_MB: u64 = 512;
+/// Chosen from the server's cost per run (docs/saltpeter.md, "What one
+/// run's output costs the server").
+pub const DEFAULT_OUTPUT_MB: u64 = 8;
+const DEFAULT_LEFTOUT_MB: u64 = 256;
+/// The largest disk cap: 1 TiB.
+const MAX_DISK_MB: u64 = 1 << 20;
 /// The largest SP_BUFFER_MAX_MB: 1 TiB, or half the address space where that
 /// is less (2047 MiB on i686 and armv7), so `mb << 20` cannot wrap in `usize`
 /// and a budget the process could never hold is refused at launch.
@@ -248,6 +275,19 @@ impl Config {
         };
         let spool_dir =
             absolute_path("SP_SPOOL_DIR", get("SP_SPOOL_DIR"))?.unwrap_or_else(|| log_dir.clone());
+        let megabytes = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            Ok(match get(var) {
+                None => default << 20,
+                Some(v) => parse_whole(var, &v, MAX_DISK_MB)? << 20,
+            })
+        };
+        let spool_limit = megabytes("SP_SPOOL_MAX_MB", DEFAULT_SPOOL_MB)?;
+        if spool_limit == 0 {
+            return bad("SP_SPOOL_MAX_MB", "must be at least 1");
+        }
+        let output_limit =
+            Some(megabytes("SP_OUTPUT_MAX_MB", DEFAULT_OUTPUT_MB)?).filter(|&b| b > 0);
+        let leftout_limit = megabytes("SP_LEFTOUT_MAX_MB", DEFAULT_LEFTOUT_MB)?;
         let cwd = match get("SP_CWD") {
             None => None,
             Some(v) if v.contains('\0') => return bad("SP_CWD", "contains a NUL byte"),
@@ -275,6 +315,9 @@ impl Config {
             lockfile,
             buffer_limit,
             spool_dir,
+            spool_limit,
+            output_limit,
+            leftout_limit,
         })
     }
 
@@ -286,6 +329,19 @@ impl Config {
 
     pub fn log_path(&self) -> PathBuf {
         self.log_dir.join(format!("{}.log", self.job_file_name()))
+    }
+
+    /// Where output past `SP_OUTPUT_MAX_MB` is kept:
+    /// `<log dir>/<job>.<instance>.leftout`, or with the daemon's pid for an
+    /// instance name too long for a file name.
+    pub fn leftout_path(&self, daemon_pid: u32) -> PathBuf {
+        let job = self.job_file_name();
+        let name = file_name_component(&self.job_instance)
+            .map(|instance| format!("{job}.{instance}.leftout"))
+            .ok()
+            .filter(|name| name.len() <= 250)
+            .unwrap_or_else(|| format!("{job}.{daemon_pid}.leftout"));
+        self.log_dir.join(name)
     }
 }
 
@@ -524,6 +580,11 @@ mod tests {
             ("SP_WRAPPER_LOGDIR", "relative/dir"),
             ("SP_LOCKFILE", "x.lock"),
             ("SP_BUFFER_MAX_MB", "0"),
+            ("SP_SPOOL_MAX_MB", "0"),
+            ("SP_SPOOL_MAX_MB", "1048577"),
+            ("SP_OUTPUT_MAX_MB", "-1"),
+            ("SP_OUTPUT_MAX_MB", "1.5"),
+            ("SP_LEFTOUT_MAX_MB", "lots"),
         ] {
             let error = parse(&[(var, value)]).expect_err(value);
             assert_eq!(error.var, var, "{value}");

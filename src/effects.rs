@@ -4,6 +4,8 @@
 //! tests use a fake that records everything, so the session and the job's
 //! lifecycle are tested with fake events and fake time, without threads.
 
+use std::time::SystemTime;
+
 use crate::messages::{LinkCommand, Stream};
 
 pub trait Effects {
@@ -16,8 +18,17 @@ pub trait Effects {
     /// Our `start` went out on a connection (the guardian must not send
     /// another: the server may have recorded it).
     fn start_sent(&mut self) {}
-    /// The job's result is fixed (the guardian says so if we die delivering it).
-    fn job_finished(&mut self, _retcode: i32) {}
+    /// The job's result is fixed, its main process reaped at `exited_at`
+    /// (the guardian says so if we die delivering it). Called before the
+    /// result is logged or acted on.
+    fn job_finished(&mut self, _retcode: i32, _exited_at: SystemTime) {}
+    /// No process of the job's group is left and its leader is reaped: the
+    /// group id may be reused by an unrelated process from now on, so
+    /// nothing may signal it again (`signal_group` answers `false`).
+    fn job_group_gone(&mut self) {}
+    /// The run's end is settled (result recorded, refused, or written to
+    /// the log): nothing is left for the guardian to do.
+    fn settled(&mut self) {}
     /// Append undelivered output to the job's log.
     fn log_undelivered(&mut self, text: &str);
     /// Close the connection cleanly (a close frame) and wait, briefly and

@@ -11,21 +11,29 @@
 //! SIGTERM (an operator's `pkill -HUP sp_wrapper` or `pkill sp_wrapper` is
 //! for the daemon, which handles them) and, like the daemon, SIGPIPE.
 //!
-//! The daemon tells it four facts over a close-on-exec, non-blocking pipe,
+//! The daemon tells it five facts over a close-on-exec, non-blocking pipe,
 //! one short line each (`job_started`, `start_sent`, `job_finished`,
-//! `finished`);
-//! the guardian reads them once the daemon is gone (they fit in the pipe).
+//! `job_group_gone`, `settled`), each before it logs or acts on it, so that
+//! a daemon killed at any instant has told the guardian all it has done.
+//! The guardian reads them once the daemon is gone (they fit in the pipe),
+//! before reaping it: until then the dead daemon is a zombie whose pid
+//! still exists, so another start's sweep of stale spool files
+//! (`spool::remove_stale`) leaves its spool alone until it is opened.
 //!
-//! - The daemon said `finished` (its supervisor ran to the end), or never
-//!   started the job (it told the launcher why): exit, reporting nothing.
+//! - The daemon said `settled` (the result is recorded, refused, or in the
+//!   log), or never started the job (it told the launcher why): exit,
+//!   reporting nothing.
 //! - Otherwise the agent died with the job running or its result not
-//!   delivered. The guardian SIGKILLs the job's process group at once, waits
-//!   until no process of it is left (reaping the orphans it inherits as
-//!   subreaper; on Linux before 3.4 init reaps them and `kill(-pgid, 0)`
-//!   tells), copies the dead daemon's spool file into the job's log and
-//!   removes it, releases the lock, and reports a result over a fresh
-//!   WebSocket session: `exit_codes::AGENT_DIED` with a line of output saying
-//!   what happened, retried for `REPORT_WINDOW`, then noted in the log.
+//!   delivered. Unless the daemon said the group is gone, the guardian
+//!   SIGKILLs the job's process group at once and waits until no process of
+//!   it is left (reaping the orphans it inherits as subreaper; on Linux
+//!   before 3.4 init reaps them and `kill(-pgid, 0)` tells); once the job's
+//!   leader is known reaped, a live process with its pid means the id was
+//!   reused and the group is gone (`child::signal_group_of_reaped`). It
+//!   copies the dead daemon's spool file into the job's log and removes it,
+//!   releases the lock, and reports a result over a fresh WebSocket
+//!   session: `exit_codes::AGENT_DIED` with a line of output saying what
+//!   happened, retried for `REPORT_WINDOW`, then noted in the log.
 //!
 //! `--foreground` has no guardian: there the agent is the caller's child.
 
@@ -160,15 +168,27 @@ pub fn start_sent() {
     tell("S\n");
 }
 
-/// The job's result is fixed: if the daemon dies delivering it, the
-/// guardian's line says what it was.
-pub fn job_finished(retcode: i32) {
-    tell(&format!("F {retcode}\n"));
+/// The job's result is fixed and its main process (the group's leader)
+/// reaped, at `exited_at`: if the daemon dies delivering it, the guardian's
+/// line says what it was.
+pub fn job_finished(retcode: i32, exited_at: SystemTime) {
+    let since = exited_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    tell(&format!(
+        "F {retcode} {} {}\n",
+        since.as_secs(),
+        since.subsec_nanos()
+    ));
 }
 
-/// The supervisor ran to its end: the result is delivered, or written to the
-/// log after the delivery window. Nothing is left for the guardian.
-pub fn finished() {
+/// No process of the job's group is left: its id may be reused, so the
+/// guardian must never signal it.
+pub fn job_group_gone() {
+    tell("G\n");
+}
+
+/// The run's end is settled: the result is recorded (or refused), or written
+/// to the log after the delivery window. Nothing is left for the guardian.
+pub fn settled() {
     tell("D\n");
 }
 
@@ -177,8 +197,10 @@ pub fn finished() {
 struct Told {
     job: Option<(i32, SystemTime)>,
     start_sent: bool,
-    job_retcode: Option<i32>,
-    finished: bool,
+    /// The job's retcode and when its main process exited.
+    job_ended: Option<(i32, SystemTime)>,
+    group_gone: bool,
+    settled: bool,
 }
 
 impl Told {
@@ -198,8 +220,15 @@ impl Told {
                     }
                 }
                 ["S"] => told.start_sent = true,
-                ["F", code] => told.job_retcode = code.parse().ok(),
-                ["D"] => told.finished = true,
+                ["F", code, secs, nanos] => {
+                    if let (Ok(code), Ok(secs), Ok(nanos)) =
+                        (code.parse(), secs.parse(), nanos.parse())
+                    {
+                        told.job_ended = Some((code, UNIX_EPOCH + Duration::new(secs, nanos)));
+                    }
+                }
+                ["G"] => told.group_gone = true,
+                ["D"] => told.settled = true,
                 _ => {}
             }
         }
@@ -246,49 +275,107 @@ fn how_it_ended(status: i32) -> String {
     }
 }
 
-/// Reap whatever children are dead (orphans of the job, as subreaper).
-fn reap_orphans() {
-    let mut status = 0;
-    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+/// The job's process group, as far as the guardian knows it.
+struct JobGroup {
+    pgid: i32,
+    /// Its leader (pid = pgid) was reaped, by the daemon or by us: from then
+    /// on a live process with that pid means the id was reused.
+    leader_reaped: bool,
+    /// No process of it is left (the daemon said so, or we saw it): it is
+    /// never signalled again, since its id may be an unrelated group's.
+    gone: bool,
 }
 
-/// SIGKILL the group until no process of it is left (zombies count until
-/// reaped), or until `deadline`. `Some(when it was found gone)`.
-fn kill_group_until_gone(pgid: i32, deadline: Option<Instant>) -> Option<SystemTime> {
-    let longest = if deadline.is_some() {
-        GROUP_RECHECK
-    } else {
-        GROUP_RECHECK_SLOW
-    };
-    let mut pause = Duration::from_millis(1);
-    loop {
-        reap_orphans();
-        // Again each time: a process forked while the first SIGKILL was
-        // being delivered must not survive it.
-        if !child::signal_group(pgid, libc::SIGKILL) {
-            return Some(crate::clock::now());
+impl JobGroup {
+    /// Signal the group; `false` when no process of it is left.
+    fn signal(&mut self, signal: i32) -> bool {
+        if self.gone {
+            return false;
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return None;
+        let alive = if self.leader_reaped {
+            child::signal_group_of_reaped(self.pgid, signal)
+        } else {
+            child::signal_group(self.pgid, signal)
+        };
+        self.gone = !alive;
+        alive
+    }
+
+    /// Reap whatever children are dead (orphans of the job, as subreaper),
+    /// noting the leader among them.
+    fn reap_orphans(&mut self) {
+        let mut status = 0;
+        loop {
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            if pid == self.pgid {
+                self.leader_reaped = true;
+            }
         }
-        let nap = deadline.map_or(pause, |d| pause.min(d - now));
-        std::thread::sleep(nap);
-        pause = (pause * 2).min(longest);
+    }
+
+    /// SIGKILL the group until no process of it is left (zombies count
+    /// until reaped), or until `deadline`. `Some(when it was found gone)`.
+    fn kill_until_gone(&mut self, deadline: Option<Instant>) -> Option<SystemTime> {
+        let longest = if deadline.is_some() {
+            GROUP_RECHECK
+        } else {
+            GROUP_RECHECK_SLOW
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            self.reap_orphans();
+            // Again each time: a process forked while the first SIGKILL was
+            // being delivered must not survive it.
+            if !self.signal(libc::SIGKILL) {
+                return Some(crate::clock::now());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return None;
+            }
+            let nap = deadline.map_or(pause, |d| pause.min(d - now));
+            std::thread::sleep(nap);
+            pause = (pause * 2).min(longest);
+        }
     }
 }
 
+/// Wait for our child `pid` to end, reaping it: its wait status.
+fn reap(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break; // ECHILD cannot happen: it is our child
+        }
+    }
+    status
+}
+
 impl Guardian {
-    /// Wait for the daemon; if it died before finishing, take over. Returns
-    /// the guardian's exit code (nobody waits for it).
+    /// Wait for the daemon; if it died before its run was settled, take
+    /// over. Returns the guardian's exit code (nobody waits for it).
     pub fn watch(self, cfg: &Config) -> i32 {
         let Guardian {
             daemon,
             mut messages,
             lock,
         } = self;
-        let mut status = 0;
-        while unsafe { libc::waitpid(daemon, &mut status, 0) } < 0 {
+        // Wait without reaping (WNOWAIT): while the dead daemon is a zombie
+        // its pid exists, and a concurrent start's sweep keeps its spool
+        // file for us (spool::remove_stale); we reap it once that is open.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        while unsafe {
+            libc::waitid(
+                libc::P_PID,
+                daemon as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        } < 0
+        {
             if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 break; // ECHILD cannot happen: the daemon is our child
             }
@@ -307,75 +394,67 @@ impl Guardian {
             }
         }
         let told = Told::parse(&String::from_utf8_lossy(&said));
-        let job = match told.job {
-            Some(job) if !told.finished => job,
-            // Finished, or no job was started (the launcher was told why).
+        match told.job {
+            Some(job) if !told.settled => take_over(cfg, daemon, job, &told, lock),
+            // Settled, or no job was started (the launcher was told why).
             _ => {
+                reap(daemon);
                 release(lock);
-                return exit_codes::SUCCESS;
             }
-        };
-        take_over(
-            cfg,
-            TakeOver {
-                daemon,
-                how: how_it_ended(status),
-                job,
-                start_sent: told.start_sent,
-                job_retcode: told.job_retcode,
-                lock,
-            },
-        );
+        }
         exit_codes::SUCCESS
     }
 }
 
-struct TakeOver {
+fn take_over(
+    cfg: &Config,
     daemon: libc::pid_t,
-    how: String,
-    job: (i32, SystemTime),
-    start_sent: bool,
-    job_retcode: Option<i32>,
+    (job_pid, spawned_at): (i32, SystemTime),
+    told: &Told,
     lock: Option<Lock>,
-}
-
-fn take_over(cfg: &Config, dead: TakeOver) {
-    let (job_pid, spawned_at) = dead.job;
-    let job_was_running = child::signal_group(job_pid, libc::SIGKILL);
-    // Opened at once: a new start may remove a dead daemon's spool file,
-    // and an open file outlives its name.
-    let spools: Vec<(PathBuf, File)> = spool::candidates(
-        &cfg.spool_dir,
-        &cfg.job_file_name(),
-        dead.daemon as u32,
-        job_pid,
-    )
-    .into_iter()
-    .filter_map(|path| {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .ok()?;
-        // Only the daemon's own spool: a file a local user planted at the
-        // predictable name in /tmp, or a hard link to someone else's file
-        // (no fs.protected_hardlinks before 3.6), must not reach the log.
-        let meta = file.metadata().ok()?;
-        let ours = meta.file_type().is_file()
-            && meta.uid() == unsafe { libc::geteuid() }
-            && meta.nlink() == 1;
-        ours.then_some((path, file))
-    })
-    .collect();
-    let gone_at = kill_group_until_gone(job_pid, Some(Instant::now() + GROUP_WAIT));
+) {
+    let mut group = JobGroup {
+        pgid: job_pid,
+        leader_reaped: told.job_ended.is_some(),
+        gone: told.group_gone,
+    };
+    let job_was_running = group.signal(libc::SIGKILL);
+    // Opened before the dead daemon is reaped (see `watch`); an open file
+    // outlives its name.
+    let spools: Vec<(PathBuf, File)> =
+        spool::candidates(&cfg.spool_dir, &cfg.job_file_name(), daemon as u32, job_pid)
+            .into_iter()
+            .filter_map(|path| {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+                    .ok()?;
+                // Only the daemon's own spool: a file a local user planted at
+                // the predictable name in /tmp, or a hard link to someone
+                // else's file (no fs.protected_hardlinks before 3.6), must not
+                // reach the log.
+                let meta = file.metadata().ok()?;
+                let ours = meta.file_type().is_file()
+                    && meta.uid() == unsafe { libc::geteuid() }
+                    && meta.nlink() == 1;
+                ours.then_some((path, file))
+            })
+            .collect();
+    let how = how_it_ended(reap(daemon));
+    let gone_at = match told.job_ended {
+        // The daemon saw the group empty after the job's exit: the run
+        // ended then.
+        Some((_, exited_at)) if told.group_gone => Some(exited_at),
+        _ => group.kill_until_gone(Some(Instant::now() + GROUP_WAIT)),
+    };
     let log = logger::init(cfg).ok().flatten();
-    let what = what_happened(dead.job_retcode, job_was_running, gone_at.is_some());
+    let job_retcode = told.job_ended.map(|(retcode, _)| retcode);
+    let what = what_happened(job_retcode, job_was_running, gone_at.is_some());
     log::error!(
-        "guardian: the agent (pid {}) {} while supervising the job (pid {job_pid}); {what}",
-        dead.daemon,
-        dead.how
+        "guardian: the agent (pid {daemon}) {how} while supervising the job (pid {job_pid}); {what}"
     );
-    let mut lock = dead.lock;
+    let mut lock = lock;
     if gone_at.is_some() {
         release(lock.take());
     }
@@ -386,11 +465,8 @@ fn take_over(cfg: &Config, dead: TakeOver) {
         encoder: Encoder::new(&cfg.job_name, &cfg.job_instance, &machine(cfg)),
         job_pid,
         spawned_at,
-        send_start: !dead.start_sent,
-        text: format!(
-            "\n[sp_wrapper: the agent (pid {}) {}; {what}]\n",
-            dead.daemon, dead.how
-        ),
+        send_start: !told.start_sent,
+        text: format!("\n[sp_wrapper: the agent (pid {daemon}) {how}; {what}]\n"),
         // The end of the run is when its last process was gone.
         ended_at: gone_at.unwrap_or_else(crate::clock::now),
     };
@@ -409,7 +485,7 @@ fn take_over(cfg: &Config, dead: TakeOver) {
     }
     if let Some(lock) = lock {
         // Held until the last process of the job is gone, however long.
-        kill_group_until_gone(job_pid, None);
+        group.kill_until_gone(None);
         log::info!("guardian: the job's last process is gone; lock released");
         lock.release();
     }
@@ -450,7 +526,7 @@ fn save_spool(cfg: &Config, log: Option<&logger::LogHandle>, path: &std::path::P
         writeln!(
             out,
             "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {}): the agent died; {bytes} bytes \
-             below were spooled to disk by it (the first of them may have been delivered) ====",
+             below were spooled to disk by it and never read back for delivery ====",
             cfg.job_instance,
             exit_codes::AGENT_DIED
         )?;
@@ -551,7 +627,7 @@ impl Report {
             send(
                 ws,
                 self.encoder
-                    .start(self.spawned_at, self.job_pid, crate::VERSION),
+                    .start(self.spawned_at, self.job_pid, crate::protocol::VERSION),
             )?;
         }
         send(ws, self.encoder.sync_request(crate::clock::now(), -1, 0))?;
@@ -670,12 +746,19 @@ mod tests {
             Told {
                 job: Some((4242, UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))),
                 start_sent: true,
-                job_retcode: None,
-                finished: false,
+                job_ended: None,
+                group_gone: false,
+                settled: false,
             }
         );
-        let told = Told::parse("J 4242 1 2\nS\nF 3\nD\n");
-        assert!(told.finished && told.job_retcode == Some(3));
+        let told = Told::parse("J 4242 1 2\nS\nF 3 1700000001 5\nG\nD\n");
+        assert_eq!(
+            told.job_ended,
+            Some((3, UNIX_EPOCH + Duration::new(1_700_000_001, 5)))
+        );
+        assert!(told.group_gone && told.settled);
+        // A result without its exit time is not a result.
+        assert_eq!(Told::parse("F 3\n").job_ended, None);
         assert_eq!(Told::parse(""), Told::default());
         assert_eq!(Told::parse("J -1 1 2\nJ x 1 2\nJ 5\nX\n"), Told::default());
     }

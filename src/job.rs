@@ -94,7 +94,6 @@ impl JobLifecycle {
         }
     }
 
-    #[cfg(test)]
     pub fn finished(&self) -> Option<Finished> {
         self.finished
     }
@@ -272,8 +271,8 @@ impl JobLifecycle {
                 kill.group_gone = true;
             }
         }
+        // (Logged by the supervisor, once the guardian has been told.)
         let retcode = exit_codes::job_retcode(exit.status, self.kill.as_ref().map(|k| k.reason));
-        log::info!("job finished with retcode {retcode}");
         let finished = Finished {
             retcode,
             at: now,

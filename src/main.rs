@@ -22,17 +22,19 @@ mod machine_id;
 mod messages;
 mod nss;
 mod outbox;
+mod output_cap;
 mod pacing;
 mod protocol;
 mod readers;
 mod session;
 mod spool;
 mod supervisor;
+mod tail;
 mod utf8;
 mod xorshift;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
@@ -48,7 +50,7 @@ use supervisor::Supervisor;
 /// connection cleanly (a close frame, then the server's reply).
 const LINK_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use protocol::VERSION;
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
 /// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
@@ -61,8 +63,12 @@ const EVENT_QUEUE: usize = 32;
 /// How long a panic waits for its log line before the process aborts.
 const PANIC_LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The job's process group, for the panic hook (0 = no job yet).
+/// The job's process group, for the panic hook (0 = no job yet, or its
+/// group is known to be gone: the id may be another process's by now).
 static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+/// The job's main process (the group's leader) has been reaped: if its pid
+/// is in use again, the group is gone (`child::signal_group_of_reaped`).
+static JOB_LEADER_REAPED: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     std::process::exit(run());
@@ -192,8 +198,9 @@ fn run() -> i32 {
             Ok(started) => {
                 reporter.started(started.job.pid);
                 remove_stale_spools(&cfg);
+                // (The guardian was told the run is settled as soon as it
+                // was, before the link closed and the lock was released.)
                 supervise(&cfg, started, false);
-                guardian::finished();
                 exit_codes::SUCCESS
             }
         },
@@ -343,7 +350,11 @@ fn install_panic_hook() {
         // cannot tell from a live one) and the job unsupervised.
         let pgid = JOB_PGID.load(Ordering::Relaxed);
         if pgid > 0 {
-            child::signal_group(pgid, libc::SIGKILL);
+            if JOB_LEADER_REAPED.load(Ordering::Relaxed) {
+                child::signal_group_of_reaped(pgid, libc::SIGKILL);
+            } else {
+                child::signal_group(pgid, libc::SIGKILL);
+            }
         }
         // So the log line is written by another thread, waited for briefly;
         // then the panic aborts the process and the guardian reports.
@@ -364,6 +375,10 @@ fn install_panic_hook() {
 struct LiveEffects {
     link: LinkHandle,
     pgid: i32,
+    /// The job's leader is reaped: its pid may be reused once the group empties.
+    leader_reaped: bool,
+    /// No process of the group is left: never signal that id again.
+    group_gone: bool,
     log: Option<logger::LogHandle>,
 }
 
@@ -373,7 +388,13 @@ impl Effects for LiveEffects {
     }
 
     fn signal_group(&mut self, signal: i32) -> bool {
-        child::signal_group(self.pgid, signal)
+        if self.group_gone {
+            false
+        } else if self.leader_reaped {
+            child::signal_group_of_reaped(self.pgid, signal)
+        } else {
+            child::signal_group(self.pgid, signal)
+        }
     }
 
     fn tee(&mut self, stream: Stream, text: &str) {
@@ -393,8 +414,20 @@ impl Effects for LiveEffects {
         guardian::start_sent();
     }
 
-    fn job_finished(&mut self, retcode: i32) {
-        guardian::job_finished(retcode);
+    fn job_finished(&mut self, retcode: i32, exited_at: std::time::SystemTime) {
+        guardian::job_finished(retcode, exited_at);
+        self.leader_reaped = true;
+        JOB_LEADER_REAPED.store(true, Ordering::Relaxed);
+    }
+
+    fn job_group_gone(&mut self) {
+        guardian::job_group_gone();
+        self.group_gone = true;
+        JOB_PGID.store(0, Ordering::Relaxed);
+    }
+
+    fn settled(&mut self) {
+        guardian::settled();
     }
 
     fn log_undelivered(&mut self, text: &str) {
@@ -492,13 +525,20 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         .buffer_limit
         .saturating_sub(OUTPUT_OVERHEAD)
         .max(1 << 20);
-    let outbox = outbox::Outbox::new(batch_memory, spool_candidates);
+    let outbox = outbox::Outbox::new(batch_memory, spool_candidates, cfg.spool_limit);
     let effects = LiveEffects {
         link,
         pgid: job.pid,
+        leader_reaped: false,
+        group_gone: false,
         log,
     };
-    let session = Session::new(settings, outbox, frame_pool, at);
+    let mut session = Session::new(settings, outbox, frame_pool, at);
+    if let Some(limit) = cfg.output_limit {
+        let path = cfg.leftout_path(std::process::id());
+        session =
+            session.with_output_cap(output_cap::OutputCap::new(limit, cfg.leftout_limit, path));
+    }
     let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
     let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {

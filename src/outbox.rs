@@ -8,21 +8,29 @@
 //!
 //! The wire `seq` of a batch is `global - wire_base`. The real server keeps
 //! its expected seq per socket and starts again at 0 after a reconnect, so
-//! after each reconnect the answer to our `sync_request` decides:
-//! - `last_seq == -1` (fresh per-socket state): renumber, so the oldest
-//!   unACKed batch is seq 0 on the new socket;
-//! - `last_seq >= 0` (a server that tracks seqs per job): keep the numbering
-//!   and retire what the server says it already has.
+//! after each reconnect's `sync_response` we renumber, so the oldest unACKed
+//! batch is seq 0 on the new socket. Whatever `last_seq` it names (the real
+//! server answers -1 on a new socket; Saltpeter has no per-job sequence
+//! state), nothing is retired on its word: only ACKs retire.
 //!
 //! Batches sent but not ACKed when a connection drops are sent again: never
 //! lost. If the server had appended one and only its ACK was lost, it appears
 //! twice; the window of batches in flight bounds how much (docs/delivery.md).
+//!
+//! When a batch fits neither in memory nor in the spool (its cap, a full
+//! disk), output is being lost: from then on new text goes to a bounded
+//! tail (`tail.rs`) until there is room again (memory or spool half free),
+//! so each gap is one stretch of the output, marked by one line saying how
+//! many bytes were lost there, followed by the last bytes before the gap
+//! closed. At the end of the job the last gap closes once what precedes it
+//! has drained, so the record ends with the job's last output.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crate::messages::Stream;
 use crate::spool::Spool;
+use crate::tail::Tail;
 
 /// Most text in one `output` message (500 KiB, as the Python wrapper).
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
@@ -42,17 +50,21 @@ pub enum NackOutcome {
     Ignored,
 }
 
-/// Output that could be kept neither in memory nor on disk.
-#[derive(Debug, Default)]
+/// What a gap keeps of its output: its last bytes.
+pub const GAP_TAIL_BYTES: usize = 256 * 1024;
+
+/// Output that could be kept neither in memory nor on disk: a gap, open
+/// until there is room again.
 struct Loss {
-    bytes: u64,
     reason: String,
+    /// The gap's last bytes; what fell out of it is lost.
+    tail: Tail,
 }
 
 fn loss_marker(loss: &Loss) -> String {
     format!(
         "\n[sp_wrapper: {} bytes of output were lost here: {}]\n",
-        loss.bytes, loss.reason
+        loss.tail.dropped, loss.reason
     )
 }
 
@@ -64,6 +76,7 @@ pub struct Outbox {
     /// Sealed batches after those in `memory`, on disk.
     spool: Option<Spool>,
     spool_candidates: Vec<PathBuf>,
+    spool_cap: u64,
     /// Global number of `memory[0]` = number of batches retired.
     front: u64,
     /// How many batches from the front have been sent on the current connection.
@@ -71,8 +84,6 @@ pub struct Outbox {
     /// Their total size.
     sent_bytes: usize,
     wire_base: u64,
-    /// Highest global number sent under the current numbering.
-    sent_high: Option<u64>,
     /// The global front at the last NACK we acted on: repeats for the same
     /// front are the rest of the window being refused, not news.
     nack_front: Option<u64>,
@@ -83,17 +94,28 @@ pub struct Outbox {
     /// cost more than the copy they hold.
     spare: Vec<String>,
     loss: Option<Loss>,
+    /// The spool's backlog when a write to it last failed (a full disk): it
+    /// is tried again once that has halved, not at every batch.
+    spool_failed_at: Option<u64>,
     pub acked_bytes: u64,
-    pub lost_bytes: u64,
+    /// Bytes lost in gaps already closed.
+    lost_closed: u64,
+    /// Gaps opened so far (for the log: one line per gap).
+    pub gaps: u64,
+    /// Text that must follow an open gap whole rather than join its tail
+    /// (the end of the output past `SP_OUTPUT_MAX_MB` and its line).
+    epilogue: Option<Batch>,
     /// Why output was last lost (empty while none was): for the log.
     pub loss_reason: String,
-    pub spooled_batches: u64,
 }
 
 impl Outbox {
-    /// `spool_candidates`: where to create the spool file, tried in order.
-    pub fn new(memory_limit: usize, spool_candidates: Vec<PathBuf>) -> Self {
-        Self::with_batch_limit(memory_limit, spool_candidates, MAX_BATCH_BYTES)
+    /// `spool_candidates`: where to create the spool file, tried in order;
+    /// `spool_cap`: the most backlog it may hold (`SP_SPOOL_MAX_MB`).
+    pub fn new(memory_limit: usize, spool_candidates: Vec<PathBuf>, spool_cap: u64) -> Self {
+        let mut outbox = Self::with_batch_limit(memory_limit, spool_candidates, MAX_BATCH_BYTES);
+        outbox.spool_cap = spool_cap;
+        outbox
     }
 
     pub fn with_batch_limit(
@@ -107,20 +129,22 @@ impl Outbox {
             memory_limit,
             spool: None,
             spool_candidates,
+            spool_cap: u64::MAX,
             front: 0,
             sent: 0,
             sent_bytes: 0,
             wire_base: 0,
-            sent_high: None,
             nack_front: None,
             open: None,
             max_batch: max_batch.max(4),
             spare: Vec::new(),
             loss: None,
+            spool_failed_at: None,
             acked_bytes: 0,
-            lost_bytes: 0,
+            lost_closed: 0,
+            gaps: 0,
+            epilogue: None,
             loss_reason: String::new(),
-            spooled_batches: 0,
         }
     }
 
@@ -198,51 +222,136 @@ impl Outbox {
     }
 
     fn place(&mut self, batch: Batch) {
-        if let Some(loss) = self.loss.take() {
-            // The marker goes where the loss happened, before anything newer.
-            // If even it finds no room, this batch joins the same loss.
-            let marker = Batch {
-                stream: Stream::Stderr,
-                text: loss_marker(&loss),
-            };
-            if self.try_place(marker).is_err() {
-                self.loss = Some(loss);
-                self.lose(batch.text.len(), None);
-                return;
-            }
+        // With an epilogue waiting, only the drain closes the gap (`force_close_gap`).
+        if self.loss.is_some() && self.epilogue.is_none() && self.room_to_close_gap() {
+            self.close_gap();
         }
-        let len = batch.text.len();
-        if let Err(reason) = self.try_place(batch) {
-            self.lose(len, Some(reason));
+        if let Some(loss) = self.loss.as_mut() {
+            loss.tail.push(&batch.text);
+            self.recycle(batch.text);
+            return;
+        }
+        if let Err((reason, batch)) = self.try_place(batch) {
+            self.open_gap(reason, &batch.text);
+            self.recycle(batch.text);
         }
     }
 
-    fn lose(&mut self, bytes: usize, reason: Option<String>) {
-        let loss = self.loss.get_or_insert_with(Loss::default);
-        loss.bytes += bytes as u64;
-        if let Some(reason) = reason {
-            self.loss_reason.clone_from(&reason);
-            loss.reason = reason;
+    /// Output starts being lost: a new gap keeps its last bytes.
+    fn open_gap(&mut self, reason: String, text: &str) {
+        let mut tail = Tail::new(GAP_TAIL_BYTES);
+        tail.push(text);
+        self.loss_reason.clone_from(&reason);
+        self.loss = Some(Loss { reason, tail });
+        self.gaps += 1;
+    }
+
+    /// Whether there is room again, with margin (so that a gap is one
+    /// stretch, not one per batch): memory half free with nothing spooled,
+    /// or the spool half free and its last failure (a full disk) behind it.
+    fn room_to_close_gap(&self) -> bool {
+        let tail = self.loss.as_ref().map_or(0, |l| l.tail.bytes()) + 256;
+        match self.spool.as_ref().filter(|s| !s.is_empty()) {
+            None => self.memory_bytes + tail <= self.memory_limit / 2,
+            Some(spool) => {
+                let half = spool.disk_bytes() + tail as u64 <= self.spool_cap / 2;
+                let disk = self
+                    .spool_failed_at
+                    .is_none_or(|at| spool.disk_bytes() <= at / 2);
+                half && disk
+            }
         }
-        self.lost_bytes += bytes as u64;
+    }
+
+    /// Close the gap: its marker, then its tail, in order. If either finds
+    /// no room after all, what is left opens the next gap.
+    fn close_gap(&mut self) {
+        let Some(mut loss) = self.loss.take() else {
+            return;
+        };
+        self.lost_closed += loss.tail.dropped;
+        let marker = Batch {
+            stream: Stream::Stderr,
+            text: loss_marker(&loss),
+        };
+        let tail = Batch {
+            stream: Stream::Stdout,
+            text: loss.tail.take(),
+        };
+        for batch in [marker, tail] {
+            if batch.text.is_empty() {
+                continue;
+            }
+            if self.loss.is_some() {
+                if let Some(open) = self.loss.as_mut() {
+                    open.tail.push(&batch.text);
+                }
+            } else if let Err((reason, batch)) = self.try_place(batch) {
+                self.open_gap(reason, &batch.text);
+            }
+        }
+    }
+
+    /// Close the open gap into memory whatever the bound, once nothing is
+    /// queued before it: the job has ended (or its backlog drained), and the
+    /// gap's tail is already in memory, so this costs nothing more.
+    fn force_close_gap(&mut self) {
+        let Some(mut loss) = self.loss.take() else {
+            return;
+        };
+        self.lost_closed += loss.tail.dropped;
+        let epilogue = self.epilogue.take().map_or(String::new(), |b| b.text);
+        for (stream, text) in [
+            (Stream::Stderr, loss_marker(&loss)),
+            (Stream::Stdout, loss.tail.take()),
+            (Stream::Stdout, epilogue),
+        ] {
+            if !text.is_empty() {
+                self.memory_bytes += text.len();
+                self.memory.push_back(Batch { stream, text });
+            }
+        }
+    }
+
+    /// Append the last text of the job, which must survive whole: after an
+    /// open gap rather than in its tail, where its start could fall out.
+    pub fn push_end(&mut self, text: &str) {
+        self.seal();
+        if self.loss.is_some() {
+            self.epilogue = Some(Batch {
+                stream: Stream::Stdout,
+                text: text.to_string(),
+            });
+        } else {
+            self.push(Stream::Stdout, text);
+            self.seal();
+        }
+    }
+
+    /// Bytes of output lost so far (closed gaps and the open one).
+    pub fn lost_bytes(&self) -> u64 {
+        self.lost_closed + self.loss.as_ref().map_or(0, |l| l.tail.dropped)
     }
 
     /// Memory while under the bound and nothing is spooled (order!), else the spool.
-    fn try_place(&mut self, batch: Batch) -> Result<(), String> {
+    fn try_place(&mut self, batch: Batch) -> Result<(), (String, Batch)> {
         let spooling = self.spool.as_ref().is_some_and(|s| !s.is_empty());
         if !spooling && self.memory_bytes + batch.text.len() <= self.memory_limit {
             self.memory_bytes += batch.text.len();
             self.memory.push_back(batch);
             return Ok(());
         }
-        self.spool_push(&batch)
+        match self.spool_push(&batch) {
+            Ok(()) => Ok(()),
+            Err(reason) => Err((reason, batch)),
+        }
     }
 
     fn spool_push(&mut self, batch: &Batch) -> Result<(), String> {
         if self.spool.is_none() {
             let mut errors = Vec::new();
             for path in &self.spool_candidates {
-                match Spool::create(path) {
+                match Spool::create(path, self.spool_cap) {
                     Ok(spool) => {
                         self.spool = Some(spool);
                         break;
@@ -258,15 +367,27 @@ impl Outbox {
             }
         }
         let spool = self.spool.as_mut().ok_or("no spool")?;
+        if self
+            .spool_failed_at
+            .is_some_and(|at| spool.disk_bytes() > at / 2)
+        {
+            // The disk was full a moment ago: no write per batch to learn it again.
+            return Err(self.loss_reason.clone());
+        }
         match spool.push(batch.stream, &batch.text) {
             Ok(()) => {
-                self.spooled_batches += 1;
+                self.spool_failed_at = None;
                 Ok(())
             }
-            Err(e) => Err(format!(
-                "memory bound reached and writing {} failed: {e}",
-                spool.path().display()
-            )),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Other {
+                    self.spool_failed_at = Some(spool.disk_bytes());
+                }
+                Err(format!(
+                    "memory bound reached and writing {} failed: {e}",
+                    spool.path().display()
+                ))
+            }
         }
     }
 
@@ -292,7 +413,10 @@ impl Outbox {
 
     /// Nothing sealed, nothing open: all output is ACKed.
     pub fn is_empty(&self) -> bool {
-        self.unacked_batches() == 0 && self.open.is_none() && self.loss.is_none()
+        self.unacked_batches() == 0
+            && self.open.is_none()
+            && self.loss.is_none()
+            && self.epilogue.is_none()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -331,30 +455,40 @@ impl Outbox {
             return None;
         }
         if self.sent == self.memory.len() {
-            // All of memory is in flight: bring the next batch back from disk.
-            let spool = self.spool.as_mut()?;
-            match spool.pop() {
-                Ok(Some((stream, text))) => {
+            // All of memory is in flight: bring the next batch back from
+            // disk, or, with the spool drained, close an open gap.
+            match self.spool.as_mut().map(|spool| spool.pop()) {
+                Some(Ok(Some((stream, text)))) => {
                     self.memory_bytes += text.len();
                     self.memory.push_back(Batch { stream, text });
                 }
-                Ok(None) => return None,
-                Err(e) => {
-                    // The spooled rest cannot be read back: count it lost.
-                    let bytes = spool.pending_bytes();
-                    self.lost_bytes += bytes;
+                Some(Err(e)) => {
+                    // The spooled rest cannot be read back: count it lost,
+                    // ahead of any gap already open (it is older).
+                    let bytes = self.spool.as_ref().map_or(0, |s| s.pending_bytes());
                     self.spool = None;
                     let reason = format!("reading the spool file failed: {e}");
                     self.loss_reason.clone_from(&reason);
-                    self.loss = Some(Loss { bytes, reason });
-                    return None;
+                    self.lost_closed += bytes;
+                    let text = format!(
+                        "\n[sp_wrapper: {bytes} bytes of output were lost here: {reason}]\n"
+                    );
+                    self.memory_bytes += text.len();
+                    self.memory.push_back(Batch {
+                        stream: Stream::Stderr,
+                        text,
+                    });
+                }
+                Some(Ok(None)) | None => {
+                    // Nothing queued and no gap open: nothing to send.
+                    self.loss.as_ref()?;
+                    self.force_close_gap();
                 }
             }
         }
         let global = self.front + self.sent as u64;
         self.sent_bytes += self.memory.get(self.sent).map_or(0, |b| b.text.len());
         self.sent += 1;
-        self.sent_high = Some(self.sent_high.map_or(global, |h| h.max(global)));
         let seq = self.wire_seq(global);
         self.memory.get(self.sent - 1).map(|batch| (seq, batch))
     }
@@ -404,7 +538,6 @@ impl Outbox {
             // The server's numbering is behind ours (it lost per-socket state
             // we did not see go): number the oldest unACKed batch `expected`.
             self.wire_base = self.front - expected;
-            self.sent_high = None;
         } else {
             let claimed = expected - front_wire;
             if claimed > self.sent as u64 {
@@ -428,34 +561,31 @@ impl Outbox {
         self.nack_front = None;
     }
 
-    /// The server's `sync_response` on a new connection (see the module docs).
-    pub fn on_sync(&mut self, last_seq: i64) {
-        let claimed = u64::try_from(last_seq)
-            .ok()
-            .and_then(|seq| self.wire_base.checked_add(seq));
-        match (claimed, self.sent_high) {
-            // A per-job server: it holds everything up to `claimed`. Sent
-            // batches are still in memory (only ACKs evict them).
-            (Some(claimed), Some(high)) if claimed <= high => {
-                if claimed >= self.front {
-                    let count = (claimed - self.front + 1) as usize;
-                    self.retire(count.min(self.memory.len()));
-                }
-            }
-            // -1 (fresh per-socket state), or a claim to hold more than we
-            // ever sent, which no honest server can make: renumber and
-            // resend everything unACKed, never retire on its word.
-            _ => {
-                self.wire_base = self.front;
-                self.sent_high = None;
-            }
-        }
+    /// The server's `sync_response` on a new connection: renumber from the
+    /// oldest unACKed batch (see the module docs). `last_seq` is not
+    /// trusted: a claim to hold more retires nothing.
+    pub fn on_sync(&mut self, _last_seq: i64) {
+        self.wire_base = self.front;
         self.sent = 0;
         self.sent_bytes = 0;
     }
 
-    /// Everything not delivered, oldest first, for the log when delivery is
-    /// abandoned. Seals the open batch and empties the outbox.
+    /// Text bytes not delivered (sealed, open, spooled, an open gap's tail).
+    pub fn undelivered_bytes(&self) -> u64 {
+        self.memory_bytes as u64
+            + self.open_bytes() as u64
+            + self.spool.as_ref().map_or(0, |s| s.pending_bytes())
+            + self
+                .loss
+                .as_ref()
+                .map_or(0, |l| (loss_marker(l).len() + l.tail.bytes()) as u64)
+            + self.epilogue.as_ref().map_or(0, |b| b.text.len() as u64)
+    }
+
+    /// Everything not delivered, oldest first, one batch at a time (so the
+    /// caller can stream it: memory stays bounded whatever the spool
+    /// holds), for the log when delivery is abandoned. Seals the open batch
+    /// and empties the outbox.
     pub fn take_undelivered(&mut self, mut each: impl FnMut(&Batch)) {
         self.seal();
         for batch in self.memory.drain(..) {
@@ -466,13 +596,20 @@ impl Outbox {
                 each(&Batch { stream, text });
             }
         }
-        // A pending loss is always the newest thing: `place` emits it before
-        // any later batch.
-        if let Some(loss) = self.loss.take() {
+        // An open gap is always the newest thing.
+        if let Some(mut loss) = self.loss.take() {
+            self.lost_closed += loss.tail.dropped;
             each(&Batch {
                 stream: Stream::Stderr,
                 text: loss_marker(&loss),
             });
+            each(&Batch {
+                stream: Stream::Stdout,
+                text: loss.tail.take(),
+            });
+        }
+        if let Some(epilogue) = self.epilogue.take() {
+            each(&epilogue);
         }
         self.memory_bytes = 0;
         self.sent = 0;
@@ -615,7 +752,7 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_to_a_per_job_server_keeps_numbering_and_skips_what_it_has() {
+    fn a_sync_response_never_retires_and_always_renumbers() {
         let mut ob = outbox();
         for i in 0..4 {
             ob.push(Stream::Stdout, &format!("m{i}"));
@@ -624,22 +761,12 @@ mod tests {
         send_all(&mut ob, 4);
         ob.on_ack(0);
         ob.on_disconnect();
-        // The server appended m1 and m2 but their ACKs were lost.
+        // A claim to hold m1 and m2 (no Saltpeter server makes one on a new
+        // socket) retires nothing: everything unACKed is sent again from 0.
         ob.on_sync(2);
-        assert_eq!(send_all(&mut ob, 4), vec![(3, "m3".into())]);
-        // A claim beyond what was ever sent retires nothing: everything
-        // unACKed is renumbered and sent again.
-        let mut ob2 = outbox();
-        for text in ["x", "y"] {
-            ob2.push(Stream::Stdout, text);
-            ob2.seal();
-        }
-        ob2.next_to_send(1, usize::MAX);
-        ob2.on_disconnect();
-        ob2.on_sync(1_000_000);
         assert_eq!(
-            send_all(&mut ob2, 4),
-            vec![(0, "x".into()), (1, "y".into())]
+            send_all(&mut ob, 4),
+            vec![(0, "m1".into()), (1, "m2".into()), (2, "m3".into())]
         );
     }
 
@@ -714,10 +841,106 @@ mod tests {
         ob.seal();
         ob.push(Stream::Stdout, "after");
         ob.seal();
-        assert_eq!(ob.lost_bytes, 9 + 5);
+        // Both went into the gap's tail: nothing is lost yet.
+        assert_eq!(ob.lost_bytes(), 0);
         let mut all = String::new();
         ob.take_undelivered(|b| all.push_str(&b.text));
         assert!(all.starts_with("12345678"));
-        assert!(all.contains("14 bytes of output were lost here"), "{all}");
+        assert!(all.contains("0 bytes of output were lost here"), "{all}");
+        assert!(all.ends_with("lost-dataafter"), "{all}");
+    }
+
+    /// Pushes `count` sealed batches of `size` bytes numbered from `from`.
+    fn push_lines(ob: &mut Outbox, from: usize, count: usize, size: usize) -> String {
+        let mut all = String::new();
+        for i in from..from + count {
+            let line = format!("{i:0width$}\n", width = size - 1);
+            ob.push(Stream::Stdout, &line);
+            ob.seal();
+            all.push_str(&line);
+        }
+        all
+    }
+
+    #[test]
+    fn a_long_loss_is_one_gap_with_one_line_and_the_record_ends_with_the_last_output() {
+        // 1 KiB of memory, a spool capped at 2 KiB, no server for a while:
+        // 10,000 lines of 100 bytes.
+        let dir = std::env::temp_dir().join(format!("sp_outbox_gap_{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let spool_path = dir.join("gap.spool");
+        let _ = std::fs::remove_file(&spool_path);
+        let mut ob = Outbox::with_batch_limit(1024, vec![spool_path.clone()], 200);
+        ob.spool_cap = 2048;
+        let written = push_lines(&mut ob, 0, 10_000, 100);
+        assert!(ob.lost_bytes() > 500_000, "{}", ob.lost_bytes());
+        // The server comes back: everything drains, in order.
+        let mut delivered = String::new();
+        loop {
+            let sent = send_all(&mut ob, 4);
+            if sent.is_empty() {
+                break;
+            }
+            for (_, text) in &sent {
+                delivered.push_str(text);
+            }
+            ob.on_ack(sent.last().map(|(s, _)| *s as i64).unwrap_or(-1));
+        }
+        assert!(ob.is_empty());
+        assert_eq!(delivered.matches("were lost here").count(), 1, "one gap");
+        assert!(delivered.starts_with(&written[..1000]));
+        assert!(
+            delivered.ends_with(&written[written.len() - 100_000..]),
+            "the tail"
+        );
+        let marker = format!(
+            "[sp_wrapper: {} bytes of output were lost here",
+            ob.lost_bytes()
+        );
+        assert!(delivered.contains(&marker), "{marker}");
+        // What was kept plus what was lost is all of it (less the marker line).
+        let marker_line_len = delivered.len() - delivered.replace(&marker, "").len();
+        assert!(marker_line_len > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_end_pushed_during_a_gap_follows_it_whole() {
+        let mut ob =
+            Outbox::with_batch_limit(1000, vec![PathBuf::from("/nonexistent/x.spool")], 100);
+        push_lines(&mut ob, 0, 3000, 100); // a gap far longer than its tail
+        let end = format!("[the line]\n{}", "e".repeat(GAP_TAIL_BYTES));
+        ob.push_end(&end);
+        let mut delivered = String::new();
+        while let Some((seq, batch)) = ob.next_to_send(4, usize::MAX) {
+            delivered.push_str(&batch.text.clone());
+            ob.on_ack(seq as i64);
+        }
+        assert!(ob.is_empty());
+        assert!(delivered.ends_with(&end), "the end was cut");
+        assert_eq!(delivered.matches("were lost here").count(), 1);
+    }
+
+    #[test]
+    fn a_gap_closes_only_when_half_the_room_is_back() {
+        let mut ob =
+            Outbox::with_batch_limit(1000, vec![PathBuf::from("/nonexistent/x.spool")], 100);
+        push_lines(&mut ob, 0, 30, 100); // 10 fit, 20 go to the gap
+        let mut delivered = String::new();
+        // The server ACKs one message at a time while the job goes on.
+        for round in 0..40 {
+            if let Some((seq, batch)) = ob.next_to_send(1, usize::MAX) {
+                delivered.push_str(&batch.text.clone());
+                ob.on_ack(seq as i64);
+            }
+            push_lines(&mut ob, 30 + round, 1, 100);
+        }
+        while let Some((seq, batch)) = ob.next_to_send(1, usize::MAX) {
+            delivered.push_str(&batch.text.clone());
+            ob.on_ack(seq as i64);
+        }
+        let gaps = delivered.matches("were lost here").count();
+        assert!(gaps <= 3, "{gaps} gaps in {delivered}");
+        assert!(delivered.ends_with(&format!("{:099}\n", 69)), "{delivered}");
     }
 }

@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::messages::{AckKind, Inbound, Stream};
 
+/// Our version, as `start.wrapper_version` carries it (and `--version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Builds every frame we send. Holds the identity fields pre-escaped.
 pub struct Encoder {
     /// `"job_name":"..","job_instance":"..","machine":".."`

@@ -16,6 +16,7 @@ use crate::frames::FramePool;
 use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
 use crate::outbox::Outbox;
+use crate::output_cap::OutputCap;
 use crate::pacing::Pacer;
 use crate::protocol::Encoder;
 
@@ -119,6 +120,8 @@ pub struct Session {
     outbox: Outbox,
     /// The output message bound, from the link's speed.
     pacer: Pacer,
+    /// `SP_OUTPUT_MAX_MB`, unless 0.
+    cap: Option<OutputCap>,
     /// Recycled buffers for output frames (the link thread returns them).
     frames: FramePool,
     conn: Option<Conn>,
@@ -139,8 +142,10 @@ pub struct Session {
     last_seal: Option<Instant>,
     outcome: Option<Outcome>,
     spill_noted: bool,
-    /// `outbox.lost_bytes` already reported in the log.
+    /// `outbox.lost_bytes()` when the log last said so.
     loss_logged: u64,
+    /// `outbox.gaps` already reported in the log.
+    gaps_logged: u64,
 }
 
 impl Session {
@@ -157,6 +162,7 @@ impl Session {
             encoder,
             outbox,
             pacer,
+            cap: None,
             frames,
             conn: None,
             start_acked: false,
@@ -171,7 +177,14 @@ impl Session {
             outcome: None,
             spill_noted: false,
             loss_logged: 0,
+            gaps_logged: 0,
         }
+    }
+
+    /// Bound what the server receives (`SP_OUTPUT_MAX_MB`).
+    pub fn with_output_cap(mut self, cap: OutputCap) -> Self {
+        self.cap = Some(cap);
+        self
     }
 
     #[cfg(test)]
@@ -181,6 +194,13 @@ impl Session {
 
     /// Output from the job (or a marker of ours) joins the outbox.
     pub fn on_output(&mut self, stream: Stream, text: &str, now: Instant) {
+        let text = match self.cap.as_mut() {
+            Some(cap) => cap.admit(text),
+            None => text,
+        };
+        if text.is_empty() {
+            return;
+        }
         self.outbox.push(stream, text);
         if !self.spill_noted {
             if let Some(path) = self.outbox.spool_path() {
@@ -199,6 +219,11 @@ impl Session {
 
     /// A kill marker: it ends the current batch so it goes out at once.
     pub fn on_kill_marker(&mut self, stream: Stream, marker: &str, now: Instant) {
+        // Past the cap it joins the output's end, which follows at the end.
+        let marker = match self.cap.as_mut() {
+            Some(cap) => cap.admit(marker),
+            None => marker,
+        };
         self.outbox.push(stream, marker);
         self.seal(now);
     }
@@ -206,6 +231,9 @@ impl Session {
     /// The job is finished: its result is fixed, the last batch goes out.
     pub fn on_job_finished(&mut self, finished: Finished, now: Instant) {
         self.finished = Some(finished);
+        if let Some(end) = self.cap.as_mut().and_then(OutputCap::finish) {
+            self.outbox.push_end(&end);
+        }
         self.seal(now);
     }
 
@@ -382,14 +410,14 @@ impl Session {
                 if self.complete_pending() {
                     let retcode = self.retcode();
                     let delivered = self.outbox.is_empty();
-                    log::info!("server recorded the result (retcode {retcode})");
                     if !delivered {
                         self.write_undelivered(
                             "the server never accepted this instance's start",
                             effects,
                         );
                     }
-                    self.outcome = Some(Outcome { retcode, delivered });
+                    self.settle(Outcome { retcode, delivered }, effects);
+                    log::info!("server recorded the result (retcode {retcode})");
                 }
             }
             Inbound::Ack { .. } => {}
@@ -432,10 +460,13 @@ impl Session {
                         "the server answered JOB_NOT_FOUND (job stopped or restarted)",
                         effects,
                     );
-                    self.outcome = Some(Outcome {
-                        retcode,
-                        delivered: false,
-                    });
+                    self.settle(
+                        Outcome {
+                            retcode,
+                            delivered: false,
+                        },
+                        effects,
+                    );
                 } else {
                     log::warn!("server error {}: {}", clip(&code), clip(&message));
                 }
@@ -593,27 +624,45 @@ impl Session {
         let retcode = self.retcode();
         log::error!("giving up delivery: {why}");
         self.write_undelivered(why, effects);
-        self.outcome = Some(Outcome {
-            retcode,
-            delivered: false,
-        });
+        self.settle(
+            Outcome {
+                retcode,
+                delivered: false,
+            },
+            effects,
+        );
+    }
+
+    /// The run's end is settled: the result is recorded, or the server
+    /// refused it, or what was not delivered is in the log. The guardian is
+    /// told first, so a death from here on makes it report nothing (a
+    /// second `complete` would overwrite a delivered result with 255).
+    fn settle(&mut self, outcome: Outcome, effects: &mut impl Effects) {
+        effects.settled();
+        self.outcome = Some(outcome);
     }
 
     /// Undelivered output to the log, between clear markers.
     fn write_undelivered(&mut self, why: &str, effects: &mut impl Effects) {
         let retcode = self.retcode();
         let delivered = self.outbox.acked_bytes;
-        let mut body = String::new();
-        self.outbox
-            .take_undelivered(|batch| body.push_str(&batch.text));
+        self.outbox.seal();
         let header = format!(
             "==== sp_wrapper: UNDELIVERED OUTPUT of {} (retcode {retcode}): {why}; {} bytes below were not delivered ({delivered} bytes before them were) ====\n",
             self.settings.job_instance,
-            body.len()
+            self.outbox.undelivered_bytes()
         );
         effects.log_undelivered(&header);
-        effects.log_undelivered(&body);
-        if !body.ends_with('\n') && !body.is_empty() {
+        // Batch by batch (at most 500 KiB each, the spool read back one
+        // record at a time): memory stays bounded whatever the backlog.
+        let mut ends_with_newline = true;
+        self.outbox.take_undelivered(|batch| {
+            if !batch.text.is_empty() {
+                effects.log_undelivered(&batch.text);
+                ends_with_newline = batch.text.ends_with('\n');
+            }
+        });
+        if !ends_with_newline {
             effects.log_undelivered("\n");
         }
         effects.log_undelivered("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n");
@@ -686,14 +735,17 @@ impl Session {
     /// Output that could be kept neither in memory nor in the spool is lost
     /// (a marker in the text says where); the log must say so too.
     pub fn log_new_loss(&mut self) {
-        if self.outbox.lost_bytes > self.loss_logged {
+        let lost = self.outbox.lost_bytes();
+        // Once per gap, then at most every 64 MiB lost: not once per batch.
+        let new_gap = self.outbox.gaps > self.gaps_logged;
+        if new_gap || lost >= self.loss_logged + (64 << 20) {
             log::error!(
-                "{} bytes of the job's output were lost ({} in all): {}",
-                self.outbox.lost_bytes - self.loss_logged,
-                self.outbox.lost_bytes,
+                "output is being lost (gap {}, {lost} bytes lost so far; the last 256 KiB of each gap are kept): {}",
+                self.outbox.gaps,
                 self.outbox.loss_reason
             );
-            self.loss_logged = self.outbox.lost_bytes;
+            self.loss_logged = lost;
+            self.gaps_logged = self.outbox.gaps;
         }
     }
 

@@ -1,17 +1,35 @@
 //! The spool: a FIFO of output batches on disk, for output beyond the memory
 //! bound (`SP_BUFFER_MAX_MB`). Owned by the `Outbox` (supervisor thread).
 //!
-//! Records are `[stream: u8][len: u32 LE][text]`, appended at the write end
-//! and read back from the read end with positioned I/O. The file is created
-//! on first use (`O_EXCL|O_NOFOLLOW`, mode 0600: job output can hold
-//! secrets), truncated whenever it empties, and removed when dropped.
+//! The file starts with a 16-byte header (`SPSPOOL2`, then the read position
+//! as a u64 LE, rewritten at every read so the guardian of a dead daemon
+//! copies only what was not read back); records `[stream: u8][len: u32
+//! LE][text]` follow, appended at the write end and read back from the read
+//! end with positioned I/O. The file is created on first use
+//! (`O_EXCL|O_NOFOLLOW`, mode 0600: job output can hold secrets) and removed
+//! when dropped.
+//!
+//! It gives its disk space back as it drains: what has been read back is
+//! punched out of the file (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps), and
+//! the file is cut back to its header whenever it empties. So it holds about
+//! the live backlog, never all output since spilling began, and the cap
+//! (`SP_SPOOL_MAX_MB`) applies to that backlog. Where the filesystem cannot
+//! punch holes, space comes back only when the file empties, and the cap
+//! counts the whole file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::messages::Stream;
+
+const MAGIC: &[u8; 8] = b"SPSPOOL2";
+const HEADER: u64 = 16;
+const RECORD_HEADER: u64 = 5;
+/// Read-back space is returned in steps of this much (fewer syscalls).
+const PUNCH_STEP: u64 = 1 << 20;
 
 pub struct Spool {
     file: File,
@@ -19,11 +37,20 @@ pub struct Spool {
     read_pos: u64,
     write_pos: u64,
     records: usize,
+    /// Text bytes in the records not yet read back.
+    text_bytes: u64,
+    /// Everything before this offset (past the header) has been punched out.
+    punched: u64,
+    /// The filesystem refused to punch holes: space comes back only when empty.
+    punch_unsupported: bool,
+    /// Most bytes the file may hold beyond its header (`SP_SPOOL_MAX_MB`).
+    cap: u64,
 }
 
 impl Spool {
-    /// Create a new spool file at `path`, which must not exist.
-    pub fn create(path: &Path) -> io::Result<Spool> {
+    /// Create a new spool file at `path`, which must not exist, holding at
+    /// most `cap` bytes of backlog.
+    pub fn create(path: &Path, cap: u64) -> io::Result<Spool> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -31,13 +58,29 @@ impl Spool {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(Spool {
+        let spool = Spool {
             file,
             path: path.to_path_buf(),
-            read_pos: 0,
-            write_pos: 0,
+            read_pos: HEADER,
+            write_pos: HEADER,
             records: 0,
-        })
+            text_bytes: 0,
+            punched: HEADER,
+            punch_unsupported: false,
+            cap,
+        };
+        if let Err(e) = spool.write_header() {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(spool)
+    }
+
+    fn write_header(&self) -> io::Result<()> {
+        let mut header = [0u8; HEADER as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..].copy_from_slice(&self.read_pos.to_le_bytes());
+        self.file.write_all_at(&header, 0)
     }
 
     pub fn path(&self) -> &Path {
@@ -52,22 +95,53 @@ impl Spool {
         self.records
     }
 
-    /// Bytes on disk not yet read back.
+    /// Text bytes not yet read back (what the records hold, headers excluded).
     pub fn pending_bytes(&self) -> u64 {
-        self.write_pos - self.read_pos
+        self.text_bytes
+    }
+
+    /// Bytes of disk the backlog takes, as the cap counts them.
+    pub fn disk_bytes(&self) -> u64 {
+        if self.punch_unsupported {
+            self.write_pos - HEADER
+        } else {
+            self.write_pos - self.punched
+        }
+    }
+
+    /// Whether a record of `len` text bytes would stay under the cap.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.disk_bytes() + RECORD_HEADER + len as u64 <= self.cap
     }
 
     pub fn push(&mut self, stream: Stream, text: &str) -> io::Result<()> {
         let len = u32::try_from(text.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
-        let mut header = [0u8; 5];
+        if !self.has_room(text.len()) {
+            return Err(io::Error::other(format!(
+                "the spool cap (SP_SPOOL_MAX_MB, {} MiB) is reached",
+                self.cap >> 20
+            )));
+        }
+        let mut header = [0u8; RECORD_HEADER as usize];
         header[0] = stream.index() as u8;
         header[1..].copy_from_slice(&len.to_le_bytes());
-        self.file.write_all_at(&header, self.write_pos)?;
-        self.file
-            .write_all_at(text.as_bytes(), self.write_pos + 5)?;
-        self.write_pos += 5 + u64::from(len);
+        let written = self
+            .file
+            .write_all_at(&header, self.write_pos)
+            .and_then(|()| {
+                self.file
+                    .write_all_at(text.as_bytes(), self.write_pos + RECORD_HEADER)
+            });
+        if let Err(e) = written {
+            // A torn record (ENOSPC mid-write) must not be read back: cut
+            // it off, so the file ends at the last whole record.
+            let _ = self.file.set_len(self.write_pos);
+            return Err(e);
+        }
+        self.write_pos += RECORD_HEADER + u64::from(len);
         self.records += 1;
+        self.text_bytes += u64::from(len);
         Ok(())
     }
 
@@ -76,7 +150,7 @@ impl Spool {
         if self.records == 0 {
             return Ok(None);
         }
-        let mut header = [0u8; 5];
+        let mut header = [0u8; RECORD_HEADER as usize];
         self.file.read_exact_at(&mut header, self.read_pos)?;
         let stream = if header[0] == 1 {
             Stream::Stderr
@@ -85,19 +159,61 @@ impl Spool {
         };
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let mut bytes = vec![0u8; len];
-        self.file.read_exact_at(&mut bytes, self.read_pos + 5)?;
-        self.read_pos += 5 + len as u64;
+        self.file
+            .read_exact_at(&mut bytes, self.read_pos + RECORD_HEADER)?;
+        self.read_pos += RECORD_HEADER + len as u64;
         self.records -= 1;
+        self.text_bytes -= len as u64;
+        // The record is out: what follows only gives space back and keeps
+        // the header right for a guardian, so a failure there must not lose it.
         if self.records == 0 {
-            // Empty again: give the disk space back.
-            self.read_pos = 0;
-            self.write_pos = 0;
-            self.file.set_len(0)?;
+            // Empty again: give all the disk space back.
+            self.read_pos = HEADER;
+            self.write_pos = HEADER;
+            self.punched = HEADER;
+            let _ = self.file.set_len(HEADER);
+        } else {
+            self.punch_read_back();
         }
+        let _ = self.write_header();
         // Only whole `String`s are written, so this is UTF-8 unless the disk lied.
         let text = String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Ok(Some((stream, text)))
+    }
+
+    /// Return the space of what has been read back, in whole steps.
+    fn punch_read_back(&mut self) {
+        if self.punch_unsupported {
+            return;
+        }
+        let upto = self.read_pos / PUNCH_STEP * PUNCH_STEP;
+        if upto <= self.punched {
+            return;
+        }
+        let (offset, len) = (
+            self.punched as libc::off_t,
+            (upto - self.punched) as libc::off_t,
+        );
+        // SAFETY: fallocate on our own open descriptor; no memory is passed.
+        let punched = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if punched == 0 {
+            self.punched = upto;
+        } else {
+            log::warn!(
+                "cannot punch the read-back part out of {} ({}); its space comes back only when it empties",
+                self.path.display(),
+                io::Error::last_os_error()
+            );
+            self.punch_unsupported = true;
+        }
     }
 }
 
@@ -158,7 +274,7 @@ pub fn remove_stale(dirs: &[&Path]) -> Vec<PathBuf> {
 /// (`copy_text`), so a spool of any size costs no more than 64 KiB. A
 /// record cut short (the writer died mid-write) ends the file.
 pub fn count_text(file: &File) -> (u64, u64) {
-    let mut pos = 0;
+    let mut pos = first_unread(file);
     let (mut bytes, mut records) = (0, 0);
     let size = file.metadata().map_or(0, |m| m.len());
     let mut header = [0u8; 5];
@@ -177,9 +293,23 @@ pub fn count_text(file: &File) -> (u64, u64) {
     (bytes, records)
 }
 
+/// Where the records not yet read back start: the header's read position,
+/// or the end of the file when the header is not ours (nothing to copy).
+fn first_unread(file: &File) -> u64 {
+    let mut header = [0u8; HEADER as usize];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) if &header[..8] == MAGIC => {
+            let mut pos = [0u8; 8];
+            pos.copy_from_slice(&header[8..]);
+            u64::from_le_bytes(pos).max(HEADER)
+        }
+        _ => u64::MAX,
+    }
+}
+
 /// See `count_text`. Returns the bytes written.
 pub fn copy_text(file: &File, out: &mut impl Write) -> io::Result<u64> {
-    let mut pos = 0;
+    let mut pos = first_unread(file);
     let mut written = 0;
     let mut header = [0u8; 5];
     let mut chunk = vec![0u8; 64 * 1024];
@@ -219,9 +349,9 @@ mod tests {
         let path = std::env::temp_dir().join(format!("sp_spool_test_{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         {
-            let mut spool = Spool::create(&path).expect("create");
+            let mut spool = Spool::create(&path, u64::MAX).expect("create");
             assert!(
-                Spool::create(&path).is_err(),
+                Spool::create(&path, u64::MAX).is_err(),
                 "must not reuse an existing file"
             );
             spool.push(Stream::Stdout, "one").expect("push");
@@ -243,11 +373,42 @@ mod tests {
             assert_eq!(spool.pop().expect("pop"), None);
             assert_eq!(
                 std::fs::metadata(&path).expect("exists").len(),
-                0,
-                "truncated when empty"
+                HEADER,
+                "cut back to the header when empty"
             );
         }
         assert!(!path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn read_back_space_is_returned_and_the_cap_counts_the_backlog() {
+        let path = std::env::temp_dir().join(format!("sp_spool_punch_{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let chunk = "x".repeat(256 * 1024);
+        let mut spool = Spool::create(&path, 3 << 20).expect("create");
+        let blocks = || std::fs::metadata(&path).expect("exists").blocks() * 512;
+        for _ in 0..11 {
+            spool.push(Stream::Stdout, &chunk).expect("under the cap");
+        }
+        let error = spool
+            .push(Stream::Stdout, &chunk)
+            .expect_err("over the cap");
+        assert!(error.to_string().contains("SP_SPOOL_MAX_MB"), "{error}");
+        // Reading back frees space: the cap admits more, the file shrinks.
+        for _ in 0..8 {
+            spool.pop().expect("pop");
+        }
+        if !spool.punch_unsupported {
+            assert!(blocks() < (2 << 20), "{} bytes still allocated", blocks());
+            assert!(spool.has_room(chunk.len()));
+            spool.push(Stream::Stdout, &chunk).expect("room again");
+        }
+        // The guardian copies only what was not read back.
+        let file = File::open(&path).expect("open");
+        let unread = count_text(&file).0;
+        assert_eq!(unread, spool.pending_bytes());
+        drop(spool);
+        assert!(!path.exists());
     }
 
     #[test]
@@ -274,7 +435,7 @@ mod tests {
     fn text_is_copied_record_by_record_and_a_torn_tail_ends_it() {
         let path = std::env::temp_dir().join(format!("sp_spool_copy_{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut spool = Spool::create(&path).expect("create");
+        let mut spool = Spool::create(&path, u64::MAX).expect("create");
         spool.push(Stream::Stdout, "one\n").expect("push");
         spool.push(Stream::Stderr, "twö\n").expect("push");
         let file = File::open(&path).expect("open");

@@ -27,6 +27,9 @@ pub struct Supervisor<E: Effects> {
     job: JobLifecycle,
     /// `--foreground`: the job's output is also shown on our stdout/stderr.
     tee: bool,
+    /// The job is finished and no process of its group is left (told to
+    /// the effects once; from then on the group id is not ours).
+    group_gone: bool,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -36,6 +39,7 @@ impl<E: Effects> Supervisor<E> {
             session,
             job,
             tee,
+            group_gone: false,
         }
     }
 
@@ -92,7 +96,14 @@ impl<E: Effects> Supervisor<E> {
                 JobChange::default()
             }
             Event::StreamClosed(stream) => self.job.on_stream_closed(stream, now, &mut group),
-            Event::Reaped => self.job.on_reaped(now, &mut group),
+            Event::Reaped => {
+                let change = self.job.on_reaped(now, &mut group);
+                // An orphan of a finished job was the group's last process.
+                if change.finished.is_none() && self.job.finished().is_some() {
+                    self.note_group_gone();
+                }
+                change
+            }
             Event::ChildExited { status, at } => {
                 log::debug!("job's main process exited, wait status {status:#x}");
                 self.job.on_exit(status, at, now, &mut group)
@@ -140,8 +151,23 @@ impl<E: Effects> Supervisor<E> {
             self.session.on_kill_marker(stream, &marker, now);
         }
         if let Some(finished) = change.finished {
-            self.effects.job_finished(finished.retcode);
+            // Tell (the guardian) before logging or acting: a daemon killed
+            // in between must not lose the result from the guardian's record.
+            self.effects
+                .job_finished(finished.retcode, finished.exited_at);
+            self.note_group_gone();
+            log::info!("job finished with retcode {}", finished.retcode);
             self.session.on_job_finished(finished, now);
+        }
+    }
+
+    /// Once the job is finished (its leader reaped), look whether its group
+    /// is empty; if so, say so once, so that nothing signals that group id
+    /// again (it may already belong to an unrelated process).
+    fn note_group_gone(&mut self) {
+        if !self.group_gone && !self.effects.signal_group(0) {
+            self.group_gone = true;
+            self.effects.job_group_gone();
         }
     }
 
@@ -198,6 +224,8 @@ mod tests {
         signals: Vec<i32>,
         group_alive: bool,
         undelivered: String,
+        /// What the guardian was told, in order.
+        told: Vec<String>,
     }
 
     impl Effects for Fake {
@@ -226,6 +254,15 @@ mod tests {
             self.undelivered.push_str(text);
         }
         fn close_link(&mut self) {}
+        fn job_finished(&mut self, retcode: i32, _: SystemTime) {
+            self.told.push(format!("F {retcode}"));
+        }
+        fn job_group_gone(&mut self) {
+            self.told.push("G".into());
+        }
+        fn settled(&mut self) {
+            self.told.push("D".into());
+        }
     }
 
     const INSTANCE: &str = "job_1";
@@ -260,7 +297,7 @@ mod tests {
         };
         let session = Session::new(
             settings,
-            Outbox::new(1 << 20, vec![]),
+            Outbox::new(1 << 20, vec![], u64::MAX),
             FramePool::default(),
             t0,
         );
@@ -501,6 +538,57 @@ mod tests {
                 delivered: true
             })
         );
+    }
+
+    #[test]
+    fn the_guardian_is_told_each_fact_once_and_before_it_is_acted_on() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        connect(&mut sup, 1, t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        // A background process keeps the group alive after the job's exit.
+        job_ends(&mut sup, 3 << 8, t0);
+        assert_eq!(sup.effects().told, ["F 3"]);
+        assert_eq!(
+            types(&sup).last().map(String::as_str),
+            Some("complete"),
+            "the result is acted on only after the guardian knows it"
+        );
+        // Its last process is reaped: the group is gone, said once.
+        sup.effects.group_alive = false;
+        sup.handle(Event::Reaped, t0);
+        sup.handle(Event::Reaped, t0);
+        assert_eq!(sup.effects().told, ["F 3", "G"]);
+        assert_eq!(sup.take_outcome(), None);
+        frame(&mut sup, 1, ack(AckKind::Complete, Some(0)), t0);
+        assert_eq!(sup.effects().told, ["F 3", "G", "D"]);
+        assert_eq!(
+            sup.take_outcome(),
+            Some(Outcome {
+                retcode: 3,
+                delivered: true
+            })
+        );
+    }
+
+    #[test]
+    fn giving_up_writes_the_log_before_the_guardian_is_released() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "kept\n".into(),
+            },
+            t0,
+        );
+        sup.effects.group_alive = false;
+        job_ends(&mut sup, 0, t0);
+        assert_eq!(sup.effects().told, ["F 0", "G"]);
+        sup.on_time(t0 + DELIVERY_WINDOW + Duration::from_secs(1));
+        assert!(sup.effects().undelivered.contains("kept\n"));
+        assert_eq!(sup.effects().told, ["F 0", "G", "D"]);
     }
 
     #[test]

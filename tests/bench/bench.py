@@ -210,6 +210,33 @@ class Bench:
             raise RuntimeError(f"{w.name}: sink got {report['bytes']} bytes, expected {size}")
         return size / 1e6 / (report['last_ack_s'] - report['first_output_s'])
 
+    def cpu_per_100mb(self, w, size):
+        """The daemon's own CPU (all its threads, user + system, from
+        /proc/<pid>/stat, which keeps the time of threads that ended) to
+        deliver `size` bytes to the ACK-everything sink, per 100 MB."""
+        job, instance = 'cpu', f'cpu_{self.counter}'
+        self.counter += 1
+        pidfile = os.path.join(self.workdir, f'{instance}.ppid')
+        command = f"echo $PPID > {pidfile}; yes '{LINE}' | head -c {size}"
+        launch(w, wrapper_env(w, self.sink_url, job, instance, command, self.workdir))
+        daemon = int(wait_file(pidfile))
+        ticks = os.sysconf('SC_CLK_TCK')
+        cpu = 0.0
+        while True:  # the last reading before the daemon is gone
+            try:
+                with open(f'/proc/{daemon}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+                if fields[0] == 'Z':
+                    break
+                cpu = (int(fields[11]) + int(fields[12])) * 1000 / ticks
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.005)
+        report = json.loads(self.sink.stdout.readline())
+        if report['bytes'] != size:
+            raise RuntimeError(f"{w.name}: sink got {report['bytes']} bytes, expected {size}")
+        return cpu * 100e6 / size
+
     def raw_rate(self, size):
         rates = {}
         for label, sink in (('to /dev/null', '> /dev/null'), ('through a pipe to cat', '| cat > /dev/null')):
@@ -230,13 +257,25 @@ def main():
     parser.add_argument('--sink', required=True)
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='1 run, shorter jobs: a smoke test')
+    parser.add_argument('--cpu-only', action='store_true',
+                        help="only the daemon's CPU per 100 MB delivered (for an A/B of two binaries)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     idle = 4 if args.quick else 10
     big = (20 if args.quick else 200) * 1024 * 1024
     python_sink_size = 4 * 1024 * 1024  # at ~133 KB/s, 200 MB would take 25 minutes
 
-    ours = Wrapper('sp_wrapper', [os.path.abspath(args.wrapper)], {})
+    # No SP_OUTPUT_MAX_MB cap: these measure delivering every byte.
+    ours = Wrapper('sp_wrapper', [os.path.abspath(args.wrapper)], {'SP_OUTPUT_MAX_MB': '0'})
+    if args.cpu_only:
+        bench = Bench(args)
+        try:
+            cpu = [bench.cpu_per_100mb(ours, big) for _ in range(max(runs, 5))]
+        finally:
+            bench.close()
+        print(f"daemon CPU per 100 MB delivered: median {median(cpu):.0f} ms of {len(cpu)} runs "
+              f"({', '.join(f'{c:.0f}' for c in cpu)}; {big >> 20} MiB each)")
+        return
     python = Wrapper('python 0.9.30', [sys.executable, '-m', 'saltpeter.wrapper'],
                      {'PYTHONPATH': os.path.abspath(args.python_wrapper)})
     wrappers = [ours, python]
@@ -260,6 +299,8 @@ def main():
                 record(w, 'deliver4_s', bench.deliver(w, 4 * 1024 * 1024))
                 size = big if w is ours else python_sink_size
                 record(w, 'sink_mbs', bench.sink_throughput(w, size))
+                if w is ours:
+                    record(w, 'cpu100_ms', bench.cpu_per_100mb(w, big))
         raw = bench.raw_rate(big)
         baseline_ms = launch_baseline()
     finally:
@@ -287,6 +328,7 @@ def main():
     print(f'| launch of /bin/true measured the same way (ms) | {baseline_ms:.2f} | | | included in both launch figures | |')
     for label, rate in raw.items():
         print(f'| raw rate of the same job, no wrapper, {label} (MB/s) | {rate:.0f} | | | ceiling | |')
+    print(f'| daemon CPU per 100 MB delivered to the sink (ms) | {median(o["cpu100_ms"]):.0f} | | | no worse than before | |')
     print(f'\nkill retcodes: sp_wrapper {sorted(set(o["kill_retcode"]))}, python {sorted(set(p["kill_retcode"]))}')
     print(f'ours at {median(o["sink_mbs"]) / raw_pipe:.0%} of the raw piped rate')
 

@@ -202,13 +202,11 @@ fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
 
     let mut server = Harness::start_without_endpoint(&dir);
     server.add_job("thirty", "thirty_1", &[MACHINE]);
-    launch_ok(&Launch::new(
-        &server.url(),
-        "thirty",
-        "thirty_1",
-        &command,
-        &dir,
-    ));
+    // Every byte is asserted: no SP_OUTPUT_MAX_MB cap here.
+    launch_ok(
+        &Launch::new(&server.url(), "thirty", "thirty_1", &command, &dir)
+            .env("SP_OUTPUT_MAX_MB", "0"),
+    );
     assert!(
         wait_until(Duration::from_secs(60), || job_nanos(&dir).is_some()),
         "the job did not finish while the server was away"
@@ -252,7 +250,8 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
     let mut server = Harness::start_without_endpoint(&dir);
     server.add_job("big", "big_1", &[MACHINE]);
     let launch = Launch::new(&server.url(), "big", "big_1", &command, &dir)
-        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string());
+        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string())
+        .env("SP_OUTPUT_MAX_MB", "0");
     launch_ok(&launch);
     assert!(
         wait_until(Duration::from_secs(30), || std::fs::read_to_string(
@@ -316,140 +315,6 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
     assert!(
         wait_until(Duration::from_secs(10), || !spool_present()),
         "the spool file is removed once delivered"
-    );
-}
-
-/// A scripted server that tracks sequence numbers per job, not per socket,
-/// and drops the connection right after appending some messages, before
-/// their ACK: the lost-ACK case. Its `sync_response` tells the wrapper what
-/// it has, so delivery must be exactly once with no duplicate at all.
-mod per_job_server {
-    use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
-    use std::thread;
-
-    use serde_json::{Value, json};
-    use tungstenite::Message;
-
-    #[derive(Default)]
-    pub struct Recorded {
-        pub appended: String,
-        pub expected: u64,
-        pub messages: u64,
-        pub drops_after_append: u64,
-        pub retcode: Option<i64>,
-    }
-
-    /// Serve on 127.0.0.1:0; drop the connection after appending message
-    /// number n (counting from 1) for each n in `drop_after`.
-    pub fn start(drop_after: &'static [u64]) -> (u16, Arc<Mutex<Recorded>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let recorded = Arc::new(Mutex::new(Recorded::default()));
-        let state = recorded.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let state = state.clone();
-                thread::spawn(move || {
-                    let Ok(mut ws) = tungstenite::accept(stream) else {
-                        return;
-                    };
-                    while let Ok(message) = ws.read() {
-                        let Message::Text(text) = message else {
-                            continue;
-                        };
-                        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
-                            continue;
-                        };
-                        let reply = {
-                            let mut s = state.lock().expect("state");
-                            match frame["type"].as_str() {
-                                Some("connect") => {
-                                    Some(json!({"type": "ack", "ack_type": "connect"}))
-                                }
-                                Some("start") => Some(json!({"type": "ack", "ack_type": "start"})),
-                                Some("sync_request") => Some(
-                                    json!({"type": "sync_response", "last_seq": s.expected as i64 - 1}),
-                                ),
-                                Some("output") => {
-                                    let seq = frame["seq"].as_u64().expect("seq");
-                                    if seq == s.expected {
-                                        s.appended.push_str(frame["data"].as_str().expect("data"));
-                                        s.expected += 1;
-                                        s.messages += 1;
-                                        if drop_after.contains(&s.messages) {
-                                            s.drops_after_append += 1;
-                                            return; // appended, never ACKed
-                                        }
-                                        Some(
-                                            json!({"type": "ack", "ack_type": "output", "seq": seq}),
-                                        )
-                                    } else if seq < s.expected {
-                                        Some(
-                                            json!({"type": "ack", "ack_type": "output", "seq": seq}),
-                                        )
-                                    } else {
-                                        Some(
-                                            json!({"type": "nack", "nack_type": "out_of_order", "expected_seq": s.expected, "received_seq": seq}),
-                                        )
-                                    }
-                                }
-                                Some("complete") => {
-                                    s.retcode = frame["retcode"].as_i64();
-                                    Some(
-                                        json!({"type": "ack", "ack_type": "complete", "seq": frame["seq"]}),
-                                    )
-                                }
-                                _ => None,
-                            }
-                        };
-                        if let Some(reply) = reply {
-                            if ws.send(Message::text(reply.to_string())).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (port, recorded)
-    }
-}
-
-#[test]
-fn a_server_tracking_sequences_per_job_gets_exactly_once_even_when_acks_are_lost() {
-    let dir = TestDir::new("perjob");
-    let (port, recorded) = per_job_server::start(&[2, 5, 9]);
-    let command = "i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); \
-                   if [ $((i % 150)) -eq 0 ]; then sleep 0.1; fi; done; exit 6";
-    let launch = Launch::new(
-        &format!("ws://127.0.0.1:{port}"),
-        "perjob",
-        "perjob_1",
-        command,
-        &dir,
-    )
-    .env("SP_OUTPUT_INTERVAL_MS", "50");
-    launch_ok(&launch);
-    assert!(
-        wait_until(Duration::from_secs(90), || recorded
-            .lock()
-            .expect("state")
-            .retcode
-            .is_some()),
-        "no complete; log: {}",
-        crate::common::log_text(&dir, "perjob")
-    );
-    let recorded = recorded.lock().expect("state");
-    assert_eq!(
-        recorded.drops_after_append, 3,
-        "the lost-ACK case was exercised"
-    );
-    assert_eq!(recorded.retcode, Some(6));
-    assert_same(
-        &recorded.appended,
-        &numbered_lines(3000),
-        "per-job server, lost ACKs",
     );
 }
 

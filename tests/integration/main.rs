@@ -9,9 +9,11 @@
 //! | `conformance` | the launch contract and the protocol against the real endpoint: exact output and retcodes, timeout 124, kill 143, heartbeats, overlap 254, launch errors, JOB_NOT_FOUND, the log |
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
 //! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
+//! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded, stale spools removed |
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
+//! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
 //!
 //! Tests that need something this machine may lack (root, strace, the
@@ -25,6 +27,8 @@
 mod common;
 
 mod arch;
+mod architecture;
+mod bounded;
 mod conformance;
 mod delivery;
 mod guardian;

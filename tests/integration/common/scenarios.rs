@@ -78,13 +78,11 @@ pub fn eight_megabytes_arrive_exactly(prefix: &str, run: impl FnOnce(Launch)) {
     let file = dir.join("input.txt");
     std::fs::write(&file, &text).expect("write input");
     let command = format!("cat {}", file.display());
-    run(Launch::new(
-        &server.url(),
-        "eight",
-        "eight_1",
-        &command,
-        &dir,
-    ));
+    // 8.2 MB: past the default SP_OUTPUT_MAX_MB head (8 MiB less 256 KiB);
+    // every byte is asserted here, so no cap (bounded.rs tests the cap).
+    run(
+        Launch::new(&server.url(), "eight", "eight_1", &command, &dir).env("SP_OUTPUT_MAX_MB", "0"),
+    );
     let result = server
         .wait_result("eight", MACHINE, RESULT_WAIT)
         .expect("result recorded");

@@ -21,6 +21,10 @@ pub enum Plan {
     /// ACKs connect and start and answers sync_request, but never ACKs (or
     /// NACKs) output and never answers complete: contact without progress.
     NeverAckOutput,
+    /// As `Honest`, but it never answers the wrapper's close frame (it
+    /// stops reading and holds the socket): the agent lingers in its
+    /// bounded closing handshake after its result was recorded.
+    HonestNoCloseReply,
 }
 
 /// One connection as the server saw it.
@@ -92,6 +96,13 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
             Ok(Message::Text(text)) => text.to_string(),
             Ok(Message::Close(_)) => {
                 record(&mut |s, i| s.connections[i].closed_cleanly = true);
+                if let Plan::HonestNoCloseReply = plan {
+                    // Hold the socket without a reply until the peer drops it.
+                    let mut byte = [0u8; 1];
+                    let _ = std::io::Read::read(ws.get_mut(), &mut byte);
+                    record(&mut |s, i| s.connections[i].ended = true);
+                    return;
+                }
                 // tungstenite queued the close reply; the next read ends.
                 continue;
             }
@@ -110,7 +121,7 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
             ("connect", _) => Some(json!({"type": "ack", "ack_type": "connect"})),
             ("start", _) => Some(json!({"type": "ack", "ack_type": "start"})),
             ("sync_request", _) => Some(json!({"type": "sync_response", "last_seq": last_acked})),
-            ("output", Plan::Honest) => {
+            ("output", Plan::Honest | Plan::HonestNoCloseReply) => {
                 let seq = frame["seq"].as_u64().unwrap_or(u64::MAX);
                 if seq == expected {
                     let data = frame["data"].as_str().unwrap_or_default().to_string();
@@ -124,7 +135,7 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
                     json!({"type": "nack", "nack_type": "out_of_order", "expected_seq": expected, "received_seq": seq})
                 })
             }
-            ("complete", Plan::Honest) => {
+            ("complete", Plan::Honest | Plan::HonestNoCloseReply) => {
                 let retcode = frame["retcode"].as_i64().unwrap_or(-1);
                 record(&mut |s, _| s.retcodes.push(retcode));
                 Some(json!({"type": "ack", "ack_type": "complete", "seq": frame["seq"]}))
