@@ -2,7 +2,9 @@
 //! frames. Plain state with no clock, owned by the session (supervisor
 //! thread): the link thread times each frame it sends (`LinkEvent::Sent`,
 //! from the first byte handed to the kernel until the peer's TCP has
-//! acknowledged the last), and this decides the outbox's batch limit.
+//! acknowledged the last), and this decides the outbox's send limit: the
+//! most text one message carries as it goes out (`Outbox::set_send_limit`;
+//! batches are still sealed large, and cut to this when sent).
 //!
 //! Why: a message is all or nothing. The server appends it only once it has
 //! all of it, a reconnect sends it again whole, and every liveness check
@@ -10,7 +12,7 @@
 //! of the job's end; docs/delivery.md). At 8 KiB/s (VSAT, 3G, a throttled
 //! VPN) one 500 KiB message takes a minute: it would never count as progress
 //! in time. On a fast link, few large messages keep the server's per-message
-//! cost low. So messages start at `INITIAL_BATCH_BYTES` (a link of unknown
+//! cost low. So messages go out at most `INITIAL_BATCH_BYTES` (a link of unknown
 //! speed), shrink to what the link moves in `TARGET_FRAME` when one takes
 //! longer than `SLOW_FRAME`, and double (up to `outbox::MAX_BATCH_BYTES`)
 //! each time two nearly full ones in a row take under `FAST_FRAME`.

@@ -151,7 +151,7 @@ pub struct Session {
 impl Session {
     pub fn new(settings: Settings, mut outbox: Outbox, frames: FramePool, began: Instant) -> Self {
         let pacer = Pacer::new();
-        outbox.set_batch_limit(pacer.limit());
+        outbox.set_send_limit(pacer.limit());
         let encoder = Encoder::new(
             &settings.job_name,
             &settings.job_instance,
@@ -336,7 +336,7 @@ impl Session {
     fn on_frame_sent(&mut self, bytes: usize, took: Duration) {
         let before = self.pacer.limit();
         if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
-            self.outbox.set_batch_limit(limit);
+            self.outbox.set_send_limit(limit);
             let line = format!(
                 "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
                 took.as_millis()
