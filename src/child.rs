@@ -8,7 +8,6 @@
 //! `pre_exec` closure only makes async-signal-safe system calls on data
 //! prepared beforehand (the group list is resolved before the fork).
 
-use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
@@ -79,10 +78,12 @@ fn lookup_user_with(
         Some((_, nss)) => nss.initgroups(name)?,
         None => files_groups(&c_name, entry.gid)?,
     };
-    // The primary group first (as `id -G` prints), then the rest once each.
-    let mut seen = BTreeSet::from([entry.gid]);
+    // The primary group first (as `id -G` prints), then the others. Both
+    // sources list each group once (glibc's and musl's getgrouplist), and
+    // the kernel would take a repeat anyway: no set, no sort, which would
+    // cost the static binary some KB it does not have to spare.
     let mut groups = vec![entry.gid];
-    groups.extend(others.into_iter().filter(|gid| seen.insert(*gid)));
+    groups.extend(others.into_iter().filter(|&gid| gid != entry.gid));
     if groups.len() > nss::MAX_GROUPS {
         return Err(format!(
             "{} groups, more than the kernel's {}",
@@ -356,6 +357,7 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     /// What glibc (the host's NSS) says of `name`: `id -u`, `id -g`, `id -G`.
     fn id_says(name: &str) -> (u32, u32, BTreeSet<u32>) {

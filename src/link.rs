@@ -661,7 +661,8 @@ impl Link {
                 last_frame_done = done;
                 log::debug!(
                     "frame of {size} bytes on the link for {} ms ({} bytes queued behind it)",
-                    took.as_millis(),
+                    // u64: u128's Display would cost the binary 1.2 KB.
+                    took.as_millis() as u64,
                     written - acknowledged
                 );
                 queue_ahead.after_frame(size, took);

@@ -73,7 +73,11 @@ impl<'a> Nss<'a> {
             Some(0) => parse_passwd(name, &answer),
             // getent(1): 2 = the key was not found.
             Some(2) => Ok(None),
-            _ => Err(format!("{} passwd {name:?} failed ({status})", self.getent)),
+            _ => Err(format!(
+                "{} passwd {name:?} failed ({})",
+                self.getent,
+                describe(status)
+            )),
         }
     }
 
@@ -84,8 +88,9 @@ impl<'a> Nss<'a> {
         let (status, answer) = self.query("initgroups", name)?;
         if status.code() != Some(0) {
             return Err(format!(
-                "{} initgroups {name:?} failed ({status})",
-                self.getent
+                "{} initgroups {name:?} failed ({})",
+                self.getent,
+                describe(status)
             ));
         }
         parse_initgroups(name, &answer).map_err(|e| format!("{} initgroups: {e}", self.getent))
@@ -252,6 +257,17 @@ pub fn parse_initgroups(name: &str, answer: &str) -> Result<Vec<libc::gid_t>, St
         }
     }
     Ok(groups)
+}
+
+/// How `getent` ended, for an error line (not ExitStatus's Display: its
+/// signal-name table costs the static binary for nothing here).
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "no exit status".to_string(),
+    }
 }
 
 /// At most 80 bytes of `text`, for an error line.

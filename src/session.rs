@@ -339,7 +339,7 @@ impl Session {
             self.outbox.set_send_limit(limit);
             let line = format!(
                 "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
-                took.as_millis()
+                took.as_millis() as u64
             );
             if limit < before {
                 log::info!("slow link: {line}");
