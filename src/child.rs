@@ -1,4 +1,5 @@
-//! The job process: looking up `SP_USER`, spawning `/bin/sh -c "$SP_COMMAND"`
+//! The job process: looking up `SP_USER` (in `/etc/passwd`, else through
+//! the host's NSS, `nss.rs`), spawning `/bin/sh -c "$SP_COMMAND"`
 //! in a new session (its own process group) with its output on one pipe (or
 //! two with `SP_OUTPUT=separate`), signalling that group, and the waiter
 //! thread that reaps it and stamps the time of its exit.
@@ -15,12 +16,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::SyncSender;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::messages::Event;
+use crate::nss::{self, Nss, PasswdEntry};
 
-/// A passwd entry, resolved in the launcher (an unknown user fails there).
+/// The `SP_USER` account, resolved in the launcher (an unknown user fails there).
 #[derive(Clone, Debug)]
 pub struct UserInfo {
     pub name: String,
@@ -40,9 +42,67 @@ fn c_string(bytes: *const libc::c_char) -> String {
         .into_owned()
 }
 
-/// Look up `name` in the passwd database, with its supplementary groups.
+/// Look up the `SP_USER` account, with every group it belongs to.
+///
+/// The entry: `/etc/passwd` first (musl reads it, and asks nscd when one
+/// runs), else the host's NSS through `getent passwd` (a user only the
+/// directory knows). The groups: the primary one, plus what the host's NSS
+/// gives at login (`getent initgroups`: `/etc/group` and the directory's
+/// groups alike), or `/etc/group` alone on a host with no `getent`.
 pub fn lookup_user(name: &str) -> Result<UserInfo, String> {
+    lookup_user_with(name, &nss::GETENT_PATHS, nss::NSS_BUDGET)
+}
+
+fn lookup_user_with(
+    name: &str,
+    getent_paths: &[&str],
+    budget: Duration,
+) -> Result<UserInfo, String> {
     let c_name = CString::new(name).map_err(|_| "contains a NUL byte".to_string())?;
+    let host_nss = nss::find_getent(getent_paths).map(|getent| (getent, Nss::new(getent, budget)));
+    let entry = match files_passwd(&c_name)? {
+        Some(entry) => entry,
+        None => match &host_nss {
+            None => {
+                return Err(format!(
+                    "no such user {name:?} in /etc/passwd, and no getent ({}) to ask the host's NSS (LDAP, SSSD, AD): install getent (glibc) or use a local user",
+                    getent_paths.join(" or ")
+                ));
+            }
+            Some((getent, nss)) => nss.passwd(name)?.ok_or_else(|| {
+                format!("no such user {name:?} (neither /etc/passwd nor the host's NSS through {getent} knows it)")
+            })?,
+        },
+    };
+    let others = match &host_nss {
+        Some((_, nss)) => nss.initgroups(name)?,
+        None => files_groups(&c_name, entry.gid)?,
+    };
+    // The primary group first (as `id -G` prints), then the others. Both
+    // sources list each group once (glibc's and musl's getgrouplist), and
+    // the kernel would take a repeat anyway: no set, no sort, which would
+    // cost the static binary some KB it does not have to spare.
+    let mut groups = vec![entry.gid];
+    groups.extend(others.into_iter().filter(|&gid| gid != entry.gid));
+    if groups.len() > nss::MAX_GROUPS {
+        return Err(format!(
+            "{} groups, more than the kernel's {}",
+            groups.len(),
+            nss::MAX_GROUPS
+        ));
+    }
+    Ok(UserInfo {
+        name: name.to_string(),
+        uid: entry.uid,
+        gid: entry.gid,
+        groups,
+        home: entry.home,
+        shell: entry.shell,
+    })
+}
+
+/// `name` in /etc/passwd (or nscd), through musl's `getpwnam_r`.
+fn files_passwd(c_name: &CStr) -> Result<Option<PasswdEntry>, String> {
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -62,37 +122,33 @@ pub fn lookup_user(name: &str) -> Result<UserInfo, String> {
         ));
     }
     if found.is_null() {
-        return Err(format!("no such user {name:?}"));
+        return Ok(None);
     }
+    Ok(Some(PasswdEntry {
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+        home: c_string(entry.pw_dir),
+        shell: c_string(entry.pw_shell),
+    }))
+}
+
+/// The groups /etc/group (or nscd) gives `name`, through musl's `getgrouplist`.
+fn files_groups(c_name: &CStr, gid: libc::gid_t) -> Result<Vec<libc::gid_t>, String> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
         let mut count = groups.len() as libc::c_int;
-        let rc = unsafe {
-            libc::getgrouplist(
-                c_name.as_ptr(),
-                entry.pw_gid,
-                groups.as_mut_ptr(),
-                &mut count,
-            )
-        };
+        let rc =
+            unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
         if rc >= 0 {
             groups.truncate(count.max(0) as usize);
-            break;
+            return Ok(groups);
         }
-        if groups.len() >= 65_536 {
+        if groups.len() >= nss::MAX_GROUPS {
             return Err("getgrouplist: too many groups".to_string());
         }
         let wanted = (count.max(0) as usize).max(groups.len() * 2);
         groups.resize(wanted, 0);
     }
-    Ok(UserInfo {
-        name: name.to_string(),
-        uid: entry.pw_uid,
-        gid: entry.pw_gid,
-        groups,
-        home: c_string(entry.pw_dir),
-        shell: c_string(entry.pw_shell),
-    })
 }
 
 /// Is `SP_USER` allowed for us? Root may be anyone; others only themselves.
@@ -296,4 +352,67 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// What glibc (the host's NSS) says of `name`: `id -u`, `id -g`, `id -G`.
+    fn id_says(name: &str) -> (u32, u32, BTreeSet<u32>) {
+        let id = |flag: &str| {
+            let out = Command::new("id")
+                .args([flag, name])
+                .output()
+                .expect("run id");
+            assert!(out.status.success(), "id {flag} {name}: {out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|w| w.parse::<u32>().expect("a number"))
+                .collect::<Vec<u32>>()
+        };
+        (id("-u")[0], id("-g")[0], id("-G").into_iter().collect())
+    }
+
+    #[test]
+    fn a_local_user_has_the_ids_and_groups_the_hosts_nss_gives() {
+        let user = lookup_user("root").expect("root exists");
+        let (uid, gid, groups) = id_says("root");
+        assert_eq!((user.uid, user.gid), (uid, gid));
+        assert_eq!(user.groups[0], gid, "primary group first");
+        assert_eq!(user.groups.iter().copied().collect::<BTreeSet<_>>(), groups);
+        assert_eq!(user.name, "root");
+    }
+
+    #[test]
+    fn with_no_getent_a_local_user_still_resolves_from_the_files() {
+        let user = lookup_user_with("root", &["/nonexistent/getent"], nss::NSS_BUDGET)
+            .expect("root is in /etc/passwd");
+        assert_eq!((user.uid, user.gid), (0, 0));
+        assert!(user.groups.contains(&0));
+    }
+
+    #[test]
+    fn an_unknown_user_names_the_cause_in_one_line() {
+        let name = "sp-no-such-user-Zq7";
+        let error = lookup_user_with(
+            name,
+            &["/nonexistent/getent", "/nonexistent/bin/getent"],
+            nss::NSS_BUDGET,
+        )
+        .expect_err("unknown");
+        assert!(
+            error.contains("no getent (/nonexistent/getent or /nonexistent/bin/getent)")
+                && error.contains("/etc/passwd")
+                && !error.contains('\n'),
+            "{error}"
+        );
+        let error = lookup_user(name).expect_err("unknown");
+        assert!(
+            error.contains("no such user") && error.contains("NSS"),
+            "{error}"
+        );
+        assert!(lookup_user("bad\0name").is_err());
+    }
 }

@@ -39,7 +39,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -594,7 +593,7 @@ struct Report {
     ended_at: SystemTime,
 }
 
-type Socket = WebSocket<TcpStream>;
+type Socket = WebSocket<link::Counted>;
 
 impl Report {
     /// Sessions until one gets an answer to `complete`, or `deadline`.

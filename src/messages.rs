@@ -8,7 +8,7 @@
 //! - `Stream`, `Inbound`, `AckKind`: the payloads they carry (`protocol.rs`
 //!   encodes and decodes them).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Which of the job's pipes a piece of output came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,5 +127,13 @@ pub enum LinkEvent {
     BadFrame {
         generation: u64,
         reason: String,
+    },
+    /// A frame of `bytes` (1 KiB or more) reached the peer: `took` is its
+    /// time on the link, from its first byte handed to the kernel (or the
+    /// previous frame's arrival) until the peer's TCP acknowledged its last.
+    /// Not tied to a connection: the link's speed outlives one.
+    Sent {
+        bytes: usize,
+        took: Duration,
     },
 }

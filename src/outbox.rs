@@ -89,6 +89,12 @@ pub struct Outbox {
     nack_front: Option<u64>,
     open: Option<Batch>,
     max_batch: usize,
+    /// The most text one message may carry when it is sent (the session
+    /// follows the link's speed, `pacing.rs`): a longer batch is split in
+    /// two as it goes out. Batches are sealed at `max_batch`, few and large
+    /// for the server; only a slow link makes messages smaller, and a burst
+    /// sealed before the link was timed is cut to the link's size then.
+    send_limit: usize,
     /// Retired full-size buffers, reused for new batches: large allocations
     /// are fresh mmaps (page faults, zeroing, TLB shootdowns on unmap), which
     /// cost more than the copy they hold.
@@ -137,6 +143,7 @@ impl Outbox {
             nack_front: None,
             open: None,
             max_batch: max_batch.max(4),
+            send_limit: usize::MAX,
             spare: Vec::new(),
             loss: None,
             spool_failed_at: None,
@@ -179,6 +186,34 @@ impl Outbox {
                 self.seal();
             }
         }
+    }
+
+    /// A new bound on the text of a message as it is sent (`send_limit`).
+    pub fn set_send_limit(&mut self, limit: usize) {
+        self.send_limit = limit.max(4);
+    }
+
+    /// Split `memory[index]`, never sent under the current numbering, so it
+    /// fits `send_limit`: the rest becomes the next batch. Later batches are
+    /// unsent too, so their numbers shifting by one changes nothing on the
+    /// wire. The cut is on a character boundary.
+    fn fit_for_sending(&mut self, index: usize) {
+        let limit = self.send_limit;
+        let Some(batch) = self.memory.get_mut(index) else {
+            return;
+        };
+        if batch.text.len() <= limit {
+            return;
+        }
+        let mut cut = limit;
+        while !batch.text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let rest = Batch {
+            stream: batch.stream,
+            text: batch.text.split_off(cut),
+        };
+        self.memory.insert(index + 1, rest);
     }
 
     pub fn open_bytes(&self) -> usize {
@@ -473,6 +508,7 @@ impl Outbox {
                 }
             }
         }
+        self.fit_for_sending(self.sent);
         let global = self.front + self.sent as u64;
         self.sent_bytes += self.memory.get(self.sent).map_or(0, |b| b.text.len());
         self.sent += 1;
@@ -629,6 +665,35 @@ mod tests {
         let texts: Vec<String> = send_all(&mut ob, 100).into_iter().map(|(_, t)| t).collect();
         assert_eq!(texts.concat(), "aaaaaaaaé€😀bbbb");
         assert!(texts.iter().all(|t| t.len() <= 10), "{texts:?}");
+    }
+
+    /// Sealed large, sent small: a batch over the send limit goes out in
+    /// pieces, in order, numbered in turn, cut on character boundaries; a
+    /// reconnect resends the pieces; a raised limit leaves pieces as they are.
+    #[test]
+    fn batches_over_the_send_limit_go_out_in_pieces() {
+        let mut ob = Outbox::with_batch_limit(1 << 20, Vec::new(), 1000);
+        ob.push(Stream::Stdout, &"é€😀ab".repeat(20)); // 220 bytes
+        ob.seal();
+        ob.push(Stream::Stderr, "next");
+        ob.seal();
+        ob.set_send_limit(50);
+        let first = send_all(&mut ob, 3);
+        assert_eq!(
+            first.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(first.iter().all(|(_, t)| t.len() <= 50), "{first:?}");
+        ob.on_disconnect();
+        ob.on_sync(-1);
+        ob.set_send_limit(usize::MAX);
+        let again = send_all(&mut ob, 100);
+        // The three pieces sent, the rest (never sent, so never cut), next.
+        assert_eq!(again.len(), 5, "{again:?}");
+        assert!(again[3].1.len() > 50, "{again:?}");
+        let text: String = again.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(text, "é€😀ab".repeat(20) + "next");
+        assert_eq!(again.last().map(|(_, t)| t.as_str()), Some("next"));
     }
 
     #[test]

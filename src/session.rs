@@ -17,6 +17,7 @@ use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
 use crate::outbox::Outbox;
 use crate::output_cap::OutputCap;
+use crate::pacing::Pacer;
 use crate::protocol::Encoder;
 
 /// PROTOCOL.md: a heartbeat every 5 s.
@@ -117,6 +118,8 @@ pub struct Session {
     settings: Settings,
     encoder: Encoder,
     outbox: Outbox,
+    /// The output message bound, from the link's speed.
+    pacer: Pacer,
     /// `SP_OUTPUT_MAX_MB`, unless 0.
     cap: Option<OutputCap>,
     /// Recycled buffers for output frames (the link thread returns them).
@@ -146,7 +149,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(settings: Settings, outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+    pub fn new(settings: Settings, mut outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+        let pacer = Pacer::new();
+        outbox.set_send_limit(pacer.limit());
         let encoder = Encoder::new(
             &settings.job_name,
             &settings.job_instance,
@@ -156,6 +161,7 @@ impl Session {
             settings,
             encoder,
             outbox,
+            pacer,
             cap: None,
             frames,
             conn: None,
@@ -281,6 +287,8 @@ impl Session {
                     return self.on_frame(frame, now, effects);
                 }
             }
+            // Any generation: the link's speed does not change with a reconnect.
+            LinkEvent::Sent { bytes, took } => self.on_frame_sent(bytes, took),
         }
         None
     }
@@ -322,6 +330,23 @@ impl Session {
             self.outbox.next_wire_seq(),
         );
         self.send(effects, self.encoder.sync_request(wall, last_acked, next));
+    }
+
+    /// The link timed a frame: output messages follow its speed (`pacing.rs`).
+    fn on_frame_sent(&mut self, bytes: usize, took: Duration) {
+        let before = self.pacer.limit();
+        if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
+            self.outbox.set_send_limit(limit);
+            let line = format!(
+                "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
+                took.as_millis() as u64
+            );
+            if limit < before {
+                log::info!("slow link: {line}");
+            } else {
+                log::debug!("{line}");
+            }
+        }
     }
 
     fn is_current(&self, generation: u64) -> bool {

@@ -1,11 +1,15 @@
 //! Delivery guarantees against the real Saltpeter endpoint: every byte once,
 //! in order, across cut connections, endpoint restarts and long outages; the
-//! job never slowed by the network; memory bounded with a spool beyond it.
+//! job never slowed by the network; memory bounded with a spool beyond it;
+//! a slow (8 KiB/s) link delivers everything.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, wait_until};
+use crate::common::throttle::ThrottlingProxy;
+use crate::common::{
+    CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, wait_until,
+};
 
 const MACHINE: &str = "test-minion";
 
@@ -312,4 +316,110 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
         wait_until(Duration::from_secs(10), || !spool_present()),
         "the spool file is removed once delivered"
     );
+}
+
+/// A slow link (issue 19): 600 KB through a proxy that moves 8 KiB/s each
+/// way, in front of the real endpoint. Before, a 500 KiB message unfinished
+/// after 30 s counted as a stall, so on a link under ~17 KiB/s nothing was
+/// ever delivered. Now a stall is 30 s with no byte moving, and messages
+/// follow the link's speed. The job prints 200 KB at once, waits (a
+/// condition with its own bound) until the agent has logged that it shrank
+/// its messages, then prints 400 KB at once: the record must be exact and in
+/// order, on one connection (no stall, no reconnect), with those 400 KB in
+/// messages the link moves in seconds. Takes about 75 s (600 KB / 8 KiB/s).
+#[test]
+fn six_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
+    const RATE: u64 = 8 * 1024;
+    const LINES: usize = 9375; // 64 bytes each: 600,000 bytes
+    const FIRST_PART: usize = 3125; // 200,000 bytes
+    let pad = "x".repeat(51);
+    let expected: String = (0..LINES).map(|i| format!("line {i:06} {pad}\n")).collect();
+    assert_eq!(expected.len(), 600_000);
+    let print = |from: usize, to: usize| {
+        format!(
+            "awk 'BEGIN {{ for (i = {from}; i < {to}; i++) printf \"line %06d {pad}\\n\", i }}'"
+        )
+    };
+
+    let dir = TestDir::new("slowlink");
+    let mut server = Harness::start(&dir);
+    server.add_job("slowlink", "slowlink_1", &[MACHINE]);
+    let proxy = ThrottlingProxy::start(server.port(), RATE);
+    let log = dir.join("slowlink.log");
+    let command = format!(
+        // (The pattern must not match this command, which the log quotes.)
+        "{}; n=0; until grep -q 'slow link[:] output messages' '{}' || [ $n -ge 600 ]; do \
+         sleep 0.2; n=$((n+1)); done; {}",
+        print(0, FIRST_PART),
+        log.display(),
+        print(FIRST_PART, LINES)
+    );
+    let started = Instant::now();
+    launch_ok(&Launch::new(
+        &proxy.url(),
+        "slowlink",
+        "slowlink_1",
+        &command,
+        &dir,
+    ));
+    let result = server
+        .wait_result("slowlink", MACHINE, Duration::from_secs(300))
+        .unwrap_or_else(|partial| {
+            panic!(
+                "not recorded within 300 s: {} of 600000 bytes; log tail: {}",
+                partial.ret.len(),
+                tail(&log_text(&dir, "slowlink"))
+            )
+        });
+    let took = started.elapsed();
+    eprintln!(
+        "600 KB through {RATE} B/s: recorded in {:.1} s, {} output messages",
+        took.as_secs_f64(),
+        result.outputs
+    );
+    assert_eq!(result.retcode, Some(0), "{result:?}");
+    assert_same(&result.ret, &expected, "600 KB through an 8 KiB/s link");
+    assert!(proxy.upstream_bytes() >= 600_000);
+    // At 8 KiB/s the bytes alone take 73 s: the link was really that slow.
+    assert!(took >= Duration::from_secs(70), "{took:?}");
+
+    let text = log_text(&dir, "slowlink");
+    assert!(
+        !text.contains("reconnecting") && !text.contains("connection lost"),
+        "the slow link was taken for a dead one: {}",
+        tail(&text)
+    );
+    let Some(at) = text.find("slow link: output messages now at most ") else {
+        panic!("the agent never shrank its messages: {}", tail(&text));
+    };
+    let limit: usize = text[at..]
+        .split_whitespace()
+        .nth(7)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no limit in {:?}", &text[at..at + 80]));
+    // 8 KiB/s for 2 s: 16 KiB, give or take the measurement.
+    assert!(limit <= 32 * 1024, "shrunk to {limit} bytes only");
+    // The second part went out in messages of at most that size: every
+    // output message sent after the line (debug log: "sending output seq N
+    // (B bytes)").
+    let sizes_after: Vec<usize> = text[at..]
+        .lines()
+        .filter_map(|l| l.split("sending output seq ").nth(1))
+        .filter_map(|rest| rest.split(['(', ' ']).nth(2)?.parse().ok())
+        .collect();
+    let sent_after: usize = sizes_after.iter().sum();
+    assert!(
+        sent_after >= 400_000 - 64 * 1024,
+        "the second part was sent after the shrink: {sent_after} bytes in {sizes_after:?}"
+    );
+    assert!(
+        sizes_after.iter().all(|&b| b <= limit),
+        "messages over {limit} bytes after the shrink: {sizes_after:?}"
+    );
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }

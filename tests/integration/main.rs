@@ -8,11 +8,11 @@
 //! |---|---|
 //! | `conformance` | the launch contract and the protocol against the real endpoint: exact output and retcodes, timeout 124, kill 143, heartbeats, overlap 254, launch errors, JOB_NOT_FOUND, the log |
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
-//! | `delivery` | every byte in order across cuts, restarts and outages; the job never slowed; memory bounded with a spool |
+//! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded, stale spools removed |
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
-//! | `security` | the lock against races and planted files, `SP_USER`, paths, descriptors, modes, signals, a hostile server |
+//! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
 //! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
@@ -21,8 +21,9 @@
 //! static binary) are `#[ignore]`d with the reason; `./build.sh test` runs
 //! them with `--include-ignored`, where they fail rather than pass if they
 //! cannot run. `common/` holds the harnesses: the endpoint driver, the
-//! launcher, waits with deadlines, the cutting proxy, the scripted and the
-//! hostile servers, the one seccomp filter.
+//! launcher, waits with deadlines, the cutting and the throttling proxies,
+//! the scripted and the hostile servers, the one seccomp filter, users only
+//! NSS knows (libnss-extrausers).
 
 mod common;
 

@@ -11,6 +11,7 @@
 //! | | `a_lock_path_that_is_a_fifo_or_a_directory_is_refused_without_hanging` | odd file types refused at once |
 //! | | `a_hard_linked_lockfile_is_refused_and_its_target_untouched` | a hard link to someone's file is refused |
 //! | privileges | `sp_user_gets_the_users_ids_groups_environment_and_no_capabilities` | `SP_USER`: uid, gid, groups, HOME, no caps (root only; ignored with its reason otherwise) |
+//! | | `sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups` | a directory user (and a local user's directory group), through the host's NSS (root and libnss-extrausers; ignored otherwise) |
 //! | paths | `job_names_cannot_escape_the_log_and_lock_directories` | `../` and friends stay inside the log and lock dirs |
 //! | descriptors and modes | `the_job_inherits_only_stdin_stdout_and_stderr` | no descriptor of ours leaks into the job |
 //! | | `the_log_and_its_directory_are_not_world_readable_whatever_the_umask` | 0640 / 0750 under umask 0 |
@@ -31,7 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Harness, Launch, Launched, TestDir, assert_same, log_text, log_text_at, pid_alive,
+    Harness, Launch, Launched, TestDir, assert_same, extrausers, log_text, log_text_at, pid_alive,
     read_pid_file, wait_until,
 };
 
@@ -354,6 +355,177 @@ fn sp_user_gets_the_users_ids_groups_environment_and_no_capabilities() {
             "{cap} not empty: {status:?}"
         );
     }
+}
+
+/// A free id in 61000..65000 (Debian's range for dynamic system users is
+/// below, regular users below that) that NSS knows neither as `database`.
+fn free_id(database: &str, taken: &[u32]) -> u32 {
+    (61_000..65_000)
+        .find(|id| !taken.contains(id) && extrausers::getent(database, &id.to_string()).is_none())
+        .expect("a free id in 61000..65000")
+}
+
+/// `SP_USER` naming a user that only the host's NSS knows (as with SSSD,
+/// LDAP or AD), whose primary group and a supplementary group are known only
+/// there too; and a local user (in /etc/passwd, added for the test) who is a
+/// member of that directory group. (Not `nobody`: other tests ask for its
+/// groups, and must not see the test's.) The static binary cannot see either through musl: the launcher
+/// must ask NSS (getent), and the job must run with what glibc says. The
+/// oracle is glibc itself (`getent`, `id`), asked while NSS knows the user.
+#[test]
+#[ignore = "needs root and libnss-extrausers (it changes /etc/nsswitch.conf for a moment): run as root with --include-ignored (./build.sh test installs the package and does)"]
+fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
+    assert!(
+        is_root(),
+        "the directory-user test needs root (it edits /etc/nsswitch.conf and switches users): uid {}",
+        unsafe { libc::geteuid() }
+    );
+    assert!(
+        extrausers::module_installed(),
+        "libnss-extrausers is not installed: apt-get install libnss-extrausers (./build.sh deps does)"
+    );
+    let pid = std::process::id();
+    let (user, local, primary, extra) = (
+        format!("sp_nss_u{pid}"),
+        format!("sp_nss_l{pid}"),
+        format!("sp_nss_p{pid}"),
+        format!("sp_nss_g{pid}"),
+    );
+    let dir = TestDir::new("nssuser");
+    let mut server = Harness::start(&dir);
+    server.add_job("diruser", "diruser_1", &[MACHINE]);
+    server.add_job("localuser", "localuser_1", &[MACHINE]);
+    let job = "id -u; id -g; id -G; echo \"$HOME\"; echo \"$USER\"; \
+               grep -E '^(Uid|Gid|Groups):' /proc/self/status";
+    let home = dir.join("home-of-the-directory-user");
+
+    let global = extrausers::GlobalLock::take();
+    let uid = free_id("passwd", &[]);
+    let local_uid = free_id("passwd", &[uid]);
+    let local_user = extrausers::LocalUser::add(&local, local_uid);
+    let primary_gid = free_id("group", &[]);
+    let extra_gid = free_id("group", &[primary_gid]);
+    let mut nss = extrausers::ExtraUsers::install(
+        &format!(
+            "{user}:x:{uid}:{primary_gid}:sp_wrapper test:{}:/bin/sh\n",
+            utf8(&home)
+        ),
+        &format!("{primary}:x:{primary_gid}:\n{extra}:x:{extra_gid}:{user},{local}\n"),
+    );
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap_or_default()
+            .contains(&user),
+        "the user must not be in /etc/passwd"
+    );
+    nss.enable();
+    // The oracle, while NSS knows them: glibc's view of both users.
+    let entry = extrausers::getent("passwd", &user);
+    let id_groups = |name: &str| -> BTreeSet<String> {
+        let out = std::process::Command::new("id")
+            .args(["-G", name])
+            .output()
+            .expect("id -G");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let (user_groups, local_groups) = (id_groups(&user), id_groups(&local));
+    let launch = |job_name: &str, instance: &str, sp_user: &str| {
+        Launch::new(&server.url(), job_name, instance, job, &dir)
+            .env("SP_USER", sp_user)
+            .env("SP_CWD", "/")
+            .env("HOME", "/root")
+            .run()
+    };
+    let directory_launch = launch("diruser", "diruser_1", &user);
+    let local_launch = launch("localuser", "localuser_1", &local);
+    // Restore /etc/nsswitch.conf at once: the launches are done with NSS
+    // (the job's `id -u/-g/-G` print numbers and ask no one).
+    nss.disable();
+    drop(local_user);
+    drop(global);
+
+    assert_eq!(
+        entry.as_deref(),
+        Some(
+            format!(
+                "{user}:x:{uid}:{primary_gid}:sp_wrapper test:{}:/bin/sh",
+                utf8(&home)
+            )
+            .as_str()
+        ),
+        "glibc must see the extrausers entry: is libnss-extrausers working?"
+    );
+    let expected: BTreeSet<String> = [primary_gid, extra_gid]
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    assert_eq!(user_groups, expected, "glibc's groups of {user}");
+    assert!(
+        local_groups.contains(&extra_gid.to_string()),
+        "glibc's groups of {local}: {local_groups:?}"
+    );
+    assert_eq!(directory_launch.code, Some(0), "{directory_launch:?}");
+    assert_eq!(local_launch.code, Some(0), "{local_launch:?}");
+
+    let result = server
+        .wait_result("diruser", MACHINE, RESULT_WAIT)
+        .expect("diruser recorded");
+    assert_eq!(result.retcode, Some(0), "{result:?}");
+    let lines: Vec<&str> = result.ret.lines().collect();
+    assert!(lines.len() >= 8, "{:?}", result.ret);
+    assert_eq!(
+        (lines[0], lines[1], lines[3], lines[4]),
+        (
+            uid.to_string().as_str(),
+            primary_gid.to_string().as_str(),
+            utf8(&home),
+            user.as_str()
+        ),
+        "uid, gid, HOME, USER of the directory user: {:?}",
+        result.ret
+    );
+    let job_groups: BTreeSet<String> = lines[2].split_whitespace().map(str::to_string).collect();
+    assert_eq!(
+        job_groups, user_groups,
+        "the directory user's groups, as glibc gives them"
+    );
+    let status = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(status("Uid"), vec![uid.to_string(); 4], "{:?}", result.ret);
+    assert_eq!(
+        status("Gid"),
+        vec![primary_gid.to_string(); 4],
+        "{:?}",
+        result.ret
+    );
+    let kernel_groups: BTreeSet<String> = status("Groups").into_iter().collect();
+    assert_eq!(
+        kernel_groups, user_groups,
+        "the kernel's group list: {:?}",
+        result.ret
+    );
+
+    let result = server
+        .wait_result("localuser", MACHINE, RESULT_WAIT)
+        .expect("localuser recorded");
+    assert_eq!(result.retcode, Some(0), "{result:?}");
+    let lines: Vec<&str> = result.ret.lines().collect();
+    assert!(lines.len() >= 3, "{:?}", result.ret);
+    let job_groups: BTreeSet<String> = lines[2].split_whitespace().map(str::to_string).collect();
+    assert_eq!(
+        job_groups, local_groups,
+        "{local} keeps its directory group {extra_gid}"
+    );
+    wait_wrappers_done(&dir.join("diruser.log"), 1);
+    wait_wrappers_done(&dir.join("localuser.log"), 1);
 }
 
 // ---------------------------------------------------------------------------

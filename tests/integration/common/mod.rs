@@ -5,10 +5,12 @@
 //!
 //! Every network address is `127.0.0.1` with a port the OS picked.
 
+pub mod extrausers;
 pub mod hostile;
 pub mod scenarios;
 pub mod scripted;
 pub mod seccomp;
+pub mod throttle;
 #[path = "../../../src/xorshift.rs"]
 pub mod xorshift;
 
