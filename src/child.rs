@@ -11,7 +11,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -179,12 +179,8 @@ pub struct Job {
 /// close-on-exec (std dups the write end onto the job's 1 and 2, which
 /// clears the flag there).
 fn output_pipe() -> io::Result<(File, OwnedFd)> {
-    let mut fds = [0; 2];
-    // pipe2 with O_CLOEXEC: Linux 2.6.27+.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (read_end, write_end) = crate::pipe::cloexec(0)?;
+    Ok((File::from(read_end), write_end))
 }
 
 /// Start the job. The error is the `spawn` error as the OS gave it.

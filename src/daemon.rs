@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::exit_codes;
@@ -59,16 +59,6 @@ impl StatusReporter {
     }
 }
 
-/// A close-on-exec pipe (pipe2: Linux 2.6.27+), `(read, write)`, with
-/// `extra_flags` (`O_NONBLOCK`) on both ends.
-pub fn pipe(extra_flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | extra_flags) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 pub fn fork() -> io::Result<libc::pid_t> {
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
@@ -79,7 +69,7 @@ pub fn fork() -> io::Result<libc::pid_t> {
 /// Fork into the launcher and a detached child. Must be called while
 /// single-threaded.
 pub fn detach() -> io::Result<Detached> {
-    let (read_end, write_end) = pipe(0)?;
+    let (read_end, write_end) = crate::pipe::cloexec(0)?;
     let child = fork()?;
     if child > 0 {
         drop(write_end);

@@ -52,7 +52,7 @@ use crate::exit_codes;
 use crate::lockfile::Lock;
 use crate::messages::{AckKind, Inbound, Stream};
 use crate::protocol::Encoder;
-use crate::{child, daemon, link, logger, machine_id, spool};
+use crate::{child, daemon, link, logger, machine_id, pipe, spool};
 
 /// How long the group may take to die before the guardian reports anyway
 /// (SIGKILL is immediate unless a process is in uninterruptible sleep); the
@@ -95,7 +95,7 @@ pub struct Guardian {
 pub fn fork_daemon(lock: Option<Lock>) -> io::Result<Role> {
     // Orphans of the job come to us once the daemon is gone (Linux 3.4+).
     child::become_subreaper();
-    let (read_end, write_end) = match daemon::pipe(libc::O_NONBLOCK) {
+    let (read_end, write_end) = match pipe::cloexec(libc::O_NONBLOCK) {
         Ok(ends) => ends,
         Err(e) => {
             release(lock);

@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -110,15 +110,6 @@ impl LinkHandle {
     }
 }
 
-fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // pipe2 with O_CLOEXEC: Linux 2.6.27+. O_NONBLOCK on both ends.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Start the link thread. `resolve_machine` runs on it before the first
 /// connection; its answer goes to the supervisor as `LinkEvent::Identified`.
 pub fn spawn_link(
@@ -129,7 +120,7 @@ pub fn spawn_link(
 ) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
     let (finished_tx, finished_rx) = channel::<()>();
-    let (wake_read, wake_write) = wake_pipe()?;
+    let (wake_read, wake_write) = crate::pipe::cloexec(libc::O_NONBLOCK)?;
     let seed = crate::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

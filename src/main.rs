@@ -24,6 +24,7 @@ mod nss;
 mod outbox;
 mod output_cap;
 mod pacing;
+mod pipe;
 mod protocol;
 mod readers;
 mod salt_yaml;
