@@ -92,22 +92,39 @@ deps_arches() {
 
 # cached_venv LINK PYTHON PIN...: make LINK a symlink to the virtual
 # environment in CACHE_DIR keyed by PYTHON's version and the pins, creating
-# that environment (empty) if it is not there yet. The caller installs into
-# it and checks what it needs, so a cached environment is only trusted as
-# far as those checks go.
+# that environment (empty) if it is not there yet, and set VENV_PIP to the
+# environment's own python, by its real path, for the caller to pip-install
+# with. (Run through the symlink, python takes the checkout's path for its
+# prefix, and pip would write that path into every script's #! line: the
+# next clone would find salt-master pointing into a deleted checkout.) An
+# environment whose scripts point anywhere but into itself (made that way
+# before) is made again. The caller installs into it and checks what it
+# needs, so a cached environment is only trusted as far as those checks go.
+VENV_PIP=
 cached_venv() {
-    local link=$1 python=$2 key dir
+    local link=$1 python=$2 key dir script interpreter
     shift 2
     key=$({ "$python" -c 'import sys; print(sys.version)' && printf '%s\n' "$@"; } | sha256sum | cut -c1-12)
     dir="$CACHE_DIR/venvs/${link#.}-$key"
     mkdir -p "$CACHE_DIR/venvs"
+    if [ -d "$dir/bin" ]; then
+        for script in "$dir"/bin/*; do
+            [ -f "$script" ] && [ ! -L "$script" ] || continue
+            interpreter=$(head -c 200 "$script" | sed -n '1s/^#!\([^ ]*\).*/\1/p')
+            case "$interpreter" in
+                "" | "$dir"/bin/*) ;;
+                *)
+                    say "$dir: $(basename "$script") runs $interpreter, outside the environment: making it again"
+                    rm -rf "$dir"
+                    break
+                    ;;
+            esac
+        done
+    fi
     if [ ! -x "$dir/bin/python" ]; then
         say "creating the virtual environment $dir (for $link: $*)"
-        rm -rf "$dir.tmp"
-        "$python" -m venv "$dir.tmp"
-        # (venv writes its own path into its scripts: made in place, then
-        # renamed, so a venv is only ever seen whole; pip runs as python -m)
-        mv -T "$dir.tmp" "$dir" 2>/dev/null || rm -rf "$dir.tmp"
+        rm -rf "$dir"
+        "$python" -m venv "$dir"
     fi
     if [ -L "$link" ] || [ ! -e "$link" ]; then
         ln -sfn "$dir" "$link"
@@ -116,6 +133,7 @@ cached_venv() {
         rm -rf "$link"
         ln -sfn "$dir" "$link"
     fi
+    VENV_PIP="$dir/bin/python -m pip install --quiet --disable-pip-version-check"
 }
 
 # The real endpoint (saltpeter==0.9.32 and websockets, which it imports but
@@ -124,7 +142,7 @@ deps_endpoint() {
     cached_venv "$VENV" python3 "${ENDPOINT_PINS[@]}"
     if ! "$PYTHON" -c 'import saltpeter.machines_endpoint, websockets' 2>/dev/null; then
         say "installing the real Saltpeter endpoint (${ENDPOINT_PINS[*]}) into $VENV"
-        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps "${ENDPOINT_PINS[@]}"
+        $VENV_PIP --no-deps "${ENDPOINT_PINS[@]}"
     fi
 }
 
@@ -134,7 +152,7 @@ deps_python() {
     deps_endpoint
     if [ ! -f "$VENV/ref0930/saltpeter/wrapper.py" ]; then
         say "installing the Python reference wrapper (saltpeter==0.9.30) into $VENV/ref0930"
-        "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --target "$VENV/ref0930" 'saltpeter==0.9.30'
+        $VENV_PIP --no-deps --target "$VENV/ref0930" 'saltpeter==0.9.30'
     fi
 }
 
@@ -160,7 +178,7 @@ deps_packaging() {
     deps_python
     if ! "$PYTHON" -c 'import jinja2, yaml' 2>/dev/null; then
         say "installing jinja2 and PyYAML into $VENV (the Salt state check)"
-        "$PYTHON" -m pip install --quiet --no-deps jinja2 MarkupSafe PyYAML
+        $VENV_PIP --no-deps jinja2 MarkupSafe PyYAML
     fi
 }
 
@@ -789,7 +807,7 @@ deps_e2e() {
     cached_venv "$E2E_VENV" python3 "${E2E_PINS[@]}"
     if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
         say "installing ${E2E_PINS[*]} into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
-        "$E2E_PYTHON" -m pip install --quiet --disable-pip-version-check "${E2E_PINS[@]}"
+        $VENV_PIP "${E2E_PINS[@]}"
         say "e2e dependencies installed in $((SECONDS - started)) s"
     fi
 }
