@@ -335,6 +335,22 @@ mod tests {
             .collect()
     }
 
+    /// A supervisor on connection 1, its start ACKed and numbering settled.
+    fn synced(t0: Instant) -> Supervisor<Fake> {
+        let mut sup = supervisor(t0, None);
+        connect(&mut sup, 1, t0);
+        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        sup
+    }
+
+    fn delivered(retcode: i32) -> Outcome {
+        Outcome {
+            retcode,
+            delivered: true,
+        }
+    }
+
     /// A new connection, answered as the real server does: `ack connect` first.
     fn connect(sup: &mut Supervisor<Fake>, generation: u64, now: Instant) {
         sup.handle(Event::Link(LinkEvent::Connected { generation }), now);
@@ -531,22 +547,13 @@ mod tests {
             (Some("complete"), Some(3), Some(1))
         );
         frame(&mut sup, 1, ack(AckKind::Complete, Some(1)), t0);
-        assert_eq!(
-            sup.take_outcome(),
-            Some(Outcome {
-                retcode: 3,
-                delivered: true
-            })
-        );
+        assert_eq!(sup.take_outcome(), Some(delivered(3)));
     }
 
     #[test]
     fn the_guardian_is_told_each_fact_once_and_before_it_is_acted_on() {
         let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        connect(&mut sup, 1, t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let mut sup = synced(t0);
         // A background process keeps the group alive after the job's exit.
         job_ends(&mut sup, 3 << 8, t0);
         assert_eq!(sup.effects().told, ["F 3"]);
@@ -563,13 +570,7 @@ mod tests {
         assert_eq!(sup.take_outcome(), None);
         frame(&mut sup, 1, ack(AckKind::Complete, Some(0)), t0);
         assert_eq!(sup.effects().told, ["F 3", "G", "D"]);
-        assert_eq!(
-            sup.take_outcome(),
-            Some(Outcome {
-                retcode: 3,
-                delivered: true
-            })
-        );
+        assert_eq!(sup.take_outcome(), Some(delivered(3)));
     }
 
     #[test]
@@ -594,10 +595,7 @@ mod tests {
     #[test]
     fn reconnect_renumbers_and_resends_only_unacked_output() {
         let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        connect(&mut sup, 1, t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let mut sup = synced(t0);
         sup.handle(
             Event::Output {
                 stream: Stream::Stdout,
@@ -647,10 +645,7 @@ mod tests {
     #[test]
     fn repeated_kills_count_once_and_escalate_to_sigkill() {
         let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        connect(&mut sup, 1, t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let mut sup = synced(t0);
         let kill = || Inbound::Kill {
             job_instance: Some(INSTANCE.into()),
             machine: Some("m1".into()),
