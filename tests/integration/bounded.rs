@@ -38,12 +38,6 @@ fn expected_bytes(from: usize, len: usize) -> Vec<u8> {
     out
 }
 
-fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// A 200 MB job under the default cap, through the server state of
 /// saltpeter 0.9.32's own main.py.
 #[test]

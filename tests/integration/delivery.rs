@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::throttle::ThrottlingProxy;
 use crate::common::{
-    CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, wait_until,
+    CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, vm_hwm_kib,
+    wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -232,12 +233,6 @@ fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
         .expect("result recorded");
     assert_eq!(result.retcode, Some(0));
     assert_same(&result.ret, &expected, "30 MB delivered after the outage");
-}
-
-fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

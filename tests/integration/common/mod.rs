@@ -714,8 +714,17 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 
 /// A process's resident memory in KiB (`VmRSS` in /proc/<pid>/status).
 pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A process's peak resident memory in KiB (`VmHWM`).
+pub fn vm_hwm_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
