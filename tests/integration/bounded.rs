@@ -6,7 +6,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -296,14 +295,7 @@ fn a_server_that_never_acks_a_200_megabyte_backlog_costs_bounded_memory_and_time
         .env("SP_WRAPPER_LOGLEVEL", "normal");
     launch_ok(&launch);
     let daemon = read_pid_file(&pid_file, Duration::from_secs(30));
-    let sampler = thread::spawn(move || {
-        let mut peak = 0;
-        while let Some(hwm) = vm_hwm_kib(daemon) {
-            peak = peak.max(hwm);
-            thread::sleep(Duration::from_millis(20));
-        }
-        peak
-    });
+    let sampler = peak_rss_sampler(daemon);
     assert!(
         wait_until(Duration::from_secs(120), || done.exists()),
         "the job did not finish"

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::throttle::ThrottlingProxy;
 use crate::common::{
-    CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, vm_hwm_kib,
-    wait_until,
+    CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, peak_rss_sampler,
+    vm_hwm_kib, wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -282,14 +282,7 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
         vm_hwm_kib(daemon).unwrap_or(0)
     );
     // Watch the daemon's peak RSS until it exits, while it delivers.
-    let sampler = thread::spawn(move || {
-        let mut peak = 0;
-        while let Some(hwm) = vm_hwm_kib(daemon) {
-            peak = peak.max(hwm);
-            thread::sleep(Duration::from_millis(20));
-        }
-        peak
-    });
+    let sampler = peak_rss_sampler(daemon);
     let started = Instant::now();
     server.start_endpoint();
     let result = server

@@ -722,6 +722,19 @@ pub fn vm_hwm_kib(pid: i32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
+/// A thread sampling `pid`'s peak resident memory (KiB) every 20 ms until
+/// the process is gone; join it for the highest value seen.
+pub fn peak_rss_sampler(pid: i32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(hwm) = vm_hwm_kib(pid) {
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
 fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
