@@ -1,165 +1,270 @@
-//! Detaching from Salt, and the launch contract (PROTOCOL.md, "How the
-//! server starts the wrapper").
-//!
-//! The launcher (the process Salt started) forks; the child calls `setsid`,
-//! puts /dev/null on 0, 1 and 2 and closes every other inherited descriptor,
-//! so Salt's pipes are released. That child becomes the guardian
-//! (`guardian.rs`): it takes the lock and forks the daemon, which is in the
-//! guardian's session but not its leader (it can never reacquire a
-//! terminal). The daemon opens the log and starts the job, and only then
-//! reports over a status pipe: `OK <pid>`, or `ERR <code> <message>` (the
-//! guardian reports a lock failure the same way). The launcher prints the
-//! result and exits with it, so Salt sees success only once the job really
-//! runs, and otherwise one clear line with a meaningful code. The launcher
-//! does not wait for the guardian, which lives as long as the daemon.
-//!
-//! All of this happens before the process has any thread, as `fork` requires.
+//! The daemon: the process that runs the job and supervises it (with
+//! `--foreground`, the agent itself, undetached). It opens the log, spawns
+//! the job in its own process group, starts the threads (readers, waiter,
+//! signals, link) around the supervisor, and runs the supervisor to the end;
+//! its panic hook kills the job's group, so a wrapper bug never leaves an
+//! unsupervised job behind.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
 
-use crate::exit_codes;
+use crate::config::Config;
+use crate::frames::FramePool;
+use crate::job::JobLifecycle;
+use crate::launcher::{Launch, StatusReporter};
+use crate::live::{self, JOB_LEADER_REAPED, JOB_PGID, LiveEffects};
+use crate::messages::{Event, Stream};
+use crate::protocol::VERSION;
+use crate::session::Outcome;
+use crate::supervisor::Supervisor;
+use crate::{child, exit_codes, launcher, lockfile, logger, readers, spool, to_guardian};
 
-/// How long the daemon waits for the launcher to exit after reporting.
-const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
-/// Salt gives the wrapper 30 s; answer before that even if the daemon hangs.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a panic waits for its log line before the process aborts.
+const PANIC_LOG_WAIT: Duration = Duration::from_millis(500);
 
-pub enum Detached {
-    /// In the launcher: the daemon has reported; exit with this code.
-    Launcher(i32),
-    /// In the detached child (the guardian-to-be, then also the daemon after
-    /// `guardian::fork_daemon`): report how the start went.
-    Child(StatusReporter),
-}
-
-pub struct StatusReporter {
-    pipe: File,
-}
-
-impl StatusReporter {
-    pub fn started(mut self, pid: i32) {
-        let _ = writeln!(self.pipe, "OK {pid}");
-        // Let the launcher answer Salt before we start our threads and
-        // connect: on a small machine they would compete with its last few
-        // system calls. It has exited when the pipe has no reader (POLLERR);
-        // the wait is bounded, and the job is already running meanwhile.
-        let mut gone = libc::pollfd {
-            fd: self.pipe.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        };
-        unsafe { libc::poll(&mut gone, 1, LAUNCHER_EXIT_WAIT_MS) };
-    }
-
-    pub fn failed(mut self, code: i32, message: &str) {
-        let _ = writeln!(self.pipe, "ERR {code} {}", message.replace('\n', " "));
+/// `--foreground`: take the lock, run the job, exit with its result.
+pub fn run_in_foreground(launch: &Launch) -> i32 {
+    // `detach` does this for the guardian and daemon; here the job must not
+    // inherit our caller's descriptors either.
+    launcher::close_inherited_fds(&[]);
+    let started = lockfile::acquire_for_job(&launch.cfg).and_then(|lock| start_job(launch, lock));
+    match started {
+        Ok(started) => {
+            remove_stale_spools(&launch.cfg);
+            supervise(&launch.cfg, started, true).retcode
+        }
+        Err((code, message)) => {
+            eprintln!("{message}");
+            code
+        }
     }
 }
 
-pub fn fork() -> io::Result<libc::pid_t> {
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        pid => Ok(pid),
+/// The detached daemon (the guardian's child, holding the lock with it):
+/// start the job, tell the launcher how that went, supervise.
+pub fn run_detached(
+    launch: &Launch,
+    lock: Option<lockfile::Lock>,
+    reporter: StatusReporter,
+) -> i32 {
+    match start_job(launch, lock) {
+        Err((code, message)) => {
+            reporter.failed(code, &message);
+            code
+        }
+        Ok(started) => {
+            reporter.started(started.job.pid);
+            remove_stale_spools(&launch.cfg);
+            // (The guardian was told the run is settled as soon as it was,
+            // before the link closed and the lock was released.)
+            supervise(&launch.cfg, started, false);
+            exit_codes::SUCCESS
+        }
     }
 }
 
-/// Fork into the launcher and a detached child. Must be called while
-/// single-threaded.
-pub fn detach() -> io::Result<Detached> {
-    let (read_end, write_end) = crate::pipe::cloexec(0)?;
-    let child = fork()?;
-    if child > 0 {
-        drop(write_end);
-        // No waitpid: the child is the guardian and outlives us; init reaps it.
-        return Ok(Detached::Launcher(await_report(read_end)));
-    }
-    drop(read_end);
-    unsafe { libc::setsid() };
-    release_stdio(write_end.as_raw_fd());
-    Ok(Detached::Child(StatusReporter {
-        pipe: File::from(write_end),
-    }))
+/// What `start_job` hands to `supervise`.
+struct Started {
+    job: child::Job,
+    lock: Option<lockfile::Lock>,
+    log: Option<logger::LogHandle>,
+    log_error: Option<String>,
+    at: Instant,
 }
 
-/// In the launcher: wait for the daemon's report, print it, give the exit code.
-fn await_report(read_end: OwnedFd) -> i32 {
-    let mut poll = libc::pollfd {
-        fd: read_end.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ready = unsafe { libc::poll(&mut poll, 1, REPORT_TIMEOUT.as_millis() as i32) };
-    if ready <= 0 {
-        eprintln!(
-            "sp_wrapper: the daemon did not report within {} s",
-            REPORT_TIMEOUT.as_secs()
+/// Spool files of agents that died with their guardian (spool.rs), in the
+/// places this job's daemon would put its own.
+fn remove_stale_spools(cfg: &Config) {
+    let temp = std::env::temp_dir();
+    for path in spool::remove_stale(&[cfg.spool_dir.as_path(), temp.as_path()]) {
+        log::info!(
+            "removed {}, the spool file of an agent that is gone",
+            path.display()
         );
-        return exit_codes::WRAPPER_ERROR;
     }
-    // One line, not to EOF: the daemon keeps the pipe open until we are gone.
-    let mut report = Vec::with_capacity(256);
-    let mut pipe = File::from(read_end);
-    let mut chunk = [0u8; 256];
-    while !report.contains(&b'\n') && report.len() < 64 * 1024 {
-        match pipe.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => report.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    let report = String::from_utf8_lossy(&report);
-    let line = report.lines().next().unwrap_or("");
-    if line.starts_with("OK ") {
-        println!("Wrapper started successfully");
-        return exit_codes::SUCCESS;
-    }
-    if let Some(rest) = line.strip_prefix("ERR ") {
-        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-        eprintln!("{message}");
-        return code.parse().unwrap_or(exit_codes::WRAPPER_ERROR);
-    }
-    eprintln!("sp_wrapper: the daemon exited before starting the job");
-    exit_codes::WRAPPER_ERROR
 }
 
-/// /dev/null on 0, 1, 2; close every other inherited descriptor but `keep`.
-fn release_stdio(keep: RawFd) {
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
+/// Everything that can fail before the job runs, in the process that will
+/// supervise it: the log, the spawn. `lock` is held already.
+fn start_job(launch: &Launch, lock: Option<lockfile::Lock>) -> Result<Started, (i32, String)> {
+    let cfg = &launch.cfg;
+    block_wrapper_signals();
+    child::become_subreaper();
+    let (log, log_error) = match logger::init(cfg) {
+        Ok(handle) => (handle, None),
+        Err(e) => (None, Some(e)),
+    };
+    let job = match child::spawn(cfg, launch.user.as_ref()) {
+        Ok(job) => job,
+        Err(e) => {
+            log::error!("cannot start the job: {e}");
+            if let Some(lock) = lock {
+                lock.release();
             }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
-    close_inherited_fds(&[keep]);
-}
-
-/// Close every descriptor above 2 except `keep`. Uses /proc/self/fd, not
-/// `close_range` (Linux 5.9; the fleet has 2.6.32), with a bounded loop as
-/// the fallback when /proc is not mounted.
-pub fn close_inherited_fds(keep: &[RawFd]) {
-    let listed: Option<Vec<RawFd>> = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    });
-    let candidates: Vec<RawFd> = match listed {
-        Some(fds) => fds,
-        None => {
-            let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
-            (3..max.clamp(256, 65_536) as RawFd).collect()
+            return Err((
+                exit_codes::spawn_failure(&e),
+                format!("sp_wrapper: cannot run /bin/sh for SP_COMMAND: {e}"),
+            ));
         }
     };
-    for fd in candidates {
-        if fd > 2 && !keep.contains(&fd) {
-            unsafe { libc::close(fd) };
+    to_guardian::job_started(job.pid, job.spawned_at);
+    JOB_PGID.store(job.pid, Ordering::Relaxed);
+    install_panic_hook();
+    log::info!(
+        "starting job (pid {}, wrapper {VERSION}): {}",
+        job.pid,
+        cfg.command
+    );
+    Ok(Started {
+        job,
+        lock,
+        log,
+        log_error,
+        at: Instant::now(),
+    })
+}
+
+/// The signals the wrapper handles itself, on its signal thread.
+fn wrapper_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
         }
+        set
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP are handled by the signal thread with
+/// `sigwait`, so every thread must have them blocked. `child::spawn`
+/// unblocks them in the job.
+fn block_wrapper_signals() {
+    let set = wrapper_signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let set = wrapper_signals();
+            loop {
+                let mut signal = 0;
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0
+                    && events.send(Event::Signal(signal)).is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// With `panic = "abort"` nothing unwinds: kill the job's group, log the
+/// panic, abort; the guardian then reports. A wrapper bug never leaves an
+/// unsupervised job behind.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        // Kill first: logging may never return. A panic inside a log call
+        // holds the logger's lock, and logging again from this thread would
+        // wait on it forever, leaving a hung daemon (which the guardian
+        // cannot tell from a live one) and the job unsupervised.
+        let pgid = JOB_PGID.load(Ordering::Relaxed);
+        if pgid > 0 {
+            if JOB_LEADER_REAPED.load(Ordering::Relaxed) {
+                child::signal_group_of_reaped(pgid, libc::SIGKILL);
+            } else {
+                child::signal_group(pgid, libc::SIGKILL);
+            }
+        }
+        // So the log line is written by another thread, waited for briefly;
+        // then the panic aborts the process and the guardian reports.
+        let message = format!("sp_wrapper panicked: {info}; the job's process group was killed");
+        let (done, logged) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new().spawn(move || {
+            log::error!("{message}");
+            let _ = done.send(());
+        });
+        if writer.is_ok() {
+            let _ = logged.recv_timeout(PANIC_LOG_WAIT);
+        }
+    }));
+}
+
+/// Wire the threads around the supervisor and run it to the end.
+fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
+    let Started {
+        job,
+        lock,
+        log,
+        log_error,
+        at,
+    } = started;
+    let (events, inbox) = live::event_channel();
+    let frame_pool = FramePool::default();
+    let threads = readers::spawn_reader(Stream::Stdout, job.stdout, events.clone())
+        .and_then(|_| match job.stderr {
+            Some(stderr) => readers::spawn_reader(Stream::Stderr, stderr, events.clone()),
+            None => Ok(()),
+        })
+        .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
+        .and_then(|_| spawn_signal_thread(events.clone()))
+        .and_then(|_| live::spawn_link(cfg, events.clone(), frame_pool.clone()));
+    let link = match threads {
+        Ok(link) => link,
+        Err(e) => {
+            // Without its threads the wrapper cannot supervise: do not leave
+            // the job running unobserved.
+            log::error!("cannot start the wrapper's threads: {e}; killing the job");
+            child::signal_group(job.pid, libc::SIGKILL);
+            if !foreground {
+                // Exit without telling the guardian we finished: it waits
+                // until the group is gone, releases the lock and reports.
+                std::process::exit(exit_codes::WRAPPER_ERROR);
+            }
+            if let Some(lock) = lock {
+                lock.release();
+            }
+            return Outcome {
+                retcode: exit_codes::WRAPPER_ERROR,
+                delivered: false,
+            };
+        }
+    };
+    drop(events);
+    let spool_candidates = spool::candidates(
+        &cfg.spool_dir,
+        &cfg.job_file_name(),
+        std::process::id(),
+        job.pid,
+    );
+    let outbox = live::outbox(cfg, spool_candidates);
+    let session = live::session(cfg, (job.pid, job.spawned_at), outbox, frame_pool, at);
+    let session = live::with_output_cap(cfg, session);
+    let effects = LiveEffects::for_job(link, job.pid, log);
+    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
+    let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
+    if let Some(error) = log_error {
+        supervisor.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: format!("[WRAPPER LOG ERROR] {error}\n"),
+            },
+            at,
+        );
+    }
+    log::info!("server {}", cfg.url.raw);
+    let outcome = supervisor.run(inbox);
+    log::info!(
+        "wrapper done (retcode {}, delivered: {})",
+        outcome.retcode,
+        outcome.delivered
+    );
+    if let Some(lock) = lock {
+        lock.release();
+    }
+    outcome
 }

@@ -1,8 +1,9 @@
 //! What the supervisor does to the world, as a trait: frames to the link
 //! thread, signals to the job's process group, the log, our own stdout. The
-//! daemon's implementation is `LiveEffects` in `main.rs`; the supervisor's
-//! tests use a fake that records everything, so the session and the job's
-//! lifecycle are tested with fake events and fake time, without threads.
+//! daemon's and the guardian's implementation is `LiveEffects` in `live.rs`;
+//! the supervisor's tests use a fake that records everything, so the session
+//! and the job's lifecycle are tested with fake events and fake time,
+//! without threads.
 
 use std::time::SystemTime;
 

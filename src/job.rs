@@ -94,6 +94,20 @@ impl JobLifecycle {
         }
     }
 
+    /// A job that finished before this process took charge of its report
+    /// (the guardian's): nothing to wait for, nothing to kill.
+    pub fn ended(finished: Finished) -> Self {
+        JobLifecycle {
+            timeout: None,
+            merged_output: true,
+            timeout_at: None,
+            streams_open: [false, false],
+            exit: None,
+            kill: None,
+            finished: Some(finished),
+        }
+    }
+
     pub fn finished(&self) -> Option<Finished> {
         self.finished
     }

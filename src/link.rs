@@ -52,7 +52,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the WebSocket handshake (a server that accepts and says nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between connection attempts (PROTOCOL.md: 2 s), before jitter.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence after which we ping the server.
 const PING_AFTER: Duration = Duration::from_secs(15);
 /// Silence after a ping after which the server is considered dead.
@@ -169,7 +169,7 @@ enum Ended {
     Shutdown,
 }
 
-pub fn would_block(error: &tungstenite::Error) -> bool {
+fn would_block(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
@@ -239,11 +239,10 @@ impl QueueAhead {
     }
 }
 
-/// The socket under every WebSocket of ours, counting the bytes the kernel
-/// took from us. (One stream type for the link and the guardian: tungstenite
-/// compiled for two would cost the static binary about 25 KB.)
+/// The socket under the link's WebSocket, counting the bytes the kernel
+/// took from us.
 #[derive(Debug)]
-pub struct Counted {
+struct Counted {
     stream: TcpStream,
     written: u64,
 }
@@ -291,9 +290,9 @@ impl Counted {
 
 /// Open a WebSocket to `url`: resolve, TCP connect (bounded per address),
 /// handshake (bounded). The socket is left blocking, with the handshake
-/// timeout as its read and write timeouts; the link thread makes it
-/// non-blocking, the guardian (`guardian.rs`) sets its own timeouts.
-pub fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
+/// timeout as its read and write timeouts; the link thread then makes it
+/// non-blocking.
+fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?

@@ -22,6 +22,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::config::Config;
+use crate::{exit_codes, regular_file};
+
 pub struct Lock {
     file: File,
     path: PathBuf,
@@ -68,38 +71,25 @@ impl Lock {
         // A holder may unlink the file between our open and our flock; a few
         // rounds settle that race, the bound only stops a pathological loop.
         for _ in 0..100 {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => {
-                        io_error(path, "refusing to use a symlink as the lock file", e)
-                    }
-                    _ => io_error(path, "cannot open the lock file", e),
+            // Never a symlink (refused, not written through), never a file
+            // with a second hard link: our lock file is never linked twice,
+            // so a second name means someone else's file, which we must not
+            // truncate.
+            let rules = regular_file::Rules {
+                single_link: true,
+                ..regular_file::Rules::default()
+            };
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).create(true).mode(0o644);
+            let (mut file, meta) =
+                regular_file::open(path, &mut options, rules).map_err(|refused| {
+                    let what = if refused.is_open_error() {
+                        "cannot open the lock file"
+                    } else {
+                        "refusing to use it as the lock file"
+                    };
+                    io_error(path, what, refused)
                 })?;
-            let meta = file.metadata().map_err(|e| io_error(path, "fstat", e))?;
-            if !meta.file_type().is_file() {
-                return Err(io_error(
-                    path,
-                    "not a regular file",
-                    "refusing to use it as the lock file",
-                ));
-            }
-            // O_NOFOLLOW does not stop a hard link planted by a local user
-            // (kernels before 3.6 have no fs.protected_hardlinks): our lock
-            // file is never linked twice, so a second name means someone
-            // else's file, which we must not truncate.
-            if meta.nlink() > 1 {
-                return Err(io_error(
-                    path,
-                    "has other hard links",
-                    "refusing to use it as the lock file",
-                ));
-            }
             use std::os::fd::AsRawFd;
             // flock, not fcntl locks: fcntl locks are per process and dropped by
             // any close of the file; flock belongs to this open file only.
@@ -147,6 +137,32 @@ impl Lock {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+/// The job's overlap lock, unless overlap is allowed, for this process
+/// (the guardian; with `--foreground`, the agent itself) and its children.
+/// `Err((exit code, the line to report))`.
+pub fn acquire_for_job(cfg: &Config) -> Result<Option<Lock>, (i32, String)> {
+    if cfg.allow_overlap {
+        return Ok(None);
+    }
+    match Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held { pid }) => {
+            let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            Err((
+                exit_codes::OVERLAP,
+                format!(
+                    "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
+                    cfg.job_name
+                ),
+            ))
+        }
+        Err(LockError::Io { path, error }) => Err((
+            exit_codes::WRAPPER_ERROR,
+            format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
+        )),
     }
 }
 

@@ -38,13 +38,7 @@ impl LogHandle {
 
     /// Append raw text (undelivered job output) outside the `log` macros.
     pub fn append_raw(&self, text: &str) -> io::Result<()> {
-        self.raw_writer()?.write_all(text.as_bytes())
-    }
-
-    /// The log file opened for appending raw text (the guardian copies a dead
-    /// daemon's spool through it).
-    pub fn raw_writer(&self) -> io::Result<File> {
-        open_log(&self.path)
+        open_log(&self.path)?.write_all(text.as_bytes())
     }
 }
 

@@ -41,11 +41,11 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::regular_file;
 use crate::salt_yaml::{self, Value};
 
 /// Salt's `syspaths.CONFIG_DIR` on Linux.
@@ -751,24 +751,18 @@ enum ReadError {
     Other(String),
 }
 
-/// Read a regular file of at most `limit` bytes. Opened non-blocking so a
-/// FIFO planted in its place cannot stall us, then checked to be a file.
+/// Read a regular file of at most `limit` bytes, following symlinks as Salt
+/// does (`regular_file`: a FIFO planted in its place cannot stall us).
 fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let file = match File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
-        Err(e) => return Err(ReadError::Other(format!("cannot open: {e}"))),
+    let rules = regular_file::Rules {
+        follow_links: true,
+        ..regular_file::Rules::default()
     };
-    let metadata = file
-        .metadata()
-        .map_err(|e| ReadError::Other(format!("cannot stat: {e}")))?;
-    if !metadata.is_file() {
-        return Err(ReadError::Other("not a regular file".into()));
-    }
+    let (file, metadata) = match regular_file::open(path, File::options().read(true), rules) {
+        Ok(opened) => opened,
+        Err(refused) if refused.is_missing() => return Err(ReadError::Missing),
+        Err(refused) => return Err(ReadError::Other(refused.to_string())),
+    };
     if metadata.len() > limit {
         return Err(ReadError::Other(format!(
             "{} bytes, more than the {limit} read",

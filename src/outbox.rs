@@ -155,6 +155,15 @@ impl Outbox {
         }
     }
 
+    /// The guardian's outbox (guardian.rs): a dead daemon's spool, whose
+    /// records were never sent, after `preface` (in memory, so it goes
+    /// first). Later output queues behind the spool, in order.
+    pub fn adopt_spool(&mut self, spool: Spool, preface: &str) {
+        self.push(Stream::Stdout, preface);
+        self.seal();
+        self.spool = Some(spool);
+    }
+
     /// Append job output. Seals the open batch when the stream changes (so
     /// messages keep arrival order) and whenever it reaches the size limit.
     pub fn push(&mut self, stream: Stream, mut text: &str) {

@@ -181,6 +181,13 @@ impl Session {
         }
     }
 
+    /// The server has this run's `start` already (a daemon that died sent
+    /// it): never send another, which would reset the recorded output.
+    pub fn with_start_already_sent(mut self) -> Self {
+        self.start_acked = true;
+        self
+    }
+
     /// Bound what the server receives (`SP_OUTPUT_MAX_MB`).
     pub fn with_output_cap(mut self, cap: OutputCap) -> Self {
         self.cap = Some(cap);

@@ -3,7 +3,7 @@
 //!
 //! The file starts with a 16-byte header (`SPSPOOL2`, then the read position
 //! as a u64 LE, rewritten at every read so the guardian of a dead daemon
-//! copies only what was not read back); records `[stream: u8][len: u32
+//! takes over only what was not read back, `adopt`); records `[stream: u8][len: u32
 //! LE][text]` follow, appended at the write end and read back from the read
 //! end with positioned I/O. The file is created on first use
 //! (`O_EXCL|O_NOFOLLOW`, mode 0600: job output can hold secrets) and removed
@@ -18,7 +18,7 @@
 //! counts the whole file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,58 @@ impl Spool {
             return Err(e);
         }
         Ok(spool)
+    }
+
+    /// Take over the spool file of a daemon that died, open for reading and
+    /// writing as `file` (the caller checked it is ours): the records it had
+    /// not read back, oldest first, to be sent as they would have been. A
+    /// record cut short (the writer died mid-write) is kept as far as it
+    /// goes and ends the file. `None` when the file is not a spool.
+    pub fn adopt(file: File, path: &Path) -> Option<Spool> {
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, 0).ok()?;
+        if &header[..8] != MAGIC {
+            return None;
+        }
+        let size = file.metadata().ok()?.len();
+        let mut read_from = [0u8; 8];
+        read_from.copy_from_slice(&header[8..]);
+        let read_pos = u64::from_le_bytes(read_from).clamp(HEADER, size.max(HEADER));
+        let (mut pos, mut records, mut text_bytes) = (read_pos, 0, 0);
+        let mut record = [0u8; RECORD_HEADER as usize];
+        while file.read_exact_at(&mut record, pos).is_ok() {
+            let len = u64::from(u32::from_le_bytes([
+                record[1], record[2], record[3], record[4],
+            ]));
+            let available = len.min(size.saturating_sub(pos + RECORD_HEADER));
+            if available < len {
+                // Torn: keep its text, as a record of the length written.
+                if available == 0 {
+                    break;
+                }
+                record[1..].copy_from_slice(&(available as u32).to_le_bytes());
+                file.write_all_at(&record, pos).ok()?;
+            }
+            records += 1;
+            text_bytes += available;
+            pos += RECORD_HEADER + available;
+            if available < len {
+                break;
+            }
+        }
+        // Appends (the guardian's own line) go right after the last record.
+        let _ = file.set_len(pos);
+        Some(Spool {
+            file,
+            path: path.to_path_buf(),
+            read_pos,
+            write_pos: pos,
+            records,
+            text_bytes,
+            punched: read_pos,
+            punch_unsupported: false,
+            cap: u64::MAX,
+        })
     }
 
     fn write_header(&self) -> io::Result<()> {
@@ -240,8 +292,8 @@ pub fn daemon_pid_of(file_name: &str) -> Option<i32> {
 
 /// Remove, in `dirs`, the spool files of daemons that are gone: regular
 /// files of ours named as `candidates` names them whose daemon pid is dead.
-/// Returns what was removed. A daemon's own guardian copies and removes its
-/// spool as soon as it dies; this is for the files whose guardian died too.
+/// Returns what was removed. A daemon's own guardian takes its spool over as
+/// soon as it dies; this is for the files whose guardian died too.
 pub fn remove_stale(dirs: &[&Path]) -> Vec<PathBuf> {
     let euid = unsafe { libc::geteuid() };
     let mut removed = Vec::new();
@@ -267,71 +319,6 @@ pub fn remove_stale(dirs: &[&Path]) -> Vec<PathBuf> {
         }
     }
     removed
-}
-
-/// The text of every record in a spool file, in order: `(bytes, records)`
-/// counted first (`count_text`), then copied to `out` in bounded chunks
-/// (`copy_text`), so a spool of any size costs no more than 64 KiB. A
-/// record cut short (the writer died mid-write) ends the file.
-pub fn count_text(file: &File) -> (u64, u64) {
-    let mut pos = first_unread(file);
-    let (mut bytes, mut records) = (0, 0);
-    let size = file.metadata().map_or(0, |m| m.len());
-    let mut header = [0u8; 5];
-    while file.read_exact_at(&mut header, pos).is_ok() {
-        let len = u64::from(u32::from_le_bytes([
-            header[1], header[2], header[3], header[4],
-        ]));
-        let available = len.min(size.saturating_sub(pos + 5));
-        bytes += available;
-        records += 1;
-        if available < len {
-            break;
-        }
-        pos += 5 + len;
-    }
-    (bytes, records)
-}
-
-/// Where the records not yet read back start: the header's read position,
-/// or the end of the file when the header is not ours (nothing to copy).
-fn first_unread(file: &File) -> u64 {
-    let mut header = [0u8; HEADER as usize];
-    match file.read_exact_at(&mut header, 0) {
-        Ok(()) if &header[..8] == MAGIC => {
-            let mut pos = [0u8; 8];
-            pos.copy_from_slice(&header[8..]);
-            u64::from_le_bytes(pos).max(HEADER)
-        }
-        _ => u64::MAX,
-    }
-}
-
-/// See `count_text`. Returns the bytes written.
-pub fn copy_text(file: &File, out: &mut impl Write) -> io::Result<u64> {
-    let mut pos = first_unread(file);
-    let mut written = 0;
-    let mut header = [0u8; 5];
-    let mut chunk = vec![0u8; 64 * 1024];
-    while file.read_exact_at(&mut header, pos).is_ok() {
-        let len = u64::from(u32::from_le_bytes([
-            header[1], header[2], header[3], header[4],
-        ]));
-        let mut at = pos + 5;
-        let end = at + len;
-        while at < end {
-            let want = (end - at).min(chunk.len() as u64) as usize;
-            let got = file.read_at(&mut chunk[..want], at)?;
-            if got == 0 {
-                return Ok(written); // cut short
-            }
-            out.write_all(&chunk[..got])?;
-            at += got as u64;
-            written += got as u64;
-        }
-        pos = end;
-    }
-    Ok(written)
 }
 
 impl Drop for Spool {
@@ -403,11 +390,16 @@ mod tests {
             assert!(spool.has_room(chunk.len()));
             spool.push(Stream::Stdout, &chunk).expect("room again");
         }
-        // The guardian copies only what was not read back.
-        let file = File::open(&path).expect("open");
-        let unread = count_text(&file).0;
-        assert_eq!(unread, spool.pending_bytes());
+        // A guardian takes over only what was not read back.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let adopted = Spool::adopt(file, &path).expect("a spool");
+        assert_eq!(adopted.pending_bytes(), spool.pending_bytes());
         drop(spool);
+        drop(adopted);
         assert!(!path.exists());
     }
 
@@ -432,34 +424,53 @@ mod tests {
     }
 
     #[test]
-    fn text_is_copied_record_by_record_and_a_torn_tail_ends_it() {
-        let path = std::env::temp_dir().join(format!("sp_spool_copy_{}", std::process::id()));
+    fn an_adopted_spool_yields_the_unread_records_and_a_torn_tail_ends_it() {
+        let path = std::env::temp_dir().join(format!("sp_spool_adopt_{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let mut spool = Spool::create(&path, u64::MAX).expect("create");
+        spool.push(Stream::Stdout, "read back\n").expect("push");
         spool.push(Stream::Stdout, "one\n").expect("push");
         spool.push(Stream::Stderr, "twö\n").expect("push");
-        let file = File::open(&path).expect("open");
-        assert_eq!(count_text(&file), (9, 2));
-        let mut out = Vec::new();
-        assert_eq!(copy_text(&file, &mut out).expect("copy"), 9);
-        assert_eq!(out, "one\ntwö\n".as_bytes());
+        assert_eq!(
+            spool.pop().expect("pop").map(|r| r.1),
+            Some("read back\n".into())
+        );
         // The writer died in the middle of a record: keep what is there.
         let mut torn = [0u8; 5];
         torn[1..].copy_from_slice(&100u32.to_le_bytes());
-        let torn_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
-        torn_file
+        spool
+            .file
             .write_all_at(&torn, spool.write_pos)
             .expect("tear");
-        torn_file
+        spool
+            .file
             .write_all_at(b"par", spool.write_pos + 5)
             .expect("tear");
-        assert_eq!(count_text(&torn_file), (12, 3));
-        let mut out = Vec::new();
-        copy_text(&torn_file, &mut out).expect("copy");
-        assert_eq!(out, "one\ntwö\npar".as_bytes());
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open")
+        };
+        let mut adopted = Spool::adopt(open(), &path).expect("a spool");
+        std::mem::forget(spool); // (its drop would remove the file)
+        assert_eq!((adopted.len(), adopted.pending_bytes()), (3, 12));
+        // What the guardian adds goes after the last record, torn or not.
+        adopted.push(Stream::Stdout, "end\n").expect("push");
+        let mut text = String::new();
+        while let Some((stream, part)) = adopted.pop().expect("pop") {
+            text.push_str(&part);
+            if part == "twö\n" {
+                assert_eq!(stream, Stream::Stderr);
+            }
+        }
+        assert_eq!(text, "one\ntwö\nparend\n");
+        drop(adopted);
+        assert!(!path.exists(), "removed when done");
+        // Not a spool (a file planted at the name): nothing adopted.
+        std::fs::write(&path, "\0\0\0\0\x20not ours\n").expect("write");
+        assert!(Spool::adopt(open(), &path).is_none());
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -200,3 +200,14 @@ fn edges_are_read_from_paths_groups_and_not_from_tests_or_longer_names() {
     edges.insert("b".into(), BTreeSet::new());
     assert_eq!(cycle(&edges), None);
 }
+
+/// `main.rs` is the flags and the dispatch to the three processes
+/// (launcher, guardian, daemon); what each process does lives in its own
+/// file (docs/architecture.md, "Files").
+#[test]
+fn main_is_only_flags_and_dispatch() {
+    let main = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs"))
+        .expect("src/main.rs");
+    let lines = main.lines().count();
+    assert!(lines <= 150, "src/main.rs has {lines} lines (at most 150)");
+}

@@ -1,0 +1,210 @@
+//! The supervisor wired to the real world, as both processes that report a
+//! run use it: the daemon (the job it runs, `daemon.rs`) and the guardian
+//! (the run of a daemon that died, `guardian.rs`). One protocol client: the
+//! same link thread, session, outbox and deadlines for both.
+//!
+//! It owns `LiveEffects` (the `Effects` on the link thread, the job's process
+//! group, the log file, our stdout and stderr) and the pieces built from the
+//! configuration: the bounded event channel, the link thread with its
+//! machine-id resolution, the outbox within `SP_BUFFER_MAX_MB`, the session.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Config;
+use crate::effects::Effects;
+use crate::frames::FramePool;
+use crate::link::LinkHandle;
+use crate::messages::{Event, LinkCommand, Stream};
+use crate::outbox::Outbox;
+use crate::session::{Session, Settings};
+use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
+
+/// How long the process waits at exit for the link thread to close the
+/// connection cleanly (a close frame, then the server's reply).
+const LINK_CLOSE_BOUND: Duration = Duration::from_secs(1);
+
+/// Memory beside the outbox's batches that also holds output: up to 4 MiB of
+/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
+/// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
+const OUTPUT_OVERHEAD: usize = 6 << 20;
+
+/// Events that may wait for the supervisor. Bounded: at most this many reads
+/// (64 KiB each) wait, so memory stays within SP_BUFFER_MAX_MB plus a few
+/// MiB. A full queue blocks a sender only while the supervisor catches up;
+/// the supervisor itself never blocks on another thread, so this cannot
+/// deadlock.
+const EVENT_QUEUE: usize = 32;
+
+/// The job's process group, for the daemon's panic hook (0 = no job yet, or
+/// its group is known to be gone: the id may be another process's by now).
+pub static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+/// The job's main process (the group's leader) has been reaped: if its pid
+/// is in use again, the group is gone (`child::signal_group_of_reaped`).
+pub static JOB_LEADER_REAPED: AtomicBool = AtomicBool::new(false);
+
+/// The channel every thread sends its `Event`s to the supervisor on.
+pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
+    sync_channel(EVENT_QUEUE)
+}
+
+/// Start the link thread to `SP_SERVER_URL`. The machine id may need DNS:
+/// the link thread resolves it before its first connection, while the
+/// supervisor already runs.
+pub fn spawn_link(
+    cfg: &Config,
+    events: SyncSender<Event>,
+    frames: FramePool,
+) -> std::io::Result<LinkHandle> {
+    let machine_override = cfg.machine_id.clone();
+    let resolve_machine =
+        move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
+    link::spawn_link(cfg.url.clone(), events, frames, resolve_machine)
+}
+
+/// The outbox: SP_BUFFER_MAX_MB is the whole budget, so room is kept beside
+/// the queued batches for what else holds output (frames in flight, buffer
+/// pools, queued reads), and peak memory stays near the bound.
+pub fn outbox(cfg: &Config, spool_candidates: Vec<std::path::PathBuf>) -> Outbox {
+    let batch_memory = cfg
+        .buffer_limit
+        .saturating_sub(OUTPUT_OVERHEAD)
+        .max(1 << 20);
+    Outbox::new(batch_memory, spool_candidates, cfg.spool_limit)
+}
+
+/// The session that reports the job `job_pid`, spawned at `spawned_at`.
+pub fn session(
+    cfg: &Config,
+    (job_pid, spawned_at): (i32, SystemTime),
+    outbox: Outbox,
+    frames: FramePool,
+    at: Instant,
+) -> Session {
+    let settings = Settings {
+        job_name: cfg.job_name.clone(),
+        job_instance: cfg.job_instance.clone(),
+        machine: String::new(),
+        version: protocol::VERSION.to_string(),
+        job_pid,
+        spawned_at,
+        output_interval: cfg.output_interval,
+    };
+    Session::new(settings, outbox, frames, at)
+}
+
+/// `SP_OUTPUT_MAX_MB`, unless 0: what passes it goes to the `.leftout` file.
+pub fn with_output_cap(cfg: &Config, session: Session) -> Session {
+    match cfg.output_limit {
+        Some(limit) => {
+            let path = cfg.leftout_path(std::process::id());
+            session.with_output_cap(output_cap::OutputCap::new(limit, cfg.leftout_limit, path))
+        }
+        None => session,
+    }
+}
+
+/// The live `Effects`.
+pub struct LiveEffects {
+    link: LinkHandle,
+    pgid: i32,
+    /// The job's leader is reaped: its pid may be reused once the group empties.
+    leader_reaped: bool,
+    /// No process of the group is left: never signal that id again.
+    group_gone: bool,
+    log: Option<logger::LogHandle>,
+}
+
+impl LiveEffects {
+    /// For the daemon: the job `pgid` runs.
+    pub fn for_job(link: LinkHandle, pgid: i32, log: Option<logger::LogHandle>) -> Self {
+        LiveEffects {
+            link,
+            pgid,
+            leader_reaped: false,
+            group_gone: false,
+            log,
+        }
+    }
+
+    /// For the guardian: the job's group is gone or in the guardian's own
+    /// hands (it kills it and holds the lock until it is gone), never the
+    /// session's.
+    pub fn for_ended_job(link: LinkHandle, log: Option<logger::LogHandle>) -> Self {
+        LiveEffects {
+            link,
+            pgid: 0,
+            leader_reaped: true,
+            group_gone: true,
+            log,
+        }
+    }
+}
+
+impl Effects for LiveEffects {
+    fn link(&mut self, command: LinkCommand) {
+        self.link.send(command);
+    }
+
+    fn signal_group(&mut self, signal: i32) -> bool {
+        if self.group_gone {
+            false
+        } else if self.leader_reaped {
+            child::signal_group_of_reaped(self.pgid, signal)
+        } else {
+            child::signal_group(self.pgid, signal)
+        }
+    }
+
+    fn tee(&mut self, stream: Stream, text: &str) {
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().write_all(text.as_bytes()),
+            Stream::Stderr => std::io::stderr().write_all(text.as_bytes()),
+        };
+    }
+
+    fn reopen_log(&mut self) {
+        if let Some(log) = &self.log {
+            log.reopen();
+        }
+    }
+
+    // The guardian's calls below are no-ops outside a daemon with a guardian.
+
+    fn start_sent(&mut self) {
+        to_guardian::start_sent();
+    }
+
+    fn job_finished(&mut self, retcode: i32, exited_at: SystemTime) {
+        to_guardian::job_finished(retcode, exited_at);
+        self.leader_reaped = true;
+        JOB_LEADER_REAPED.store(true, Ordering::Relaxed);
+    }
+
+    fn job_group_gone(&mut self) {
+        to_guardian::job_group_gone();
+        self.group_gone = true;
+        JOB_PGID.store(0, Ordering::Relaxed);
+    }
+
+    fn settled(&mut self) {
+        to_guardian::settled();
+    }
+
+    fn log_undelivered(&mut self, text: &str) {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.append_raw(text) {
+                log::error!(
+                    "cannot write undelivered output to {}: {e}",
+                    log.path().display()
+                );
+            }
+        }
+    }
+
+    fn close_link(&mut self) {
+        self.link.shutdown(LINK_CLOSE_BOUND);
+    }
+}
