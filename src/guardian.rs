@@ -1,7 +1,8 @@
-//! The guardian: a small process (one thread while the daemon lives) that outlives the daemon,
-//! so that the agent's own death (SIGKILL, the OOM killer, a crash or a
-//! panic) never leaves the job running unsupervised, the overlap lock open
-//! to a second run while the job runs, or the server's record open forever.
+//! The guardian: a small process (one thread while the daemon lives) that
+//! outlives the daemon, so that the agent's own death (SIGKILL, the OOM
+//! killer, a crash or a panic) never leaves the job running unsupervised, the
+//! overlap lock open to a second run while the job runs, or the server's
+//! record open forever.
 //!
 //! It is the launcher's detached child (`launcher.rs`). It takes the overlap
 //! lock, becomes the subreaper of its descendants, forks the daemon (which
@@ -13,8 +14,9 @@
 //!
 //! The daemon tells it five facts over a close-on-exec, non-blocking pipe
 //! (`to_guardian.rs`), one short line each (`job_started`, `start_sent`,
-//! `job_finished`, `job_group_gone`, `settled`), each before it logs or acts on it, so that
-//! a daemon killed at any instant has told the guardian all it has done.
+//! `job_finished`, `job_group_gone`, `settled`), each before it logs or acts
+//! on it, so that a daemon killed at any instant has told the guardian all it
+//! has done.
 //! The guardian reads them once the daemon is gone (they fit in the pipe),
 //! before reaping it: until then the dead daemon is a zombie whose pid
 //! still exists, so another start's sweep of stale spool files

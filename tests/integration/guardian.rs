@@ -274,20 +274,27 @@ fn the_lock_stays_held_while_a_process_of_the_job_is_left() {
     assert!(wait_until(Duration::from_secs(5), || lock_is_free(&lock)));
 }
 
-#[test]
-fn spooled_output_reaches_the_server_after_the_agents_death() {
-    let dir = TestDir::new("guardian_spool");
-    let mut server = Harness::start_without_endpoint(&dir);
+/// A daemon that spilled output to its spool file, SIGKILLed while the
+/// server is away: the job's group is gone and the lock free after it.
+struct SpilledAndKilled {
+    job: Job,
+    spooled: std::path::PathBuf,
+    launched_at: f64,
+    killed_at: f64,
+}
+
+/// The job `spool` (instance `spool_1`) writes ~2 MB with a 1 MiB bound and
+/// no server, so the rest spills to the spool; then its daemon is killed.
+fn spill_then_kill_the_daemon(server: &mut Harness, dir: &TestDir) -> SpilledAndKilled {
     server.add_job("spool", "spool_1", &[MACHINE]);
     let lock = dir.join("spool.lock");
-    // ~2 MB with a 1 MiB bound and no server: the rest spills to the spool.
     let writer = "seq 1 100000 | sed 's/^/spooled line /'; wait";
     let launched_at = wall_now();
-    locked_launch(&server, &dir, "spool", &with_pid_files(&dir, writer))
+    locked_launch(server, dir, "spool", &with_pid_files(dir, writer))
         .env("SP_BUFFER_MAX_MB", "1")
         .run()
         .expect_started();
-    let job = job_processes(&dir);
+    let job = job_processes(dir);
     let spool_file = || {
         std::fs::read_dir(&dir.path)
             .expect("test dir")
@@ -312,35 +319,59 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
         wait_until(Duration::from_secs(5), || lock_is_free(&lock)),
         "the lock is released while the guardian still tries to report"
     );
+    SpilledAndKilled {
+        job,
+        spooled,
+        launched_at,
+        killed_at,
+    }
+}
+
+/// What the guardian sends after the dead daemon's spooled output begins
+/// with: the output it held in memory is lost.
+const SPOOL_PREFACE: &str = "\n[sp_wrapper: the agent died; output it still held in memory is \
+                             missing here; what it had spooled to disk follows]\n";
+
+/// `text` is the preface, then a tail of the spool job's output of more
+/// than 500 KB (the part past the 1 MiB in memory), whole, then `line`.
+fn assert_spooled_tail_between(text: &str, line: &str) {
+    let saved = text
+        .strip_prefix(SPOOL_PREFACE)
+        .and_then(|rest| rest.strip_suffix(line))
+        .unwrap_or_else(|| {
+            panic!(
+                "not the preface, the spooled output and {line:?}: {:.300} ... {:.300}",
+                text,
+                &text[text.len().saturating_sub(300)..]
+            )
+        });
+    let output: String = (1..=100_000)
+        .map(|i| format!("spooled line {i}\n"))
+        .collect();
+    assert!(
+        saved.len() > 500_000 && output.ends_with(saved),
+        "the {} spooled bytes are not the output's tail",
+        saved.len()
+    );
+}
+
+#[test]
+fn spooled_output_reaches_the_server_after_the_agents_death() {
+    let dir = TestDir::new("guardian_spool");
+    let mut server = Harness::start_without_endpoint(&dir);
+    let SpilledAndKilled {
+        job,
+        spooled,
+        launched_at,
+        killed_at,
+    } = spill_then_kill_the_daemon(&mut server, &dir);
     // The server comes back: the guardian, still retrying, delivers what the
     // dead daemon had spooled, then its line and the result.
     server.start_endpoint();
     let back = Instant::now();
     let result = recorded(&mut server, "spool", back);
     assert_eq!(result.retcode, Some(255), "{result:?}");
-    let line = death_line(job.daemon, "signal 9 (SIGKILL)");
-    let preface = "\n[sp_wrapper: the agent died; output it still held in memory is missing \
-                   here; what it had spooled to disk follows]\n";
-    let saved = result
-        .ret
-        .strip_prefix(preface)
-        .and_then(|rest| rest.strip_suffix(&line))
-        .unwrap_or_else(|| {
-            panic!(
-                "the record is not the preface, the spooled output and {line:?}: {:.300} ... {:.300}",
-                result.ret,
-                &result.ret[result.ret.len().saturating_sub(300)..]
-            )
-        });
-    // The spool holds the output's tail (past the 1 MiB in memory), whole.
-    let output: String = (1..=100_000)
-        .map(|i| format!("spooled line {i}\n"))
-        .collect();
-    assert!(
-        saved.len() > 500_000 && output.ends_with(saved),
-        "the record's {} spooled bytes are not the output's tail",
-        saved.len()
-    );
+    assert_spooled_tail_between(&result.ret, &death_line(job.daemon, "signal 9 (SIGKILL)"));
     assert_eq!(
         result.starts, 1,
         "the guardian sent the start the server never had"
@@ -361,6 +392,37 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
     );
     let log = log_text(&dir, "spool");
     assert!(!log.contains("UNDELIVERED OUTPUT"), "{log:.2000}");
+}
+
+/// The server never comes back: after the delivery window (60 s, the
+/// daemon's own) the guardian writes what it could not deliver to the
+/// job's log, as the daemon would, and exits.
+#[test]
+fn spooled_output_goes_to_the_log_when_the_server_never_comes_back() {
+    let dir = TestDir::new("guardian_spool_log");
+    let mut server = Harness::start_without_endpoint(&dir);
+    let gone = spill_then_kill_the_daemon(&mut server, &dir);
+    let window = Duration::from_secs(60);
+    assert!(
+        wait_until(window + Duration::from_secs(30), || !pid_alive(
+            gone.job.guardian
+        )),
+        "the guardian still runs {:?} after the daemon's death",
+        window + Duration::from_secs(30)
+    );
+    let log = log_text(&dir, "spool");
+    let (_, block) = log
+        .split_once("==== sp_wrapper: UNDELIVERED OUTPUT of spool_1 (retcode 255): ")
+        .unwrap_or_else(|| panic!("no undelivered output in the log: {log:.2000}"));
+    let (_, rest) = block
+        .split_once("====\n")
+        .unwrap_or_else(|| panic!("no header line: {block:.500}"));
+    let (saved, _) = rest
+        .split_once("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n")
+        .unwrap_or_else(|| panic!("unterminated block: {:.500}", rest));
+    assert_spooled_tail_between(saved, &death_line(gone.job.daemon, "signal 9 (SIGKILL)"));
+    assert!(!gone.spooled.exists(), "the spool file was removed");
+    assert_eq!(server.result("spool", MACHINE).retcode, None);
 }
 
 #[test]
