@@ -220,7 +220,7 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
         let mut connected = true;
         let mut lost_ack_text: Vec<String> = Vec::new();
         for step in 0..400 {
-            match rng.below(10) {
+            match rng.below(11) {
                 0..=3 => {
                     let text = format!("{step}:{}\n", "é".repeat(rng.below(20)));
                     written.push_str(&text);
@@ -311,6 +311,100 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
             );
         }
     }
+}
+
+/// The journal against the same simulated server, with messages cut to a
+/// random send limit, NACKs and reconnects, and a memory bound so small that
+/// most batches are read back from disk: at every step, what a guardian
+/// would adopt if the daemon died then is exactly what the server lacks.
+#[test]
+fn fuzz_the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
+    let mut rng = Rng(0x5eed_0b0c_0000_0004);
+    let dir = std::env::temp_dir().join(format!("sp_fuzz_journal_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for round in 0..iterations(40).max(1) {
+        let path = dir.join(format!("{round}.spool"));
+        let memory = if round % 2 == 0 {
+            1 << 20
+        } else {
+            1 + rng.below(100)
+        };
+        let mut outbox = Outbox::with_batch_limit(memory, vec![path.clone()], 4 + rng.below(64));
+        let mut server = SimServer {
+            expected: 0,
+            appended: String::new(),
+        };
+        let mut written = String::new();
+        let mut in_flight: Vec<(u64, String)> = Vec::new();
+        // Stretches where the server ACKs nothing, then catches up: the
+        // journal jumps back to its start and past its end.
+        let mut stalled = false;
+        for step in 0..400 {
+            match rng.below(11) {
+                0..=3 => {
+                    let text = format!("{step}:{}\n", "é😀".repeat(rng.below(12)));
+                    written.push_str(&text);
+                    let stream = rng.pick(&[Stream::Stdout, Stream::Stderr]);
+                    outbox.push(stream, &text);
+                    if rng.below(3) == 0 {
+                        outbox.seal();
+                    }
+                }
+                4..=5 => {
+                    outbox.set_send_limit(4 + rng.below(400));
+                    while let Some((seq, batch)) = outbox.next_to_send(1 + rng.below(8), usize::MAX)
+                    {
+                        in_flight.push((seq, batch.text.clone()));
+                    }
+                }
+                6..=8 if !stalled => {
+                    // The server answers the frames in flight, or some.
+                    let answered = match rng.below(2) {
+                        0 => in_flight.len(),
+                        _ => rng.below(in_flight.len() + 1),
+                    };
+                    for _ in 0..answered {
+                        let (seq, text) = in_flight.remove(0);
+                        if seq == server.expected {
+                            server.expected += 1;
+                            server.appended.push_str(&text);
+                            outbox.on_ack(seq as i64);
+                        } else if seq > server.expected {
+                            outbox.on_nack(server.expected as i64);
+                            break;
+                        }
+                    }
+                }
+                9 => stalled = rng.below(3) == 0 && !stalled,
+                10 if rng.below(3) == 0 => {
+                    in_flight.clear();
+                    server.expected = 0;
+                    outbox.on_disconnect();
+                    outbox.on_sync(-1);
+                }
+                _ => {}
+            }
+            let (rest, missing) = crate::spool::unacked_text(&path);
+            assert!(!missing, "round {round} step {step}");
+            assert_eq!(
+                format!("{}{rest}", server.appended),
+                written,
+                "round {round} step {step}"
+            );
+        }
+        outbox.on_disconnect();
+        outbox.on_sync(-1);
+        server.expected = 0;
+        outbox.seal();
+        while let Some((seq, batch)) = outbox.next_to_send(8, usize::MAX) {
+            server.appended.push_str(&batch.text);
+            outbox.on_ack(seq as i64);
+        }
+        assert_eq!(server.appended, written, "round {round}");
+        assert_eq!(crate::spool::unacked_text(&path), (String::new(), false));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Minion configurations, mutated with YAML's own punctuation: the reader

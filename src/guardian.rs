@@ -34,8 +34,8 @@
 //!   reused and the group is gone (`child::signal_group_of_reaped`). It
 //!   releases the lock and reports the run through the daemon's own session
 //!   code (`live.rs`: the same link thread, outbox and deadlines): the
-//!   output the dead daemon had spooled to disk and never sent (its spool
-//!   file becomes the outbox's spool), a line of output saying what
+//!   output the dead daemon had read and the server had not ACKed (its spool
+//!   file, a write-ahead journal, becomes the outbox's), a line of output saying what
 //!   happened, and `complete` with `exit_codes::AGENT_DIED`. What the
 //!   server does not take within the delivery window goes to the log.
 //!
@@ -376,11 +376,12 @@ fn what_happened(job_retcode: Option<i32>, was_running: bool, gone: bool) -> Str
     parts.join("; ")
 }
 
-/// The dead daemon's spool file, if it left one of its own: only a regular
-/// file of our user with no other name. A file a local user planted at the
-/// predictable name in /tmp, or a hard link to someone else's file (no
-/// fs.protected_hardlinks before 3.6), must not reach the server or the log.
-fn adopt_spool(cfg: &Config, daemon: libc::pid_t, job_pid: i32) -> Option<spool::Spool> {
+/// The dead daemon's spool file (its journal), if it left one of its own:
+/// only a regular file of our user with no other name. A file a local user
+/// planted at the predictable name in /tmp, or a hard link to someone else's
+/// file (no fs.protected_hardlinks before 3.6), must not reach the server or
+/// the log.
+fn adopt_spool(cfg: &Config, daemon: libc::pid_t, job_pid: i32) -> Option<spool::Adopted> {
     let rules = regular_file::Rules {
         single_link: true,
         owned_by_us: true,
@@ -397,7 +398,8 @@ fn adopt_spool(cfg: &Config, daemon: libc::pid_t, job_pid: i32) -> Option<spool:
 }
 
 /// Report the dead daemon's run through the daemon's own session code
-/// (`live.rs`): the output it had spooled and not sent, then `line`, then
+/// (`live.rs`): the output in its journal the server had not ACKed (or a
+/// line saying what may be missing), then `line`, then
 /// `complete` with `exit_codes::AGENT_DIED` and `ended_at`. A `start` only if
 /// the daemon never sent one (a second resets the recorded output). Whatever
 /// is not delivered within the session's delivery window goes to the log.
@@ -406,7 +408,7 @@ fn report(
     cfg: &Config,
     job: (i32, SystemTime),
     start_sent: bool,
-    spool: Option<spool::Spool>,
+    spool: Option<spool::Adopted>,
     line: &str,
     ended_at: SystemTime,
     log: Option<logger::LogHandle>,
@@ -422,17 +424,24 @@ fn report(
     };
     let now = Instant::now();
     let mut outbox = live::outbox(cfg, Vec::new());
-    if let Some(spool) = spool {
-        log::info!(
-            "guardian: {} bytes of output the agent had spooled to {} go to the server",
-            spool.pending_bytes(),
-            spool.path().display()
-        );
-        outbox.adopt_spool(
-            spool,
-            "\n[sp_wrapper: the agent died; output it still held in memory is missing here; \
-             what it had spooled to disk follows]\n",
-        );
+    match spool {
+        Some(adopted) => {
+            log::info!(
+                "guardian: {} bytes of output in {} the server had not acknowledged go to it",
+                adopted.pending,
+                adopted.spool.path().display()
+            );
+            outbox.adopt_spool(
+                adopted,
+                "\n[sp_wrapper: the agent died; output it held only in memory (its spool \
+                 file could not be written) is missing here]\n",
+            );
+        }
+        None => outbox.push(
+            Stream::Stdout,
+            "\n[sp_wrapper: the agent died without a spool file; output the server had not \
+             acknowledged, if any, is missing here]\n",
+        ),
     }
     let mut session = live::session(cfg, job, outbox, frames, now);
     if start_sent {

@@ -3,8 +3,16 @@
 //!
 //! Output text is appended to an open batch; a sealed batch is a future
 //! `output` message. Sealed batches are numbered globally (0, 1, 2, ...) in
-//! job order and stay here until the server ACKs them: in memory up to the
-//! byte bound, then in the spool file (`spool.rs`).
+//! job order and stay here until the server ACKs them.
+//!
+//! Nothing the daemon has read dies with it: every piece of text is written
+//! ahead to the spool file (`spool.rs`, a journal in the page cache) as it is
+//! pushed, before it can be sent, and the journal's header says how far the
+//! server has ACKed, rewritten before ACKed batches are dropped. A guardian
+//! that adopts the file after the daemon's death sends exactly what follows
+//! (`adopt_spool`). Memory is the fast path for sending: sealed batches stay
+//! in memory up to the byte bound; beyond it they are not kept but read back
+//! from the journal, where they already are, in order.
 //!
 //! The wire `seq` of a batch is `global - wire_base`. The real server keeps
 //! its expected seq per socket and starts again at 0 after a reconnect, so
@@ -17,11 +25,14 @@
 //! lost. If the server had appended one and only its ACK was lost, it appears
 //! twice; the window of batches in flight bounds how much (docs/delivery.md).
 //!
-//! When a batch fits neither in memory nor in the spool (its cap, a full
-//! disk), output is being lost: from then on new text goes to a bounded
-//! tail (`tail.rs`) until there is room again (memory or spool half free),
-//! so each gap is one stretch of the output, marked by one line saying how
-//! many bytes were lost there, followed by the last bytes before the gap
+//! When the journal cannot be written (its cap, a full disk, no file), text
+//! is held only in memory, and the journal takes text again only once none of
+//! that is left unACKed (so what it holds stays whole and in order; its header
+//! marks where it stops meanwhile). When a batch fits neither in memory nor
+//! in the journal, output is being lost: from then on new text goes to a
+//! bounded tail (`tail.rs`) until there is room again (memory or spool half
+//! free), so each gap is one stretch of the output, marked by one line saying
+//! how many bytes were lost there, followed by the last bytes before the gap
 //! closed. At the end of the job the last gap closes once what precedes it
 //! has drained, so the record ends with the job's last output.
 
@@ -29,7 +40,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crate::messages::Stream;
-use crate::spool::Spool;
+use crate::spool::{Adopted, Pos, Spool};
 use crate::tail::Tail;
 
 /// Most text in one `output` message (500 KiB, as the Python wrapper).
@@ -39,6 +50,8 @@ pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 pub struct Batch {
     pub stream: Stream,
     pub text: String,
+    /// Where its text starts in the journal; `None`: held only in memory.
+    at: Option<Pos>,
 }
 
 /// What `on_nack` did.
@@ -73,10 +86,18 @@ pub struct Outbox {
     memory: VecDeque<Batch>,
     memory_bytes: usize,
     memory_limit: usize,
-    /// Sealed batches after those in `memory`, on disk.
-    spool: Option<Spool>,
-    spool_candidates: Vec<PathBuf>,
-    spool_cap: u64,
+    /// The write-ahead journal; `None` when no spool file could be created.
+    journal: Option<Spool>,
+    /// Why the journal did not take text (for the loss line and the log).
+    journal_error: String,
+    /// A write to the journal failed: new text is held only in memory.
+    suspended: bool,
+    /// Sealed batches in `memory` that the journal does not have.
+    memory_only: usize,
+    /// Sealed batches after those in `memory`, not kept in memory: the
+    /// journal's `disk_text` text bytes from `disk_from`.
+    disk_from: Pos,
+    disk_text: u64,
     /// Global number of `memory[0]` = number of batches retired.
     front: u64,
     /// How many batches from the front have been sent on the current connection.
@@ -100,8 +121,8 @@ pub struct Outbox {
     /// cost more than the copy they hold.
     spare: Vec<String>,
     loss: Option<Loss>,
-    /// The spool's backlog when a write to it last failed (a full disk): it
-    /// is tried again once that has halved, not at every batch.
+    /// The journal's backlog when a write to it last failed (a full disk):
+    /// it is tried again once that has halved, not at every batch.
     spool_failed_at: Option<u64>,
     pub acked_bytes: u64,
     /// Bytes lost in gaps already closed.
@@ -116,26 +137,51 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// `spool_candidates`: where to create the spool file, tried in order;
+    /// `spool_candidates`: where to create the spool file, tried in order
+    /// (at once: output is written ahead from the first byte);
     /// `spool_cap`: the most backlog it may hold (`SP_SPOOL_MAX_MB`).
     pub fn new(memory_limit: usize, spool_candidates: Vec<PathBuf>, spool_cap: u64) -> Self {
-        let mut outbox = Self::with_batch_limit(memory_limit, spool_candidates, MAX_BATCH_BYTES);
-        outbox.spool_cap = spool_cap;
-        outbox
+        Self::build(memory_limit, &spool_candidates, MAX_BATCH_BYTES, spool_cap)
     }
 
+    #[cfg(test)]
     pub fn with_batch_limit(
         memory_limit: usize,
         spool_candidates: Vec<PathBuf>,
         max_batch: usize,
     ) -> Self {
+        Self::build(memory_limit, &spool_candidates, max_batch, u64::MAX)
+    }
+
+    fn build(memory_limit: usize, candidates: &[PathBuf], max_batch: usize, cap: u64) -> Self {
+        let mut errors = Vec::new();
+        let journal = candidates
+            .iter()
+            .find_map(|path| match Spool::create(path, cap) {
+                Ok(spool) => Some(spool),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", path.display()));
+                    None
+                }
+            });
+        let journal_error = if errors.is_empty() {
+            "there is no spool file".to_string()
+        } else {
+            format!("no spool file could be created ({})", errors.join("; "))
+        };
+        if journal.is_none() && !candidates.is_empty() {
+            log::warn!("{journal_error}: output held in memory dies with the agent");
+        }
         Outbox {
             memory: VecDeque::new(),
             memory_bytes: 0,
             memory_limit,
-            spool: None,
-            spool_candidates,
-            spool_cap: u64::MAX,
+            journal,
+            journal_error,
+            suspended: false,
+            memory_only: 0,
+            disk_from: Pos::default(),
+            disk_text: 0,
             front: 0,
             sent: 0,
             sent_bytes: 0,
@@ -155,28 +201,135 @@ impl Outbox {
         }
     }
 
-    /// The guardian's outbox (guardian.rs): a dead daemon's spool, whose
-    /// records were never sent, after `preface` (in memory, so it goes
-    /// first). Later output queues behind the spool, in order.
-    pub fn adopt_spool(&mut self, spool: Spool, preface: &str) {
-        self.push(Stream::Stdout, preface);
-        self.seal();
-        self.spool = Some(spool);
+    /// The guardian's outbox (guardian.rs), still empty: a dead daemon's
+    /// journal, whose text after the ACKed position the server does not
+    /// have, then `missing` if the daemon held output after it only in
+    /// memory. Later output follows, in order.
+    pub fn adopt_spool(&mut self, adopted: Adopted, missing: &str) {
+        self.disk_from = adopted.from;
+        self.disk_text = adopted.pending;
+        self.journal = Some(adopted.spool);
+        self.suspended = false;
+        if adopted.memory_only {
+            self.push(Stream::Stdout, missing);
+            self.seal();
+        }
+    }
+
+    /// Whether new text is written ahead to the journal.
+    fn journaling(&self) -> bool {
+        self.journal.is_some() && !self.suspended
+    }
+
+    /// Write `text` ahead: its record's offset, or `None` when it is held
+    /// only in memory.
+    fn journal_append(&mut self, stream: Stream, text: &str) -> Option<u64> {
+        if !self.journaling() {
+            return None;
+        }
+        match self.journal.as_mut()?.append(stream, text) {
+            Ok(offset) => Some(offset),
+            Err(e) => {
+                self.journal_failed(e);
+                None
+            }
+        }
+    }
+
+    fn journal_failed(&mut self, e: std::io::Error) {
+        if let Some(journal) = self.journal.as_ref() {
+            if e.kind() != std::io::ErrorKind::Other {
+                self.spool_failed_at = Some(journal.disk_bytes());
+                self.journal_error = format!("writing {} failed: {e}", journal.path().display());
+            } else {
+                self.journal_error = e.to_string();
+            }
+        }
+        self.suspend();
+    }
+
+    /// From here on text is held only in memory; the header says where.
+    fn suspend(&mut self) {
+        if !self.suspended {
+            self.suspended = true;
+            if let Some(journal) = self.journal.as_mut() {
+                journal.set_memory_only(true);
+            }
+        }
+    }
+
+    /// Whether the journal may be tried again after a failure: its backlog
+    /// has halved since a write failed (a full disk), or none failed.
+    fn journal_retry_due(&self) -> bool {
+        self.journal.as_ref().is_some_and(|journal| {
+            self.spool_failed_at
+                .is_none_or(|at| journal.disk_bytes() <= at / 2)
+        })
+    }
+
+    /// A sealed batch held only in memory joins the journal if nothing
+    /// before it is missing there: no batch held only in memory unACKed
+    /// and no gap open. The journal then takes text again.
+    fn journal_late(&mut self, batch: &mut Batch) {
+        if batch.at.is_some()
+            || self.memory_only > 0
+            || self.loss.is_some()
+            || !self.journal_retry_due()
+        {
+            return;
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        match journal.append(batch.stream, &batch.text) {
+            Ok(offset) => {
+                batch.at = Some(Pos { offset, skip: 0 });
+                if self.suspended {
+                    self.suspended = false;
+                    self.spool_failed_at = None;
+                    journal.set_memory_only(false);
+                }
+            }
+            Err(e) => self.journal_failed(e),
+        }
     }
 
     /// Append job output. Seals the open batch when the stream changes (so
     /// messages keep arrival order) and whenever it reaches the size limit.
     pub fn push(&mut self, stream: Stream, mut text: &str) {
-        if self.open.as_ref().is_some_and(|b| b.stream != stream) {
+        if text.is_empty() {
+            return;
+        }
+        // A batch is wholly in the journal or wholly held in memory.
+        let journaling = self.journaling();
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.stream != stream || b.at.is_some() != journaling)
+        {
             self.seal();
         }
+        let mut at = self.journal_append(stream, text);
+        if at.is_none() && self.open.as_ref().is_some_and(|b| b.at.is_some()) {
+            self.seal();
+        }
+        let mut consumed = 0;
         while !text.is_empty() {
+            if self.open.is_none() && at.is_none() && self.journaling() {
+                // The journal took text again as the last batch was sealed.
+                at = self.journal_append(stream, text);
+                consumed = 0;
+            }
             let (spare, max_batch) = (&mut self.spare, self.max_batch);
             let open = self.open.get_or_insert_with(|| Batch {
                 stream,
                 text: spare
                     .pop()
                     .unwrap_or_else(|| String::with_capacity(max_batch)),
+                at: at.map(|offset| Pos {
+                    offset,
+                    skip: consumed,
+                }),
             });
             let room = self.max_batch - open.text.len();
             if text.len() <= room {
@@ -189,6 +342,7 @@ impl Outbox {
                 }
                 open.text.push_str(&text[..cut]);
                 text = &text[cut..];
+                consumed += cut as u64;
             }
             if open.text.len() + 3 >= self.max_batch {
                 // Full (a 4-byte character may not fit in the last 3 bytes).
@@ -221,7 +375,14 @@ impl Outbox {
         let rest = Batch {
             stream: batch.stream,
             text: batch.text.split_off(cut),
+            at: batch.at.map(|at| Pos {
+                offset: at.offset,
+                skip: at.skip + cut as u64,
+            }),
         };
+        if rest.at.is_none() {
+            self.memory_only += 1;
+        }
         self.memory.insert(index + 1, rest);
     }
 
@@ -262,6 +423,16 @@ impl Outbox {
             self.recycle(batch.text);
             return;
         }
+        self.admit_sealed(batch);
+    }
+
+    /// A sealed batch, no gap open: memory, else the journal, else a new gap.
+    fn admit_sealed(&mut self, mut batch: Batch) {
+        self.journal_late(&mut batch);
+        if batch.at.is_none() {
+            // Until it is ACKed, the journal must not take what follows it.
+            self.suspend();
+        }
         if let Err((reason, batch)) = self.try_place(batch) {
             self.open_gap(reason, &batch.text);
             self.recycle(batch.text);
@@ -278,20 +449,18 @@ impl Outbox {
     }
 
     /// Whether there is room again, with margin (so that a gap is one
-    /// stretch, not one per batch): memory half free with nothing spooled,
-    /// or the spool half free and its last failure (a full disk) behind it.
+    /// stretch, not one per batch): memory half free with nothing beyond
+    /// it on disk, or the journal half free and its last failure behind it.
     fn room_to_close_gap(&self) -> bool {
         let tail = self.loss.as_ref().map_or(0, |l| l.tail.bytes()) + 256;
-        match self.spool.as_ref().filter(|s| !s.is_empty()) {
-            None => self.memory_bytes + tail <= self.memory_limit / 2,
-            Some(spool) => {
-                let half = spool.disk_bytes() + tail as u64 <= self.spool_cap / 2;
-                let disk = self
-                    .spool_failed_at
-                    .is_none_or(|at| spool.disk_bytes() <= at / 2);
-                half && disk
-            }
+        if self.disk_text == 0 {
+            return self.memory_bytes + tail <= self.memory_limit / 2;
         }
+        self.journal.as_ref().is_some_and(|journal| {
+            journal.disk_bytes() + tail as u64 <= journal.cap_bytes() / 2
+                && self.journal_retry_due()
+                && self.memory_only == 0
+        })
     }
 
     /// Close the gap: its marker, then its tail, in order. If either finds
@@ -301,24 +470,20 @@ impl Outbox {
             return;
         };
         self.lost_closed += loss.tail.dropped;
-        let marker = Batch {
-            stream: Stream::Stderr,
-            text: loss_marker(&loss),
-        };
-        let tail = Batch {
-            stream: Stream::Stdout,
-            text: loss.tail.take(),
-        };
-        for batch in [marker, tail] {
-            if batch.text.is_empty() {
+        let marker = loss_marker(&loss);
+        let tail = loss.tail.take();
+        for (stream, text) in [(Stream::Stderr, marker), (Stream::Stdout, tail)] {
+            if text.is_empty() {
                 continue;
             }
-            if self.loss.is_some() {
-                if let Some(open) = self.loss.as_mut() {
-                    open.tail.push(&batch.text);
-                }
-            } else if let Err((reason, batch)) = self.try_place(batch) {
-                self.open_gap(reason, &batch.text);
+            if let Some(open) = self.loss.as_mut() {
+                open.tail.push(&text);
+            } else {
+                self.admit_sealed(Batch {
+                    stream,
+                    text,
+                    at: None,
+                });
             }
         }
     }
@@ -338,8 +503,18 @@ impl Outbox {
             (Stream::Stdout, epilogue),
         ] {
             if !text.is_empty() {
-                self.memory_bytes += text.len();
-                self.memory.push_back(Batch { stream, text });
+                let mut batch = Batch {
+                    stream,
+                    text,
+                    at: None,
+                };
+                self.journal_late(&mut batch);
+                if batch.at.is_none() {
+                    self.suspend();
+                    self.memory_only += 1;
+                }
+                self.memory_bytes += batch.text.len();
+                self.memory.push_back(batch);
             }
         }
     }
@@ -352,6 +527,7 @@ impl Outbox {
             self.epilogue = Some(Batch {
                 stream: Stream::Stdout,
                 text: text.to_string(),
+                at: None,
             });
         } else {
             self.push(Stream::Stdout, text);
@@ -364,82 +540,80 @@ impl Outbox {
         self.lost_closed + self.loss.as_ref().map_or(0, |l| l.tail.dropped)
     }
 
-    /// Memory while under the bound and nothing is spooled (order!), else the spool.
+    /// Memory while under the bound and nothing is beyond it on disk
+    /// (order!); else, if the journal has it, leave it there.
     fn try_place(&mut self, batch: Batch) -> Result<(), (String, Batch)> {
-        let spooling = self.spool.as_ref().is_some_and(|s| !s.is_empty());
-        if !spooling && self.memory_bytes + batch.text.len() <= self.memory_limit {
+        if self.disk_text == 0 && self.memory_bytes + batch.text.len() <= self.memory_limit {
             self.memory_bytes += batch.text.len();
+            if batch.at.is_none() {
+                self.memory_only += 1;
+            }
             self.memory.push_back(batch);
             return Ok(());
         }
-        match self.spool_push(&batch) {
-            Ok(()) => Ok(()),
-            Err(reason) => Err((reason, batch)),
+        let Some(at) = batch.at else {
+            let reason = format!("memory bound reached and {}", self.journal_error);
+            return Err((reason, batch));
+        };
+        if self.disk_text == 0 {
+            self.disk_from = at;
+        }
+        self.disk_text += batch.text.len() as u64;
+        self.recycle(batch.text);
+        Ok(())
+    }
+
+    /// The next batch beyond memory, read back from the journal into memory.
+    fn read_back(&mut self) {
+        let max = self.max_batch.min(self.disk_text as usize);
+        let read = match self.journal.as_ref() {
+            Some(journal) => journal.read(self.disk_from, max),
+            None => Err(std::io::Error::other("no spool file")),
+        };
+        match read {
+            Ok((stream, text, next)) if !text.is_empty() => {
+                let at = Some(self.disk_from);
+                self.disk_from = next;
+                self.disk_text -= (text.len() as u64).min(self.disk_text);
+                self.memory_bytes += text.len();
+                self.memory.push_back(Batch { stream, text, at });
+            }
+            failed => {
+                // The rest on disk cannot be read back: count it lost, ahead
+                // of any gap already open (it is older). The journal is no
+                // longer whole: drop it; text is held only in memory now.
+                let why = failed
+                    .err()
+                    .map_or("it ended early".into(), |e| e.to_string());
+                let bytes = std::mem::take(&mut self.disk_text);
+                let reason = format!("reading the spool file failed: {why}");
+                self.journal = None;
+                self.journal_error.clone_from(&reason);
+                self.suspended = true;
+                self.loss_reason.clone_from(&reason);
+                self.lost_closed += bytes;
+                let text =
+                    format!("\n[sp_wrapper: {bytes} bytes of output were lost here: {reason}]\n");
+                self.memory_bytes += text.len();
+                self.memory_only += 1;
+                self.memory.push_back(Batch {
+                    stream: Stream::Stderr,
+                    text,
+                    at: None,
+                });
+            }
         }
     }
 
-    fn spool_push(&mut self, batch: &Batch) -> Result<(), String> {
-        if self.spool.is_none() {
-            let mut errors = Vec::new();
-            for path in &self.spool_candidates {
-                match Spool::create(path, self.spool_cap) {
-                    Ok(spool) => {
-                        self.spool = Some(spool);
-                        break;
-                    }
-                    Err(e) => errors.push(format!("{}: {e}", path.display())),
-                }
-            }
-            if self.spool.is_none() {
-                return Err(format!(
-                    "memory bound reached and no spool file could be created ({})",
-                    errors.join("; ")
-                ));
-            }
-        }
-        let spool = self.spool.as_mut().ok_or("no spool")?;
-        if self
-            .spool_failed_at
-            .is_some_and(|at| spool.disk_bytes() > at / 2)
-        {
-            // The disk was full a moment ago: no write per batch to learn it again.
-            return Err(self.loss_reason.clone());
-        }
-        match spool.push(batch.stream, &batch.text) {
-            Ok(()) => {
-                self.spool_failed_at = None;
-                Ok(())
-            }
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::Other {
-                    self.spool_failed_at = Some(spool.disk_bytes());
-                }
-                Err(format!(
-                    "memory bound reached and writing {} failed: {e}",
-                    spool.path().display()
-                ))
-            }
-        }
-    }
-
-    /// The spool file in use, if output has spilled to disk and not all come back.
+    /// The spool file, once output beyond the memory bound is kept only there.
     pub fn spool_path(&self) -> Option<PathBuf> {
-        self.spool
-            .as_ref()
-            .filter(|s| !s.is_empty())
-            .map(|s| s.path().to_path_buf())
+        let journal = self.journal.as_ref().filter(|_| self.disk_text > 0)?;
+        Some(journal.path().to_path_buf())
     }
 
-    /// Remove an emptied spool file.
-    pub fn release_empty_spool(&mut self) {
-        if self.spool.as_ref().is_some_and(|s| s.is_empty()) {
-            self.spool = None;
-        }
-    }
-
-    /// Sealed batches not yet ACKed (memory and spool).
+    /// Sealed batches not yet ACKed (those beyond memory count as one).
     pub fn unacked_batches(&self) -> usize {
-        self.memory.len() + self.spool.as_ref().map_or(0, |s| s.len())
+        self.memory.len() + usize::from(self.disk_text > 0)
     }
 
     /// Nothing sealed, nothing open: all output is ACKed.
@@ -487,34 +661,13 @@ impl Outbox {
         }
         if self.sent == self.memory.len() {
             // All of memory is in flight: bring the next batch back from
-            // disk, or, with the spool drained, close an open gap.
-            match self.spool.as_mut().map(|spool| spool.pop()) {
-                Some(Ok(Some((stream, text)))) => {
-                    self.memory_bytes += text.len();
-                    self.memory.push_back(Batch { stream, text });
-                }
-                Some(Err(e)) => {
-                    // The spooled rest cannot be read back: count it lost,
-                    // ahead of any gap already open (it is older).
-                    let bytes = self.spool.as_ref().map_or(0, |s| s.pending_bytes());
-                    self.spool = None;
-                    let reason = format!("reading the spool file failed: {e}");
-                    self.loss_reason.clone_from(&reason);
-                    self.lost_closed += bytes;
-                    let text = format!(
-                        "\n[sp_wrapper: {bytes} bytes of output were lost here: {reason}]\n"
-                    );
-                    self.memory_bytes += text.len();
-                    self.memory.push_back(Batch {
-                        stream: Stream::Stderr,
-                        text,
-                    });
-                }
-                Some(Ok(None)) | None => {
-                    // Nothing queued and no gap open: nothing to send.
-                    self.loss.as_ref()?;
-                    self.force_close_gap();
-                }
+            // disk, or, with nothing on disk, close an open gap.
+            if self.disk_text > 0 {
+                self.read_back();
+            } else {
+                // Nothing queued and no gap open: nothing to send.
+                self.loss.as_ref()?;
+                self.force_close_gap();
             }
         }
         self.fit_for_sending(self.sent);
@@ -525,12 +678,47 @@ impl Outbox {
         self.memory.get(self.sent - 1).map(|batch| (seq, batch))
     }
 
+    /// Where the oldest text not ACKed starts in the journal once the first
+    /// `count` batches in memory are: `None` when nothing is left.
+    /// Text held only in memory starts at the journal's end (where the
+    /// journal stopped taking text).
+    fn unacked_from(&self, count: usize) -> Option<Pos> {
+        let end = self.journal.as_ref().map_or(Pos::default(), Spool::end);
+        if let Some(batch) = self.memory.get(count) {
+            return Some(batch.at.unwrap_or(end));
+        }
+        if self.disk_text > 0 {
+            return Some(self.disk_from);
+        }
+        if self.loss.is_some() || self.epilogue.is_some() {
+            return Some(end);
+        }
+        let open = self.open.as_ref().filter(|b| !b.text.is_empty())?;
+        Some(open.at.unwrap_or(end))
+    }
+
     fn retire(&mut self, count: usize) -> usize {
+        // Tell the journal first: a death from here on must not send these
+        // again. Everything ACKed: it is cut back, and whole again.
+        let next = self.unacked_from(count);
+        if let Some(journal) = self.journal.as_mut() {
+            match next {
+                Some(pos) => journal.set_acked(pos),
+                None => {
+                    journal.reset();
+                    self.suspended = false;
+                    self.spool_failed_at = None;
+                }
+            }
+        }
         let mut bytes = 0;
         for _ in 0..count {
             let Some(batch) = self.memory.pop_front() else {
                 break;
             };
+            if batch.at.is_none() {
+                self.memory_only = self.memory_only.saturating_sub(1);
+            }
             bytes += batch.text.len();
             let len = batch.text.len();
             self.front += 1;
@@ -606,7 +794,7 @@ impl Outbox {
     pub fn undelivered_bytes(&self) -> u64 {
         self.memory_bytes as u64
             + self.open_bytes() as u64
-            + self.spool.as_ref().map_or(0, |s| s.pending_bytes())
+            + self.disk_text
             + self
                 .loss
                 .as_ref()
@@ -623,9 +811,22 @@ impl Outbox {
         for batch in self.memory.drain(..) {
             each(&batch);
         }
-        if let Some(spool) = self.spool.as_mut() {
-            while let Ok(Some((stream, text))) = spool.pop() {
-                each(&Batch { stream, text });
+        if let Some(journal) = self.journal.as_ref() {
+            while self.disk_text > 0 {
+                let max = self.max_batch.min(self.disk_text as usize);
+                let Ok((stream, text, next)) = journal.read(self.disk_from, max) else {
+                    break;
+                };
+                if text.is_empty() {
+                    break;
+                }
+                self.disk_from = next;
+                self.disk_text -= (text.len() as u64).min(self.disk_text);
+                each(&Batch {
+                    stream,
+                    text,
+                    at: None,
+                });
             }
         }
         // An open gap is always the newest thing.
@@ -634,10 +835,12 @@ impl Outbox {
             each(&Batch {
                 stream: Stream::Stderr,
                 text: loss_marker(&loss),
+                at: None,
             });
             each(&Batch {
                 stream: Stream::Stdout,
                 text: loss.tail.take(),
+                at: None,
             });
         }
         if let Some(epilogue) = self.epilogue.take() {
@@ -646,7 +849,10 @@ impl Outbox {
         self.memory_bytes = 0;
         self.sent = 0;
         self.sent_bytes = 0;
-        self.spool = None;
+        self.disk_text = 0;
+        self.memory_only = 0;
+        // What it held is in the log now.
+        self.journal = None;
     }
 }
 
@@ -861,18 +1067,39 @@ mod tests {
         );
     }
 
+    fn temp_spool(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sp_outbox_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("job.spool");
+        (dir, path)
+    }
+
+    /// Sends and ACKs everything, `window` messages at a time: the text.
+    fn drain(ob: &mut Outbox, window: usize) -> String {
+        let mut delivered = String::new();
+        loop {
+            let sent = send_all(ob, window);
+            if sent.is_empty() {
+                return delivered;
+            }
+            for (_, text) in &sent {
+                delivered.push_str(text);
+            }
+            ob.on_ack(sent.last().map(|(s, _)| *s as i64).unwrap_or(-1));
+        }
+    }
+
     #[test]
-    fn beyond_the_memory_bound_output_spills_to_disk_in_order() {
-        let dir = std::env::temp_dir().join(format!("sp_outbox_spill_{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let spool_path = dir.join("job.spool");
-        let _ = std::fs::remove_file(&spool_path);
+    fn beyond_the_memory_bound_output_is_read_back_from_the_journal_in_order() {
+        let (dir, spool_path) = temp_spool("spill");
         let mut ob = Outbox::with_batch_limit(25, vec![spool_path.clone()], 10);
+        assert!(spool_path.exists(), "created at the start");
         let expected: String = (0..20).map(|i| format!("line{i:02}\n")).collect();
         ob.push(Stream::Stdout, &expected);
         ob.seal();
         assert!(ob.memory_bytes() <= 25);
-        assert!(ob.spool_path().is_some(), "spilled");
+        assert_eq!(ob.spool_path(), Some(spool_path.clone()), "beyond memory");
         let mut delivered = String::new();
         loop {
             let sent = send_all(&mut ob, 2);
@@ -880,15 +1107,94 @@ mod tests {
                 break;
             }
             assert!(ob.memory_bytes() <= 25 + 2 * 10);
+            assert!(sent.iter().all(|(_, t)| t.len() <= 10), "{sent:?}");
             for (_, text) in &sent {
                 delivered.push_str(text);
             }
             ob.on_ack(sent.last().map(|(s, _)| *s as i64).unwrap_or(-1));
+            // At every ACK the journal holds exactly the rest.
+            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            assert!(!missing);
+            assert_eq!(format!("{delivered}{rest}"), expected);
         }
         assert_eq!(delivered, expected);
         assert!(ob.is_empty());
-        ob.release_empty_spool();
-        assert!(!spool_path.exists(), "spool removed once delivered");
+        let len = std::fs::metadata(&spool_path).expect("kept").len();
+        assert_eq!(len, 32, "cut back to its header once all is ACKed");
+        drop(ob);
+        assert!(!spool_path.exists(), "removed at the end");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The header's ACKed position follows ACKs exactly, also when a
+    /// message was cut to the link's size (part of a batch ACKed) and
+    /// across a reconnect's renumbering and a NACK.
+    #[test]
+    fn the_journal_says_exactly_what_the_server_has_not_acked() {
+        let (dir, spool_path) = temp_spool("acked");
+        let mut ob = Outbox::with_batch_limit(1 << 20, vec![spool_path.clone()], 1000);
+        let mut written = String::new();
+        let mut acked = String::new();
+        let check = |written: &str, acked: &str| {
+            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            assert!(!missing);
+            assert_eq!(format!("{acked}{rest}"), written, "acked {acked:?}");
+        };
+        for (i, stream) in [Stream::Stdout, Stream::Stderr, Stream::Stdout]
+            .into_iter()
+            .enumerate()
+        {
+            let text = format!("{i}:{}\n", "é€😀ab".repeat(10));
+            ob.push(stream, &text);
+            written.push_str(&text);
+        }
+        check(&written, &acked); // the open batch is in the journal already
+        ob.seal();
+        ob.set_send_limit(30);
+        let first = send_all(&mut ob, 2);
+        ob.on_ack(first[0].0 as i64);
+        acked.push_str(&first[0].1);
+        check(&written, &acked);
+        ob.on_disconnect();
+        ob.on_sync(-1);
+        let again = send_all(&mut ob, 3);
+        assert_eq!(again[0].1, first[1].1, "resent after the reconnect");
+        // The server has the first of them and NACKs the second.
+        assert_eq!(ob.on_nack(1), NackOutcome::Resend);
+        acked.push_str(&again[0].1);
+        check(&written, &acked);
+        ob.set_send_limit(usize::MAX);
+        acked.push_str(&drain(&mut ob, 4));
+        assert_eq!(acked, written);
+        check(&written, &acked);
+        drop(ob);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A full spool (its cap here): output is held only in memory, the
+    /// journal says from where, and takes text again, whole, once none of
+    /// that is left unACKed.
+    #[test]
+    fn past_the_spool_cap_output_is_held_in_memory_and_the_journal_says_so() {
+        let (dir, spool_path) = temp_spool("cap");
+        let mut ob = Outbox::build(1 << 20, std::slice::from_ref(&spool_path), 100, 300);
+        let lines = push_lines(&mut ob, 0, 5, 100);
+        let (rest, missing) = crate::spool::unacked_text(&spool_path);
+        assert!(missing, "the header says output is held only in memory");
+        assert!(
+            lines.starts_with(&rest) && rest.len() < lines.len(),
+            "{rest}"
+        );
+        let delivered = drain(&mut ob, 8);
+        assert_eq!(delivered, lines, "nothing was lost: memory had room");
+        assert_eq!(
+            crate::spool::unacked_text(&spool_path),
+            (String::new(), false)
+        );
+        // Whole again: the next output is written ahead.
+        let more = push_lines(&mut ob, 5, 2, 100);
+        assert_eq!(crate::spool::unacked_text(&spool_path), (more, false));
+        drop(ob);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -927,12 +1233,8 @@ mod tests {
     fn a_long_loss_is_one_gap_with_one_line_and_the_record_ends_with_the_last_output() {
         // 1 KiB of memory, a spool capped at 2 KiB, no server for a while:
         // 10,000 lines of 100 bytes.
-        let dir = std::env::temp_dir().join(format!("sp_outbox_gap_{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let spool_path = dir.join("gap.spool");
-        let _ = std::fs::remove_file(&spool_path);
-        let mut ob = Outbox::with_batch_limit(1024, vec![spool_path.clone()], 200);
-        ob.spool_cap = 2048;
+        let (dir, spool_path) = temp_spool("gap");
+        let mut ob = Outbox::build(1024, &[spool_path], 200, 2048);
         let written = push_lines(&mut ob, 0, 10_000, 100);
         assert!(ob.lost_bytes() > 500_000, "{}", ob.lost_bytes());
         // The server comes back: everything drains, in order.

@@ -702,7 +702,6 @@ impl Session {
                 log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
                 effects.link(LinkCommand::Send { generation, frame });
             }
-            self.outbox.release_empty_spool();
         }
         let Some(finished) = self.finished else {
             return;

@@ -1,22 +1,42 @@
-//! The spool: a FIFO of output batches on disk, for output beyond the memory
-//! bound (`SP_BUFFER_MAX_MB`). Owned by the `Outbox` (supervisor thread).
+//! The spool: a write-ahead journal of the job's output on disk, so that
+//! nothing the daemon has read dies with it. Owned by the `Outbox`
+//! (supervisor thread); its guardian adopts it when the daemon dies.
 //!
-//! The file starts with a 16-byte header (`SPSPOOL2`, then the read position
-//! as a u64 LE, rewritten at every read so the guardian of a dead daemon
-//! takes over only what was not read back, `adopt`); records `[stream: u8][len: u32
-//! LE][text]` follow, appended at the write end and read back from the read
-//! end with positioned I/O. The file is created on first use
+//! Every piece of text the outbox admits (job output, our markers, the end
+//! text past `SP_OUTPUT_MAX_MB`) is appended as a record before it can be
+//! sent, to the page cache (no fsync: a process death keeps the page cache;
+//! only a machine crash loses it, and with it the job). Memory stays the
+//! fast path for sending; batches beyond the memory bound (`SP_BUFFER_MAX_MB`)
+//! are not kept in memory but read back from here.
+//!
+//! The file starts with a 32-byte header: `SPSPOOL3`, then, as u64 LE, the
+//! ACKed position (the offset of the record holding the first byte the
+//! server has not ACKed, and how many text bytes from that record's start
+//! are ACKed: a message cut to the link's size ACKs part of a record), and
+//! the offset from which output was held only in memory (0: none; set when
+//! a write fails, cleared when the journal is whole again). The outbox
+//! rewrites the ACKed position before it drops ACKed batches from memory.
+//!
+//! Records follow: `[0 stdout | 1 stderr][len: u32 LE][text]`, `[2][offset:
+//! u64 LE]` (a jump: the next record is at that offset) and `[3]` (the end).
+//! A record is written as its body plus an end mark after it, then its kind
+//! byte over the previous end mark: a reader sees it whole or not at all,
+//! whenever the writer dies. The file is created at the start
 //! (`O_EXCL|O_NOFOLLOW`, mode 0600: job output can hold secrets) and removed
 //! when dropped.
 //!
-//! It gives its disk space back as it drains: what has been read back is
-//! punched out of the file (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps), and
-//! the file is cut back to its header whenever it empties. So it holds about
-//! the live backlog, never all output since spilling began, and the cap
-//! (`SP_SPOOL_MAX_MB`) applies to that backlog. Where the filesystem cannot
-//! punch holes, space comes back only when the file empties, and the cap
-//! counts the whole file.
+//! ACKed space is used again: once the ACKed space at the start of the file
+//! is twice the unACKed backlog, the writer jumps back there, and when it
+//! would reach unACKed records it jumps past the end of the file. Writing
+//! over pages already in the page cache costs little more than the copy;
+//! appending and punching out costs as much again as the rest of the agent's
+//! work. Beyond the first `REUSED` bytes, ACKed space is punched out
+//! (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps), and the file is cut back to
+//! its header whenever everything is ACKed. So it holds about the unACKed
+//! backlog plus at most `REUSED`, and the cap (`SP_SPOOL_MAX_MB`) counts the
+//! backlog.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -25,26 +45,102 @@ use std::path::{Path, PathBuf};
 
 use crate::messages::Stream;
 
-const MAGIC: &[u8; 8] = b"SPSPOOL2";
-const HEADER: u64 = 16;
+const MAGIC: &[u8; 8] = b"SPSPOOL3";
+const HEADER: u64 = 32;
 const RECORD_HEADER: u64 = 5;
-/// Read-back space is returned in steps of this much (fewer syscalls).
+const JUMP: u8 = 2;
+const END: u8 = 3;
+/// A jump record; this much is always left free after the last record.
+const JUMP_RECORD: u64 = 9;
+/// ACKed space below this offset is written over again, never punched out.
+#[cfg(not(test))]
+const REUSED: u64 = 16 << 20;
+/// ACKed space is returned in steps of this much (fewer syscalls).
+#[cfg(not(test))]
 const PUNCH_STEP: u64 = 1 << 20;
+/// ACKed space at the start beyond twice the backlog before the writer
+/// jumps back there.
+#[cfg(not(test))]
+const WRAP_SLACK: u64 = 1 << 20;
+// Small, so that the tests jump and punch often.
+#[cfg(test)]
+const REUSED: u64 = 4096;
+#[cfg(test)]
+const PUNCH_STEP: u64 = 4096;
+#[cfg(test)]
+const WRAP_SLACK: u64 = 64;
+/// Jumps a reader follows in one go: a file with more is not ours.
+const MAX_JUMPS: usize = 64;
+
+/// A place in the journal's text: `skip` text bytes after the start of the
+/// record at `offset` (counting on into the records that follow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    pub offset: u64,
+    pub skip: u64,
+}
 
 pub struct Spool {
     file: File,
     path: PathBuf,
-    read_pos: u64,
+    /// Where the next record's kind byte goes (an end mark, or the file's end).
     write_pos: u64,
-    records: usize,
-    /// Text bytes in the records not yet read back.
-    text_bytes: u64,
-    /// Everything before this offset (past the header) has been punched out.
+    /// Past every byte ever written: where a jump forward goes.
+    file_end: u64,
+    /// Where the first text not ACKed starts (as the header says).
+    acked: Pos,
+    /// The jumps between the ACKed position and `write_pos`, in order:
+    /// (where the jump record is, where it goes).
+    jumps: VecDeque<(u64, u64)>,
+    /// Output from this offset on is held only in memory (0: none).
+    memory_only_from: u64,
+    /// In the segment the ACKed position is in, everything before this
+    /// offset (from `REUSED` on) has been punched out.
     punched: u64,
     /// The filesystem refused to punch holes: space comes back only when empty.
     punch_unsupported: bool,
-    /// Most bytes the file may hold beyond its header (`SP_SPOOL_MAX_MB`).
+    /// Most bytes of backlog the file may hold (`SP_SPOOL_MAX_MB`).
     cap: u64,
+}
+
+/// A dead daemon's journal as its guardian finds it (`Spool::adopt`).
+pub struct Adopted {
+    pub spool: Spool,
+    /// Where the text the server has not ACKed starts, and how much there is.
+    pub from: Pos,
+    pub pending: u64,
+    /// The daemon held output after the last record only in memory.
+    pub memory_only: bool,
+}
+
+/// One record as read: its kind and the number after it (a length, or a
+/// jump's offset); `None` at an end mark or the file's end.
+fn record_at(file: &File, offset: u64) -> io::Result<Option<(u8, u64)>> {
+    let mut bytes = [0u8; JUMP_RECORD as usize];
+    let mut got = 0;
+    while got < bytes.len() {
+        match file.read_at(&mut bytes[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let number = |len: usize| {
+        let mut le = [0u8; 8];
+        le[..len].copy_from_slice(&bytes[1..=len]);
+        u64::from_le_bytes(le)
+    };
+    match bytes[0] {
+        _ if got == 0 => Ok(None),
+        END => Ok(None),
+        JUMP if got == JUMP_RECORD as usize => Ok(Some((JUMP, number(8)))),
+        kind @ (0 | 1) if got >= RECORD_HEADER as usize => Ok(Some((kind, number(4)))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no record at offset {offset}"),
+        )),
+    }
 }
 
 impl Spool {
@@ -61,10 +157,14 @@ impl Spool {
         let spool = Spool {
             file,
             path: path.to_path_buf(),
-            read_pos: HEADER,
             write_pos: HEADER,
-            records: 0,
-            text_bytes: 0,
+            file_end: HEADER,
+            acked: Pos {
+                offset: HEADER,
+                skip: 0,
+            },
+            jumps: VecDeque::new(),
+            memory_only_from: 0,
             punched: HEADER,
             punch_unsupported: false,
             cap,
@@ -76,62 +176,83 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Take over the spool file of a daemon that died, open for reading and
-    /// writing as `file` (the caller checked it is ours): the records it had
-    /// not read back, oldest first, to be sent as they would have been. A
-    /// record cut short (the writer died mid-write) is kept as far as it
-    /// goes and ends the file. `None` when the file is not a spool.
-    pub fn adopt(file: File, path: &Path) -> Option<Spool> {
+    /// Take over the journal of a daemon that died, open for reading and
+    /// writing as `file` (the caller checked it is ours): the text after
+    /// what the server ACKed, to be sent as it would have been, and room to
+    /// append after it. A record longer than the file is kept as far as it
+    /// goes and ends the journal. `None` when the file is not a spool.
+    pub fn adopt(file: File, path: &Path) -> Option<Adopted> {
         let mut header = [0u8; HEADER as usize];
         file.read_exact_at(&mut header, 0).ok()?;
         if &header[..8] != MAGIC {
             return None;
         }
+        let field = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&header[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
         let size = file.metadata().ok()?.len();
-        let mut read_from = [0u8; 8];
-        read_from.copy_from_slice(&header[8..]);
-        let read_pos = u64::from_le_bytes(read_from).clamp(HEADER, size.max(HEADER));
-        let (mut pos, mut records, mut text_bytes) = (read_pos, 0, 0);
-        let mut record = [0u8; RECORD_HEADER as usize];
-        while file.read_exact_at(&mut record, pos).is_ok() {
-            let len = u64::from(u32::from_le_bytes([
-                record[1], record[2], record[3], record[4],
-            ]));
-            let available = len.min(size.saturating_sub(pos + RECORD_HEADER));
-            if available < len {
-                // Torn: keep its text, as a record of the length written.
-                if available == 0 {
+        // Past the end (the daemon was cutting the file back): nothing.
+        let from = Pos {
+            offset: field(8).clamp(HEADER, size.max(HEADER)),
+            skip: field(16),
+        };
+        let memory_only_from = field(24);
+        let (mut pos, mut text) = (from.offset, 0u64);
+        let mut jumps = VecDeque::new();
+        while let Ok(Some((kind, number))) = record_at(&file, pos) {
+            if kind == JUMP {
+                if jumps.len() >= MAX_JUMPS || number < HEADER {
                     break;
                 }
-                record[1..].copy_from_slice(&(available as u32).to_le_bytes());
-                file.write_all_at(&record, pos).ok()?;
+                jumps.push_back((pos, number));
+                pos = number;
+                continue;
             }
-            records += 1;
-            text_bytes += available;
-            pos += RECORD_HEADER + available;
-            if available < len {
+            let available = number.min(size.saturating_sub(pos + RECORD_HEADER));
+            if available < number {
+                // Cut short: keep its text, as a record of the length there.
+                let mut len = [0u8; 4];
+                len.copy_from_slice(&(available as u32).to_le_bytes()[..4]);
+                file.write_all_at(&len, pos + 1).ok()?;
+                text += available;
+                pos += RECORD_HEADER + available;
+                let _ = file.write_all_at(&[END], pos);
                 break;
             }
+            text += available;
+            pos += RECORD_HEADER + available;
         }
-        // Appends (the guardian's own line) go right after the last record.
-        let _ = file.set_len(pos);
-        Some(Spool {
+        // The daemon wrote again at that offset only once nothing it held
+        // only in memory was left unACKed.
+        let memory_only = memory_only_from != 0 && memory_only_from == pos;
+        let spool = Spool {
             file,
             path: path.to_path_buf(),
-            read_pos,
             write_pos: pos,
-            records,
-            text_bytes,
-            punched: read_pos,
+            file_end: size.max(pos + 1),
+            acked: from,
+            jumps,
+            memory_only_from: 0,
+            punched: from.offset,
             punch_unsupported: false,
             cap: u64::MAX,
+        };
+        Some(Adopted {
+            spool,
+            from,
+            pending: text.saturating_sub(from.skip),
+            memory_only,
         })
     }
 
     fn write_header(&self) -> io::Result<()> {
         let mut header = [0u8; HEADER as usize];
         header[..8].copy_from_slice(MAGIC);
-        header[8..].copy_from_slice(&self.read_pos.to_le_bytes());
+        header[8..16].copy_from_slice(&self.acked.offset.to_le_bytes());
+        header[16..24].copy_from_slice(&self.acked.skip.to_le_bytes());
+        header[24..].copy_from_slice(&self.memory_only_from.to_le_bytes());
         self.file.write_all_at(&header, 0)
     }
 
@@ -139,26 +260,23 @@ impl Spool {
         &self.path
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
-    }
-
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    /// Text bytes not yet read back (what the records hold, headers excluded).
-    pub fn pending_bytes(&self) -> u64 {
-        self.text_bytes
-    }
-
-    /// Bytes of disk the backlog takes, as the cap counts them.
-    pub fn disk_bytes(&self) -> u64 {
-        if self.punch_unsupported {
-            self.write_pos - HEADER
-        } else {
-            self.write_pos - self.punched
+    /// Where the next record goes.
+    pub fn end(&self) -> Pos {
+        Pos {
+            offset: self.write_pos,
+            skip: 0,
         }
+    }
+
+    /// Bytes the unACKed records take, as the cap counts them.
+    pub fn disk_bytes(&self) -> u64 {
+        let mut start = self.acked.offset;
+        let mut total = 0;
+        for &(at, target) in &self.jumps {
+            total += (at + JUMP_RECORD).saturating_sub(start);
+            start = target;
+        }
+        total + self.write_pos.saturating_sub(start)
     }
 
     /// Whether a record of `len` text bytes would stay under the cap.
@@ -166,7 +284,12 @@ impl Spool {
         self.disk_bytes() + RECORD_HEADER + len as u64 <= self.cap
     }
 
-    pub fn push(&mut self, stream: Stream, text: &str) -> io::Result<()> {
+    pub fn cap_bytes(&self) -> u64 {
+        self.cap
+    }
+
+    /// Append a record. Returns its offset.
+    pub fn append(&mut self, stream: Stream, text: &str) -> io::Result<u64> {
         let len = u32::try_from(text.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
         if !self.has_room(text.len()) {
@@ -175,98 +298,237 @@ impl Spool {
                 self.cap >> 20
             )));
         }
-        let mut header = [0u8; RECORD_HEADER as usize];
-        header[0] = stream.index() as u8;
-        header[1..].copy_from_slice(&len.to_le_bytes());
-        let written = self
-            .file
-            .write_all_at(&header, self.write_pos)
-            .and_then(|()| {
-                self.file
-                    .write_all_at(text.as_bytes(), self.write_pos + RECORD_HEADER)
-            });
-        if let Err(e) = written {
-            // A torn record (ENOSPC mid-write) must not be read back: cut
-            // it off, so the file ends at the last whole record.
-            let _ = self.file.set_len(self.write_pos);
-            return Err(e);
+        let size = RECORD_HEADER + u64::from(len);
+        self.make_room(size + JUMP_RECORD)?;
+        let at = self.write_pos;
+        // The body and the next end mark, then the kind over this end mark.
+        let parts: [&[u8]; 3] = [&len.to_le_bytes(), text.as_bytes(), &[END]];
+        write_at(&self.file, &parts, at + 1)?;
+        self.file.write_all_at(&[stream.index() as u8], at)?;
+        self.write_pos = at + size;
+        self.file_end = self.file_end.max(self.write_pos + 1);
+        Ok(at)
+    }
+
+    /// Where the writer must stop: the start of the nearest unACKed record
+    /// ahead of it in the file (`None`: nothing is ahead).
+    fn limit(&self) -> Option<u64> {
+        std::iter::once(self.acked.offset)
+            .chain(self.jumps.iter().map(|&(_, target)| target))
+            .filter(|&start| start > self.write_pos)
+            .min()
+    }
+
+    /// Jump so that `need` bytes fit at `write_pos`: back to the start when
+    /// the ACKed space there is twice the backlog (the writer then stays
+    /// behind the ACKs), past the file's end when unACKed records are ahead.
+    fn make_room(&mut self, need: u64) -> io::Result<()> {
+        let backlog = self.write_pos - self.acked.offset.min(self.write_pos);
+        let free_at_start = self.acked.offset.saturating_sub(HEADER);
+        if self.jumps.is_empty()
+            && self.acked.offset <= self.write_pos
+            && free_at_start >= 2 * backlog + WRAP_SLACK + need
+        {
+            return self.jump(HEADER);
         }
-        self.write_pos += RECORD_HEADER + u64::from(len);
-        self.records += 1;
-        self.text_bytes += u64::from(len);
+        if self
+            .limit()
+            .is_some_and(|limit| self.write_pos + need > limit)
+        {
+            return self.jump(self.file_end.max(self.write_pos + JUMP_RECORD));
+        }
         Ok(())
     }
 
-    /// Take the oldest record.
-    pub fn pop(&mut self) -> io::Result<Option<(Stream, String)>> {
-        if self.records == 0 {
-            return Ok(None);
-        }
-        let mut header = [0u8; RECORD_HEADER as usize];
-        self.file.read_exact_at(&mut header, self.read_pos)?;
-        let stream = if header[0] == 1 {
-            Stream::Stderr
-        } else {
-            Stream::Stdout
-        };
-        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut bytes = vec![0u8; len];
+    /// A jump at `write_pos` to `target`: the end mark there first, then
+    /// the jump's offset, then its kind (seen whole or not at all).
+    fn jump(&mut self, target: u64) -> io::Result<()> {
+        self.file.write_all_at(&[END], target)?;
         self.file
-            .read_exact_at(&mut bytes, self.read_pos + RECORD_HEADER)?;
-        self.read_pos += RECORD_HEADER + len as u64;
-        self.records -= 1;
-        self.text_bytes -= len as u64;
-        // The record is out: what follows only gives space back and keeps
-        // the header right for a guardian, so a failure there must not lose it.
-        if self.records == 0 {
-            // Empty again: give all the disk space back.
-            self.read_pos = HEADER;
-            self.write_pos = HEADER;
-            self.punched = HEADER;
-            let _ = self.file.set_len(HEADER);
-        } else {
-            self.punch_read_back();
+            .write_all_at(&target.to_le_bytes(), self.write_pos + 1)?;
+        self.file.write_all_at(&[JUMP], self.write_pos)?;
+        self.jumps.push_back((self.write_pos, target));
+        self.file_end = self.file_end.max(self.write_pos + JUMP_RECORD);
+        self.write_pos = target;
+        self.file_end = self.file_end.max(target + 1);
+        Ok(())
+    }
+
+    /// Read back, from `from`, text of one stream: at most `max` bytes (cut
+    /// on a character boundary), never more than one stream's. Returns it
+    /// and where the text after it starts.
+    pub fn read(&self, from: Pos, max: usize) -> io::Result<(Stream, String, Pos)> {
+        let mut pos = from;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut stream = None;
+        let mut jumps = 0;
+        while bytes.len() < max {
+            let Some((kind, number)) = record_at(&self.file, pos.offset)? else {
+                break;
+            };
+            if kind == JUMP {
+                jumps += 1;
+                if jumps > MAX_JUMPS {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "jumps in a loop",
+                    ));
+                }
+                pos.offset = number;
+                continue;
+            }
+            let (len, next) = (number, pos.offset + RECORD_HEADER + number);
+            if pos.skip >= len {
+                pos = Pos {
+                    offset: next,
+                    skip: pos.skip - len,
+                };
+                continue;
+            }
+            let this = if kind == 1 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            if stream.is_some_and(|s| s != this) {
+                break;
+            }
+            stream = Some(this);
+            let n = (len - pos.skip).min((max - bytes.len()) as u64) as usize;
+            let start = bytes.len();
+            bytes.resize(start + n, 0);
+            self.file
+                .read_exact_at(&mut bytes[start..], pos.offset + RECORD_HEADER + pos.skip)?;
+            pos.skip += n as u64;
+            if pos.skip == len {
+                pos = Pos {
+                    offset: next,
+                    skip: 0,
+                };
+            }
         }
-        let _ = self.write_header();
+        // Cut at `max` inside a character (never at a record's end): the
+        // rest goes with the next read.
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            if e.error_len().is_none() {
+                let rest = (bytes.len() - e.valid_up_to()) as u64;
+                bytes.truncate(e.valid_up_to());
+                pos.skip = pos.skip.saturating_sub(rest);
+            }
+        }
         // Only whole `String`s are written, so this is UTF-8 unless the disk lied.
         let text = String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok(Some((stream, text)))
+        Ok((stream.unwrap_or(Stream::Stdout), text, pos))
     }
 
-    /// Return the space of what has been read back, in whole steps.
-    fn punch_read_back(&mut self) {
-        if self.punch_unsupported {
+    /// The server has ACKed everything before `pos`: say so in the header
+    /// (before the caller drops what it held), then give back the space.
+    pub fn set_acked(&mut self, pos: Pos) {
+        if pos == self.acked {
             return;
         }
-        let upto = self.read_pos / PUNCH_STEP * PUNCH_STEP;
-        if upto <= self.punched {
+        // The segments the ACKs have left behind (jumped out of).
+        let mut passed = Vec::new();
+        let mut start = self.acked.offset;
+        while let Some(&(at, target)) = self.jumps.front() {
+            if (start..=at).contains(&pos.offset) {
+                break;
+            }
+            passed.push((at + JUMP_RECORD, target));
+            self.jumps.pop_front();
+            start = target;
+        }
+        self.acked = pos;
+        let mut field = [0u8; 16];
+        field[..8].copy_from_slice(&pos.offset.to_le_bytes());
+        field[8..].copy_from_slice(&pos.skip.to_le_bytes());
+        let _ = self.file.write_all_at(&field, 8);
+        for (end, next) in passed {
+            self.punch(end);
+            self.punched = next;
+        }
+        let upto = pos.offset / PUNCH_STEP * PUNCH_STEP;
+        if upto >= self.punched.max(REUSED) + PUNCH_STEP {
+            self.punch(upto);
+        }
+    }
+
+    /// Everything is ACKed: cut the file back to its header. (Cut first: a
+    /// death in between leaves an ACKed position past the end, which is
+    /// nothing to deliver.)
+    pub fn reset(&mut self) {
+        if self.write_pos == HEADER && self.memory_only_from == 0 {
             return;
         }
-        let (offset, len) = (
-            self.punched as libc::off_t,
-            (upto - self.punched) as libc::off_t,
-        );
+        let _ = self.file.set_len(HEADER);
+        self.write_pos = HEADER;
+        self.file_end = HEADER;
+        self.jumps.clear();
+        self.punched = HEADER;
+        self.acked = self.end();
+        self.memory_only_from = 0;
+        let _ = self.write_header();
+    }
+
+    /// From the end on, output is held only in memory (`true`), or the
+    /// journal is whole again (`false`).
+    pub fn set_memory_only(&mut self, memory_only: bool) {
+        self.memory_only_from = if memory_only { self.write_pos } else { 0 };
+        let _ = self
+            .file
+            .write_all_at(&self.memory_only_from.to_le_bytes(), 24);
+    }
+
+    /// Give back the ACKed space from `punched` to `upto` (above `REUSED`).
+    fn punch(&mut self, upto: u64) {
+        let from = self.punched.max(REUSED);
+        self.punched = self.punched.max(upto);
+        if self.punch_unsupported || upto <= from {
+            return;
+        }
         // SAFETY: fallocate on our own open descriptor; no memory is passed.
         let punched = unsafe {
             libc::fallocate(
                 self.file.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
+                from as libc::off_t,
+                (upto - from) as libc::off_t,
             )
         };
-        if punched == 0 {
-            self.punched = upto;
-        } else {
+        if punched != 0 {
             log::warn!(
-                "cannot punch the read-back part out of {} ({}); its space comes back only when it empties",
+                "cannot punch the ACKed part out of {} ({}); its space comes back only when everything is ACKed",
                 self.path.display(),
                 io::Error::last_os_error()
             );
             self.punch_unsupported = true;
         }
     }
+}
+
+/// `parts` one after another at `at`, in one `pwritev` when the kernel
+/// takes it all.
+fn write_at(file: &File, parts: &[&[u8]; 3], at: u64) -> io::Result<()> {
+    let vectors = parts.map(|part| libc::iovec {
+        iov_base: part.as_ptr() as *mut libc::c_void,
+        iov_len: part.len(),
+    });
+    // SAFETY: the buffers outlive the call; the kernel only reads them.
+    let written =
+        unsafe { libc::pwritev(file.as_raw_fd(), vectors.as_ptr(), 3, at as libc::off_t) };
+    if written < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Short (rare): the rest part by part.
+    let (mut done, mut offset) = (written as usize, at);
+    for part in parts {
+        let skip = done.min(part.len());
+        file.write_all_at(&part[skip..], offset + skip as u64)?;
+        done -= skip;
+        offset += part.len() as u64;
+    }
+    Ok(())
 }
 
 /// Where the daemon `daemon_pid` running job `job_pid` of the job whose file
@@ -321,6 +583,32 @@ pub fn remove_stale(dirs: &[&Path]) -> Vec<PathBuf> {
     removed
 }
 
+/// What a guardian would deliver from the journal at `path` now, and whether
+/// it would say that output held only in memory is missing.
+#[cfg(test)]
+pub fn unacked_text(path: &Path) -> (String, bool) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the journal");
+    let adopted = Spool::adopt(file, path).expect("a spool");
+    let mut text = String::new();
+    let mut pos = adopted.from;
+    loop {
+        let (_, part, next) = adopted.spool.read(pos, 7).expect("read");
+        if part.is_empty() {
+            break;
+        }
+        text.push_str(&part);
+        pos = next;
+    }
+    assert_eq!(text.len() as u64, adopted.pending);
+    let memory_only = adopted.memory_only;
+    std::mem::forget(adopted.spool); // (its drop would remove the file)
+    (text, memory_only)
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -331,76 +619,176 @@ impl Drop for Spool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fifo_round_trip_and_cleanup() {
-        let path = std::env::temp_dir().join(format!("sp_spool_test_{}", std::process::id()));
+    fn temp_path(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("sp_spool_{name}_{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn open(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open")
+    }
+
+    #[test]
+    fn records_read_back_by_stream_and_cut_on_character_boundaries() {
+        let path = temp_path("read");
         {
             let mut spool = Spool::create(&path, u64::MAX).expect("create");
             assert!(
                 Spool::create(&path, u64::MAX).is_err(),
                 "must not reuse an existing file"
             );
-            spool.push(Stream::Stdout, "one").expect("push");
-            spool.push(Stream::Stderr, "twö").expect("push");
-            assert_eq!(spool.len(), 2);
-            assert_eq!(
-                spool.pop().expect("pop"),
-                Some((Stream::Stdout, "one".to_string()))
-            );
-            spool.push(Stream::Stdout, "three").expect("push");
-            assert_eq!(
-                spool.pop().expect("pop"),
-                Some((Stream::Stderr, "twö".to_string()))
-            );
-            assert_eq!(
-                spool.pop().expect("pop"),
-                Some((Stream::Stdout, "three".to_string()))
-            );
-            assert_eq!(spool.pop().expect("pop"), None);
-            assert_eq!(
-                std::fs::metadata(&path).expect("exists").len(),
-                HEADER,
-                "cut back to the header when empty"
-            );
+            let first = spool.append(Stream::Stdout, "oné").expect("append");
+            spool.append(Stream::Stdout, "two").expect("append");
+            spool.append(Stream::Stderr, "twö").expect("append");
+            let start = Pos {
+                offset: first,
+                skip: 0,
+            };
+            // Same stream joins across records; a character is never split.
+            let (stream, text, next) = spool.read(start, 3).expect("read");
+            assert_eq!((stream, text.as_str()), (Stream::Stdout, "on"));
+            let (_, text, next) = spool.read(next, 100).expect("read");
+            assert_eq!(text, "étwo", "up to the stream's change");
+            let (stream, text, next) = spool.read(next, 100).expect("read");
+            assert_eq!((stream, text.as_str()), (Stream::Stderr, "twö"));
+            assert_eq!(spool.read(next, 100).expect("read").1, "");
+            // A position past several records skips across them.
+            let (_, text, _) = spool
+                .read(
+                    Pos {
+                        offset: first,
+                        skip: 5,
+                    },
+                    100,
+                )
+                .expect("read");
+            assert_eq!(text, "wo");
         }
         assert!(!path.exists(), "removed on drop");
     }
 
     #[test]
-    fn read_back_space_is_returned_and_the_cap_counts_the_backlog() {
-        let path = std::env::temp_dir().join(format!("sp_spool_punch_{}", std::process::id()));
+    fn the_header_says_what_was_acked_and_a_guardian_takes_only_the_rest() {
+        let path = temp_path("acked");
+        let mut spool = Spool::create(&path, u64::MAX).expect("create");
+        let first = spool.append(Stream::Stdout, "acked ").expect("append");
+        spool.append(Stream::Stdout, "half").expect("append");
+        spool.append(Stream::Stderr, "rest\n").expect("append");
+        assert_eq!(unacked_text(&path), ("acked halfrest\n".into(), false));
+        spool.set_acked(Pos {
+            offset: first,
+            skip: 8,
+        });
+        assert_eq!(unacked_text(&path), ("lfrest\n".into(), false));
+        // From here on the daemon held output only in memory.
+        spool.set_memory_only(true);
+        assert_eq!(unacked_text(&path), ("lfrest\n".into(), true));
+        // Everything ACKed: cut back to the header, nothing to deliver.
+        spool.reset();
+        assert_eq!(std::fs::metadata(&path).expect("exists").len(), HEADER);
+        assert_eq!(unacked_text(&path), (String::new(), false));
+        // A record the writer did not finish is kept as far as it goes.
+        spool.append(Stream::Stdout, "one\n").expect("append");
+        let mut torn = [0u8; 5];
+        torn[1..].copy_from_slice(&100u32.to_le_bytes());
+        spool
+            .file
+            .write_all_at(&torn, spool.write_pos)
+            .expect("tear");
+        spool
+            .file
+            .write_all_at(b"par", spool.write_pos + 5)
+            .expect("tear");
+        let mut adopted = Spool::adopt(open(&path), &path).expect("a spool");
+        std::mem::forget(spool);
+        assert_eq!(adopted.pending, 7);
+        // What the guardian adds goes after the last record, torn or not.
+        adopted
+            .spool
+            .append(Stream::Stdout, "end\n")
+            .expect("append");
+        let (_, text, _) = adopted.spool.read(adopted.from, 100).expect("read");
+        assert_eq!(text, "one\nparend\n");
+        drop(adopted);
+        assert!(!path.exists(), "removed when done");
+        // Not a spool (a file planted at the name): nothing adopted.
+        std::fs::write(&path, "\0\0\0\0\x20not ours\n").expect("write");
+        assert!(Spool::adopt(open(&path), &path).is_none());
         let _ = std::fs::remove_file(&path);
-        let chunk = "x".repeat(256 * 1024);
-        let mut spool = Spool::create(&path, 3 << 20).expect("create");
+    }
+
+    #[test]
+    fn acked_space_is_used_again_or_returned_and_the_cap_counts_the_backlog() {
+        let path = temp_path("punch");
+        let chunk = "x".repeat(2000);
+        let mut spool = Spool::create(&path, 24_000).expect("create");
         let blocks = || std::fs::metadata(&path).expect("exists").blocks() * 512;
+        let mut offsets = Vec::new();
         for _ in 0..11 {
-            spool.push(Stream::Stdout, &chunk).expect("under the cap");
+            offsets.push(spool.append(Stream::Stdout, &chunk).expect("under the cap"));
         }
         let error = spool
-            .push(Stream::Stdout, &chunk)
+            .append(Stream::Stdout, &chunk)
             .expect_err("over the cap");
         assert!(error.to_string().contains("SP_SPOOL_MAX_MB"), "{error}");
-        // Reading back frees space: the cap admits more, the file shrinks.
-        for _ in 0..8 {
-            spool.pop().expect("pop");
-        }
+        let allocated = blocks();
+        // ACKs free space: the cap admits more; past `REUSED` the space is
+        // punched out, and the writer goes back to the ACKed start.
+        spool.set_acked(Pos {
+            offset: offsets[8],
+            skip: 0,
+        });
         if !spool.punch_unsupported {
-            assert!(blocks() < (2 << 20), "{} bytes still allocated", blocks());
-            assert!(spool.has_room(chunk.len()));
-            spool.push(Stream::Stdout, &chunk).expect("room again");
+            assert!(blocks() < allocated, "{} bytes still allocated", blocks());
         }
-        // A guardian takes over only what was not read back.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
-        let adopted = Spool::adopt(file, &path).expect("a spool");
-        assert_eq!(adopted.pending_bytes(), spool.pending_bytes());
-        drop(spool);
-        drop(adopted);
-        assert!(!path.exists());
+        let again = spool.append(Stream::Stderr, &chunk).expect("room again");
+        assert_eq!(again, HEADER, "back at the start");
+        // Up to the unACKed records ahead, then past the end of the file.
+        spool.cap = u64::MAX;
+        for _ in 0..10 {
+            spool.append(Stream::Stdout, &chunk).expect("append");
+        }
+        assert_eq!(spool.jumps.len(), 2, "{:?}", spool.jumps);
+        let (text, _) = unacked_text(&path);
+        assert_eq!(
+            text.len(),
+            chunk.len() * 14,
+            "{:?} at {}",
+            spool.jumps,
+            spool.write_pos
+        );
+        assert!(text.bytes().all(|b| b == b'x'), "in order across the jumps");
+        // ACKed past both jumps: the writer's segment is all that is left.
+        let last = spool.end();
+        spool.set_acked(last);
+        assert!(spool.jumps.is_empty());
+        assert_eq!(spool.disk_bytes(), 0);
+        assert_eq!(unacked_text(&path), (String::new(), false));
+    }
+
+    #[test]
+    fn a_journal_the_server_keeps_up_with_stays_small() {
+        let path = temp_path("steady");
+        let mut spool = Spool::create(&path, u64::MAX).expect("create");
+        let chunk = "y".repeat(1000);
+        let mut previous = spool.append(Stream::Stdout, &chunk).expect("append");
+        for _ in 0..1000 {
+            let at = spool.append(Stream::Stdout, &chunk).expect("append");
+            spool.set_acked(Pos {
+                offset: previous,
+                skip: 500,
+            });
+            previous = at;
+        }
+        let size = std::fs::metadata(&path).expect("exists").len();
+        assert!(size < 10_000, "{size} bytes for a backlog of 1.5 KB");
+        let (text, _) = unacked_text(&path);
+        assert_eq!(text.len(), 1500);
     }
 
     #[test]
@@ -421,56 +809,5 @@ mod tests {
         ] {
             assert_eq!(daemon_pid_of(other), None, "{other}");
         }
-    }
-
-    #[test]
-    fn an_adopted_spool_yields_the_unread_records_and_a_torn_tail_ends_it() {
-        let path = std::env::temp_dir().join(format!("sp_spool_adopt_{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let mut spool = Spool::create(&path, u64::MAX).expect("create");
-        spool.push(Stream::Stdout, "read back\n").expect("push");
-        spool.push(Stream::Stdout, "one\n").expect("push");
-        spool.push(Stream::Stderr, "twö\n").expect("push");
-        assert_eq!(
-            spool.pop().expect("pop").map(|r| r.1),
-            Some("read back\n".into())
-        );
-        // The writer died in the middle of a record: keep what is there.
-        let mut torn = [0u8; 5];
-        torn[1..].copy_from_slice(&100u32.to_le_bytes());
-        spool
-            .file
-            .write_all_at(&torn, spool.write_pos)
-            .expect("tear");
-        spool
-            .file
-            .write_all_at(b"par", spool.write_pos + 5)
-            .expect("tear");
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .expect("open")
-        };
-        let mut adopted = Spool::adopt(open(), &path).expect("a spool");
-        std::mem::forget(spool); // (its drop would remove the file)
-        assert_eq!((adopted.len(), adopted.pending_bytes()), (3, 12));
-        // What the guardian adds goes after the last record, torn or not.
-        adopted.push(Stream::Stdout, "end\n").expect("push");
-        let mut text = String::new();
-        while let Some((stream, part)) = adopted.pop().expect("pop") {
-            text.push_str(&part);
-            if part == "twö\n" {
-                assert_eq!(stream, Stream::Stderr);
-            }
-        }
-        assert_eq!(text, "one\ntwö\nparend\n");
-        drop(adopted);
-        assert!(!path.exists(), "removed when done");
-        // Not a spool (a file planted at the name): nothing adopted.
-        std::fs::write(&path, "\0\0\0\0\x20not ours\n").expect("write");
-        assert!(Spool::adopt(open(), &path).is_none());
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -302,13 +302,11 @@ fn spill_then_kill_the_daemon(server: &mut Harness, dir: &TestDir) -> SpilledAnd
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "spool"))
     };
-    // Everything past the memory bound is on disk once the spool holds the
-    // last line (batches are sealed within SP_OUTPUT_INTERVAL_MS).
-    let last_line = b"spooled line 100000\n";
+    // Everything is on disk once the spool holds the last line (written
+    // ahead as the daemon reads it).
     assert!(
         wait_until(STARTUP, || spool_file()
-            .and_then(|path| std::fs::read(path).ok())
-            .is_some_and(|bytes| bytes.ends_with(last_line))),
+            .is_some_and(|path| file_contains(&path, b"spooled line 100000\n"))),
         "the spool never got the end of the output"
     );
     let spooled = spool_file().expect("spool file");
@@ -327,31 +325,31 @@ fn spill_then_kill_the_daemon(server: &mut Harness, dir: &TestDir) -> SpilledAnd
     }
 }
 
-/// What the guardian sends after the dead daemon's spooled output begins
-/// with: the output it held in memory is lost.
-const SPOOL_PREFACE: &str = "\n[sp_wrapper: the agent died; output it still held in memory is \
-                             missing here; what it had spooled to disk follows]\n";
+/// Whether the file at `path` holds `needle`.
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
 
-/// `text` is the preface, then a tail of the spool job's output of more
-/// than 500 KB (the part past the 1 MiB in memory), whole, then `line`.
-fn assert_spooled_tail_between(text: &str, line: &str) {
-    let saved = text
-        .strip_prefix(SPOOL_PREFACE)
-        .and_then(|rest| rest.strip_suffix(line))
-        .unwrap_or_else(|| {
-            panic!(
-                "not the preface, the spooled output and {line:?}: {:.300} ... {:.300}",
-                text,
-                &text[text.len().saturating_sub(300)..]
-            )
-        });
+/// `text` is the whole output of the spool job (the server ACKed none of
+/// it: nothing is missing, so no line says so), exactly once, then `line`.
+fn assert_spooled_output_then(text: &str, line: &str) {
+    let saved = text.strip_suffix(line).unwrap_or_else(|| {
+        panic!(
+            "not the output then {line:?}: {:.300} ... {:.300}",
+            text,
+            &text[text.len().saturating_sub(300)..]
+        )
+    });
     let output: String = (1..=100_000)
         .map(|i| format!("spooled line {i}\n"))
         .collect();
     assert!(
-        saved.len() > 500_000 && output.ends_with(saved),
-        "the {} spooled bytes are not the output's tail",
-        saved.len()
+        saved == output,
+        "{} bytes are not the output's {}: {:.300} ... {:.300}",
+        saved.len(),
+        output.len(),
+        saved,
+        &saved[saved.len().saturating_sub(300)..]
     );
 }
 
@@ -365,13 +363,13 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
         launched_at,
         killed_at,
     } = spill_then_kill_the_daemon(&mut server, &dir);
-    // The server comes back: the guardian, still retrying, delivers what the
-    // dead daemon had spooled, then its line and the result.
+    // The server comes back: the guardian, still retrying, delivers all the
+    // dead daemon had read (its spool file), then its line and the result.
     server.start_endpoint();
     let back = Instant::now();
     let result = recorded(&mut server, "spool", back);
     assert_eq!(result.retcode, Some(255), "{result:?}");
-    assert_spooled_tail_between(&result.ret, &death_line(job.daemon, "signal 9 (SIGKILL)"));
+    assert_spooled_output_then(&result.ret, &death_line(job.daemon, "signal 9 (SIGKILL)"));
     assert_eq!(
         result.starts, 1,
         "the guardian sent the start the server never had"
@@ -420,7 +418,7 @@ fn spooled_output_goes_to_the_log_when_the_server_never_comes_back() {
     let (saved, _) = rest
         .split_once("==== sp_wrapper: END OF UNDELIVERED OUTPUT ====\n")
         .unwrap_or_else(|| panic!("unterminated block: {:.500}", rest));
-    assert_spooled_tail_between(saved, &death_line(gone.job.daemon, "signal 9 (SIGKILL)"));
+    assert_spooled_output_then(saved, &death_line(gone.job.daemon, "signal 9 (SIGKILL)"));
     assert!(!gone.spooled.exists(), "the spool file was removed");
     assert_eq!(server.result("spool", MACHINE).retcode, None);
 }
@@ -732,4 +730,68 @@ fn decoy_with_pid(pid: i32) -> std::process::Child {
         let _ = child.wait();
     }
     panic!("could not give pid {pid} to a decoy in 500 tries");
+}
+
+/// Issue 24: nothing the daemon has read dies with it. The server appends
+/// and ACKs the first 100 KB, then takes nothing more on that connection;
+/// the daemon holds the rest unACKed, in memory (far under its bound, never
+/// spilled), and is SIGKILLed. Its guardian delivers every byte after what
+/// the server ACKed, exactly once, in order, then its line and `complete`.
+#[test]
+fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
+    let dir = TestDir::new("guardian_journal");
+    let server = ScriptedServer::start(Plan::StopAckingAfter(100_000));
+    let lock = dir.join("journal.lock");
+    let writer = "seq 1 30000 | sed 's/^/journal line /'; wait";
+    locked_launch_at(
+        &server.url(),
+        &dir,
+        "journal",
+        &with_pid_files(&dir, writer),
+    )
+    .run()
+    .expect_started();
+    let job = job_processes(&dir);
+    let spool_file = || {
+        std::fs::read_dir(&dir.path)
+            .expect("test dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "spool"))
+    };
+    assert!(
+        wait_until(STARTUP, || spool_file().is_some()),
+        "no spool file: output is written ahead from the start"
+    );
+    let spool = spool_file().expect("spool file");
+    assert!(
+        wait_until(STARTUP, || server.seen(|s| s.appended.len()) >= 100_000
+            && file_contains(&spool, b"journal line 30000\n")),
+        "the server never got its 100 KB, or the daemon never read the whole output"
+    );
+    let log = log_text(&dir, "journal");
+    assert!(!log.contains("spilling"), "output went past memory: {log}");
+    kill(job.daemon, libc::SIGKILL);
+    wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
+    assert!(
+        wait_until(RECORDED_WITHIN, || server.seen(|s| !s.retcodes.is_empty())),
+        "no result within {RECORDED_WITHIN:?} of the death"
+    );
+    let output: String = (1..=30_000)
+        .map(|i| format!("journal line {i}\n"))
+        .collect();
+    let expected = output + &death_line(job.daemon, "signal 9 (SIGKILL)");
+    let appended = server.seen(|s| s.appended.clone());
+    assert!(
+        appended == expected,
+        "the record is not the output once then the line: {} bytes, expected {}; ends {:?}",
+        appended.len(),
+        expected.len(),
+        &appended[appended.len().saturating_sub(300)..]
+    );
+    assert_eq!(server.seen(|s| s.retcodes.clone()), [255]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !spool.exists()),
+        "the spool file was removed once delivered"
+    );
 }

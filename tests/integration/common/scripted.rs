@@ -1,7 +1,8 @@
 //! A scripted WebSocket server on 127.0.0.1:0 for behaviour the real endpoint
 //! cannot be made to show: a server that accepts everything but never ACKs
-//! output, and an honest per-socket server that records how each connection
-//! ended (with the wrapper's close frame, or abruptly).
+//! output, one that stops ACKing after some output, and an honest per-socket
+//! server that records how each connection ended (with the wrapper's close
+//! frame, or abruptly).
 //!
 //! One thread per connection; it speaks the endpoint's per-socket sequencing
 //! (PROTOCOL.md, "Output") where it ACKs at all.
@@ -25,6 +26,10 @@ pub enum Plan {
     /// stops reading and holds the socket): the agent lingers in its
     /// bounded closing handshake after its result was recorded.
     HonestNoCloseReply,
+    /// As `Honest`, except that on the first connection, once it has
+    /// appended this many bytes, it drops every later output frame
+    /// (neither appended nor ACKed): the agent holds the rest unACKed.
+    StopAckingAfter(usize),
 }
 
 /// One connection as the server saw it.
@@ -121,7 +126,13 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
             ("connect", _) => Some(json!({"type": "ack", "ack_type": "connect"})),
             ("start", _) => Some(json!({"type": "ack", "ack_type": "start"})),
             ("sync_request", _) => Some(json!({"type": "sync_response", "last_seq": last_acked})),
-            ("output", Plan::Honest | Plan::HonestNoCloseReply) => {
+            ("output", Plan::StopAckingAfter(bytes))
+                if index == 0
+                    && seen.lock().expect("scripted server state").appended.len() >= bytes =>
+            {
+                None
+            }
+            ("output", Plan::Honest | Plan::HonestNoCloseReply | Plan::StopAckingAfter(_)) => {
                 let seq = frame["seq"].as_u64().unwrap_or(u64::MAX);
                 if seq == expected {
                     let data = frame["data"].as_str().unwrap_or_default().to_string();
@@ -135,7 +146,7 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
                     json!({"type": "nack", "nack_type": "out_of_order", "expected_seq": expected, "received_seq": seq})
                 })
             }
-            ("complete", Plan::Honest | Plan::HonestNoCloseReply) => {
+            ("complete", Plan::Honest | Plan::HonestNoCloseReply | Plan::StopAckingAfter(_)) => {
                 let retcode = frame["retcode"].as_i64().unwrap_or(-1);
                 record(&mut |s, _| s.retcodes.push(retcode));
                 Some(json!({"type": "ack", "ack_type": "complete", "seq": frame["seq"]}))
