@@ -52,6 +52,16 @@ pub struct Batch {
     pub text: String,
     /// Where its text starts in the journal; `None`: held only in memory.
     at: Option<Pos>,
+    /// An open batch begun while output is beyond the memory bound: its
+    /// text (this many bytes) is only in the journal, `text` stays empty
+    /// (no copy that would be dropped at once), and it is sealed to disk.
+    disk_only: Option<usize>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.text.len() + self.disk_only.unwrap_or(0)
+    }
 }
 
 /// What `on_nack` did.
@@ -237,15 +247,17 @@ impl Outbox {
     }
 
     fn journal_failed(&mut self, e: std::io::Error) {
-        if let Some(journal) = self.journal.as_ref() {
+        if let Some(journal) = self.journal.as_mut() {
             if e.kind() != std::io::ErrorKind::Other {
                 self.spool_failed_at = Some(journal.disk_bytes());
                 self.journal_error = format!("writing {} failed: {e}", journal.path().display());
             } else {
                 self.journal_error = e.to_string();
             }
+            // Marked again: a jump may have moved the end before the write failed.
+            journal.set_memory_only(true);
         }
-        self.suspend();
+        self.suspended = true;
     }
 
     /// From here on text is held only in memory; the header says where.
@@ -320,31 +332,36 @@ impl Outbox {
                 at = self.journal_append(stream, text);
                 consumed = 0;
             }
+            // Beyond the memory bound the batch goes to disk anyway.
+            let beyond = at.is_some() && self.disk_text > 0;
             let (spare, max_batch) = (&mut self.spare, self.max_batch);
             let open = self.open.get_or_insert_with(|| Batch {
                 stream,
-                text: spare
-                    .pop()
-                    .unwrap_or_else(|| String::with_capacity(max_batch)),
+                text: if beyond {
+                    String::new()
+                } else {
+                    spare
+                        .pop()
+                        .unwrap_or_else(|| String::with_capacity(max_batch))
+                },
                 at: at.map(|offset| Pos {
                     offset,
                     skip: consumed,
                 }),
+                disk_only: beyond.then_some(0),
             });
-            let room = self.max_batch - open.text.len();
-            if text.len() <= room {
-                open.text.push_str(text);
-                text = "";
-            } else {
-                let mut cut = room;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                open.text.push_str(&text[..cut]);
-                text = &text[cut..];
-                consumed += cut as u64;
+            let room = self.max_batch - open.len();
+            let mut cut = text.len().min(room);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
             }
-            if open.text.len() + 3 >= self.max_batch {
+            match open.disk_only.as_mut() {
+                Some(bytes) => *bytes += cut,
+                None => open.text.push_str(&text[..cut]),
+            }
+            text = &text[cut..];
+            consumed += cut as u64;
+            if open.len() + 3 >= self.max_batch {
                 // Full (a 4-byte character may not fit in the last 3 bytes).
                 self.seal();
             }
@@ -379,6 +396,7 @@ impl Outbox {
                 offset: at.offset,
                 skip: at.skip + cut as u64,
             }),
+            disk_only: None,
         };
         if rest.at.is_none() {
             self.memory_only += 1;
@@ -387,13 +405,19 @@ impl Outbox {
     }
 
     pub fn open_bytes(&self) -> usize {
-        self.open.as_ref().map_or(0, |b| b.text.len())
+        self.open.as_ref().map_or(0, Batch::len)
     }
 
     /// Close the open batch, making it sendable.
     pub fn seal(&mut self) {
         if let Some(mut batch) = self.open.take() {
-            if batch.text.is_empty() {
+            if let (Some(bytes @ 1..), Some(at)) = (batch.disk_only, batch.at) {
+                // Already where it goes: after everything before it.
+                if self.disk_text == 0 {
+                    self.disk_from = at;
+                }
+                self.disk_text += bytes as u64;
+            } else if batch.text.is_empty() {
                 self.recycle(batch.text);
             } else {
                 if batch.text.len() < batch.text.capacity() / 2 {
@@ -483,6 +507,7 @@ impl Outbox {
                     stream,
                     text,
                     at: None,
+                    disk_only: None,
                 });
             }
         }
@@ -507,6 +532,7 @@ impl Outbox {
                     stream,
                     text,
                     at: None,
+                    disk_only: None,
                 };
                 self.journal_late(&mut batch);
                 if batch.at.is_none() {
@@ -528,6 +554,7 @@ impl Outbox {
                 stream: Stream::Stdout,
                 text: text.to_string(),
                 at: None,
+                disk_only: None,
             });
         } else {
             self.push(Stream::Stdout, text);
@@ -576,7 +603,12 @@ impl Outbox {
                 self.disk_from = next;
                 self.disk_text -= (text.len() as u64).min(self.disk_text);
                 self.memory_bytes += text.len();
-                self.memory.push_back(Batch { stream, text, at });
+                self.memory.push_back(Batch {
+                    stream,
+                    text,
+                    at,
+                    disk_only: None,
+                });
             }
             failed => {
                 // The rest on disk cannot be read back: count it lost, ahead
@@ -600,6 +632,7 @@ impl Outbox {
                     stream: Stream::Stderr,
                     text,
                     at: None,
+                    disk_only: None,
                 });
             }
         }
@@ -693,7 +726,7 @@ impl Outbox {
         if self.loss.is_some() || self.epilogue.is_some() {
             return Some(end);
         }
-        let open = self.open.as_ref().filter(|b| !b.text.is_empty())?;
+        let open = self.open.as_ref().filter(|b| b.len() > 0)?;
         Some(open.at.unwrap_or(end))
     }
 
@@ -826,6 +859,7 @@ impl Outbox {
                     stream,
                     text,
                     at: None,
+                    disk_only: None,
                 });
             }
         }
@@ -836,11 +870,13 @@ impl Outbox {
                 stream: Stream::Stderr,
                 text: loss_marker(&loss),
                 at: None,
+                disk_only: None,
             });
             each(&Batch {
                 stream: Stream::Stdout,
                 text: loss.tail.take(),
                 at: None,
+                disk_only: None,
             });
         }
         if let Some(epilogue) = self.epilogue.take() {

@@ -36,7 +36,6 @@
 //! backlog plus at most `REUSED`, and the cap (`SP_SPOOL_MAX_MB`) counts the
 //! backlog.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -91,7 +90,7 @@ pub struct Spool {
     acked: Pos,
     /// The jumps between the ACKed position and `write_pos`, in order:
     /// (where the jump record is, where it goes).
-    jumps: VecDeque<(u64, u64)>,
+    jumps: Vec<(u64, u64)>,
     /// Output from this offset on is held only in memory (0: none).
     memory_only_from: u64,
     /// In the segment the ACKed position is in, everything before this
@@ -136,10 +135,7 @@ fn record_at(file: &File, offset: u64) -> io::Result<Option<(u8, u64)>> {
         END => Ok(None),
         JUMP if got == JUMP_RECORD as usize => Ok(Some((JUMP, number(8)))),
         kind @ (0 | 1) if got >= RECORD_HEADER as usize => Ok(Some((kind, number(4)))),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("no record at offset {offset}"),
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not a record")),
     }
 }
 
@@ -163,7 +159,7 @@ impl Spool {
                 offset: HEADER,
                 skip: 0,
             },
-            jumps: VecDeque::new(),
+            jumps: Vec::new(),
             memory_only_from: 0,
             punched: HEADER,
             punch_unsupported: false,
@@ -200,13 +196,13 @@ impl Spool {
         };
         let memory_only_from = field(24);
         let (mut pos, mut text) = (from.offset, 0u64);
-        let mut jumps = VecDeque::new();
+        let mut jumps = Vec::new();
         while let Ok(Some((kind, number))) = record_at(&file, pos) {
             if kind == JUMP {
                 if jumps.len() >= MAX_JUMPS || number < HEADER {
                     break;
                 }
-                jumps.push_back((pos, number));
+                jumps.push((pos, number));
                 pos = number;
                 continue;
             }
@@ -313,10 +309,16 @@ impl Spool {
     /// Where the writer must stop: the start of the nearest unACKed record
     /// ahead of it in the file (`None`: nothing is ahead).
     fn limit(&self) -> Option<u64> {
-        std::iter::once(self.acked.offset)
-            .chain(self.jumps.iter().map(|&(_, target)| target))
-            .filter(|&start| start > self.write_pos)
-            .min()
+        let mut limit = None;
+        for start in [self.acked.offset]
+            .into_iter()
+            .chain(self.jumps.iter().map(|j| j.1))
+        {
+            if start > self.write_pos && limit.is_none_or(|l| start < l) {
+                limit = Some(start);
+            }
+        }
+        limit
     }
 
     /// Jump so that `need` bytes fit at `write_pos`: back to the start when
@@ -347,7 +349,7 @@ impl Spool {
         self.file
             .write_all_at(&target.to_le_bytes(), self.write_pos + 1)?;
         self.file.write_all_at(&[JUMP], self.write_pos)?;
-        self.jumps.push_back((self.write_pos, target));
+        self.jumps.push((self.write_pos, target));
         self.file_end = self.file_end.max(self.write_pos + JUMP_RECORD);
         self.write_pos = target;
         self.file_end = self.file_end.max(target + 1);
@@ -429,14 +431,13 @@ impl Spool {
             return;
         }
         // The segments the ACKs have left behind (jumped out of).
-        let mut passed = Vec::new();
+        let mut passed = 0;
         let mut start = self.acked.offset;
-        while let Some(&(at, target)) = self.jumps.front() {
+        for &(at, target) in &self.jumps {
             if (start..=at).contains(&pos.offset) {
                 break;
             }
-            passed.push((at + JUMP_RECORD, target));
-            self.jumps.pop_front();
+            passed += 1;
             start = target;
         }
         self.acked = pos;
@@ -444,10 +445,13 @@ impl Spool {
         field[..8].copy_from_slice(&pos.offset.to_le_bytes());
         field[8..].copy_from_slice(&pos.skip.to_le_bytes());
         let _ = self.file.write_all_at(&field, 8);
-        for (end, next) in passed {
-            self.punch(end);
-            self.punched = next;
+        // Given back only now: the header no longer points there.
+        for i in 0..passed {
+            let (at, target) = self.jumps[i];
+            self.punch(at + JUMP_RECORD);
+            self.punched = target;
         }
+        self.jumps.drain(..passed);
         let upto = pos.offset / PUNCH_STEP * PUNCH_STEP;
         if upto >= self.punched.max(REUSED) + PUNCH_STEP {
             self.punch(upto);

@@ -585,10 +585,11 @@ fn a_death_after_the_job_ended_names_the_jobs_retcode() {
     let back = Instant::now();
     let result = recorded(&mut server, "ended", back);
     assert_eq!(result.retcode, Some(255), "{result:?}");
+    // The job's output, which the daemon held unACKed, then the line.
     assert_eq!(
         result.ret,
         format!(
-            "\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
+            "out\n\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
              the job had ended with retcode 3]\n"
         )
     );
@@ -603,9 +604,10 @@ fn a_hard_link_at_the_spool_name_does_not_reach_the_log() {
     std::fs::write(&secret, "\0\0\0\0\x20top secret, not job output\n").expect("secret");
     let d = dir.path.display();
     // What a local user could do in /tmp (the fallback spool directory): a
-    // hard link to someone else's file at the dead daemon's spool name.
+    // hard link to someone else's file at the dead daemon's spool name
+    // (made before the daemon could create it; here put in its place).
     let command = format!(
-        "ln {} {d}/linked.$PPID.$$.spool && echo $PPID > {d}/daemon.pid; sleep 300",
+        "ln -f {} {d}/linked.$PPID.$$.spool && echo $PPID > {d}/daemon.pid; sleep 300",
         secret.display()
     );
     Launch::new(&server.url(), "linked", "linked_1", &command, &dir)
