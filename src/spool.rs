@@ -154,7 +154,7 @@ impl Spool {
             file,
             path: path.to_path_buf(),
             write_pos: HEADER,
-            file_end: HEADER,
+            file_end: HEADER + 1,
             acked: Pos {
                 offset: HEADER,
                 skip: 0,
@@ -165,7 +165,12 @@ impl Spool {
             punch_unsupported: false,
             cap,
         };
-        if let Err(e) = spool.write_header() {
+        // The end mark first: a hole reads as a record of stdout.
+        let written = spool
+            .file
+            .write_all_at(&[END], HEADER)
+            .and_then(|()| spool.write_header());
+        if let Err(e) = written {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
@@ -466,8 +471,9 @@ impl Spool {
             return;
         }
         let _ = self.file.set_len(HEADER);
+        let _ = self.file.write_all_at(&[END], HEADER);
         self.write_pos = HEADER;
-        self.file_end = HEADER;
+        self.file_end = HEADER + 1;
         self.jumps.clear();
         self.punched = HEADER;
         self.acked = self.end();
@@ -694,7 +700,7 @@ mod tests {
         assert_eq!(unacked_text(&path), ("lfrest\n".into(), true));
         // Everything ACKed: cut back to the header, nothing to deliver.
         spool.reset();
-        assert_eq!(std::fs::metadata(&path).expect("exists").len(), HEADER);
+        assert_eq!(std::fs::metadata(&path).expect("exists").len(), HEADER + 1);
         assert_eq!(unacked_text(&path), (String::new(), false));
         // A record the writer did not finish is kept as far as it goes.
         spool.append(Stream::Stdout, "one\n").expect("append");
