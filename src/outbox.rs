@@ -592,8 +592,9 @@ impl Outbox {
     /// The next batch beyond memory, read back from the journal into memory.
     fn read_back(&mut self) {
         let max = self.max_batch.min(self.disk_text as usize);
+        let buffer = self.spare.pop().unwrap_or_default();
         let read = match self.journal.as_ref() {
-            Some(journal) => journal.read(self.disk_from, max),
+            Some(journal) => journal.read(self.disk_from, max, buffer),
             None => Err(std::io::Error::other("no spool file")),
         };
         match read {
@@ -844,9 +845,10 @@ impl Outbox {
             each(&batch);
         }
         if let Some(journal) = self.journal.as_ref() {
+            let mut buffer = String::new();
             while self.disk_text > 0 {
                 let max = self.max_batch.min(self.disk_text as usize);
-                let Ok((stream, text, next)) = journal.read(self.disk_from, max) else {
+                let Ok((stream, text, next)) = journal.read(self.disk_from, max, buffer) else {
                     break;
                 };
                 if text.is_empty() {
@@ -854,12 +856,14 @@ impl Outbox {
                 }
                 self.disk_from = next;
                 self.disk_text -= (text.len() as u64).min(self.disk_text);
-                each(&Batch {
+                let batch = Batch {
                     stream,
                     text,
                     at: None,
                     disk_only: None,
-                });
+                };
+                each(&batch);
+                buffer = batch.text;
             }
         }
         // An open gap is always the newest thing.

@@ -19,9 +19,11 @@
 //!
 //! Records follow: `[0 stdout | 1 stderr][len: u32 LE][text]`, `[2][offset:
 //! u64 LE]` (a jump: the next record is at that offset) and `[3]` (the end).
-//! A record is written as its body plus an end mark after it, then its kind
-//! byte over the previous end mark: a reader sees it whole or not at all,
-//! whenever the writer dies. The file is created at the start
+//! At the end of the file a record and the end mark after it are one write
+//! (cut short, the file's size ends it). Over older records (space used
+//! again), its body and the end mark after it are written first, then its
+//! kind byte over the previous end mark: a reader sees it whole or not at
+//! all, whenever the writer dies. The file is created at the start
 //! (`O_EXCL|O_NOFOLLOW`, mode 0600: job output can hold secrets) and removed
 //! when dropped.
 //!
@@ -302,10 +304,24 @@ impl Spool {
         let size = RECORD_HEADER + u64::from(len);
         self.make_room(size + JUMP_RECORD)?;
         let at = self.write_pos;
-        // The body and the next end mark, then the kind over this end mark.
-        let parts: [&[u8]; 3] = [&len.to_le_bytes(), text.as_bytes(), &[END]];
-        write_at(&self.file, &parts, at + 1)?;
-        self.file.write_all_at(&[stream.index() as u8], at)?;
+        let kind = [stream.index() as u8];
+        let len = len.to_le_bytes();
+        if self.file_end <= at + 1 {
+            // At the end of the file: one write. Cut short by a death, it
+            // ends the file (a reader takes what is there of it); failed
+            // (a full disk), it is hidden and cut off again.
+            let parts: [&[u8]; 4] = [&kind, &len, text.as_bytes(), &[END]];
+            if let Err(e) = write_at(&self.file, &parts, at) {
+                let _ = self.file.write_all_at(&[END], at);
+                let _ = self.file.set_len(at + 1);
+                return Err(e);
+            }
+        } else {
+            // Over older records: the body and the next end mark, then the
+            // kind over this end mark, so that it is seen whole or not at all.
+            write_at(&self.file, &[&[], &len, text.as_bytes(), &[END]], at + 1)?;
+            self.file.write_all_at(&kind, at)?;
+        }
         self.write_pos = at + size;
         self.file_end = self.file_end.max(self.write_pos + 1);
         Ok(at)
@@ -362,11 +378,14 @@ impl Spool {
     }
 
     /// Read back, from `from`, text of one stream: at most `max` bytes (cut
-    /// on a character boundary), never more than one stream's. Returns it
-    /// and where the text after it starts.
-    pub fn read(&self, from: Pos, max: usize) -> io::Result<(Stream, String, Pos)> {
+    /// on a character boundary), never more than one stream's, into
+    /// `buffer` (emptied first; a recycled one spares fresh allocations).
+    /// Returns it and where the text after it starts.
+    pub fn read(&self, from: Pos, max: usize, buffer: String) -> io::Result<(Stream, String, Pos)> {
         let mut pos = from;
-        let mut bytes: Vec<u8> = Vec::new();
+        let mut bytes = buffer.into_bytes();
+        bytes.clear();
+        bytes.reserve(max);
         let mut stream = None;
         let mut jumps = 0;
         while bytes.len() < max {
@@ -414,19 +433,24 @@ impl Spool {
                 };
             }
         }
+        let stream = stream.unwrap_or(Stream::Stdout);
+        let e = match String::from_utf8(bytes) {
+            Ok(text) => return Ok((stream, text, pos)),
+            Err(e) => e,
+        };
         // Cut at `max` inside a character (never at a record's end): the
         // rest goes with the next read.
-        if let Err(e) = std::str::from_utf8(&bytes) {
-            if e.error_len().is_none() {
-                let rest = (bytes.len() - e.valid_up_to()) as u64;
-                bytes.truncate(e.valid_up_to());
-                pos.skip = pos.skip.saturating_sub(rest);
-            }
+        let error = e.utf8_error();
+        let mut bytes = e.into_bytes();
+        if error.error_len().is_none() {
+            let rest = (bytes.len() - error.valid_up_to()) as u64;
+            bytes.truncate(error.valid_up_to());
+            pos.skip = pos.skip.saturating_sub(rest);
         }
         // Only whole `String`s are written, so this is UTF-8 unless the disk lied.
         let text = String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok((stream.unwrap_or(Stream::Stdout), text, pos))
+        Ok((stream, text, pos))
     }
 
     /// The server has ACKed everything before `pos`: say so in the header
@@ -519,14 +543,14 @@ impl Spool {
 
 /// `parts` one after another at `at`, in one `pwritev` when the kernel
 /// takes it all.
-fn write_at(file: &File, parts: &[&[u8]; 3], at: u64) -> io::Result<()> {
+fn write_at(file: &File, parts: &[&[u8]; 4], at: u64) -> io::Result<()> {
     let vectors = parts.map(|part| libc::iovec {
         iov_base: part.as_ptr() as *mut libc::c_void,
         iov_len: part.len(),
     });
     // SAFETY: the buffers outlive the call; the kernel only reads them.
     let written =
-        unsafe { libc::pwritev(file.as_raw_fd(), vectors.as_ptr(), 3, at as libc::off_t) };
+        unsafe { libc::pwritev(file.as_raw_fd(), vectors.as_ptr(), 4, at as libc::off_t) };
     if written < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -606,7 +630,7 @@ pub fn unacked_text(path: &Path) -> (String, bool) {
     let mut text = String::new();
     let mut pos = adopted.from;
     loop {
-        let (_, part, next) = adopted.spool.read(pos, 7).expect("read");
+        let (_, part, next) = adopted.spool.read(pos, 7, String::new()).expect("read");
         if part.is_empty() {
             break;
         }
@@ -660,13 +684,13 @@ mod tests {
                 skip: 0,
             };
             // Same stream joins across records; a character is never split.
-            let (stream, text, next) = spool.read(start, 3).expect("read");
+            let (stream, text, next) = spool.read(start, 3, String::new()).expect("read");
             assert_eq!((stream, text.as_str()), (Stream::Stdout, "on"));
-            let (_, text, next) = spool.read(next, 100).expect("read");
+            let (_, text, next) = spool.read(next, 100, String::new()).expect("read");
             assert_eq!(text, "étwo", "up to the stream's change");
-            let (stream, text, next) = spool.read(next, 100).expect("read");
+            let (stream, text, next) = spool.read(next, 100, String::new()).expect("read");
             assert_eq!((stream, text.as_str()), (Stream::Stderr, "twö"));
-            assert_eq!(spool.read(next, 100).expect("read").1, "");
+            assert_eq!(spool.read(next, 100, String::new()).expect("read").1, "");
             // A position past several records skips across them.
             let (_, text, _) = spool
                 .read(
@@ -675,6 +699,7 @@ mod tests {
                         skip: 5,
                     },
                     100,
+                    String::new(),
                 )
                 .expect("read");
             assert_eq!(text, "wo");
@@ -722,7 +747,10 @@ mod tests {
             .spool
             .append(Stream::Stdout, "end\n")
             .expect("append");
-        let (_, text, _) = adopted.spool.read(adopted.from, 100).expect("read");
+        let (_, text, _) = adopted
+            .spool
+            .read(adopted.from, 100, String::new())
+            .expect("read");
         assert_eq!(text, "one\nparend\n");
         drop(adopted);
         assert!(!path.exists(), "removed when done");
