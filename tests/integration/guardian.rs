@@ -2,8 +2,9 @@
 //! (or aborts), its guardian must kill the job's whole process group within
 //! 2 s, keep the overlap lock held while any process of the job is left,
 //! make the real endpoint record retcode 255 with a line saying what
-//! happened within 10 s, deliver the output the dead daemon had spooled, and a
-//! later start must remove spool files of dead agents. And the guardian must
+//! happened within 10 s, deliver every byte the dead daemon had read and the
+//! server had not ACKed (issue 24: its spool file is a write-ahead journal),
+//! and a later start must remove spool files of dead agents. And the guardian must
 //! stay out of the way of normal runs, signals to every `sp_wrapper`, and
 //! its own death.
 //!
