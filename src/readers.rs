@@ -7,10 +7,13 @@
 //! `Event::StreamClosed` at EOF.
 //!
 //! Large reads (64 KiB) keep the per-byte cost constant and the number of
-//! events low; there is no per-line work.
+//! events low; there is no per-line work. What the pipe already holds
+//! (`FIONREAD`) is read straight into the event's own buffer, which becomes
+//! its text when it is whole UTF-8 (nearly always): no copy.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::io::AsRawFd;
 use std::sync::mpsc::SyncSender;
 
 use crate::messages::{Event, Stream};
@@ -30,6 +33,33 @@ impl Drop for ClosedGuard {
     }
 }
 
+/// Bytes the pipe holds now (`FIONREAD`), at most `READ_SIZE`; 0 when it
+/// is empty or cannot say.
+fn bytes_ready(pipe: &File) -> usize {
+    let mut ready: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer we pass.
+    let asked = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut ready) };
+    if asked < 0 {
+        return 0;
+    }
+    usize::try_from(ready).unwrap_or(0).min(READ_SIZE)
+}
+
+/// Read up to `len` bytes (that many are ready) into a buffer of exactly
+/// that size, which becomes the event's text.
+fn read_new(pipe: &mut File, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    // SAFETY: the kernel writes at most `len` bytes (the vector's capacity)
+    // into its spare capacity, and only the bytes it reports become its
+    // contents.
+    let count = unsafe { libc::read(pipe.as_raw_fd(), bytes.as_mut_ptr().cast(), len) };
+    if count < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { bytes.set_len(count as usize) };
+    Ok(bytes)
+}
+
 pub fn spawn_reader(stream: Stream, mut pipe: File, events: SyncSender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name(stream.name().into())
@@ -39,17 +69,38 @@ pub fn spawn_reader(stream: Stream, mut pipe: File, events: SyncSender<Event>) -
             let mut decoder = Utf8Stream::new();
             let mut buffer = vec![0u8; READ_SIZE];
             loop {
-                let count = match pipe.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => n,
+                // What the pipe holds already is read straight into the
+                // text's own buffer: whole characters (nearly always) need
+                // no copy. Else (an empty pipe: a read that waits) the
+                // reusable buffer, then the decoder.
+                let ready = bytes_ready(&pipe);
+                let read = match ready {
+                    0 => pipe.read(&mut buffer).map(|n| (n, None)),
+                    ready => read_new(&mut pipe, ready).map(|b| (b.len(), Some(b))),
+                };
+                let (count, own) = match read {
+                    Ok((0, _)) => break,
+                    Ok(read) => read,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         log::warn!("reading the job's {}: {e}", stream.name());
                         break;
                     }
                 };
-                let mut text = String::with_capacity(count + 4);
-                decoder.decode(&buffer[..count], &mut text);
+                let text = match own {
+                    Some(bytes) if decoder.holds_nothing() => String::from_utf8(bytes)
+                        .unwrap_or_else(|e| {
+                            let mut text = String::with_capacity(count + 4);
+                            decoder.decode(e.as_bytes(), &mut text);
+                            text
+                        }),
+                    own => {
+                        let bytes = own.as_deref().unwrap_or(&buffer[..count]);
+                        let mut text = String::with_capacity(count + 4);
+                        decoder.decode(bytes, &mut text);
+                        text
+                    }
+                };
                 if !text.is_empty() && guard.events.send(Event::Output { stream, text }).is_err() {
                     return; // the supervisor is gone: the process is exiting
                 }
@@ -61,4 +112,37 @@ pub fn spawn_reader(stream: Stream, mut pipe: File, events: SyncSender<Event>) -
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn next_text(events: &std::sync::mpsc::Receiver<Event>) -> Option<String> {
+        match events.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::Output { text, .. }) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Read straight into the text's buffer, a character cut between two
+    /// reads and an invalid byte still decode as `from_utf8_lossy` would.
+    #[test]
+    fn ready_bytes_become_the_text_and_cut_characters_are_joined() {
+        let (read_end, write_end) = crate::pipe::cloexec(0).expect("pipe");
+        let mut writer = File::from(write_end);
+        writer.write_all(b"a\xC3").expect("write");
+        let (events, inbox) = std::sync::mpsc::sync_channel(8);
+        spawn_reader(Stream::Stdout, File::from(read_end), events).expect("reader");
+        assert_eq!(next_text(&inbox).as_deref(), Some("a"));
+        writer.write_all(b"\xA9b\xFFc").expect("write");
+        drop(writer);
+        assert_eq!(next_text(&inbox).as_deref(), Some("éb\u{FFFD}c"));
+        assert!(matches!(
+            inbox.recv_timeout(Duration::from_secs(10)),
+            Ok(Event::StreamClosed(Stream::Stdout))
+        ));
+    }
 }

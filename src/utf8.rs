@@ -17,6 +17,11 @@ impl Utf8Stream {
         Self::default()
     }
 
+    /// No incomplete character is waiting: the next bytes decode alone.
+    pub fn holds_nothing(&self) -> bool {
+        self.carry.is_empty()
+    }
+
     /// Decode `input` (the next bytes of the stream) and append the text to `out`.
     pub fn decode(&mut self, input: &[u8], out: &mut String) {
         if self.carry.is_empty() {
