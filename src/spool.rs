@@ -638,9 +638,9 @@ pub fn unacked_text(path: &Path) -> (String, bool) {
         pos = next;
     }
     assert_eq!(text.len() as u64, adopted.pending);
-    let memory_only = adopted.memory_only;
-    std::mem::forget(adopted.spool); // (its drop would remove the file)
-    (text, memory_only)
+    let mut spool = adopted.spool;
+    spool.path = PathBuf::new(); // closed, but the file is the writer's: kept
+    (text, adopted.memory_only)
 }
 
 impl Drop for Spool {
