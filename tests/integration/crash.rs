@@ -525,3 +525,50 @@ fn a_kill_of_the_daemon_while_it_spools_leaves_a_right_record() {
     println!("| {} | {outcome:?} |", step.describe());
     outcome.unwrap_or_else(|why| panic!("{why}"));
 }
+
+#[test]
+fn a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode() {
+    // The daemon is stopped, so it never sees the job's exit: the job's main
+    // process is its unreaped zombie when it dies, and the guardian's own
+    // once it is gone. The guardian reads the status there, and reports it.
+    let dir = TestDir::new("crash_zombie");
+    let server = ScriptedServer::start(Plan::Honest);
+    let d = dir.path.display();
+    let go = dir.join("go");
+    let command = format!(
+        "echo $PPID > {d}/daemon.pid; echo $$ > {d}/shell.pid; echo before; \
+         for i in $(seq 1000); do [ -e {} ] && exit 5; sleep 0.02; done; exit 1",
+        go.display()
+    );
+    Launch::new(&server.url(), "zombie", "zombie_1", &command, &dir)
+        .run()
+        .expect_started();
+    let daemon = pid_file(&dir.path, "daemon.pid");
+    let shell = pid_file(&dir.path, "shell.pid");
+    let guardian = parent_of(daemon).expect("the guardian");
+    assert!(
+        wait_until(STARTUP, || server.seen(|s| s.appended == "before\n")),
+        "the job's first line was not delivered"
+    );
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGSTOP) }, 0);
+    std::fs::write(&go, "").expect("go");
+    assert!(
+        wait_until(STARTUP, || !pid_alive(shell)),
+        "the job did not exit"
+    );
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(RUN_DEADLINE, || !pid_alive(guardian)),
+        "the guardian did not finish"
+    );
+    let (retcodes, ret) = server.seen(|s| (s.retcodes.clone(), s.appended.clone()));
+    // Before Linux 3.4 there is no subreaper: init reaps the dead daemon's
+    // zombie child, its status is lost, and the job counts as killed.
+    let expected = if crate::common::seccomp::requested() {
+        255
+    } else {
+        5
+    };
+    assert_eq!(retcodes, [expected], "{ret:?}");
+    assert!(ret.starts_with("before\n"), "{ret:?}");
+}
