@@ -353,6 +353,20 @@ file_says() {
 # build_arch TRIPLE: build, install to dist/<triple>/sp_wrapper (and
 # dist/sp_wrapper for x86_64), check. Returns 1 with SKIP_REASON set when
 # armv7's toolchain is missing; exits on any other failure.
+# remap_paths TRIPLE: a --config that maps the build machine's source
+# directories, which the binary names in its panic locations, to fixed
+# names: the cargo registry to /cargo, the toolchain's library sources
+# (rust-src, which rustc prefers once installed) to /rustc. The binary
+# then says nothing of where it was built, and 48 long paths shrink
+# (x86_64: 1,039,592 -> 1,037,608 bytes; docs/packaging.md, "Size").
+remap_paths() {
+    local registry sysroot
+    registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
+    sysroot=$(rustc --print sysroot)
+    printf "target.%s.rustflags=['--remap-path-prefix=%s=/cargo','--remap-path-prefix=%s/lib/rustlib/src/rust=/rustc']" \
+        "$1" "$registry" "$sysroot"
+}
+
 build_arch() {
     local triple=$1 built
     mkdir -p "dist/$triple"
@@ -363,7 +377,7 @@ build_arch() {
     else
         [ "$triple" = "$TARGET" ] || deps_rust "$triple"
         say "building the static release binary ($triple)"
-        cargo build --release --locked --target "$triple"
+        cargo build --release --locked --target "$triple" --config "$(remap_paths "$triple")"
     fi
     built="target/$triple/release/sp_wrapper"
     # Install by rename: a daemon still running the old file (tests leave some
@@ -456,7 +470,7 @@ build_armv7() {
         rm -rf "$ARMV7_UNWIND" && mv "$ARMV7_UNWIND.tmp" "$ARMV7_UNWIND"
     fi
     say "building the static release binary ($ARMV7, std from source)"
-    if ! armv7_cargo build --release --locked --target "$ARMV7"; then
+    if ! armv7_cargo build --release --locked --target "$ARMV7" --config "$(remap_paths "$ARMV7")"; then
         SKIP_REASON="cargo build -Zbuild-std failed (output above)"
         return 1
     fi
