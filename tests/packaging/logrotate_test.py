@@ -357,7 +357,8 @@ def weeks(wrapper, config, logdir, work, endpoint):
         wait_until(done, 60, 'runs %s to log "wrapper done"' % ', '.join(instances))
 
     def files_of(directory, job, kind):
-        pattern = re.escape(job) + (r'\.[^.]+\.leftout(\.\d+(\.gz)?)?' if kind == 'leftout' else r'\.log(\.\d+(\.gz)?)?')
+        suffix = r'\.[^.]+\.leftout' if kind == 'leftout' else r'\.log'
+        pattern = re.escape(job) + suffix + r'(\.\d+(\.gz)?)?'
         return {n: os.lstat(os.path.join(directory, n)).st_size
                 for n in os.listdir(directory) if re.fullmatch(pattern, n)}
 
@@ -388,12 +389,15 @@ def weeks(wrapper, config, logdir, work, endpoint):
                 known |= set(left) | set(logs)
                 if name == 'upgraded':
                     renamed_seen += sum(1 for n in left if not n.endswith('.leftout'))
+                log_bytes = LOG_GENERATIONS * LOG_DAY_BYTES
                 if len(left) > max_files or sum(left.values()) > max_bytes:
-                    broken.setdefault((name, job, 'leftout'), 'day %d, %s: %s keeps %d left-out files, %d bytes (bound: %d files, %d bytes)' % (
-                        day, name, job, len(left), sum(left.values()), max_files, max_bytes))
-                if len(logs) > LOG_GENERATIONS or sum(logs.values()) > LOG_GENERATIONS * LOG_DAY_BYTES:
-                    broken.setdefault((name, job, 'log'), 'day %d, %s: %s has %d log files, %d bytes (bound: %d files, %d bytes)' % (
-                        day, name, job, len(logs), sum(logs.values()), LOG_GENERATIONS, LOG_GENERATIONS * LOG_DAY_BYTES))
+                    broken.setdefault((name, job, 'leftout'), 'day %d, %s: %s keeps %d left-out files, %d bytes'
+                                      ' (bound: %d files, %d bytes)' % (day, name, job, len(left), sum(left.values()),
+                                                                        max_files, max_bytes))
+                if len(logs) > LOG_GENERATIONS or sum(logs.values()) > log_bytes:
+                    broken.setdefault((name, job, 'log'), 'day %d, %s: %s has %d log files, %d bytes'
+                                      ' (bound: %d files, %d bytes)' % (day, name, job, len(logs), sum(logs.values()),
+                                                                        LOG_GENERATIONS, log_bytes))
             if set(everything) - known:
                 broken.setdefault((name, 'other'), 'day %d, %s: files nobody expects: %s' % (
                     day, name, sorted(set(everything) - known)))
@@ -417,7 +421,8 @@ def weeks(wrapper, config, logdir, work, endpoint):
     if days <= LOG_GENERATIONS:
         failures.append('%d days do not pass the %d log generations' % (days, LOG_GENERATIONS))
     if renamed_seen == 0:
-        failures.append('the old *.leftout stanza never renamed a left-out file: the "upgraded" directory proved nothing')
+        failures.append('the old *.leftout stanza never renamed a left-out file:'
+                        ' the "upgraded" directory proved nothing')
     for failure in failures:
         print('logrotate_test.py: FAIL: ' + failure)
     return 1 if failures else 0
