@@ -262,7 +262,10 @@ pub fn prune(dir: &Path, own: &OsStr, bound: &JobBound, reserve: u64) -> (u64, u
     };
     let euid = unsafe { libc::geteuid() };
     let mut files = Vec::new();
-    for entry in entries.flatten() {
+    for entry in entries {
+        let Ok(entry) = entry else {
+            continue;
+        };
         let name = entry.file_name();
         if name == own || !name.to_str().is_some_and(|n| of_job(n, &bound.job)) {
             continue;
