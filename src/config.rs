@@ -754,15 +754,23 @@ mod tests {
         );
     }
 
-    /// Every variable `--help` lists is in docs/configuration.md's tables.
+    /// Every variable `--help` lists is in the tables of
+    /// docs/configuration.md and of the README.
     #[test]
     fn every_variable_is_documented() {
-        let doc = include_str!("../docs/configuration.md");
-        for (name, _) in VARIABLES {
-            assert!(
-                doc.contains(&format!("| `{name}` |")),
-                "{name} is not in docs/configuration.md"
-            );
+        for (page, text) in [
+            (
+                "docs/configuration.md",
+                include_str!("../docs/configuration.md"),
+            ),
+            ("README.md", include_str!("../README.md")),
+        ] {
+            for (name, _) in VARIABLES {
+                assert!(
+                    text.contains(&format!("| `{name}` |")),
+                    "{name} is not in {page}"
+                );
+            }
         }
     }
 
