@@ -524,7 +524,7 @@ prove_arch() {
             cargo test --release --locked --test integration -- --include-ignored --exact arch::a_job_in_2040_is_recorded_with_2040_times
         return 0
     fi
-    say "$triple: the conformance, record, delivery, guardian and security suites${runner:+, under $runner}"
+    say "$triple: the conformance, record, delivery, guardian, crash and security suites${runner:+, under $runner}"
     local skip=()
     if [ -n "$runner" ]; then
         # The daemon's RSS under qemu-user is qemu's own (its translator and
@@ -539,9 +539,9 @@ prove_arch() {
             --skip _link_arrive_exact_and_in_order
             --skip "$GIVE_UP_TEST")
     fi
-    timed "conformance, record, delivery, guardian, security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
+    timed "conformance, record, delivery, guardian, crash, security" env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
-        conformance:: record:: delivery:: guardian:: security:: "${skip[@]}"
+        conformance:: record:: delivery:: guardian:: crash:: security:: "${skip[@]}"
     case "$triple" in
         "$TARGET") ;; # its old-kernel run is above
         i686-*)
@@ -653,7 +653,7 @@ soak_host() {
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- \
         --include-ignored --skip arch:: &&
         SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked \
-            --test integration -- --include-ignored old_kernel:: conformance:: guardian:: "${OLD_KERNEL_SKIP[@]}"
+            --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash:: "${OLD_KERNEL_SKIP[@]}"
 }
 
 # soak_summary LOG STATUS: "ok, N passed" (summed over the log's test
@@ -763,9 +763,9 @@ run_tests() {
     step "directory users (SP_USER known only to NSS, libnss-extrausers), static binary"
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored --exact \
         security::sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups
-    step "old-kernel tests: the conformance and guardian suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    step "old-kernel tests: the conformance, guardian and crash suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
     say "SKIPPED under the old-kernel filter: $GIVE_UP_TEST (60 s; run by the host suite above)"
-    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian:: "${OLD_KERNEL_SKIP[@]}"
+    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash:: "${OLD_KERNEL_SKIP[@]}"
     step "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
     prove_all_arches
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"

@@ -190,9 +190,9 @@ impl Session {
         }
     }
 
-    /// The server has this run's `start` already (a daemon that died sent
-    /// it): never send another, which would reset the recorded output.
-    pub fn with_start_already_sent(mut self) -> Self {
+    /// The server ACKed this run's `start` already (to a daemon that died):
+    /// never send another, which would reset the recorded output.
+    pub fn with_start_acked(mut self) -> Self {
         self.start_acked = true;
         self
     }
@@ -267,6 +267,7 @@ impl Session {
     ) -> Option<Request> {
         match event {
             LinkEvent::Identified { machine } => {
+                effects.machine_identified(&machine);
                 self.encoder = Encoder::new(
                     &self.settings.job_name,
                     &self.settings.job_instance,
@@ -363,7 +364,6 @@ impl Session {
                 &self.settings.version,
             );
             self.send(effects, start);
-            effects.start_sent();
         }
         let (last_acked, next) = (
             self.outbox.last_acked_wire_seq(),
@@ -428,6 +428,9 @@ impl Session {
             } => {
                 self.conn_fruitful = true;
                 if !self.start_acked {
+                    // Told first: output follows from now on, and the
+                    // guardian must then never send `start` again.
+                    effects.start_acked();
                     log::info!("server acknowledged the start");
                     self.last_progress = now;
                 }
@@ -770,6 +773,9 @@ impl Session {
         };
         let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
         if ready && !self.complete_pending() {
+            if self.complete_attempts == 0 && self.outbox.is_empty() {
+                effects.complete_sent();
+            }
             self.complete_attempts += 1;
             // The main process's exit time, not now: the server stores it as
             // the run's endtime, however long delivery took.

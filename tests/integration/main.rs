@@ -10,6 +10,7 @@
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
 //! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
+//! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md) |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded after the output the dead daemon had spooled, stale spools removed |
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
@@ -31,6 +32,7 @@ mod arch;
 mod architecture;
 mod bounded;
 mod conformance;
+mod crash;
 mod dead_dns;
 mod delivery;
 mod guardian;
