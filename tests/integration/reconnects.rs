@@ -103,7 +103,7 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
     let dir = TestDir::new("reconnects");
     let server = ClosingServer::start();
     let command = format!(
-        "echo $PPID > {d}/daemon.pid; exec sleep 600",
+        "echo $$ > {d}/shell.pid; echo $PPID > {d}/daemon.pid; exec sleep 600",
         d = dir.path.display()
     );
     let launch = Launch::new(&server.url(), "reconnects", "reconnects_1", &command, &dir)
@@ -122,12 +122,9 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
             }
         }
     }
-    let job_group = std::fs::read_to_string(format!("/proc/{daemon}/task/{daemon}/children"))
-        .ok()
-        .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok());
-    let mut victims = vec![guardian, daemon];
-    victims.extend(job_group.map(|pgid| -pgid));
-    let _cleanup = KillOnDrop(victims);
+    // The job's shell is its process group's leader (`exec sleep` keeps it).
+    let job_group = read_pid_file(&dir.join("shell.pid"), Duration::from_secs(10));
+    let _cleanup = KillOnDrop(vec![guardian, daemon, -job_group]);
 
     let reached = |count: u64| {
         wait_until(Duration::from_secs(120), || server.handshakes() >= count);
