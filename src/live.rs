@@ -27,7 +27,7 @@ use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
 const LINK_CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
-/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
+/// frames in flight (`pacing::MAX_IN_FLIGHT_BYTES`), recycled frame and batch
 /// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
 const OUTPUT_OVERHEAD: usize = 6 << 20;
 

@@ -37,11 +37,8 @@ pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
 const MAX_COMPLETE_ATTEMPTS: u32 = 5;
 /// Output messages in flight at once: enough to keep the pipe full, few
 /// enough that a dropped connection leaves little in doubt (docs/delivery.md).
+/// The bytes in flight follow the link (`pacing.rs`).
 pub const WINDOW: usize = 8;
-/// ... and at most this many bytes of output in flight (one message always
-/// may be): each in-flight message briefly exists twice, as a batch and as a
-/// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
-pub const WINDOW_BYTES: usize = 4 << 20;
 
 /// Longest piece of a server-supplied string that reaches the log. A hostile
 /// server may send 1 MiB strings on every frame; the log must not become the
@@ -101,6 +98,10 @@ struct Conn {
     /// Last time in-flight output got an ACK (or started being in flight).
     ack_progress: Instant,
     complete_sent: Option<Instant>,
+    /// We asked the link to close this connection: nothing more is sent on
+    /// it, but its ACKs still count until the link reports it gone (the
+    /// server may still be reading what we sent; see `reconnect`).
+    closing: bool,
 }
 
 /// The deadlines the session owns.
@@ -134,6 +135,12 @@ pub struct Session {
     /// Last delivery progress: an ACK for output or a start not ACKed before.
     last_progress: Instant,
     connect_failures: u32,
+    /// Connections in a row that ended with nothing ACKed on them: past a
+    /// few, the log says only every power of two (a server that closes at
+    /// once must not grow the log by lines per attempt forever).
+    fruitless_connections: u64,
+    /// Something was ACKed on the current connection.
+    conn_fruitful: bool,
     complete_attempts: u32,
     /// The job's result, once the job is finished.
     finished: Option<Finished>,
@@ -170,6 +177,8 @@ impl Session {
             began,
             last_progress: began,
             connect_failures: 0,
+            fruitless_connections: 0,
+            conn_fruitful: false,
             complete_attempts: 0,
             finished: None,
             next_heartbeat: began + HEARTBEAT_INTERVAL,
@@ -269,16 +278,27 @@ impl Session {
             LinkEvent::Connected { generation } => self.on_connected(generation, now, effects),
             LinkEvent::Disconnected { generation, reason } => {
                 if self.is_current(generation) {
-                    log::warn!("connection lost: {reason}");
+                    let closing = self.conn.as_ref().is_some_and(|c| c.closing);
+                    if self.conn_fruitful {
+                        self.fruitless_connections = 0;
+                    } else {
+                        self.fruitless_connections += 1;
+                    }
+                    if closing {
+                        log::debug!("connection closed: {reason}");
+                    } else if self.worth_logging() {
+                        log::warn!("connection lost: {reason}");
+                    }
                     self.conn = None;
                     self.outbox.on_disconnect();
+                    self.pacer.forget_in_flight();
                 }
             }
             LinkEvent::ConnectFailed { reason } => {
                 self.connect_failures += 1;
                 if self.connect_failures == 1 {
                     log::warn!("cannot reach the server (retrying every 2 s): {reason}");
-                } else {
+                } else if self.connect_failures.is_power_of_two() {
                     log::debug!(
                         "connection attempt {} failed: {reason}",
                         self.connect_failures
@@ -295,10 +315,15 @@ impl Session {
                     return self.on_frame(frame, now, effects);
                 }
             }
-            // Any generation: the link's speed does not change with a reconnect.
-            LinkEvent::Sent { bytes, took } => self.on_frame_sent(bytes, took),
         }
         None
+    }
+
+    /// Whether a connection's coming and going is worth a log line: the
+    /// first few of a fruitless run, then every power of two.
+    fn worth_logging(&self) -> bool {
+        let n = self.fruitless_connections;
+        n <= 3 || n.is_power_of_two()
     }
 
     fn on_connected(&mut self, generation: u64, now: Instant, effects: &mut impl Effects) {
@@ -307,11 +332,18 @@ impl Session {
                 "connected to the server after {} failed attempts",
                 self.connect_failures
             );
-        } else {
+        } else if self.fruitless_connections > 3 && self.worth_logging() {
+            log::info!(
+                "connected to the server ({} connections in a row ended with nothing acknowledged)",
+                self.fruitless_connections
+            );
+        } else if self.worth_logging() {
             log::info!("connected to the server");
         }
         self.connect_failures = 0;
+        self.conn_fruitful = false;
         self.outbox.on_disconnect();
+        self.pacer.forget_in_flight();
         self.conn = Some(Conn {
             generation,
             connect_acked: false,
@@ -319,6 +351,7 @@ impl Session {
             opened: now,
             ack_progress: now,
             complete_sent: None,
+            closing: false,
         });
         let wall = crate::clock::now();
         self.send(effects, self.encoder.connect(wall));
@@ -339,14 +372,16 @@ impl Session {
         self.send(effects, self.encoder.sync_request(wall, last_acked, next));
     }
 
-    /// The link timed a frame: output messages follow its speed (`pacing.rs`).
-    fn on_frame_sent(&mut self, bytes: usize, took: Duration) {
+    /// An ACK retired `bytes` of output: messages and the bytes in flight
+    /// follow the delivery rate (`pacing.rs`).
+    fn on_output_acked(&mut self, bytes: usize, now: Instant) {
         let before = self.pacer.limit();
-        if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
+        if let Some(limit) = self.pacer.on_acked(bytes, now) {
             self.outbox.set_send_limit(limit);
             let line = format!(
-                "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
-                took.as_millis() as u64
+                "output messages now at most {limit} bytes, {} in flight (the server acknowledges {} bytes/s)",
+                self.pacer.budget(),
+                self.pacer.rate().unwrap_or(0)
             );
             if limit < before {
                 log::info!("slow link: {line}");
@@ -391,6 +426,7 @@ impl Session {
                 kind: AckKind::Start,
                 ..
             } => {
+                self.conn_fruitful = true;
                 if !self.start_acked {
                     // Told first: output follows from now on, and the
                     // guardian must then never send `start` again.
@@ -405,11 +441,14 @@ impl Session {
                 kind: AckKind::Output,
                 seq: Some(seq),
             } => {
-                if self.outbox.on_ack(seq) > 0 {
+                let bytes = self.outbox.on_ack(seq);
+                if bytes > 0 {
                     self.last_progress = now;
+                    self.conn_fruitful = true;
                     if let Some(conn) = self.conn.as_mut() {
                         conn.ack_progress = now;
                     }
+                    self.on_output_acked(bytes, now);
                 }
             }
             Inbound::Ack {
@@ -433,6 +472,9 @@ impl Session {
             Inbound::Ack { .. } => {}
             Inbound::Nack { expected_seq } => {
                 let outcome = self.outbox.on_nack(expected_seq);
+                if outcome == crate::outbox::NackOutcome::Resend {
+                    self.pacer.forget_in_flight();
+                }
                 log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
             }
             Inbound::SyncResponse { last_seq } => {
@@ -510,6 +552,7 @@ impl Session {
             log::warn!("server did not acknowledge the start (unknown instance or machine?)");
         }
         self.outbox.on_sync(last_seq.unwrap_or(-1));
+        self.pacer.forget_in_flight();
         log::debug!(
             "synced: last_seq {last_seq:?}, next wire seq {}",
             self.outbox.next_wire_seq()
@@ -535,7 +578,8 @@ impl Session {
 
     /// Every deadline the session has now, each once.
     fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> {
-        let conn = self.conn.as_ref();
+        // A closing connection has nothing more to check: the link ends it.
+        let conn = self.conn.as_ref().filter(|c| !c.closing);
         // Open output with no seal yet is due at once (from the beginning).
         let seal = (self.outbox.open_bytes() > 0).then(|| self.batch_due().unwrap_or(self.began));
         let sync = conn.filter(|c| !c.synced).map(|c| c.opened + SYNC_TIMEOUT);
@@ -574,9 +618,7 @@ impl Session {
                 Deadline::Heartbeat => {
                     // Also while killing and while delivering after the end,
                     // so the server does not declare the machine lost (253).
-                    if self.conn.is_some() {
-                        self.send(effects, self.encoder.heartbeat(crate::clock::now()));
-                    }
+                    self.send(effects, self.encoder.heartbeat(crate::clock::now()));
                     while self.next_heartbeat <= now {
                         self.next_heartbeat += HEARTBEAT_INTERVAL;
                     }
@@ -614,16 +656,30 @@ impl Session {
         }
     }
 
-    /// Drop the current connection: the link reconnects.
+    /// Drop the current connection: the link closes it and reconnects.
+    ///
+    /// Not at once: what we sent may still be on its way to the server (in
+    /// a slow link's queue), and the server appends it when it comes. The
+    /// real endpoint keeps its sequence state per job instance and machine,
+    /// not per socket: a new socket's `connect` resets it, the old socket's
+    /// late messages are then judged by the new socket's numbers, and when
+    /// the old socket's handler ends it deletes the state, after which the
+    /// server appends our output without ACKing it, so we send it again and
+    /// it is recorded twice (issue 24). So the link sends a close frame
+    /// behind what it sent and waits (bounded) for the server to close the
+    /// socket, and the ACKs that come meanwhile still retire output; only
+    /// then is the connection gone (`LinkEvent::Disconnected`) and a new one
+    /// opened.
     fn reconnect(&mut self, reason: String, effects: &mut impl Effects) {
-        if let Some(conn) = self.conn.take() {
-            log::warn!("reconnecting: {reason}");
-            self.outbox.on_disconnect();
-            effects.link(LinkCommand::Drop {
-                generation: conn.generation,
-                reason,
-            });
-        }
+        let Some(conn) = self.conn.as_mut().filter(|c| !c.closing) else {
+            return;
+        };
+        log::warn!("reconnecting: {reason}");
+        conn.closing = true;
+        effects.link(LinkCommand::Drop {
+            generation: conn.generation,
+            reason,
+        });
     }
 
     /// Stop delivering: undelivered output goes to the log.
@@ -684,7 +740,7 @@ impl Session {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        if !conn.synced || self.outcome.is_some() {
+        if !conn.synced || conn.closing || self.outcome.is_some() {
             return;
         }
         let generation = conn.generation;
@@ -697,7 +753,12 @@ impl Session {
                 }
             }
             let wall = crate::clock::now();
-            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
+            while self.pacer.may_send(now) {
+                let budget = self.pacer.budget();
+                let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, budget) else {
+                    break;
+                };
+                self.pacer.on_sent(batch.text.len(), now);
                 let buffer = self.frames.take(batch.text.len() + 256);
                 let frame = self
                     .encoder
@@ -735,9 +796,10 @@ impl Session {
         }
     }
 
-    /// Send `frame` on the current connection, if there is one.
+    /// Send `frame` on the current connection, if there is one and it is
+    /// not closing.
     fn send(&self, effects: &mut impl Effects, frame: String) {
-        if let Some(conn) = self.conn.as_ref() {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.closing) {
             effects.link(LinkCommand::Send {
                 generation: conn.generation,
                 frame,

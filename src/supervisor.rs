@@ -683,6 +683,64 @@ mod tests {
         );
     }
 
+    /// Issue 24: a connection we drop may still carry our messages to the
+    /// server, which appends them (and shares its sequence state between
+    /// our sockets). Until the link reports it gone, nothing more is sent
+    /// on it, no new connection is made, and its late ACKs still retire
+    /// output, so what the server appended there is not sent again.
+    #[test]
+    fn a_dropped_connection_sends_nothing_more_and_its_late_acks_still_count() {
+        let t0 = Instant::now();
+        let mut sup = synced(t0);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "a".into(),
+            },
+            t0,
+        );
+        sup.pump(t0);
+        assert_eq!(outputs(&sup), [(0, "a".to_string())]);
+        let stalled = t0 + Duration::from_secs(31);
+        sup.on_time(stalled);
+        assert_eq!(sup.effects().drops, [1], "no ACK for 30 s: dropped");
+        let sent_before = sup.effects().sent.len();
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "b".into(),
+            },
+            stalled,
+        );
+        sup.on_time(stalled + Duration::from_secs(6));
+        sup.pump(stalled + Duration::from_secs(6));
+        assert_eq!(
+            sup.effects().sent.len(),
+            sent_before,
+            "nothing on a closing connection"
+        );
+        assert_eq!(sup.effects().drops, [1], "dropped once");
+        // The server's ACK for "a", late, before it closes the socket.
+        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), stalled);
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "no ACK for 30 s".into(),
+            }),
+            stalled,
+        );
+        connect(&mut sup, 2, stalled);
+        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, stalled);
+        let resent: Vec<_> = sup
+            .effects()
+            .sent
+            .iter()
+            .filter(|(g, v)| *g == 2 && v["type"] == "output")
+            .map(|(_, v)| (v["seq"].as_i64(), v["data"].as_str().map(str::to_string)))
+            .collect();
+        assert_eq!(resent, [(Some(0), Some("b".to_string()))]);
+    }
+
     #[test]
     fn repeated_kills_count_once_and_escalate_to_sigkill() {
         let t0 = Instant::now();

@@ -37,5 +37,6 @@ mod dead_dns;
 mod delivery;
 mod guardian;
 mod old_kernel;
+mod reconnects;
 mod record;
 mod security;
