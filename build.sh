@@ -412,11 +412,15 @@ file_says() {
 # then says nothing of where it was built, and 48 long paths shrink
 # (x86_64: 1,039,592 -> 1,037,608 bytes; docs/packaging.md, "Size").
 remap_paths() {
-    local registry sysroot
-    registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
-    sysroot=$(rustc --print sysroot)
-    printf "target.%s.rustflags=['--remap-path-prefix=%s=/cargo','--remap-path-prefix=%s/lib/rustlib/src/rust=/rustc']" \
-        "$1" "$registry" "$sysroot"
+    local index flags
+    # Each registry's directory (index.crates.io-<hash of its URL>), so a
+    # crate's files are /cargo/<crate>-<version>/...
+    for index in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+        flags+="'--remap-path-prefix=${index%/}=/cargo',"
+    done
+    # rust-src as the prebuilt std names its own sources: /rustc/<commit>.
+    printf "target.%s.rustflags=[%s'--remap-path-prefix=%s/lib/rustlib/src/rust=/rustc/%s']" \
+        "$1" "$flags" "$(rustc --print sysroot)" "$(rustc -vV | sed -n 's/^commit-hash: //p')"
 }
 
 build_arch() {
