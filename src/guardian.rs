@@ -324,6 +324,16 @@ fn take_over(
     // only for a job that was still running (and is killed now).
     let job_result = job_exited
         .map(|(status, exited_at)| (exit_codes::job_retcode(status, told.kill), exited_at));
+    // A main process the daemon did not reap (it may have told its exit and
+    // died before the reap) is our zombie: reaped first, so that a process
+    // with its pid can only mean the id was reused. (Only it: the dead
+    // daemon stays a zombie until its spool is open, see `watch`.)
+    if job_exited.is_some() {
+        let mut status = 0;
+        if unsafe { libc::waitpid(job_pid, &mut status, libc::WNOHANG) } == job_pid {
+            group.leader_reaped = true;
+        }
+    }
     let job_was_running = group.signal(libc::SIGKILL);
     // Opened before the dead daemon is reaped (see `watch`); an open file
     // outlives its name.

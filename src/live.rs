@@ -99,7 +99,13 @@ pub fn with_output_cap(cfg: &Config, session: Session) -> Session {
     match cfg.output_limit {
         Some(limit) => {
             let path = cfg.leftout_path(std::process::id());
-            session.with_output_cap(output_cap::OutputCap::new(limit, cfg.leftout_limit, path))
+            let job_bound = output_cap::JobBound {
+                job: cfg.job_file_name(),
+                bytes: cfg.leftout_job_limit,
+                files: cfg.leftout_job_files,
+            };
+            let cap = output_cap::OutputCap::new(limit, cfg.leftout_limit, path, job_bound);
+            session.with_output_cap(cap)
         }
         None => session,
     }
