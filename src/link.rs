@@ -117,9 +117,8 @@ pub fn spawn_link(
         .unwrap_or_default()
         .as_nanos() as u64
         ^ (u64::from(std::process::id()) << 32);
-    let retry_interval = std::env::var(TEST_RETRY_VARIABLE)
-        .ok()
-        .and_then(|ms| ms.trim().parse::<u64>().ok())
+    let retry_interval = std::env::var_os(TEST_RETRY_VARIABLE)
+        .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
         .map_or(RETRY_INTERVAL, |ms| {
             Duration::from_millis(ms.max(MIN_TEST_RETRY_MS)).min(RETRY_INTERVAL)
         });
