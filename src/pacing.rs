@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::outbox::MAX_BATCH_BYTES;
 
-/// The bounds before anything is known of the link: 8 s at 8 KiB/s, well
+/// The bounds before anything is known of the link: 4 s at 8 KiB/s, well
 /// inside the 30 s ACK check; one round trip on a fast link reaches 500 KiB.
 pub const INITIAL_BATCH_BYTES: usize = 32 * 1024;
 /// Never smaller: frame overhead (about 200 bytes of JSON) stays a small part.
