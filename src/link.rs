@@ -20,11 +20,10 @@
 //! supervisor drops is closed gracefully: a close frame behind what was
 //! sent, and the server's frames (its ACKs) are still read until it closes
 //! the socket, at most `CLOSE_DRAIN` (session.rs, `reconnect`, says why).
-//! Dead peers: a connect
-//! timeout, a handshake timeout, TCP keepalive, a WebSocket ping after 15 s of
-//! silence answered within 15 s, and 30 s without progress while there are
-//! bytes to move all end the connection. Inbound frames over 1 MiB are a
-//! protocol error.
+//! Dead peers: a connect timeout, a handshake timeout, TCP keepalive, a
+//! WebSocket ping after 15 s of silence answered within 15 s, and 30 s
+//! without progress while there are bytes to move all end the connection.
+//! Inbound frames over 1 MiB are a protocol error.
 //!
 //! Progress is bytes moving, not frames finishing, so a slow link is not a
 //! dead one: bytes the kernel takes from us (counted by `Counted`) or bytes
@@ -57,9 +56,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between connection attempts (PROTOCOL.md: 2 s), before jitter.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// Tests only (docs/testing.md): a shorter interval between attempts, in
-/// milliseconds, read once. It can only shorten, and never below
-/// `MIN_TEST_RETRY_MS`: a real server is never to see it.
+/// milliseconds, read once. It can only shorten: a real server is never to
+/// see it.
 const TEST_RETRY_VARIABLE: &str = "SP_TEST_RECONNECT_DELAY_MS";
+/// ... and never below this, even in a test.
 const MIN_TEST_RETRY_MS: u64 = 1;
 /// How long a dropped connection is still read (its ACKs) while the server
 /// takes what we sent before our close frame, and closes.
@@ -117,9 +117,8 @@ pub fn spawn_link(
         .unwrap_or_default()
         .as_nanos() as u64
         ^ (u64::from(std::process::id()) << 32);
-    let retry_interval = std::env::var(TEST_RETRY_VARIABLE)
-        .ok()
-        .and_then(|ms| ms.trim().parse::<u64>().ok())
+    let retry_interval = std::env::var_os(TEST_RETRY_VARIABLE)
+        .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
         .map_or(RETRY_INTERVAL, |ms| {
             Duration::from_millis(ms.max(MIN_TEST_RETRY_MS)).min(RETRY_INTERVAL)
         });

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::outbox::MAX_BATCH_BYTES;
 
-/// The bounds before anything is known of the link: 8 s at 8 KiB/s, well
+/// The bounds before anything is known of the link: 4 s at 8 KiB/s, well
 /// inside the 30 s ACK check; one round trip on a fast link reaches 500 KiB.
 pub const INITIAL_BATCH_BYTES: usize = 32 * 1024;
 /// Never smaller: frame overhead (about 200 bytes of JSON) stays a small part.
@@ -143,10 +143,11 @@ impl Pacer {
         let message = newest?;
         let took = now
             .saturating_duration_since(message.clock_then)
-            .as_micros();
-        let delivered = u128::from(self.acked - message.acked_then);
-        // Integer arithmetic: float code would add ~30 KiB to the binary.
-        let sample = u64::try_from(delivered * 1_000_000 / took.max(1)).unwrap_or(u64::MAX);
+            .as_micros() as u64;
+        let delivered = self.acked - message.acked_then;
+        // Integer arithmetic in u64: float code would add ~30 KiB to the
+        // binary, u128 division some more.
+        let sample = delivered.saturating_mul(1_000_000) / took.max(1);
         if !message.link_bound && self.rate.is_some_and(|rate| sample < rate) {
             return None;
         }

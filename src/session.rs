@@ -284,8 +284,13 @@ impl Session {
                     } else {
                         self.fruitless_connections += 1;
                     }
+                    let n = self.fruitless_connections;
                     if closing {
                         log::debug!("connection closed: {reason}");
+                    } else if n > 3 && self.worth_logging() {
+                        log::warn!(
+                            "connection lost: {reason} ({n} connections in a row got nothing acknowledged)"
+                        );
                     } else if self.worth_logging() {
                         log::warn!("connection lost: {reason}");
                     }
@@ -332,11 +337,6 @@ impl Session {
                 "connected to the server after {} failed attempts",
                 self.connect_failures
             );
-        } else if self.fruitless_connections > 3 && self.worth_logging() {
-            log::info!(
-                "connected to the server ({} connections in a row ended with nothing acknowledged)",
-                self.fruitless_connections
-            );
         } else if self.worth_logging() {
             log::info!("connected to the server");
         }
@@ -378,16 +378,18 @@ impl Session {
         let before = self.pacer.limit();
         if let Some(limit) = self.pacer.on_acked(bytes, now) {
             self.outbox.set_send_limit(limit);
-            let line = format!(
-                "output messages now at most {limit} bytes, {} in flight (the server acknowledges {} bytes/s)",
+            // A shrink is news for whoever reads the log; growth is routine.
+            let (level, what) = if limit < before {
+                (log::Level::Info, "slow link:")
+            } else {
+                (log::Level::Debug, "link:")
+            };
+            log::log!(
+                level,
+                "{what} output messages now at most {limit} bytes, {} in flight (the server acknowledges {} bytes/s)",
                 self.pacer.budget(),
                 self.pacer.rate().unwrap_or(0)
             );
-            if limit < before {
-                log::info!("slow link: {line}");
-            } else {
-                log::debug!("{line}");
-            }
         }
     }
 

@@ -3,12 +3,14 @@
 //! for the test (`SP_TEST_RECONNECT_DELAY_MS`, docs/testing.md). Between a
 //! sample after the first connections and one after 10,000, the daemon's
 //! memory, its open descriptors, its log and the pipe to its guardian must
-//! stay flat: nothing may grow per connection.
+//! stay flat: nothing may grow per connection. And a connection the agent
+//! drops itself is closed before the next one opens (issue 24 item 7).
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::common::closing::ClosingServer;
+use crate::common::throttle::ThrottlingProxy;
 use crate::common::*;
 
 const CONNECTIONS: u64 = 10_000;
@@ -171,4 +173,59 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
         first.guardian_backlog,
         last.guardian_backlog
     );
+}
+
+/// Issue 24: a connection the agent drops itself while the server still
+/// reads it. The real endpoint shares its sequence state between the
+/// sockets of an instance: a message appended on the old socket whose ACK
+/// the agent never saw is appended again when the agent resends it on a new
+/// one. Here the server's ACK for the job's output is held back (by the
+/// proxy) past the agent's 30 s ACK check: the agent drops the connection,
+/// and must keep reading it, gracefully closed, until the server's ACK and
+/// close come (4 s later), and only then reconnect, sending nothing again.
+/// The record is the output once. (Before, the agent reconnected at once
+/// and resent it: recorded twice.) Takes about 37 s.
+#[test]
+fn a_connection_dropped_for_late_acks_is_closed_first_so_the_output_is_recorded_once() {
+    let dir = TestDir::new("lateacks");
+    let mut server = Harness::start(&dir);
+    server.add_job("lateacks", "lateacks_1", &[MACHINE]);
+    let proxy = ThrottlingProxy::deep(server.port(), 1 << 20);
+    let go = dir.join("go");
+    let expected: String = (0..100)
+        .map(|i| format!("late ack line {i:03}\n"))
+        .collect();
+    let command = format!(
+        "until [ -e '{}' ]; do sleep 0.05; done; \
+         awk 'BEGIN {{ for (i = 0; i < 100; i++) printf \"late ack line %03d\\n\", i }}'",
+        go.display()
+    );
+    launch_ok(&Launch::new(
+        &proxy.url(),
+        "lateacks",
+        "lateacks_1",
+        &command,
+        &dir,
+    ));
+    // Output is sent once the numbering is settled: hold the server's
+    // frames from then on, and let the job print.
+    assert!(
+        wait_until(Duration::from_secs(10), || log_text(&dir, "lateacks")
+            .contains("synced: last_seq")),
+        "no sync: {}",
+        log_text(&dir, "lateacks")
+    );
+    proxy.hold_downstream(Duration::from_secs(33));
+    std::fs::write(&go, "").expect("go");
+    let result = server
+        .wait_result("lateacks", MACHINE, Duration::from_secs(90))
+        .unwrap_or_else(|partial| panic!("not recorded: {partial:?}"));
+    let log = log_text(&dir, "lateacks");
+    assert!(
+        log.contains("reconnecting: no ACK for 30 s"),
+        "the agent never dropped the connection, so this proved nothing: {log}"
+    );
+    assert_eq!(proxy.connections(), 2, "{log}");
+    assert_eq!(result.retcode, Some(0), "{result:?}");
+    assert_same(&result.ret, &expected, "output whose ACK came late");
 }

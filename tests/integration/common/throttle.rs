@@ -11,15 +11,19 @@
 //! queue and trickles it on (a router's, a shaper's or a VPN's queue: the
 //! sender's socket empties at once and sees nothing of the link's speed).
 //! A deep proxy delivers what it queued even after the sender has closed,
-//! as a real queue does, and records how much it ever held.
+//! as a real queue does, and records how much it ever held. It can also
+//! hold back what the server says (`hold_downstream`): ACKs that come late
+//! while our messages still reach the server.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Until when the server's frames wait, on connections up to which count.
+type Hold = Arc<Mutex<Option<(u64, Instant)>>>;
 
 pub struct ThrottlingProxy {
     port: u16,
@@ -30,6 +34,9 @@ pub struct ThrottlingProxy {
     upstream_queue_peak: Arc<AtomicU64>,
     /// Connections accepted.
     connections: Arc<AtomicU64>,
+    /// Deep proxies: what the server sends on the connections accepted so
+    /// far (up to this count) waits until then (`hold_downstream`).
+    hold: Hold,
 }
 
 impl ThrottlingProxy {
@@ -66,9 +73,11 @@ impl ThrottlingProxy {
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let upstream_queue_peak = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
+        let hold: Hold = Arc::new(Mutex::new(None));
         {
             let (stop, upstream_bytes) = (stop.clone(), upstream_bytes.clone());
             let (peak, connections) = (upstream_queue_peak.clone(), connections.clone());
+            let hold = hold.clone();
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let client = match listener.accept() {
@@ -78,7 +87,7 @@ impl ThrottlingProxy {
                             continue;
                         }
                     };
-                    connections.fetch_add(1, Ordering::SeqCst);
+                    let index = connections.fetch_add(1, Ordering::SeqCst) + 1;
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                         continue;
                     };
@@ -90,10 +99,13 @@ impl ThrottlingProxy {
                         let (Ok(client2), Ok(server2)) = (client2, server2) else {
                             continue;
                         };
-                        thread::spawn(move || queue(client, server, rate, &up, &counted, &peak));
-                        let (uncounted, unpeaked) = (AtomicU64::new(0), AtomicU64::new(0));
                         thread::spawn(move || {
-                            queue(server2, client2, rate, &down, &uncounted, &unpeaked)
+                            queue(client, server, rate, &up, &counted, &peak, None)
+                        });
+                        let (uncounted, unpeaked) = (AtomicU64::new(0), AtomicU64::new(0));
+                        let held = Some((hold.clone(), index));
+                        thread::spawn(move || {
+                            queue(server2, client2, rate, &down, &uncounted, &unpeaked, held)
                         });
                         continue;
                     }
@@ -115,7 +127,15 @@ impl ThrottlingProxy {
             upstream_bytes,
             upstream_queue_peak,
             connections,
+            hold,
         }
+    }
+
+    /// A deep proxy: from now on, what the server sends on the connections
+    /// open now waits until `time` has passed (later connections are not held).
+    pub fn hold_downstream(&self, time: Duration) {
+        let open = self.connections();
+        *self.hold.lock().expect("hold") = Some((open, Instant::now() + time));
     }
 
     pub fn url(&self) -> String {
@@ -192,6 +212,7 @@ fn queue(
     stop: &AtomicBool,
     moved: &AtomicU64,
     peak: &AtomicU64,
+    hold: Option<(Hold, u64)>,
 ) {
     let queued = Arc::new(AtomicU64::new(0));
     let (chunks, arriving) = mpsc::channel::<Vec<u8>>();
@@ -237,6 +258,18 @@ fn queue(
             }
         };
         peak.fetch_max(queued.load(Ordering::SeqCst), Ordering::SeqCst);
+        // Held: the chunk waits (the link's schedule, not a test's wait).
+        while let Some((hold, index)) = &hold {
+            let until = match *hold.lock().expect("hold") {
+                Some((held, until)) if *index <= held => until,
+                _ => break,
+            };
+            let now = Instant::now();
+            if now >= until || stop.load(Ordering::SeqCst) {
+                break;
+            }
+            thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
         for piece in chunk.chunks(512) {
             if stop.load(Ordering::SeqCst) {
                 break 'forward;
