@@ -14,6 +14,7 @@
 //! has no runtime dependencies beyond `arraydeque`, and costs about 60 KiB
 //! of the 1 MiB bound (docs/architecture.md, "Dependencies").
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
@@ -90,56 +91,116 @@ impl Value {
 
 /// Nesting deeper than this is refused (PyYAML has no bound but recursion).
 const MAX_DEPTH: usize = 64;
-/// Nodes constructed, counting each alias expansion: bounds a "billion
-/// laughs" file.
-const MAX_NODES: usize = 200_000;
+/// Nodes one document may compose: bounds the memory one file can take
+/// (about 100 bytes a node), whatever its 1 MiB hold.
+const MAX_NODES: usize = 40_000;
+/// The work one lookup may do, all its files together: a unit per node
+/// composed, per value constructed or checked, `MERGED_PAIR_COST` per pair
+/// a merge produces (each is kept, as Salt keeps its flattened mappings).
+/// Tens of milliseconds, and 6 MiB of merged pairs at most; a real
+/// configuration takes a few thousand units.
+pub const WORK_BUDGET: usize = 1_000_000;
+const MERGED_PAIR_COST: usize = 4;
 
 const YAML_TAG: &str = "tag:yaml.org,2002:";
 
 /// A composed node: what PyYAML's composer builds, before construction.
 #[derive(Debug)]
-enum Node {
+struct Node {
+    kind: Kind,
+    /// A mapping's pairs once flattened: Salt's `flatten_mapping` rewrites
+    /// the node in place, so each mapping is flattened once however many
+    /// aliases merge it.
+    flat: RefCell<Option<Rc<[Entry]>>>,
+    /// Checked without error already: PyYAML constructs each node once,
+    /// however many aliases name it.
+    checked: Cell<bool>,
+    /// As a key being merged: the mapping being flattened (its address)
+    /// and where in its merged pairs this key's first pair is.
+    mark: Cell<(usize, usize)>,
+}
+
+#[derive(Debug)]
+enum Kind {
     Scalar {
-        value: String,
+        value: Box<str>,
         plain: bool,
-        tag: Option<String>,
+        tag: Option<Box<str>>,
     },
     Seq {
-        tag: Option<String>,
+        tag: Option<Box<str>>,
         items: Vec<Rc<Node>>,
     },
     Map {
-        tag: Option<String>,
+        tag: Option<Box<str>>,
         pairs: Vec<(Rc<Node>, Rc<Node>)>,
     },
 }
 
+/// A pair of a flattened mapping, and how many times the merges brought
+/// that very pair (more than once: the same key twice, which Salt rejects).
+/// Counting copies instead of repeating them keeps merges of merges linear
+/// where Salt's list doubles at each level.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Rc<Node>,
+    value: Rc<Node>,
+    copies: usize,
+}
+
+/// What is built of a mapping: everything, nothing (only checked, as Salt
+/// would construct it), or only these top-level keys.
+#[derive(Clone, Copy)]
+enum Build<'k> {
+    All,
+    Nothing,
+    Keys(&'k [&'k str]),
+}
+
+#[cfg(test)]
 /// `salt.utils.yaml.safe_load(text)`: the single document's value (`Null`
 /// for an empty stream), or why Salt's loader would raise.
 pub fn load(text: &str) -> Result<Value, String> {
-    let root = compose(text)?;
-    let mut budget = MAX_NODES;
+    load_keys(text, None, &mut WORK_BUDGET.clone())
+}
+
+/// `load`, with only the top-level keys in `keys` (all when `None`) in the
+/// value: the rest is checked as Salt's loader would construct it, then
+/// dropped. `budget` is the work left to this lookup (`WORK_BUDGET` at its
+/// start); past it, an error.
+pub fn load_keys(text: &str, keys: Option<&[&str]>, budget: &mut usize) -> Result<Value, String> {
+    let root = compose(text, budget)?;
+    let build = keys.map_or(Build::All, Build::Keys);
     match root {
         None => Ok(Value::Null),
-        Some(node) => construct(&node, 0, &mut budget),
+        Some(node) => construct(&node, 0, budget, build),
     }
+}
+
+fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(units)
+        .ok_or_else(|| format!("more work than the bound of {WORK_BUDGET} units"))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
 // Composition: events to nodes, anchors resolved.
 
-struct Composer<'a> {
+struct Composer<'a, 'b> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
     anchors: Vec<(usize, Rc<Node>)>,
-    /// Nodes made so far, aliases included (the same bound as construction).
+    /// Nodes made so far, aliases included.
     made: usize,
+    budget: &'b mut usize,
 }
 
-fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
+fn compose(text: &str, budget: &mut usize) -> Result<Option<Rc<Node>>, String> {
     let mut composer = Composer {
         events: Parser::new_from_str(text),
         anchors: Vec::new(),
         made: 0,
+        budget,
     };
     let mut root = None;
     let mut documents = 0;
@@ -162,7 +223,11 @@ fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
     Ok(root)
 }
 
-impl<'a> Composer<'a> {
+fn tag_text(tag: Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Option<Box<str>> {
+    tag.map(|t| format!("{}{}", t.handle, t.suffix).into_boxed_str())
+}
+
+impl<'a> Composer<'a, '_> {
     fn next(&mut self) -> Result<Event<'a>, String> {
         match self.events.next() {
             Some(Ok((event, _))) => Ok(event),
@@ -179,7 +244,8 @@ impl<'a> Composer<'a> {
         if self.made > MAX_NODES {
             return Err(format!("more than {MAX_NODES} nodes"));
         }
-        let (node, anchor) = match event {
+        spend(self.budget, 1)?;
+        let (kind, anchor) = match event {
             Event::Alias(id) => {
                 return self
                     .anchors
@@ -190,10 +256,10 @@ impl<'a> Composer<'a> {
                     .ok_or_else(|| "found undefined alias".to_string());
             }
             Event::Scalar(value, style, anchor, tag) => (
-                Node::Scalar {
-                    value: value.into_owned(),
+                Kind::Scalar {
+                    value: value.into_owned().into_boxed_str(),
                     plain: style == ScalarStyle::Plain,
-                    tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
+                    tag: tag_text(tag),
                 },
                 anchor,
             ),
@@ -205,8 +271,8 @@ impl<'a> Composer<'a> {
                         event => items.push(self.node(event, depth + 1)?),
                     }
                 }
-                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                (Node::Seq { tag, items }, anchor)
+                let tag = tag_text(tag);
+                (Kind::Seq { tag, items }, anchor)
             }
             Event::MappingStart(anchor, tag) => {
                 let mut pairs = Vec::new();
@@ -219,12 +285,17 @@ impl<'a> Composer<'a> {
                     let value = self.node(event, depth + 1)?;
                     pairs.push((key, value));
                 }
-                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                (Node::Map { tag, pairs }, anchor)
+                let tag = tag_text(tag);
+                (Kind::Map { tag, pairs }, anchor)
             }
             _ => return Err("unexpected event inside a node".into()),
         };
-        let node = Rc::new(node);
+        let node = Rc::new(Node {
+            kind,
+            flat: RefCell::new(None),
+            checked: Cell::new(false),
+            mark: Cell::new((0, 0)),
+        });
         if anchor != 0 {
             self.anchors.push((anchor, node.clone()));
         }
@@ -235,35 +306,54 @@ impl<'a> Composer<'a> {
 // ---------------------------------------------------------------------------
 // Construction: SafeConstructor with Salt's overrides.
 
-fn construct(node: &Node, depth: usize, budget: &mut usize) -> Result<Value, String> {
+/// The value of `node` (`Build::All`, or the top-level keys asked for), or
+/// only a check that Salt's loader would construct it (`Build::Nothing`:
+/// `Null` back, each node checked once).
+fn construct(node: &Node, depth: usize, budget: &mut usize, build: Build) -> Result<Value, String> {
     if depth > MAX_DEPTH {
         return Err(format!("nested deeper than {MAX_DEPTH} levels"));
     }
-    if *budget == 0 {
-        return Err(format!("more than {MAX_NODES} values (aliases expanded)"));
+    let check_only = matches!(build, Build::Nothing);
+    if check_only && node.checked.get() {
+        return Ok(Value::Null);
     }
-    *budget -= 1;
-    match node {
-        Node::Scalar { value, plain, tag } => construct_scalar(value, *plain, tag.as_deref()),
-        Node::Seq { tag, items } => match tag.as_deref().map(core_tag) {
-            None | Some("!" | "seq") => Ok(Value::Seq(
-                items
-                    .iter()
-                    .map(|item| construct(item, depth + 1, budget))
-                    .collect::<Result<_, _>>()?,
-            )),
-            Some("omap" | "pairs") => Ok(Value::Opaque("omap")),
-            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
-        },
-        Node::Map { tag, pairs } => match tag.as_deref().map(core_tag) {
-            None | Some("!" | "map") => construct_mapping(pairs, depth, budget),
-            Some("set") => {
-                construct_mapping(pairs, depth, budget)?;
-                Ok(Value::Opaque("set"))
+    spend(budget, 1)?;
+    // Below the top, what is built is all or nothing.
+    let inner = if check_only {
+        Build::Nothing
+    } else {
+        Build::All
+    };
+    let value = match &node.kind {
+        Kind::Scalar { value, plain, tag } => construct_scalar(value, *plain, tag.as_deref())?,
+        Kind::Seq { tag, items } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "seq") => {
+                let mut values = Vec::new();
+                for item in items {
+                    let value = construct(item, depth + 1, budget, inner)?;
+                    if !check_only {
+                        values.push(value);
+                    }
+                }
+                Value::Seq(values)
             }
-            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
+            Some("omap" | "pairs") => Value::Opaque("omap"),
+            Some(other) => return Err(format!("could not determine a constructor for {other:?}")),
         },
+        Kind::Map { tag, .. } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "map") => construct_mapping(node, depth, budget, build)?,
+            Some("set") => {
+                construct_mapping(node, depth, budget, Build::Nothing)?;
+                Value::Opaque("set")
+            }
+            Some(other) => return Err(format!("could not determine a constructor for {other:?}")),
+        },
+    };
+    if check_only {
+        node.checked.set(true);
+        return Ok(Value::Null);
     }
+    Ok(value)
 }
 
 /// `tag:yaml.org,2002:str` -> `str`; any other tag unchanged.
@@ -273,13 +363,13 @@ fn core_tag(tag: &str) -> &str {
 
 fn construct_scalar(value: &str, plain: bool, tag: Option<&str>) -> Result<Value, String> {
     let tag = match tag {
-        Some(tag) if tag != "!" => core_tag(tag).to_string(),
+        Some(tag) if tag != "!" => core_tag(tag),
         // `!` and quoted scalars: a string; plain ones by their look.
-        Some(_) => "str".to_string(),
-        None if !plain => "str".to_string(),
-        None => implicit_tag(value).to_string(),
+        Some(_) => "str",
+        None if !plain => "str",
+        None => implicit_tag(value),
     };
-    match tag.as_str() {
+    match tag {
         "str" | "timestamp" | "python/unicode" => Ok(Value::Str(value.to_string())),
         "null" => Ok(Value::Null),
         "bool" => match value.to_ascii_lowercase().as_str() {
@@ -292,93 +382,167 @@ fn construct_scalar(value: &str, plain: bool, tag: Option<&str>) -> Result<Value
         "int" => Ok(int_value(value).map_or(Value::Opaque("int"), Value::Int)),
         "float" => Ok(float_repr(value).map_or(Value::Opaque("float"), Value::Float)),
         "binary" => Ok(Value::Opaque("bytes")),
-        "merge" | "value" => Err(format!("could not determine a constructor for {tag:?}")),
         other => Err(format!("could not determine a constructor for {other:?}")),
     }
 }
 
-/// Salt's `flatten_mapping` then `construct_mapping`.
+/// Salt's `flatten_mapping` then `construct_mapping` of the mapping `node`.
 fn construct_mapping(
-    pairs: &[(Rc<Node>, Rc<Node>)],
+    node: &Node,
     depth: usize,
     budget: &mut usize,
+    build: Build,
 ) -> Result<Value, String> {
-    let pairs = flatten(pairs, 0)?;
-    let mut mapping: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
-    let mut seen: Vec<String> = Vec::with_capacity(pairs.len());
-    for (key_node, value_node) in pairs {
-        let key = construct(&key_node, depth + 1, budget)?;
+    let entries = flatten(node, 0, budget)?;
+    let mut mapping: Vec<(Value, Value)> = Vec::new();
+    let mut identities: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries.iter() {
+        // Salt's flatten_mapping makes a `=` key (YAML's value key) a string.
+        let key = match &entry.key.kind {
+            Kind::Scalar {
+                value,
+                plain: true,
+                tag: None,
+            } if &**value == "=" => Value::Str("=".into()),
+            _ => construct(&entry.key, depth + 1, budget, Build::All)?,
+        };
         let Some(identity) = key_identity(&key) else {
             return Err(format!("found unacceptable key ({})", key.type_name()));
         };
-        let value = construct(&value_node, depth + 1, budget)?;
-        if !identity.is_empty() && seen.contains(&identity) {
+        if entry.copies > 1 {
             return Err(format!("found conflicting ID {identity:?}"));
         }
-        seen.push(identity);
-        mapping.push((key, value));
+        let wanted = match build {
+            Build::All => true,
+            Build::Nothing => false,
+            Build::Keys(keys) => matches!(&key, Value::Str(s) if keys.contains(&s.as_str())),
+        };
+        if wanted {
+            let value = construct(&entry.value, depth + 1, budget, Build::All)?;
+            mapping.push((key, value));
+        } else {
+            construct(&entry.value, depth + 1, budget, Build::Nothing)?;
+        }
+        // NaN equals nothing, not even itself.
+        if !identity.is_empty() {
+            identities.push(identity);
+        }
+    }
+    identities.sort();
+    if let Some(pair) = identities.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("found conflicting ID {:?}", pair[0]));
     }
     Ok(Value::Map(mapping))
 }
 
-type Pair = (Rc<Node>, Rc<Node>);
+fn is_merge_key(key: &Node) -> bool {
+    match &key.kind {
+        Kind::Scalar { value, plain, tag } => match tag.as_deref() {
+            Some(tag) => core_tag(tag) == "merge",
+            None => *plain && &**value == "<<",
+        },
+        _ => false,
+    }
+}
 
-/// Salt's `flatten_mapping`: `<<` values (a mapping, or a list of them, the
-/// later ones first) go before the explicit pairs, minus the keys whose
-/// text an explicit key already has.
-fn flatten(pairs: &[Pair], depth: usize) -> Result<Vec<Pair>, String> {
+/// A scalar key's text (what Salt's flatten compares), `None` for others.
+fn key_text(key: &Node) -> Option<&str> {
+    match &key.kind {
+        Kind::Scalar { value, .. } => Some(value),
+        _ => None,
+    }
+}
+
+/// Salt's `flatten_mapping`, once per node: `<<` values (a mapping, or a
+/// list of them, the later ones first) go before the explicit pairs, minus
+/// the keys whose text an explicit key already has. The same pair brought
+/// twice is one entry with two copies (order does not matter: a mapping
+/// Salt accepts has each key once).
+fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<[Entry]>, String> {
+    if let Some(done) = node.flat.borrow().as_ref() {
+        return Ok(done.clone());
+    }
+    let Kind::Map { pairs, .. } = &node.kind else {
+        return Err("expected a mapping for merging".into());
+    };
     if depth > MAX_DEPTH {
         return Err(format!("merges nested deeper than {MAX_DEPTH}"));
     }
-    let mut merge: Vec<Pair> = Vec::new();
-    let mut explicit: Vec<Pair> = Vec::new();
+    let mut explicit: Vec<Entry> = Vec::new();
+    let mut merged: Vec<&Node> = Vec::new();
     for (key, value) in pairs {
-        let is_merge = match &**key {
-            Node::Scalar { value, plain, tag } => match tag.as_deref() {
-                Some(tag) => core_tag(tag) == "merge",
-                None => *plain && value == "<<",
-            },
-            _ => false,
-        };
-        if !is_merge {
-            explicit.push((key.clone(), value.clone()));
-            continue;
+        if is_merge_key(key) {
+            merged.push(value);
+        } else {
+            explicit.push(Entry {
+                key: key.clone(),
+                value: value.clone(),
+                copies: 1,
+            });
         }
-        match &**value {
-            Node::Map { pairs, .. } => merge.extend(flatten(pairs, depth + 1)?),
-            Node::Seq { items, .. } => {
-                let mut submerge = Vec::new();
-                for item in items {
-                    let Node::Map { pairs, .. } = &**item else {
-                        return Err("expected a mapping for merging".into());
-                    };
-                    submerge.push(flatten(pairs, depth + 1)?);
+    }
+    if merged.is_empty() {
+        let flat: Rc<[Entry]> = explicit.into();
+        *node.flat.borrow_mut() = Some(flat.clone());
+        return Ok(flat);
+    }
+    // The texts of the explicit keys, sorted: merged pairs with one of
+    // them are dropped.
+    let mut texts: Vec<String> = explicit
+        .iter()
+        .filter_map(|e| key_text(&e.key).map(str::to_string))
+        .collect();
+    texts.sort();
+    let stamp = node as *const Node as usize;
+    let mut merge: Vec<Entry> = Vec::new();
+    for value in merged {
+        let sources: Vec<Rc<[Entry]>> = match &value.kind {
+            Kind::Map { .. } => vec![flatten(value, depth + 1, budget)?],
+            Kind::Seq { items, .. } => {
+                let mut sources = Vec::with_capacity(items.len());
+                for item in items.iter().rev() {
+                    sources.push(flatten(item, depth + 1, budget)?);
                 }
-                submerge.reverse();
-                merge.extend(submerge.into_iter().flatten());
+                sources
             }
-            Node::Scalar { .. } => {
+            Kind::Scalar { .. } => {
                 return Err("expected a mapping or list of mappings for merging".into());
             }
+        };
+        for source in sources {
+            spend(budget, source.len().saturating_mul(MERGED_PAIR_COST))?;
+            for entry in source.iter() {
+                let overridden = key_text(&entry.key)
+                    .is_some_and(|text| texts.binary_search_by(|t| t.as_str().cmp(text)).is_ok());
+                if !overridden {
+                    add_copies(&mut merge, entry, stamp);
+                }
+            }
         }
     }
-    if merge.is_empty() {
-        return Ok(explicit);
+    merge.extend(explicit);
+    let flat = merge;
+    let flat: Rc<[Entry]> = flat.into();
+    *node.flat.borrow_mut() = Some(flat.clone());
+    Ok(flat)
+}
+
+/// Add `entry` to the pairs `merge` of the mapping `stamp` names, or, when
+/// that very pair is there already (found through its key's mark), add its
+/// copies to that one.
+fn add_copies(merge: &mut Vec<Entry>, entry: &Entry, stamp: usize) {
+    let (marked, at) = entry.key.mark.get();
+    if marked == stamp {
+        if let Some(same) = merge
+            .get_mut(at)
+            .filter(|same| Rc::ptr_eq(&same.value, &entry.value))
+        {
+            same.copies = same.copies.saturating_add(entry.copies);
+            return;
+        }
     }
-    let raw = |node: &Node| match node {
-        Node::Scalar { value, .. } => Some(value.clone()),
-        _ => None,
-    };
-    let existing: Vec<Option<String>> = explicit.iter().map(|(k, _)| raw(k)).collect();
-    let mut flattened: Vec<Pair> = merge
-        .into_iter()
-        .filter(|(k, _)| {
-            let text = raw(k);
-            text.is_none() || !existing.contains(&text)
-        })
-        .collect();
-    flattened.extend(explicit);
-    Ok(flattened)
+    entry.key.mark.set((stamp, merge.len()));
+    merge.push(entry.clone());
 }
 
 /// What Python's dict compares keys by (`1 == 1.0 == True`); `None` for an
@@ -798,5 +962,77 @@ mod tests {
             ));
         }
         assert!(load(&text).is_err());
+        // Checked once per node, as PyYAML constructs each node once: only
+        // the keys asked for are built (Salt 3008.3 reads this file).
+        text.push_str("id: after-the-bomb\n");
+        let mut budget = WORK_BUDGET;
+        let top = load_keys(&text, Some(&["id"]), &mut budget).expect("accepted");
+        assert_eq!(
+            top,
+            Value::Map(vec![(
+                Value::Str("id".into()),
+                Value::Str("after-the-bomb".into())
+            )])
+        );
+        assert!(
+            WORK_BUDGET - budget < 1000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+    }
+
+    /// Salt flattens each mapping once (in place); the same pair merged
+    /// twice is a duplicate key it rejects, however deep the merges nest:
+    /// counted, not copied, so 60 doubling levels cost a few units a level.
+    #[test]
+    fn merges_of_merges_are_linear() {
+        let mut doubling = String::from("defs:\n  l0: &l0 {a: 1}\n");
+        let mut chained = String::from("l0: &l0 {a: 1}\n");
+        for level in 1..=60 {
+            let below = level - 1;
+            doubling.push_str(&format!(
+                "  l{level}: &l{level} {{<<: [*l{below}, *l{below}]}}\n"
+            ));
+            chained.push_str(&format!(
+                "l{level}: &l{level} {{<<: *l{below}, n{level}: {{<<: *l{below}}}}}\n"
+            ));
+        }
+        let mut budget = WORK_BUDGET;
+        let rejected = load_keys(
+            &format!("{doubling}<<: *l60\nid: x\n"),
+            Some(&["id"]),
+            &mut budget,
+        );
+        assert!(rejected.is_err_and(|why| why.contains("conflicting")));
+        assert!(
+            WORK_BUDGET - budget < 2000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+        // A key an explicit one overrides is dropped with all its copies
+        // (the mapping that has it twice is only merged, never built).
+        assert_eq!(
+            id("b: &b {a: 1}\nx: {<<: {<<: [*b, *b]}, a: 2}\nid: kept\n"),
+            Ok(Some("kept".into()))
+        );
+        // No duplicate: accepted, the inner merges linear too.
+        let mut budget = WORK_BUDGET;
+        let accepted = load_keys(
+            &format!("{chained}id: chained\n"),
+            Some(&["id"]),
+            &mut budget,
+        );
+        assert_eq!(
+            accepted.map(|v| v.get("id").cloned()),
+            Ok(Some(Value::Str("chained".into())))
+        );
+        assert!(
+            WORK_BUDGET - budget < 20_000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+        // Two mappings merged with the same key: Salt's duplicate too.
+        assert!(load("<<: [{a: 1}, {a: 2}]\n").is_err());
+        assert_eq!(id("<<: [{id: a}, {b: 2}]\n"), Ok(Some("a".into())));
     }
 }

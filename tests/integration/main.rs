@@ -11,6 +11,7 @@
 //! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded after the output the dead daemon had spooled, stale spools removed |
+//! | `minion_config` | hostile minion configurations (include loops and fan-out, merges of merges, random ones): `--print-machine-id` within 1 s of CPU and 16 MiB |
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
@@ -34,6 +35,7 @@ mod conformance;
 mod dead_dns;
 mod delivery;
 mod guardian;
+mod minion_config;
 mod old_kernel;
 mod record;
 mod security;
