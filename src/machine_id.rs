@@ -520,10 +520,7 @@ impl Reading {
         self.bytes_left -= bytes.len() as u64;
         let parsed = String::from_utf8(bytes)
             .map_err(|_| "not UTF-8 text".to_string())
-            .and_then(|text| {
-                let text = text.replace("\r\n", "\n");
-                salt_yaml::load_keys(&text, Some(KEYS), &mut self.work_left)
-            });
+            .and_then(|text| salt_yaml::load_keys(&text, Some(KEYS), &mut self.work_left));
         // _read_conf_file: `safe_load(...) or {}`, then it must be a dict.
         match parsed {
             Ok(map @ Value::Map(_)) => Ok(Some(map)),

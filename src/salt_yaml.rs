@@ -169,7 +169,7 @@ pub fn load(text: &str) -> Result<Value, String> {
 /// dropped. `budget` is the work left to this lookup (`WORK_BUDGET` at its
 /// start); past it, an error.
 pub fn load_keys(text: &str, keys: Option<&[&str]>, budget: &mut usize) -> Result<Value, String> {
-    let root = compose(text, budget)?;
+    let root = compose(&libyaml_whitespace(text)?, budget)?;
     let build = keys.map_or(Build::All, Build::Keys);
     match root {
         None => Ok(Value::Null),
@@ -182,6 +182,151 @@ fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
         .checked_sub(units)
         .ok_or_else(|| format!("more work than the bound of {WORK_BUDGET} units"))?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Whitespace as libyaml (Salt's loader, through PyYAML's CSafeLoader) reads
+// it, made into what saphyr reads the same way.
+
+/// The text with its line breaks made `\n` (Python's universal newlines:
+/// `\r\n` and `\r`, as Salt opens the file in text mode) and with the tabs
+/// libyaml takes as separators after a value indicator (`key:<TAB>value`,
+/// which saphyr refuses) made spaces (libyaml counts a tab as one column,
+/// as a space); an error where libyaml refuses a tab: in a line's
+/// indentation in block context, after a `-` or `?` indicator or a `:`
+/// that starts a line, and a control character anywhere. Quoted and block
+/// scalars keep their tabs (a quoted one's continuation lines lose their
+/// leading ones to folding in both).
+fn libyaml_whitespace(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    // Open `[`/`{`; the quote of a quoted scalar still open; the
+    // indentation of the line that opened a block scalar.
+    let mut flow = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut block: Option<usize> = None;
+    let mut number = 0;
+    let mut start = 0;
+    while start <= bytes.len() {
+        // The line: up to `\n`, `\r\n` or `\r`.
+        let end = bytes[start..]
+            .iter()
+            .position(|b| matches!(b, b'\n' | b'\r'))
+            .map_or(bytes.len(), |at| start + at);
+        let line = &bytes[start..end];
+        let next_start = match bytes[end..] {
+            [b'\r', b'\n', ..] => end + 2,
+            _ => end + 1,
+        };
+        if start > 0 {
+            out.push(b'\n');
+        }
+        start = next_start;
+        number += 1;
+        let refuse = |why: &str| Err(format!("{why} (line {number})"));
+        // C0 and C1 controls but tab and NEL (U+0085, `C2 85`).
+        if line
+            .iter()
+            .zip(line.iter().skip(1).chain([&0]))
+            .any(|(&b, &n)| {
+                (b < 0x20 && b != b'\t')
+                    || b == 0x7f
+                    || (b == 0xc2 && (0x80..0xa0).contains(&n) && n != 0x85)
+            })
+        {
+            return refuse("a control character");
+        }
+        let spaces = line.iter().take_while(|b| **b == b' ').count();
+        let indent = line
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        if let Some(parent) = block {
+            if indent == line.len() || spaces > parent {
+                if spaces <= parent && line.get(spaces) == Some(&b'\t') {
+                    return refuse("a tab where an indentation space is expected");
+                }
+                out.extend_from_slice(line);
+                continue;
+            }
+            block = None;
+        }
+        if quote.is_some() || flow > 0 {
+            // Folded away (quoted) or skipped (flow) by libyaml.
+            out.resize(out.len() + indent, b' ');
+        } else if spaces < indent {
+            return refuse("a tab in the indentation");
+        } else {
+            out.extend_from_slice(&line[..indent]);
+        }
+        let mut at = indent;
+        // Where a token may start: the line's start, after a blank or an
+        // indicator.
+        let mut token_start = quote.is_none();
+        while at < line.len() {
+            let c = line[at];
+            let next = line.get(at + 1).copied();
+            let blank_after = matches!(next, None | Some(b' ' | b'\t'));
+            if let Some(open) = quote {
+                out.push(c);
+                at += 1;
+                if c == b'\\' && open == b'"' {
+                    if let Some(escaped) = next {
+                        out.push(escaped);
+                        at += 1;
+                    }
+                } else if c == open {
+                    if open == b'\'' && next == Some(b'\'') {
+                        out.push(c);
+                        at += 1;
+                    } else {
+                        quote = None;
+                    }
+                }
+                continue;
+            }
+            if token_start && flow == 0 {
+                match (c, next) {
+                    (b'-' | b'?', Some(b'\t')) => return refuse("a tab after a block indicator"),
+                    (b':', Some(b'\t')) if at == indent => {
+                        return refuse("a tab after a complex key's ':'");
+                    }
+                    (b'|' | b'>', _) => block = Some(spaces),
+                    _ => {}
+                }
+            }
+            if token_start && (c == b'#' || block.is_some()) {
+                out.extend_from_slice(&line[at..]);
+                break;
+            }
+            if token_start && (c == b'"' || c == b'\'') {
+                quote = Some(c);
+            }
+            if c == b':' && (blank_after || (flow > 0 && matches!(next, Some(b',' | b']' | b'}'))))
+            {
+                out.push(c);
+                at += 1;
+                while let Some(b' ' | b'\t') = line.get(at) {
+                    out.push(b' ');
+                    at += 1;
+                }
+                token_start = true;
+                continue;
+            }
+            match c {
+                b'[' | b'{' if token_start || flow > 0 => flow += 1,
+                b']' | b'}' if flow > 0 => flow -= 1,
+                _ => {}
+            }
+            token_start = matches!(c, b' ' | b'\t')
+                || (matches!(c, b'-' | b'?') && token_start && blank_after)
+                || (flow > 0 && matches!(c, b',' | b'[' | b'{'));
+            out.push(c);
+            at += 1;
+        }
+    }
+    // Only ASCII was changed, for ASCII.
+    String::from_utf8(out).map_err(|_| "not UTF-8 text".to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -979,6 +1124,34 @@ mod tests {
             "{} units",
             WORK_BUDGET - budget
         );
+    }
+
+    /// Whitespace as libyaml reads it (tests/salt_id compares the files
+    /// with Salt's own reading).
+    #[test]
+    fn tabs_and_line_breaks_as_libyaml_reads_them() {
+        for (text, expected) in [
+            ("id:\ttabbed\n", "tabbed"),
+            ("id:\t\tx\t# c\r\n", "x"),
+            ("master: m\rid: cr\r", "cr"),
+            ("{id:\tflow,\tm: x}", "flow"),
+            ("id: 'a\tb'\n", "a\tb"),
+            ("id: \"multi\n\tline\"\n", "multi line"),
+            ("id: |\n  a:\tb\n", "a:\tb\n"),
+            ("\u{feff}id:\tbom\r\n", "bom"),
+        ] {
+            assert_eq!(id(text), Ok(Some(expected.to_string())), "{text:?}");
+        }
+        for text in [
+            "\tid: x\n",
+            "id: x\n\t\n",
+            "m:\n-\ta\nid: x\n",
+            "? id\n:\tx\n",
+            "id: |\n\tx\n",
+            "id: x\u{c}\n",
+        ] {
+            assert!(load(text).is_err(), "{text:?} should be rejected");
+        }
     }
 
     /// Salt flattens each mapping once (in place); the same pair merged
