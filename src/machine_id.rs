@@ -369,37 +369,32 @@ fn read_minion_config(
         Some(p) if path == default_path && p.is_file() => p,
         _ => path.clone(),
     };
-    let mut files: Vec<(PathBuf, Value)> = Vec::new();
-    let mut reading = Reading {
-        files_left: MAX_FILE_READS,
-        bytes_left: MAX_BYTES_READ,
-        work_left: salt_yaml::WORK_BUDGET,
+    let mut includes = Includes {
+        home: env("HOME"),
+        chain: Vec::new(),
+        files: Vec::new(),
+        reading: Reading {
+            files_left: MAX_FILE_READS,
+            bytes_left: MAX_BYTES_READ,
+            work_left: salt_yaml::WORK_BUDGET,
+        },
     };
-    let main = reading.config_file(&main_path).unwrap_or(None);
+    let main = includes.reading.config_file(&main_path).unwrap_or(None);
     let default_include = match main.as_ref().and_then(|top| top.get("default_include")) {
         Some(value) => include_patterns(Some(value)),
         None => vec![DEFAULT_INCLUDE.to_string()],
     };
     let include = include_patterns(main.as_ref().and_then(|top| top.get("include")));
     if let Some(top) = main {
-        files.push((main_path.clone(), top));
+        includes.files.push((main_path.clone(), top));
     }
-    let home = env("HOME");
     // Includes are relative to the -c directory, even when the main file
     // came from SALT_MINION_CONFIG (include_config is given `path`). The
     // main file heads the chain of its own `include`: Salt reads that
     // again if an include brings the main file back.
-    let chains = [(default_include, Vec::new()), (include, vec![path.clone()])];
-    for (patterns, mut chain) in chains {
-        let mut includes = Includes {
-            home: home.as_deref(),
-            chain: &mut chain,
-            files: &mut files,
-            reading: &mut reading,
-        };
-        if includes.collect(&patterns, &config_dir).is_err() {
-            break;
-        }
+    if includes.collect(&default_include, &config_dir).is_ok() {
+        includes.chain.push(path.clone());
+        let _ = includes.collect(&include, &config_dir);
     }
 
     let mut settings = MinionSettings {
@@ -411,7 +406,7 @@ fn read_minion_config(
         remove_domain: None,
         id_function: false,
     };
-    for (path, top) in files {
+    for (path, top) in includes.files {
         if let Some(id) = top.get("id") {
             settings.id = Some((id.clone(), path.clone()));
         }
@@ -546,15 +541,16 @@ impl Reading {
 }
 
 /// The walk through `include:` globs: Salt's `include_config`.
-struct Includes<'a> {
-    home: Option<&'a str>,
+struct Includes {
+    home: Option<String>,
     /// The files whose includes are being read, outermost first.
-    chain: &'a mut Vec<PathBuf>,
-    files: &'a mut Vec<(PathBuf, Value)>,
-    reading: &'a mut Reading,
+    chain: Vec<PathBuf>,
+    /// Each file read and its top-level mapping, in Salt's order.
+    files: Vec<(PathBuf, Value)>,
+    reading: Reading,
 }
 
-impl Includes<'_> {
+impl Includes {
     /// Read each file the patterns match, in Salt's order: sorted per
     /// pattern, each file followed by its own includes (relative to it).
     fn collect(&mut self, patterns: &[String], relative_to: &Path) -> Result<(), Stop> {
@@ -565,7 +561,7 @@ impl Includes<'_> {
             return Ok(());
         }
         for pattern in patterns {
-            let expanded = match (pattern.strip_prefix('~'), self.home) {
+            let expanded = match (pattern.strip_prefix('~'), self.home.as_deref()) {
                 (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
                     format!("{home}{rest}")
                 }

@@ -14,7 +14,7 @@
 //! has no runtime dependencies beyond `arraydeque`, and costs about 60 KiB
 //! of the 1 MiB bound (docs/architecture.md, "Dependencies").
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
@@ -111,7 +111,7 @@ struct Node {
     /// A mapping's pairs once flattened: Salt's `flatten_mapping` rewrites
     /// the node in place, so each mapping is flattened once however many
     /// aliases merge it.
-    flat: RefCell<Option<Rc<[Entry]>>>,
+    flat: OnceCell<Rc<Vec<Entry>>>,
     /// Checked without error already: PyYAML constructs each node once,
     /// however many aliases name it.
     checked: Cell<bool>,
@@ -180,7 +180,7 @@ pub fn load_keys(text: &str, keys: Option<&[&str]>, budget: &mut usize) -> Resul
 fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
     *budget = budget
         .checked_sub(units)
-        .ok_or_else(|| format!("more work than the bound of {WORK_BUDGET} units"))?;
+        .ok_or_else(|| "more YAML work than one lookup may do (merges of merges?)".to_string())?;
     Ok(())
 }
 
@@ -188,96 +188,112 @@ fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
 // Whitespace as libyaml (Salt's loader, through PyYAML's CSafeLoader) reads
 // it, made into what saphyr reads the same way.
 
-/// The text with its line breaks made `\n` (Python's universal newlines:
-/// `\r\n` and `\r`, as Salt opens the file in text mode) and with the tabs
-/// libyaml takes as separators after a value indicator (`key:<TAB>value`,
-/// which saphyr refuses) made spaces (libyaml counts a tab as one column,
-/// as a space); an error where libyaml refuses a tab: in a line's
-/// indentation in block context, after a `-` or `?` indicator or a `:`
-/// that starts a line, and a control character anywhere. Quoted and block
-/// scalars keep their tabs (a quoted one's continuation lines lose their
-/// leading ones to folding in both).
+/// Why libyaml refuses line `number`.
+#[inline(never)]
+fn refused(why: &str, number: usize) -> String {
+    format!("{why} (line {number})")
+}
+
+/// The text as saphyr reads it the way libyaml reads the original, changed
+/// in place: the tabs libyaml takes as separators where saphyr (YAML 1.2)
+/// refuses them made spaces (after a value indicator: `key:<TAB>value`;
+/// leading a line of a flow collection or a quoted scalar; on a blank line
+/// a plain scalar takes), which keeps every column as libyaml counts it (a
+/// tab is one); NEL, U+2028 and U+2029, line breaks to libyaml only, made
+/// `\r\n` (with a space before it for the 3-byte ones). An error where
+/// libyaml refuses a tab (in a line's indentation in block context, after
+/// a `-` or `?` indicator or a `:` that starts a line, indenting a block
+/// scalar) and on a control character. Quoted and block scalars keep their
+/// tabs; `\r\n` and `\r` are breaks to both.
 fn libyaml_whitespace(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut out = text.as_bytes().to_vec();
     // Open `[`/`{`; the quote of a quoted scalar still open; the
     // indentation of the line that opened a block scalar.
     let mut flow = 0usize;
     let mut quote: Option<u8> = None;
     let mut block: Option<usize> = None;
+    // The indentation of the line a plain scalar ended, in block context:
+    // libyaml's plain scalar takes the blank lines after it, tabs included
+    // past its indentation.
+    let mut plain_before: Option<usize> = None;
     let mut number = 0;
     let mut start = 0;
-    while start <= bytes.len() {
-        // The line: up to `\n`, `\r\n` or `\r`.
-        let end = bytes[start..]
-            .iter()
-            .position(|b| matches!(b, b'\n' | b'\r'))
-            .map_or(bytes.len(), |at| start + at);
-        let line = &bytes[start..end];
-        let next_start = match bytes[end..] {
-            [b'\r', b'\n', ..] => end + 2,
-            _ => end + 1,
+    while start <= out.len() {
+        let mut end = start;
+        let next_start = loop {
+            match out[end..] {
+                [] => break end + 1,
+                [b'\r', b'\n', ..] => break end + 2,
+                [b'\n' | b'\r', ..] => break end + 1,
+                [0xc2, 0x85, ..] => {
+                    out[end..end + 2].copy_from_slice(b"\r\n");
+                    break end + 2;
+                }
+                [0xe2, 0x80, 0xa8 | 0xa9, ..] => {
+                    out[end..end + 3].copy_from_slice(b" \r\n");
+                    break end + 3;
+                }
+                _ => end += 1,
+            }
         };
-        if start > 0 {
-            out.push(b'\n');
-        }
+        let line_start = start;
         start = next_start;
         number += 1;
-        let refuse = |why: &str| Err(format!("{why} (line {number})"));
-        // C0 and C1 controls but tab and NEL (U+0085, `C2 85`).
-        if line
-            .iter()
-            .zip(line.iter().skip(1).chain([&0]))
-            .any(|(&b, &n)| {
-                (b < 0x20 && b != b'\t')
-                    || b == 0x7f
-                    || (b == 0xc2 && (0x80..0xa0).contains(&n) && n != 0x85)
-            })
-        {
-            return refuse("a control character");
+        let refuse = |why: &str| Err(refused(why, number));
+        let line = &out[line_start..end];
+        // C0 and C1 controls but tab.
+        let mut previous = 0;
+        for &b in line {
+            if (b < 0x20 && b != b'\t') || b == 0x7f || (previous == 0xc2 && b < 0xa0) {
+                return refuse("a control character");
+            }
+            previous = b;
         }
         let spaces = line.iter().take_while(|b| **b == b' ').count();
         let indent = line
             .iter()
             .take_while(|b| matches!(b, b' ' | b'\t'))
             .count();
+        let blank_line = indent == line.len();
         if let Some(parent) = block {
-            if indent == line.len() || spaces > parent {
+            if blank_line || spaces > parent {
                 if spaces <= parent && line.get(spaces) == Some(&b'\t') {
                     return refuse("a tab where an indentation space is expected");
                 }
-                out.extend_from_slice(line);
                 continue;
             }
             block = None;
         }
-        if quote.is_some() || flow > 0 {
-            // Folded away (quoted) or skipped (flow) by libyaml.
-            out.resize(out.len() + indent, b' ');
+        if quote.is_some() || flow > 0 || (blank_line && plain_before.is_some_and(|p| spaces > p)) {
+            // Folded away (quoted), skipped (flow) or taken by the plain
+            // scalar before (blank) by libyaml.
+            out[line_start..line_start + indent].fill(b' ');
         } else if spaces < indent {
             return refuse("a tab in the indentation");
-        } else {
-            out.extend_from_slice(&line[..indent]);
         }
-        let mut at = indent;
+        let mut at = line_start + indent;
         // Where a token may start: the line's start, after a blank or an
         // indicator.
         let mut token_start = quote.is_none();
-        while at < line.len() {
-            let c = line[at];
-            let next = line.get(at + 1).copied();
+        // After a blank (or at the line's start): where `#` starts a comment.
+        let mut after_blank = true;
+        // Inside a plain scalar, where quotes, brackets and `|` are text.
+        let mut plain = false;
+        while at < end {
+            let c = out[at];
+            let next = if at + 1 < end {
+                Some(out[at + 1])
+            } else {
+                None
+            };
+            let blank = matches!(c, b' ' | b'\t');
             let blank_after = matches!(next, None | Some(b' ' | b'\t'));
+            at += 1;
             if let Some(open) = quote {
-                out.push(c);
-                at += 1;
                 if c == b'\\' && open == b'"' {
-                    if let Some(escaped) = next {
-                        out.push(escaped);
-                        at += 1;
-                    }
+                    at += 1;
                 } else if c == open {
                     if open == b'\'' && next == Some(b'\'') {
-                        out.push(c);
                         at += 1;
                     } else {
                         quote = None;
@@ -285,44 +301,60 @@ fn libyaml_whitespace(text: &str) -> Result<String, String> {
                 }
                 continue;
             }
+            if c == b'#' && after_blank {
+                plain = false;
+                break;
+            }
             if token_start && flow == 0 {
                 match (c, next) {
                     (b'-' | b'?', Some(b'\t')) => return refuse("a tab after a block indicator"),
-                    (b':', Some(b'\t')) if at == indent => {
+                    (b':', Some(b'\t')) if at == line_start + indent + 1 => {
                         return refuse("a tab after a complex key's ':'");
                     }
-                    (b'|' | b'>', _) => block = Some(spaces),
+                    (b'|' | b'>', _) => {
+                        block = Some(spaces);
+                        break;
+                    }
                     _ => {}
                 }
             }
-            if token_start && (c == b'#' || block.is_some()) {
-                out.extend_from_slice(&line[at..]);
-                break;
-            }
             if token_start && (c == b'"' || c == b'\'') {
                 quote = Some(c);
+                continue;
             }
             if c == b':' && (blank_after || (flow > 0 && matches!(next, Some(b',' | b']' | b'}'))))
             {
-                out.push(c);
-                at += 1;
-                while let Some(b' ' | b'\t') = line.get(at) {
-                    out.push(b' ');
+                while at < end && matches!(out[at], b' ' | b'\t') {
+                    out[at] = b' ';
                     at += 1;
                 }
                 token_start = true;
+                after_blank = true;
+                plain = false;
                 continue;
             }
+            let indicator = (matches!(c, b'-' | b'?') && blank_after)
+                || matches!(c, b'&' | b'*' | b'!')
+                || (matches!(c, b'[' | b'{') && (token_start || flow > 0))
+                || (flow > 0 && matches!(c, b',' | b']' | b'}'));
+            if token_start && !blank && !indicator {
+                plain = true;
+            }
             match c {
-                b'[' | b'{' if token_start || flow > 0 => flow += 1,
-                b']' | b'}' if flow > 0 => flow -= 1,
+                b'[' | b'{' if indicator => flow += 1,
+                b']' | b'}' if indicator => flow -= 1,
                 _ => {}
             }
-            token_start = matches!(c, b' ' | b'\t')
-                || (matches!(c, b'-' | b'?') && token_start && blank_after)
-                || (flow > 0 && matches!(c, b',' | b'[' | b'{'));
-            out.push(c);
-            at += 1;
+            if flow > 0 && matches!(c, b',' | b']' | b'}') {
+                plain = false;
+            }
+            token_start = (blank && !plain)
+                || (flow > 0 && matches!(c, b',' | b'[' | b'{'))
+                || (token_start && matches!(c, b'-' | b'?') && blank_after);
+            after_blank = blank;
+        }
+        if !blank_line {
+            plain_before = (plain && flow == 0 && quote.is_none()).then_some(spaces);
         }
     }
     // Only ASCII was changed, for ASCII.
@@ -437,7 +469,7 @@ impl<'a> Composer<'a, '_> {
         };
         let node = Rc::new(Node {
             kind,
-            flat: RefCell::new(None),
+            flat: OnceCell::new(),
             checked: Cell::new(false),
             mark: Cell::new((0, 0)),
         });
@@ -603,8 +635,8 @@ fn key_text(key: &Node) -> Option<&str> {
 /// the keys whose text an explicit key already has. The same pair brought
 /// twice is one entry with two copies (order does not matter: a mapping
 /// Salt accepts has each key once).
-fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<[Entry]>, String> {
-    if let Some(done) = node.flat.borrow().as_ref() {
+fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<Vec<Entry>>, String> {
+    if let Some(done) = node.flat.get() {
         return Ok(done.clone());
     }
     let Kind::Map { pairs, .. } = &node.kind else {
@@ -627,8 +659,8 @@ fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<[Entry]>,
         }
     }
     if merged.is_empty() {
-        let flat: Rc<[Entry]> = explicit.into();
-        *node.flat.borrow_mut() = Some(flat.clone());
+        let flat = Rc::new(explicit);
+        let _ = node.flat.set(flat.clone());
         return Ok(flat);
     }
     // The texts of the explicit keys, sorted: merged pairs with one of
@@ -641,7 +673,7 @@ fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<[Entry]>,
     let stamp = node as *const Node as usize;
     let mut merge: Vec<Entry> = Vec::new();
     for value in merged {
-        let sources: Vec<Rc<[Entry]>> = match &value.kind {
+        let sources: Vec<Rc<Vec<Entry>>> = match &value.kind {
             Kind::Map { .. } => vec![flatten(value, depth + 1, budget)?],
             Kind::Seq { items, .. } => {
                 let mut sources = Vec::with_capacity(items.len());
@@ -667,8 +699,8 @@ fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<[Entry]>,
     }
     merge.extend(explicit);
     let flat = merge;
-    let flat: Rc<[Entry]> = flat.into();
-    *node.flat.borrow_mut() = Some(flat.clone());
+    let flat = Rc::new(flat);
+    let _ = node.flat.set(flat.clone());
     Ok(flat)
 }
 

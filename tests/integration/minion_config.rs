@@ -6,12 +6,15 @@
 //! merge keys), then a seeded generator of nested merges and include graphs
 //! (`SP_FUZZ_ITERATIONS` scales it, as for src/fuzz.rs).
 //!
-//! Each run is measured by `wait4`: the CPU time (user and system, so a
-//! loaded machine does not make it flaky) and the peak resident memory.
+//! Each run is measured: its CPU time (user and system, from `wait4`, so a
+//! loaded machine does not make it flaky) and its peak resident memory
+//! (VmHWM, read while it is blocked writing the id to a full pipe).
 //! Every case configures an id or a cached id under its own `root_dir`, so
 //! no run waits on DNS for a generated one.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -66,6 +69,15 @@ impl Config {
     /// The id the built binary gives for this configuration, with what the
     /// run cost; panics past the bounds.
     fn print_id(&self, what: &str) -> Run {
+        // The id goes to a pipe filled to the brim, so that its write
+        // blocks once the lookup is done: the process is measured there
+        // (VmHWM, its own image's peak; the rusage of a reaped child would
+        // count the test process it was spawned from as well).
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let filler = fill(&writer);
         let mut command = wrapper_command();
         command
             .arg("--print-machine-id")
@@ -73,38 +85,37 @@ impl Config {
             .env("PATH", "/usr/bin:/bin")
             .env("SALT_CONFIG_DIR", self.salt())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(writer))
             .stderr(Stdio::piped());
         // Reaped by wait4 below, which gives the rusage std's wait does not.
         #[allow(clippy::zombie_processes)]
         let mut child = command.spawn().expect("spawn sp_wrapper");
+        drop(command);
         let pid = child.id() as libc::pid_t;
         let started = Instant::now();
+        let blocked = wait_until(HANG, || writing(pid));
+        let peak_kib = vm_hwm_kib(pid);
+        if !blocked {
+            let _ = child.kill();
+        }
+        let mut out = Vec::new();
+        File::from(reader)
+            .read_to_end(&mut out)
+            .expect("read stdout");
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let waited = wait_until(HANG, || {
-            let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            done == pid
-        });
-        if !waited {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: --print-machine-id still running after {HANG:?}");
-        }
-        let mut id = String::new();
+        assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
         let mut source = String::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut id)
-            .expect("read stdout");
         child
             .stderr
             .take()
             .expect("stderr")
             .read_to_string(&mut source)
             .expect("read stderr");
+        assert!(
+            blocked,
+            "{what}: --print-machine-id gave no id within {HANG:?}: {source}"
+        );
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "{what}: --print-machine-id failed ({status:#x}): {source}"
@@ -113,10 +124,12 @@ impl Config {
             Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
         };
         let run = Run {
-            id: id.trim_end_matches('\n').to_string(),
+            id: String::from_utf8_lossy(&out[filler..])
+                .trim_end_matches('\n')
+                .to_string(),
             source: source.trim().to_string(),
             cpu: time(usage.ru_utime) + time(usage.ru_stime),
-            peak_kib: usage.ru_maxrss,
+            peak_kib: peak_kib.expect("the process's VmHWM") as i64,
         };
         assert!(
             run.cpu < CPU_BOUND,
@@ -131,6 +144,35 @@ impl Config {
         );
         run
     }
+}
+
+/// Fill the pipe `writer` writes to; how many bytes that took.
+fn fill(writer: &OwnedFd) -> usize {
+    let fd = writer.as_raw_fd();
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert_eq!(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
+        0
+    );
+    let page = [0u8; 4096];
+    let mut filled = 0;
+    for chunk in [&page[..], &page[..1]] {
+        loop {
+            let wrote = unsafe { libc::write(fd, chunk.as_ptr().cast(), chunk.len()) };
+            if wrote <= 0 {
+                break;
+            }
+            filled += wrote as usize;
+        }
+    }
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }, 0);
+    filled
+}
+
+/// Is `pid` blocked in a `write` (the id's, to the full pipe)?
+fn writing(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|call| call.split(' ').next() == Some(&libc::SYS_write.to_string()))
 }
 
 /// Seven files in `minion.d`, each `include: '*.conf'`: every file includes
@@ -233,6 +275,52 @@ fn twenty_four_levels_of_merge_keys() {
     config.write("salt/minion.d/merge.conf", &text);
     let run = config.print_id("24 accepted merge levels");
     assert_eq!(run.id, "merged-24", "{}", run.source);
+}
+
+/// Files of up to 1 MiB at the bounds of what the agent reads (the most
+/// nodes a file may have; a chain of merges past the work bound): the id
+/// they give (or the main file's, when the reading stops), within bounds.
+#[test]
+fn the_largest_files_stay_bounded() {
+    let items: Vec<String> = (0..33_000).map(|n| format!("{n:030}")).collect();
+    let maps: String = (0..13_000)
+        .map(|n| format!("- {{key{n:012}: 1}}\n"))
+        .collect();
+    let mut chain = String::from("l0: &l0 {a0: 1}\n");
+    for level in 1..=1_000 {
+        let below = level - 1;
+        chain.push_str(&format!(
+            "l{level}: &l{level} {{<<: *l{below}, a{level}: 1}}\n"
+        ));
+    }
+    for (what, text, expected) in [
+        (
+            "33,000 scalars",
+            format!("id: scalars\nl: [{}]\n", items.join(",")),
+            "scalars",
+        ),
+        (
+            "13,000 mappings",
+            format!("id: mappings\nl:\n{maps}"),
+            "mappings",
+        ),
+        (
+            "1,000 chained merges",
+            format!("id: chained\n{chain}"),
+            "main-id",
+        ),
+    ] {
+        assert!(text.len() <= 1 << 20, "{what}: {} bytes", text.len());
+        let config = Config::new("largest");
+        config.write(
+            "salt/minion",
+            &format!("{}id: main-id\n", config.root_dir_line()),
+        );
+        config.write("salt/minion.d/big.conf", &text);
+        let run = config.print_id(what);
+        assert_eq!(run.id, expected, "{what}: {}", run.source);
+        println!("{what}: {:?} CPU, {} KiB peak", run.cpu, run.peak_kib);
+    }
 }
 
 /// Random nested merges and include graphs: each run within the bounds.

@@ -145,7 +145,16 @@ CASES = [
     case("BOM then a tab after the colon", minion("\ufeffid:\tbom-116\r\n")),
     case("tab before a comment after a list item",
          minion("master:\n- salt1\t# primary\n- salt2\t\nid: list-117\n")),
+    case("NEL and U+2028 end lines (libyaml's breaks)", minion("master: salt\u0085id: nel-129\u2028")),
+    case("a spaces-then-tab line after a plain id", minion("id: blank-130\n  \t\nmaster: salt\n")),
+    case("tab after an anchor", minion("name: &n\tanchor-131\nid: *n\n")),
+    case("text with a bracket and a quote, then tabs", minion(
+        "motd: a [draft, say 'hi\nid:\tbracket-132\t# c\n")),
     # What libyaml refuses: the file is skipped, the main file's id stands.
+    case("a spaces-then-tab line after a quoted id is an error", {
+        "etc/salt/minion": "id: main-133\n",
+        "etc/salt/minion.d/tab.conf": "id: 'wrong'\n  \t\n",
+    }),
     case("tab indentation is an error", {
         "etc/salt/minion": "id: main-118\n",
         "etc/salt/minion.d/tab.conf": "grains:\n\troles: web\nid: wrong\n",
