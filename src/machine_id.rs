@@ -30,11 +30,12 @@
 //!
 //! Files are read with a size bound, never through a FIFO, and any file that
 //! cannot be read or parsed is skipped with a warning: the lookup falls
-//! through, it never fails. Step 4 may consult DNS: `resolve` runs on the
-//! link thread (and in the guardian, and for `--print-machine-id`), off the
-//! launch path, and bounds its lookups to `DNS_BOUND` in all, on a thread
-//! of their own. Only `note_salt_ancestor` runs at launch, before
-//! detaching: a few /proc reads.
+//! through, it never fails. The whole reading is bounded (`Reading`: files,
+//! bytes, YAML work), and stops at an include loop, where Salt fails.
+//! Step 4 may consult DNS: `resolve` runs on the link thread (and in the
+//! guardian, and for `--print-machine-id`), off the launch path, and bounds
+//! its lookups to `DNS_BOUND` in all, on a thread of their own. Only
+//! `note_salt_ancestor` runs at launch, before detaching: a few /proc reads.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -372,6 +373,7 @@ fn read_minion_config(
     let mut includes = Includes {
         home: env("HOME"),
         chain: Vec::new(),
+        outside: 0,
         files: Vec::new(),
         reading: Reading {
             files_left: MAX_FILE_READS,
@@ -393,7 +395,8 @@ fn read_minion_config(
     // main file heads the chain of its own `include`: Salt reads that
     // again if an include brings the main file back.
     if includes.collect(&default_include, &config_dir).is_ok() {
-        includes.chain.push(path.clone());
+        includes.chain.push(main_path.clone());
+        includes.outside = 1;
         let _ = includes.collect(&include, &config_dir);
     }
 
@@ -545,6 +548,9 @@ struct Includes {
     home: Option<String>,
     /// The files whose includes are being read, outermost first.
     chain: Vec<PathBuf>,
+    /// How many of them are not includes (the main file, for its own
+    /// `include`): not counted in the depth.
+    outside: usize,
     /// Each file read and its top-level mapping, in Salt's order.
     files: Vec<(PathBuf, Value)>,
     reading: Reading,
@@ -554,7 +560,7 @@ impl Includes {
     /// Read each file the patterns match, in Salt's order: sorted per
     /// pattern, each file followed by its own includes (relative to it).
     fn collect(&mut self, patterns: &[String], relative_to: &Path) -> Result<(), Stop> {
-        if self.chain.len() >= MAX_INCLUDE_DEPTH {
+        if self.chain.len() - self.outside >= MAX_INCLUDE_DEPTH {
             log::warn!(
                 "minion config: includes nested deeper than {MAX_INCLUDE_DEPTH}; not followed"
             );
@@ -1486,6 +1492,60 @@ mod tests {
             root.resolve(&[]).0,
             if readable { "locked" } else { "main" }
         );
+    }
+
+    #[test]
+    fn include_loops_stop_where_salt_fails() {
+        let root = Root::new();
+        // Through the main file's own include: Salt reads minion, a.conf,
+        // minion again, then a.conf again... until RecursionError.
+        root.write("etc/salt/minion", "id: main\ninclude: a.conf\n");
+        root.write("etc/salt/a.conf", "include: minion\nid: from-a\n");
+        root.write("etc/salt/minion.d/z.conf", "id: from-z\n");
+        let main = root.path("etc/salt/minion");
+        assert_eq!(
+            root.resolve(&[]),
+            ("main".into(), Source::MinionConfig(PathBuf::from(main)))
+        );
+        // Not a loop: a drop-in includes the main file, which includes
+        // nothing; the files after it are read.
+        root.write("etc/salt/minion", "id: main\n");
+        root.write(
+            "etc/salt/minion.d/a.conf",
+            "include: ../minion\nid: from-a\n",
+        );
+        assert_eq!(root.resolve(&[]).0, "from-z");
+        // Includes nested 8 deep from the main file are read, not a 9th.
+        root.write("etc/salt/minion", "include: i1.conf\n");
+        for n in 1..=9 {
+            root.write(
+                &format!("etc/salt/i{n}.conf"),
+                format!("id: i{n}\ninclude: i{}.conf\n", n + 1),
+            );
+        }
+        std::fs::remove_dir_all(root.0.join("etc/salt/minion.d")).expect("rm minion.d");
+        assert_eq!(root.resolve(&[]).0, "i8");
+    }
+
+    #[test]
+    fn past_the_work_bound_no_file_is_read() {
+        let root = Root::new();
+        root.write("etc/salt/minion", "id: main\n");
+        // Each level merges the one below and adds a key: quadratic.
+        let mut chain = String::from("l0: &l0 {a0: 1}\n");
+        for level in 1..=1_000 {
+            chain.push_str(&format!(
+                "l{level}: &l{level} {{<<: *l{}, a{level}: 1}}\n",
+                level - 1
+            ));
+        }
+        root.write("etc/salt/minion.d/a.conf", format!("id: chained\n{chain}"));
+        root.write("etc/salt/minion.d/b.conf", "id: after\n");
+        assert_eq!(root.resolve(&[]).0, "main");
+        // Within the bound, the same shape is read, and the files after it.
+        let short: String = chain.lines().take(200).map(|l| format!("{l}\n")).collect();
+        root.write("etc/salt/minion.d/a.conf", format!("id: chained\n{short}"));
+        assert_eq!(root.resolve(&[]).0, "after");
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! A minion configuration file read the way Salt reads it: YAML parsed by
-//! `saphyr-parser` (events only), then composed and constructed here with the
+//! A minion configuration file read the way Salt reads it: whitespace as
+//! libyaml (PyYAML's `CSafeLoader`, Salt's scanner) takes it, made into what
+//! `saphyr-parser` reads the same way (`libyaml_whitespace`: tabs as
+//! separators, line breaks), YAML parsed by `saphyr-parser` (events only),
+//! then composed and constructed here with the
 //! rules of Salt's `SaltYamlSafeLoader` on PyYAML's `SafeLoader`: YAML 1.1
 //! implicit typing of plain scalars (`yes`/`off` are booleans, `0755` is
 //! 755, `0x1F` is 31, `1:30` is 90, `1.5` a float), Salt's leading-zero rule
 //! for ints, timestamps kept as text, merge keys (`<<`) merged as Salt's own
 //! `flatten_mapping` does (explicit keys win), duplicate keys and unknown
-//! tags an error (Salt then skips the file). Pure: text in, value out; used
-//! by `machine_id` on whatever thread resolves the id.
+//! tags an error (Salt then skips the file). The work is bounded
+//! (`MAX_NODES` a document, `WORK_BUDGET` a lookup, shared by its files):
+//! each mapping is flattened once and each node checked once, as Salt's
+//! loader does, and the same pair merged twice is counted, not copied.
+//! Pure: text in, value out; used by `machine_id` on whatever thread
+//! resolves the id.
 //!
 //! Why a parser crate and not our own: the constructs real fleets write
 //! (unindented lists, block scalars, anchors, flow mappings, multi-line
@@ -178,10 +185,17 @@ pub fn load_keys(text: &str, keys: Option<&[&str]>, budget: &mut usize) -> Resul
 }
 
 fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
-    *budget = budget
-        .checked_sub(units)
-        .ok_or_else(|| "more YAML work than one lookup may do (merges of merges?)".to_string())?;
-    Ok(())
+    match budget.checked_sub(units) {
+        Some(left) => {
+            *budget = left;
+            Ok(())
+        }
+        // Spent: the files after this one are not read either.
+        None => {
+            *budget = 0;
+            Err("more YAML work than one lookup may do (merges of merges?)".into())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -419,7 +433,9 @@ impl<'a> Composer<'a, '_> {
         }
         self.made += 1;
         if self.made > MAX_NODES {
-            return Err(format!("more than {MAX_NODES} nodes"));
+            // A bound of the agent's, not Salt's: the lookup stops here.
+            *self.budget = 0;
+            return Err(format!("more than {MAX_NODES} YAML nodes"));
         }
         spend(self.budget, 1)?;
         let (kind, anchor) = match event {
