@@ -19,7 +19,7 @@ use crate::frames::FramePool;
 use crate::link::LinkHandle;
 use crate::messages::{Event, LinkCommand, Stream};
 use crate::outbox::Outbox;
-use crate::session::{Session, Settings};
+use crate::session::{DELIVERY_WINDOW, Session, Settings};
 use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
 
 /// How long the process waits at exit for the link thread to close the
@@ -74,6 +74,13 @@ pub fn outbox(cfg: &Config, spool_candidates: Vec<std::path::PathBuf>) -> Outbox
     Outbox::new(batch_memory, spool_candidates, cfg.spool_limit)
 }
 
+/// Tests only (docs/testing.md): a shorter delivery window, in
+/// milliseconds, so that tests of giving up wait seconds, not a minute. It
+/// can only shorten `session::DELIVERY_WINDOW`, and never below
+/// `MIN_TEST_DELIVERY_WINDOW`.
+const TEST_DELIVERY_WINDOW_VARIABLE: &str = "SP_TEST_DELIVERY_WINDOW_MS";
+const MIN_TEST_DELIVERY_WINDOW: Duration = Duration::from_millis(500);
+
 /// The session that reports the job `job_pid`, spawned at `spawned_at`.
 pub fn session(
     cfg: &Config,
@@ -90,6 +97,11 @@ pub fn session(
         job_pid,
         spawned_at,
         output_interval: cfg.output_interval,
+        delivery_window: std::env::var_os(TEST_DELIVERY_WINDOW_VARIABLE)
+            .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
+            .map_or(DELIVERY_WINDOW, |ms| {
+                Duration::from_millis(ms).clamp(MIN_TEST_DELIVERY_WINDOW, DELIVERY_WINDOW)
+            }),
     };
     Session::new(settings, outbox, frames, at)
 }

@@ -71,6 +71,8 @@ pub struct Settings {
     /// starttime, the same on every (re)send.
     pub spawned_at: SystemTime,
     pub output_interval: Duration,
+    /// `DELIVERY_WINDOW`, or shorter in tests (`live::session`).
+    pub delivery_window: Duration,
 }
 
 /// How the run ended.
@@ -571,11 +573,11 @@ impl Session {
         self.last_seal = Some(now);
     }
 
-    /// When delivery is abandoned: `DELIVERY_WINDOW` after the later of the
+    /// When delivery is abandoned: the delivery window after the later of the
     /// job's end and the last delivery progress.
     fn delivery_deadline(&self) -> Option<Instant> {
         self.finished
-            .map(|finished| finished.at.max(self.last_progress) + DELIVERY_WINDOW)
+            .map(|finished| finished.at.max(self.last_progress) + self.settings.delivery_window)
     }
 
     /// Every deadline the session has now, each once.
@@ -643,7 +645,7 @@ impl Session {
                 Deadline::GiveUp => self.give_up(
                     &format!(
                         "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
-                        DELIVERY_WINDOW.as_secs()
+                        self.settings.delivery_window.as_secs()
                     ),
                     effects,
                 ),

@@ -294,6 +294,7 @@ mod tests {
             job_pid: 4242,
             spawned_at: spawned_at(),
             output_interval: Duration::from_millis(1000),
+            delivery_window: DELIVERY_WINDOW,
         };
         let fake = Fake {
             group_alive: true,
