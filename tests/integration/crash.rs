@@ -572,3 +572,51 @@ fn a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode() {
     assert_eq!(retcodes, [expected], "{ret:?}");
     assert!(ret.starts_with("before\n"), "{ret:?}");
 }
+
+#[test]
+fn a_kill_of_the_daemon_while_it_gives_up_leaves_the_output_in_the_log() {
+    // A server that takes everything and ACKs no output: the daemon gives
+    // up after the delivery window (2 s here) and writes the output to the
+    // log; it is killed as soon as it says so. Whoever finishes (the daemon,
+    // or its guardian after its own window), every line is in the log, the
+    // lock is free and no process of the job is left.
+    let dir = TestDir::new("crash_give_up");
+    let server = ScriptedServer::start(Plan::NeverAckOutput);
+    let lock = dir.join("giveup.lock");
+    Launch::new(
+        &server.url(),
+        "giveup",
+        "giveup_1",
+        &job_command(&dir, "exit 3"),
+        &dir,
+    )
+    .env("SP_ALLOW_OVERLAP", "false")
+    .env("SP_LOCKFILE", lock.to_str().expect("utf-8"))
+    .env("SP_SPOOL_DIR", dir.path.to_str().expect("utf-8"))
+    .env("SP_TEST_DELIVERY_WINDOW_MS", "2000")
+    .run()
+    .expect_started();
+    let daemon = pid_file(&dir.path, "daemon.pid");
+    let shell = pid_file(&dir.path, "shell.pid");
+    let guardian = parent_of(daemon).expect("the guardian");
+    assert!(
+        wait_until(RUN_DEADLINE, || crate::common::log_text(&dir, "giveup")
+            .contains("giving up delivery")),
+        "the daemon never gave up"
+    );
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert!(
+        wait_until(RUN_DEADLINE, || !pid_alive(guardian)
+            && lock_is_free(&lock)
+            && group_members(shell).is_empty()),
+        "the guardian did not finish, the lock is held, or the job lives on"
+    );
+    let log = crate::common::log_text(&dir, "giveup");
+    let mut rest = log.as_str();
+    for line in full_output().lines() {
+        let at = rest
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} is not in the log (in order): {log}"));
+        rest = &rest[at + line.len()..];
+    }
+}
