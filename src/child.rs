@@ -15,12 +15,20 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::messages::Event;
 use crate::nss::{self, Nss, PasswdEntry};
+use crate::to_guardian;
+
+/// The job's main process (the group's leader) has exited and is reaped or
+/// about to be: from then on a live process with its pid means the group is
+/// gone and the id reused (`signal_group_of_reaped`). Set by the waiter while
+/// the leader is still a zombie, before anything can reuse its pid.
+static JOB_LEADER_REAPED: AtomicBool = AtomicBool::new(false);
 
 /// The `SP_USER` account, resolved in the launcher (an unknown user fails there).
 #[derive(Clone, Debug)]
@@ -306,6 +314,25 @@ pub fn signal_group_of_reaped(pgid: i32, signal: i32) -> bool {
     signal_group(pgid, signal)
 }
 
+/// Signal the job's group (`pgid`), in the daemon: once the leader is
+/// reaped, only if its id is not reused (`signal_group_of_reaped`).
+pub fn signal_job_group(pgid: i32, signal: i32) -> bool {
+    if JOB_LEADER_REAPED.load(Ordering::SeqCst) {
+        signal_group_of_reaped(pgid, signal)
+    } else {
+        signal_group(pgid, signal)
+    }
+}
+
+/// A wait status from what `waitid` says of a child (`si_code`, `si_status`).
+pub fn wait_status(code: i32, status: i32) -> i32 {
+    match code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+        _ => status & 0x7f, // CLD_KILLED
+    }
+}
+
 /// Become the reaper of our orphaned descendants (Linux 3.4+), so zombies of
 /// the job's children are ours to reap and "the group is gone" can be seen.
 /// On older kernels this fails and init reaps them instead.
@@ -323,25 +350,38 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
         .stack_size(64 * 1024)
         .spawn(move || {
             loop {
-                let mut status = 0;
-                let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-                if pid < 0 {
+                // Look before reaping (WNOWAIT): while the job's leader is a
+                // zombie its pid cannot be reused, so the guardian is told
+                // its exit and every later signal checks for reuse before
+                // the pid is freed.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                let rc = unsafe {
+                    libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT)
+                };
+                if rc < 0 {
                     match io::Error::last_os_error().raw_os_error() {
                         Some(libc::EINTR) => continue,
                         _ => return, // ECHILD: nothing left to reap
                     }
                 }
+                let pid = unsafe { info.si_pid() };
                 // The job's own status, or an orphan of it reaped as subreaper:
                 // either may be the last member of the group the supervisor waits on.
                 let event = if pid == job_pid {
                     // Stamped here, when it happened, not when handled or sent.
-                    Event::ChildExited {
-                        status,
-                        at: crate::clock::now(),
-                    }
+                    let at = crate::clock::now();
+                    let status = wait_status(info.si_code, unsafe { info.si_status() });
+                    JOB_LEADER_REAPED.store(true, Ordering::SeqCst);
+                    to_guardian::job_exited(status, at);
+                    Event::ChildExited { status, at }
                 } else {
                     Event::Reaped
                 };
+                let mut status = 0;
+                while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
                 if events.send(event).is_err() {
                     return;
                 }
@@ -354,6 +394,35 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_childs_wait_status_is_read_from_waitid_as_waitpid_gives_it() {
+        for script in ["exit 3", "exit 0", "kill -TERM $$", "kill -KILL $$"] {
+            let child = Command::new("/bin/sh")
+                .args(["-c", script])
+                .spawn()
+                .expect("sh");
+            let pid = child.id() as i32;
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            assert_eq!(rc, 0, "waitid: {}", io::Error::last_os_error());
+            let seen = wait_status(info.si_code, unsafe { info.si_status() });
+            let mut child = child;
+            let status = child.wait().expect("wait");
+            assert_eq!(
+                seen,
+                std::os::unix::process::ExitStatusExt::into_raw(status),
+                "{script}"
+            );
+        }
+    }
 
     /// What glibc (the host's NSS) says of `name`: `id -u`, `id -g`, `id -G`.
     fn id_says(name: &str) -> (u32, u32, BTreeSet<u32>) {

@@ -77,9 +77,15 @@ pub struct Config {
     /// `SP_OUTPUT_MAX_MB` in bytes: the most output the server receives
     /// per run; `None` (0) for no cap.
     pub output_limit: Option<u64>,
-    /// `SP_LEFTOUT_MAX_MB` in bytes: the most of the output past the cap
-    /// kept on the minion.
+    /// `SP_LEFTOUT_MAX_MB` in bytes (at most `leftout_job_limit`): the
+    /// most of one run's output past the cap kept on the minion.
     pub leftout_limit: u64,
+    /// `SP_LEFTOUT_JOB_MAX_MB` in bytes: all of a job's `.leftout` files
+    /// together, the new one counted at `leftout_limit`.
+    pub leftout_job_limit: u64,
+    /// `SP_LEFTOUT_JOB_FILES`: how many of a job's `.leftout` files are
+    /// kept, the new one included.
+    pub leftout_job_files: u64,
 }
 
 /// Every variable we read, with a one-line description (for `--help`).
@@ -145,6 +151,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "SP_LEFTOUT_MAX_MB",
         "default 256; most of the output past SP_OUTPUT_MAX_MB kept in <log dir>/<job>.<instance>.leftout",
     ),
+    (
+        "SP_LEFTOUT_JOB_MAX_MB",
+        "default 1024; most disk all of a job's .leftout files take (the oldest are removed)",
+    ),
+    (
+        "SP_LEFTOUT_JOB_FILES",
+        "default 8; most .leftout files a job keeps (the oldest are removed)",
+    ),
 ];
 
 /// The variables Saltpeter always passes; none is optional.
@@ -172,6 +186,9 @@ const DEFAULT_SPOOL_MB: u64 = 512;
 /// run's output costs the server").
 pub const DEFAULT_OUTPUT_MB: u64 = 8;
 const DEFAULT_LEFTOUT_MB: u64 = 256;
+/// Four full-size files of the default `SP_LEFTOUT_MAX_MB`.
+const DEFAULT_LEFTOUT_JOB_MB: u64 = 1024;
+const DEFAULT_LEFTOUT_JOB_FILES: u64 = 8;
 /// The largest disk cap: 1 TiB.
 const MAX_DISK_MB: u64 = 1 << 20;
 /// The largest SP_BUFFER_MAX_MB: 1 TiB, or half the address space where that
@@ -287,7 +304,21 @@ impl Config {
         }
         let output_limit =
             Some(megabytes("SP_OUTPUT_MAX_MB", DEFAULT_OUTPUT_MB)?).filter(|&b| b > 0);
-        let leftout_limit = megabytes("SP_LEFTOUT_MAX_MB", DEFAULT_LEFTOUT_MB)?;
+        let leftout_job_limit = megabytes("SP_LEFTOUT_JOB_MAX_MB", DEFAULT_LEFTOUT_JOB_MB)?;
+        let leftout_job_files = match get("SP_LEFTOUT_JOB_FILES") {
+            None => DEFAULT_LEFTOUT_JOB_FILES,
+            Some(v) => parse_whole("SP_LEFTOUT_JOB_FILES", &v, 1 << 20)?,
+        };
+        if leftout_job_limit == 0 || leftout_job_files == 0 {
+            let var = if leftout_job_files == 0 {
+                "SP_LEFTOUT_JOB_FILES"
+            } else {
+                "SP_LEFTOUT_JOB_MAX_MB"
+            };
+            return bad(var, "must be at least 1 (SP_LEFTOUT_MAX_MB=0 keeps none)");
+        }
+        let leftout_limit =
+            megabytes("SP_LEFTOUT_MAX_MB", DEFAULT_LEFTOUT_MB)?.min(leftout_job_limit);
         let cwd = match get("SP_CWD") {
             None => None,
             Some(v) if v.contains('\0') => return bad("SP_CWD", "contains a NUL byte"),
@@ -318,6 +349,8 @@ impl Config {
             spool_limit,
             output_limit,
             leftout_limit,
+            leftout_job_limit,
+            leftout_job_files,
         })
     }
 
@@ -333,16 +366,38 @@ impl Config {
 
     /// Where output past `SP_OUTPUT_MAX_MB` is kept:
     /// `<log dir>/<job>.<instance>.leftout`, or with the daemon's pid for an
-    /// instance name too long for a file name.
+    /// instance name too long for a file name. The instance's dots are
+    /// encoded too (`%2E`), so the job's part of a name is all before its
+    /// second-to-last dot and one job's files are never taken for another's
+    /// (`output_cap::of_job`).
     pub fn leftout_path(&self, daemon_pid: u32) -> PathBuf {
         let job = self.job_file_name();
-        let name = file_name_component(&self.job_instance)
-            .map(|instance| format!("{job}.{instance}.leftout"))
-            .ok()
-            .filter(|name| name.len() <= 250)
-            .unwrap_or_else(|| format!("{job}.{daemon_pid}.leftout"));
+        let name = Some(format!(
+            "{job}.{}.leftout",
+            encoded(&self.job_instance, false)
+        ))
+        .filter(|name| name.len() <= 250)
+        .unwrap_or_else(|| format!("{job}.{daemon_pid}.leftout"));
         self.log_dir.join(name)
     }
+}
+
+/// `name` with every byte outside `[A-Za-z0-9._-]` as `%XX`, and every `.`
+/// too unless `dots` (then only a leading one).
+fn encoded(name: &str, dots: bool) -> String {
+    let mut encoded = String::with_capacity(name.len());
+    for (i, byte) in name.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric()
+            || byte == b'_'
+            || byte == b'-'
+            || (byte == b'.' && dots && i > 0);
+        if plain {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// A job name made safe as one file-name component: bytes outside
@@ -350,16 +405,7 @@ impl Config {
 /// `..`, contain `/` or NUL, or be hidden. Plain names are unchanged, so logs
 /// and locks keep the names the Python wrapper gave them.
 pub fn file_name_component(job_name: &str) -> Result<String, ConfigError> {
-    let mut encoded = String::with_capacity(job_name.len());
-    for (i, byte) in job_name.bytes().enumerate() {
-        let plain =
-            byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0);
-        if plain {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    let encoded = encoded(job_name, true);
     if encoded.len() > MAX_NAME_COMPONENT {
         return bad(
             "SP_JOB_NAME",
@@ -585,6 +631,9 @@ mod tests {
             ("SP_OUTPUT_MAX_MB", "-1"),
             ("SP_OUTPUT_MAX_MB", "1.5"),
             ("SP_LEFTOUT_MAX_MB", "lots"),
+            ("SP_LEFTOUT_JOB_MAX_MB", "0"),
+            ("SP_LEFTOUT_JOB_FILES", "0"),
+            ("SP_LEFTOUT_JOB_FILES", "1048577"),
         ] {
             let error = parse(&[(var, value)]).expect_err(value);
             assert_eq!(error.var, var, "{value}");
@@ -674,6 +723,54 @@ mod tests {
             "ws://h:x",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn left_out_files_are_bounded_per_run_and_per_job() {
+        let cfg = parse(&[("SP_JOB_INSTANCE", "backup.daily_7")]).expect("valid");
+        assert_eq!(
+            (
+                cfg.leftout_limit,
+                cfg.leftout_job_limit,
+                cfg.leftout_job_files
+            ),
+            (256 << 20, 1024 << 20, 8)
+        );
+        // The instance's dots are encoded: the job's part stays unambiguous.
+        assert_eq!(
+            cfg.leftout_path(42),
+            PathBuf::from("/var/log/sp_wrapper/backup.backup%2Edaily_7.leftout")
+        );
+        // One run's file never passes the whole job's budget.
+        let cfg = parse(&[
+            ("SP_LEFTOUT_MAX_MB", "4096"),
+            ("SP_LEFTOUT_JOB_MAX_MB", "100"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            (cfg.leftout_limit, cfg.leftout_job_limit),
+            (100 << 20, 100 << 20)
+        );
+    }
+
+    /// Every variable `--help` lists is in the tables of
+    /// docs/configuration.md and of the README.
+    #[test]
+    fn every_variable_is_documented() {
+        for (page, text) in [
+            (
+                "docs/configuration.md",
+                include_str!("../docs/configuration.md"),
+            ),
+            ("README.md", include_str!("../README.md")),
+        ] {
+            for (name, _) in VARIABLES {
+                assert!(
+                    text.contains(&format!("| `{name}` |")),
+                    "{name} is not in {page}"
+                );
+            }
         }
     }
 

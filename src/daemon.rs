@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::frames::FramePool;
 use crate::job::JobLifecycle;
 use crate::launcher::{Launch, StatusReporter};
-use crate::live::{self, JOB_LEADER_REAPED, JOB_PGID, LiveEffects};
+use crate::live::{self, JOB_PGID, LiveEffects};
 use crate::messages::{Event, Stream};
 use crate::protocol::VERSION;
 use crate::session::Outcome;
@@ -174,11 +174,7 @@ fn install_panic_hook() {
         // cannot tell from a live one) and the job unsupervised.
         let pgid = JOB_PGID.load(Ordering::Relaxed);
         if pgid > 0 {
-            if JOB_LEADER_REAPED.load(Ordering::Relaxed) {
-                child::signal_group_of_reaped(pgid, libc::SIGKILL);
-            } else {
-                child::signal_group(pgid, libc::SIGKILL);
-            }
+            child::signal_job_group(pgid, libc::SIGKILL);
         }
         // So the log line is written by another thread, waited for briefly;
         // then the panic aborts the process and the guardian reports.
@@ -212,7 +208,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         })
         .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
         .and_then(|_| spawn_signal_thread(events.clone()))
-        .and_then(|_| live::spawn_link(cfg, events.clone(), frame_pool.clone()));
+        .and_then(|_| live::spawn_link(cfg, None, events.clone(), frame_pool.clone()));
     let link = match threads {
         Ok(link) => link,
         Err(e) => {

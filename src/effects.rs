@@ -5,8 +5,6 @@
 //! and the job's lifecycle are tested with fake events and fake time,
 //! without threads.
 
-use std::time::SystemTime;
-
 use crate::messages::{LinkCommand, Stream};
 
 pub trait Effects {
@@ -16,13 +14,17 @@ pub trait Effects {
     /// `--foreground`: show the job's output on our own stdout/stderr.
     fn tee(&mut self, stream: Stream, text: &str);
     fn reopen_log(&mut self);
-    /// Our `start` went out on a connection (the guardian must not send
-    /// another: the server may have recorded it).
-    fn start_sent(&mut self) {}
-    /// The job's result is fixed, its main process reaped at `exited_at`
-    /// (the guardian says so if we die delivering it). Called before the
-    /// result is logged or acted on.
-    fn job_finished(&mut self, _retcode: i32, _exited_at: SystemTime) {}
+    // What the guardian is told (`to_guardian.rs`), each before it is acted
+    // on: no-ops where there is no guardian.
+
+    /// The link resolved the machine id every frame carries.
+    fn machine_identified(&mut self, _machine: &str) {}
+    /// The server ACKed our `start` (output may follow; the guardian must
+    /// never send another `start`, which would reset the recorded output).
+    fn start_acked(&mut self) {}
+    /// Our first `complete` is about to go out, every output message before
+    /// it ACKed.
+    fn complete_sent(&mut self) {}
     /// No process of the job's group is left and its leader is reaped: the
     /// group id may be reused by an unrelated process from now on, so
     /// nothing may signal it again (`signal_group` answers `false`).

@@ -7,20 +7,20 @@
 //! It is the launcher's detached child (`launcher.rs`). It takes the overlap
 //! lock, becomes the subreaper of its descendants, forks the daemon (which
 //! inherits the lock's open file, so the lock stays held as long as either
-//! process lives) and then blocks in `waitpid` on the daemon: no thread, no
-//! timer, no wake-up while the daemon lives. It ignores SIGHUP, SIGINT and
-//! SIGTERM (an operator's `pkill -HUP sp_wrapper` or `pkill sp_wrapper` is
-//! for the daemon, which handles them) and, like the daemon, SIGPIPE.
+//! process lives) and then blocks in `waitid(WNOWAIT)` on the daemon: no
+//! thread, no timer, no wake-up while the daemon lives. It ignores SIGHUP,
+//! SIGINT and SIGTERM (an operator's `pkill -HUP sp_wrapper` or `pkill
+//! sp_wrapper` is for the daemon, which handles them) and, like the daemon,
+//! SIGPIPE.
 //!
-//! The daemon tells it five facts over a close-on-exec, non-blocking pipe
-//! (`to_guardian.rs`), one short line each (`job_started`, `start_sent`,
-//! `job_finished`, `job_group_gone`, `settled`), each before it logs or acts
-//! on it, so that a daemon killed at any instant has told the guardian all it
-//! has done.
-//! The guardian reads them once the daemon is gone (they fit in the pipe),
-//! before reaping it: until then the dead daemon is a zombie whose pid
-//! still exists, so another start's sweep of stale spool files
-//! (`spool::remove_stale`) leaves its spool alone until it is opened.
+//! The daemon tells it what it needs over a close-on-exec, non-blocking pipe
+//! (`to_guardian.rs`): each fact once, one short line, before the daemon logs
+//! or acts on it, so that a daemon killed at any instant has told the
+//! guardian all it has done, and the pipe never fills.
+//! The guardian reads them once the daemon is gone, before reaping it: until
+//! then the dead daemon is a zombie whose pid still exists, so another
+//! start's sweep of stale spool files (`spool::remove_stale`) leaves its
+//! spool alone until it is opened.
 //!
 //! - The daemon said `settled` (the result is recorded, refused, or in the
 //!   log), or never started the job (it told the launcher why): exit,
@@ -33,10 +33,13 @@
 //!   leader is known reaped, a live process with its pid means the id was
 //!   reused and the group is gone (`child::signal_group_of_reaped`). It
 //!   releases the lock and reports the run through the daemon's own session
-//!   code (`live.rs`: the same link thread, outbox and deadlines): the
-//!   output the dead daemon had read and the server had not ACKed (its spool
-//!   file, a write-ahead journal, becomes the outbox's), a line of output saying what
-//!   happened, and `complete` with `exit_codes::AGENT_DIED`. What the
+//!   code (`live.rs`: the same link thread, outbox and deadlines), under the
+//!   daemon's machine id: `start` unless the server had ACKed the daemon's,
+//!   the output the dead daemon had read and the server had not ACKed (its
+//!   spool file, a write-ahead journal, becomes the outbox's), a line of
+//!   output saying what happened, and `complete` with the job's own retcode
+//!   when its main process had exited, else `exit_codes::AGENT_DIED`. After
+//!   the daemon's `complete` went out, only that `complete` again. What the
 //!   server does not take within the delivery window goes to the log.
 //!
 //! `--foreground` has no guardian: there the agent is the caller's child.
@@ -308,22 +311,42 @@ fn take_over(
 ) {
     let mut group = JobGroup {
         pgid: job_pid,
-        leader_reaped: told.job_ended.is_some(),
+        leader_reaped: told.job_exited.is_some(),
         gone: told.group_gone,
     };
+    // The job's main process may have exited without the daemon seeing it:
+    // then it is our zombie now (we are the subreaper), its status ours to
+    // read. Its exit time is not known; it was at or before now.
+    let job_exited = told
+        .job_exited
+        .or_else(|| leader_exit_status(job_pid).map(|status| (status, crate::clock::now())));
+    // The job's own result whenever its main process had ended; `AGENT_DIED`
+    // only for a job that was still running (and is killed now).
+    let job_result = job_exited
+        .map(|(status, exited_at)| (exit_codes::job_retcode(status, told.kill), exited_at));
+    // A main process the daemon did not reap (it may have told its exit and
+    // died before the reap) is our zombie: reaped first, so that a process
+    // with its pid can only mean the id was reused. (Only it: the dead
+    // daemon stays a zombie until its spool is open, see `watch`.)
+    if job_exited.is_some() {
+        let mut status = 0;
+        if unsafe { libc::waitpid(job_pid, &mut status, libc::WNOHANG) } == job_pid {
+            group.leader_reaped = true;
+        }
+    }
     let job_was_running = group.signal(libc::SIGKILL);
     // Opened before the dead daemon is reaped (see `watch`); an open file
     // outlives its name.
     let spool = adopt_spool(cfg, daemon, job_pid);
     let how = how_it_ended(reap(daemon));
-    let gone_at = match told.job_ended {
+    let gone_at = match job_exited {
         // The daemon saw the group empty after the job's exit: the run
         // ended then.
         Some((_, exited_at)) if told.group_gone => Some(exited_at),
         _ => group.kill_until_gone(Some(Instant::now() + GROUP_WAIT)),
     };
     let log = logger::init(cfg).ok().flatten();
-    let job_retcode = told.job_ended.map(|(retcode, _)| retcode);
+    let job_retcode = job_result.map(|(retcode, _)| retcode);
     let what = what_happened(job_retcode, job_was_running, gone_at.is_some());
     log::error!(
         "guardian: the agent (pid {daemon}) {how} while supervising the job (pid {job_pid}); {what}"
@@ -332,21 +355,32 @@ fn take_over(
     if gone_at.is_some() {
         release(lock.take());
     }
-    let recorded = report(
-        cfg,
-        (job_pid, spawned_at),
-        told.start_sent,
-        spool,
-        &format!("\n[sp_wrapper: the agent (pid {daemon}) {how}; {what}]\n"),
+    let (retcode, ended_at) = job_result.unwrap_or((
+        exit_codes::AGENT_DIED,
         // The end of the run is when its last process was gone.
         gone_at.unwrap_or_else(crate::clock::now),
+    ));
+    // The record says what happened when it is not the job's own: a retcode
+    // that is ours, or output that may be missing. A daemon that had sent
+    // `complete` had every byte ACKed: the same `complete` again is all.
+    let output_may_be_missing = !told.complete_sent;
+    let line = (job_result.is_none() || output_may_be_missing)
+        .then(|| format!("\n[sp_wrapper: the agent (pid {daemon}) {how}; {what}]\n"));
+    let recorded = report(
+        cfg,
+        Report {
+            job: (job_pid, spawned_at),
+            machine: told.machine.clone(),
+            start_acked: told.start_acked,
+            spool,
+            line,
+            retcode,
+            ended_at,
+        },
         log,
     );
     if recorded {
-        log::info!(
-            "guardian: the server recorded retcode {} for this run",
-            exit_codes::AGENT_DIED
-        );
+        log::info!("guardian: the server recorded retcode {retcode} for this run");
     }
     if let Some(lock) = lock {
         // Held until the last process of the job is gone, however long.
@@ -354,6 +388,18 @@ fn take_over(
         log::info!("guardian: the job's last process is gone; lock released");
         lock.release();
     }
+}
+
+/// The wait status of the job's main process if it has exited and is our
+/// zombie, unreaped (the daemon died before it could reap it). Not reaped
+/// here: while it is a zombie its pid, the group's id, cannot be reused.
+fn leader_exit_status(pid: i32) -> Option<i32> {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // (WNOHANG with nothing exited yet leaves si_pid 0.)
+    (rc == 0 && unsafe { info.si_pid() } == pid)
+        .then(|| child::wait_status(info.si_code, unsafe { info.si_status() }))
 }
 
 /// The job's side of the story, for the log and the output line.
@@ -397,25 +443,31 @@ fn adopt_spool(cfg: &Config, daemon: libc::pid_t, job_pid: i32) -> Option<spool:
         })
 }
 
-/// Report the dead daemon's run through the daemon's own session code
-/// (`live.rs`): the output in its journal the server had not ACKed (or a
-/// line saying what may be missing), then `line`, then
-/// `complete` with `exit_codes::AGENT_DIED` and `ended_at`. A `start` only if
-/// the daemon never sent one (a second resets the recorded output). Whatever
-/// is not delivered within the session's delivery window goes to the log.
-/// `true` when the server recorded the result.
-fn report(
-    cfg: &Config,
+/// What the guardian reports of a dead daemon's run.
+struct Report {
     job: (i32, SystemTime),
-    start_sent: bool,
+    /// The machine id the daemon reported under, if it had one.
+    machine: Option<String>,
+    /// The server ACKed the daemon's `start`: never send another (a second
+    /// one resets the recorded output). Before that ACK no output went out,
+    /// so a repeated `start` loses nothing.
+    start_acked: bool,
     spool: Option<spool::Adopted>,
-    line: &str,
+    /// A line of output saying what happened, after the spooled output.
+    line: Option<String>,
+    retcode: i32,
     ended_at: SystemTime,
-    log: Option<logger::LogHandle>,
-) -> bool {
+}
+
+/// Report the dead daemon's run through the daemon's own session code
+/// (`live.rs`): `start` unless the daemon's was ACKed, the output in its
+/// journal the server had not ACKed (or a line saying what may be missing),
+/// the line, then `complete` with the retcode and `ended_at`. Whatever is not delivered within the session's delivery
+/// window goes to the log. `true` when the server recorded the result.
+fn report(cfg: &Config, report: Report, log: Option<logger::LogHandle>) -> bool {
     let (events, inbox) = live::event_channel();
     let frames = FramePool::default();
-    let link = match live::spawn_link(cfg, events, frames.clone()) {
+    let link = match live::spawn_link(cfg, report.machine, events, frames.clone()) {
         Ok(link) => link,
         Err(e) => {
             log::error!("guardian: cannot start the link thread to report: {e}");
@@ -424,7 +476,7 @@ fn report(
     };
     let now = Instant::now();
     let mut outbox = live::outbox(cfg, Vec::new());
-    match spool {
+    match report.spool {
         Some(adopted) => {
             log::info!(
                 "guardian: {} bytes of output in {} the server had not acknowledged go to it",
@@ -437,21 +489,25 @@ fn report(
                  file could not be written) is missing here]\n",
             );
         }
-        None => outbox.push(
+        // (Only when the record says anything: not after the daemon's `complete`.)
+        None if report.line.is_some() => outbox.push(
             Stream::Stdout,
             "\n[sp_wrapper: the agent died without a spool file; output the server had not \
              acknowledged, if any, is missing here]\n",
         ),
+        None => {}
     }
-    let mut session = live::session(cfg, job, outbox, frames, now);
-    if start_sent {
-        session = session.with_start_already_sent();
+    let mut session = live::session(cfg, report.job, outbox, frames, now);
+    if report.start_acked {
+        session = session.with_start_acked();
     }
-    session.on_output(Stream::Stdout, line, now);
+    if let Some(line) = &report.line {
+        session.on_output(Stream::Stdout, line, now);
+    }
     let finished = Finished {
-        retcode: exit_codes::AGENT_DIED,
+        retcode: report.retcode,
         at: now,
-        exited_at: ended_at,
+        exited_at: report.ended_at,
     };
     session.on_job_finished(finished, now);
     let effects = LiveEffects::for_ended_job(link, log);

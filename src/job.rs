@@ -169,6 +169,9 @@ impl JobLifecycle {
                 "\n[Job terminated by user request]\n".to_string()
             }
         };
+        // Told before the signal: a daemon that dies from here on leaves the
+        // guardian knowing the retcode is 124 or 143, however the job ends.
+        crate::to_guardian::kill_started(reason);
         let alive = group(libc::SIGTERM);
         self.kill = Some(Kill {
             reason,

@@ -9,7 +9,7 @@
 //! machine-id resolution, the outbox within `SP_BUFFER_MAX_MB`, the session.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +19,7 @@ use crate::frames::FramePool;
 use crate::link::LinkHandle;
 use crate::messages::{Event, LinkCommand, Stream};
 use crate::outbox::Outbox;
-use crate::session::{Session, Settings};
+use crate::session::{DELIVERY_WINDOW, Session, Settings};
 use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
 
 /// How long the process waits at exit for the link thread to close the
@@ -27,7 +27,7 @@ use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
 const LINK_CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
-/// frames in flight (`session::WINDOW_BYTES`), recycled frame and batch
+/// frames in flight (`pacing::MAX_IN_FLIGHT_BYTES`), recycled frame and batch
 /// buffers, and up to `EVENT_QUEUE` reads of 64 KiB.
 const OUTPUT_OVERHEAD: usize = 6 << 20;
 
@@ -41,9 +41,6 @@ const EVENT_QUEUE: usize = 32;
 /// The job's process group, for the daemon's panic hook (0 = no job yet, or
 /// its group is known to be gone: the id may be another process's by now).
 pub static JOB_PGID: AtomicI32 = AtomicI32::new(0);
-/// The job's main process (the group's leader) has been reaped: if its pid
-/// is in use again, the group is gone (`child::signal_group_of_reaped`).
-pub static JOB_LEADER_REAPED: AtomicBool = AtomicBool::new(false);
 
 /// The channel every thread sends its `Event`s to the supervisor on.
 pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
@@ -52,13 +49,15 @@ pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
 
 /// Start the link thread to `SP_SERVER_URL`. The machine id may need DNS:
 /// the link thread resolves it before its first connection, while the
-/// supervisor already runs.
+/// supervisor already runs; `known_machine` (the id a dead daemon reported
+/// under) is used as it is instead.
 pub fn spawn_link(
     cfg: &Config,
+    known_machine: Option<String>,
     events: SyncSender<Event>,
     frames: FramePool,
 ) -> std::io::Result<LinkHandle> {
-    let machine_override = cfg.machine_id.clone();
+    let machine_override = known_machine.or_else(|| cfg.machine_id.clone());
     let resolve_machine =
         move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
     link::spawn_link(cfg.url.clone(), events, frames, resolve_machine)
@@ -74,6 +73,13 @@ pub fn outbox(cfg: &Config, spool_candidates: Vec<std::path::PathBuf>) -> Outbox
         .max(1 << 20);
     Outbox::new(batch_memory, spool_candidates, cfg.spool_limit)
 }
+
+/// Tests only (docs/testing.md): a shorter delivery window, in
+/// milliseconds, so that tests of giving up wait seconds, not a minute. It
+/// can only shorten `session::DELIVERY_WINDOW`, and never below
+/// `MIN_TEST_DELIVERY_WINDOW`.
+const TEST_DELIVERY_WINDOW_VARIABLE: &str = "SP_TEST_DELIVERY_WINDOW_MS";
+const MIN_TEST_DELIVERY_WINDOW: Duration = Duration::from_millis(500);
 
 /// The session that reports the job `job_pid`, spawned at `spawned_at`.
 pub fn session(
@@ -91,6 +97,11 @@ pub fn session(
         job_pid,
         spawned_at,
         output_interval: cfg.output_interval,
+        delivery_window: std::env::var_os(TEST_DELIVERY_WINDOW_VARIABLE)
+            .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
+            .map_or(DELIVERY_WINDOW, |ms| {
+                Duration::from_millis(ms).clamp(MIN_TEST_DELIVERY_WINDOW, DELIVERY_WINDOW)
+            }),
     };
     Session::new(settings, outbox, frames, at)
 }
@@ -100,7 +111,13 @@ pub fn with_output_cap(cfg: &Config, session: Session) -> Session {
     match cfg.output_limit {
         Some(limit) => {
             let path = cfg.leftout_path(std::process::id());
-            session.with_output_cap(output_cap::OutputCap::new(limit, cfg.leftout_limit, path))
+            let job_bound = output_cap::JobBound {
+                job: cfg.job_file_name(),
+                bytes: cfg.leftout_job_limit,
+                files: cfg.leftout_job_files,
+            };
+            let cap = output_cap::OutputCap::new(limit, cfg.leftout_limit, path, job_bound);
+            session.with_output_cap(cap)
         }
         None => session,
     }
@@ -110,8 +127,6 @@ pub fn with_output_cap(cfg: &Config, session: Session) -> Session {
 pub struct LiveEffects {
     link: LinkHandle,
     pgid: i32,
-    /// The job's leader is reaped: its pid may be reused once the group empties.
-    leader_reaped: bool,
     /// No process of the group is left: never signal that id again.
     group_gone: bool,
     log: Option<logger::LogHandle>,
@@ -123,7 +138,6 @@ impl LiveEffects {
         LiveEffects {
             link,
             pgid,
-            leader_reaped: false,
             group_gone: false,
             log,
         }
@@ -136,7 +150,6 @@ impl LiveEffects {
         LiveEffects {
             link,
             pgid: 0,
-            leader_reaped: true,
             group_gone: true,
             log,
         }
@@ -149,13 +162,7 @@ impl Effects for LiveEffects {
     }
 
     fn signal_group(&mut self, signal: i32) -> bool {
-        if self.group_gone {
-            false
-        } else if self.leader_reaped {
-            child::signal_group_of_reaped(self.pgid, signal)
-        } else {
-            child::signal_group(self.pgid, signal)
-        }
+        !self.group_gone && child::signal_job_group(self.pgid, signal)
     }
 
     fn tee(&mut self, stream: Stream, text: &str) {
@@ -173,14 +180,16 @@ impl Effects for LiveEffects {
 
     // The guardian's calls below are no-ops outside a daemon with a guardian.
 
-    fn start_sent(&mut self) {
-        to_guardian::start_sent();
+    fn machine_identified(&mut self, machine: &str) {
+        to_guardian::machine_identified(machine);
     }
 
-    fn job_finished(&mut self, retcode: i32, exited_at: SystemTime) {
-        to_guardian::job_finished(retcode, exited_at);
-        self.leader_reaped = true;
-        JOB_LEADER_REAPED.store(true, Ordering::Relaxed);
+    fn start_acked(&mut self) {
+        to_guardian::start_acked();
+    }
+
+    fn complete_sent(&mut self) {
+        to_guardian::complete_sent();
     }
 
     fn job_group_gone(&mut self) {

@@ -30,11 +30,12 @@
 //!
 //! Files are read with a size bound, never through a FIFO, and any file that
 //! cannot be read or parsed is skipped with a warning: the lookup falls
-//! through, it never fails. Step 4 may consult DNS: `resolve` runs on the
-//! link thread (and in the guardian, and for `--print-machine-id`), off the
-//! launch path, and bounds its lookups to `DNS_BOUND` in all, on a thread
-//! of their own. Only `note_salt_ancestor` runs at launch, before
-//! detaching: a few /proc reads.
+//! through, it never fails. The whole reading is bounded (`Reading`: files,
+//! bytes, YAML work), and stops at an include loop, where Salt fails.
+//! Step 4 may consult DNS: `resolve` runs on the link thread (and in the
+//! guardian, and for `--print-machine-id`), off the launch path, and bounds
+//! its lookups to `DNS_BOUND` in all, on a thread of their own. Only
+//! `note_salt_ancestor` runs at launch, before detaching: a few /proc reads.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -55,11 +56,31 @@ const DEFAULT_INCLUDE: &str = "minion.d/*.conf";
 /// A minion configuration is a few KiB; a bigger file is not read (and its
 /// `id:`, if any, is missed with a warning) so a hostile file cannot stall us.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
-/// Salt recurses through `include:` without a limit (and would crash on a
-/// loop); we stop here.
+/// Salt recurses through `include:` without a limit (and fails on a loop,
+/// below); we stop here.
 const MAX_INCLUDE_DEPTH: usize = 8;
 /// Files one glob may bring in before the rest are ignored.
 const MAX_GLOB_MATCHES: usize = 256;
+/// Files one lookup reads, a file counted each time an include brings it
+/// (Salt reads it again), and globs it expands: includes that fan out
+/// (each file including several that each include several...) cannot
+/// multiply the work past this.
+const MAX_FILE_READS: usize = 512;
+/// Bytes of configuration one lookup parses, all files together.
+const MAX_BYTES_READ: u64 = 4 << 20;
+/// The top-level keys the id depends on: only these are kept of each file
+/// (the rest is checked, as Salt's loader would construct it, and dropped).
+const KEYS: &[&str] = &[
+    "id",
+    "include",
+    "default_include",
+    "root_dir",
+    "append_domain",
+    "minion_id_caching",
+    "minion_id_lowercase",
+    "minion_id_remove_domain",
+    "id_function",
+];
 /// The host-name lookups (getfqdn's forward and reverse lookups, the
 /// canonical name of `localhost`) together: the server waits 30 s for the
 /// first frame, and a resolver that never answers would take longer than
@@ -349,34 +370,34 @@ fn read_minion_config(
         Some(p) if path == default_path && p.is_file() => p,
         _ => path.clone(),
     };
-    let mut files: Vec<(PathBuf, Value)> = Vec::new();
-    let main = read_config_file(&main_path);
-    // Includes are relative to the -c directory, even when the main file
-    // came from SALT_MINION_CONFIG (include_config is given `path`).
-    let patterns = |value: Option<&Value>| -> Vec<String> {
-        match value {
-            Some(Value::Str(pattern)) if !pattern.is_empty() => vec![pattern.clone()],
-            Some(Value::Seq(items)) => items
-                .iter()
-                .filter_map(|item| match item {
-                    Value::Str(pattern) => Some(pattern.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
+    let mut includes = Includes {
+        home: env("HOME"),
+        chain: Vec::new(),
+        outside: 0,
+        files: Vec::new(),
+        reading: Reading {
+            files_left: MAX_FILE_READS,
+            bytes_left: MAX_BYTES_READ,
+            work_left: salt_yaml::WORK_BUDGET,
+        },
     };
+    let main = includes.reading.config_file(&main_path).unwrap_or(None);
     let default_include = match main.as_ref().and_then(|top| top.get("default_include")) {
-        Some(value) => patterns(Some(value)),
+        Some(value) => include_patterns(Some(value)),
         None => vec![DEFAULT_INCLUDE.to_string()],
     };
-    let include = patterns(main.as_ref().and_then(|top| top.get("include")));
+    let include = include_patterns(main.as_ref().and_then(|top| top.get("include")));
     if let Some(top) = main {
-        files.push((main_path.clone(), top));
+        includes.files.push((main_path.clone(), top));
     }
-    let home = env("HOME");
-    for patterns in [default_include, include] {
-        collect_includes(&patterns, &config_dir, home.as_deref(), 0, &mut files);
+    // Includes are relative to the -c directory, even when the main file
+    // came from SALT_MINION_CONFIG (include_config is given `path`). The
+    // main file heads the chain of its own `include`: Salt reads that
+    // again if an include brings the main file back.
+    if includes.collect(&default_include, &config_dir).is_ok() {
+        includes.chain.push(main_path.clone());
+        includes.outside = 1;
+        let _ = includes.collect(&include, &config_dir);
     }
 
     let mut settings = MinionSettings {
@@ -388,7 +409,7 @@ fn read_minion_config(
         remove_domain: None,
         id_function: false,
     };
-    for (path, top) in files {
+    for (path, top) in includes.files {
         if let Some(id) = top.get("id") {
             settings.id = Some((id.clone(), path.clone()));
         }
@@ -425,83 +446,162 @@ fn read_minion_config(
     settings
 }
 
-/// Read each file the patterns match, in Salt's order: sorted per pattern,
-/// each file followed by its own includes (relative to it).
-fn collect_includes(
-    patterns: &[String],
-    relative_to: &Path,
-    home: Option<&str>,
-    depth: usize,
-    files: &mut Vec<(PathBuf, Value)>,
-) {
-    if depth >= MAX_INCLUDE_DEPTH {
-        log::warn!("minion config: includes nested deeper than {MAX_INCLUDE_DEPTH}; not followed");
-        return;
+/// An `include` or `default_include` value as `include_config` takes it:
+/// one pattern, or a list of them (items that are not strings ignored).
+fn include_patterns(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Str(pattern)) if !pattern.is_empty() => vec![pattern.clone()],
+        Some(Value::Seq(items)) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Str(pattern) => Some(pattern.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
-    for pattern in patterns {
-        let expanded = match (pattern.strip_prefix('~'), home) {
-            (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
-                format!("{home}{rest}")
+}
+
+/// What one lookup may still read (`MAX_FILE_READS`, `MAX_BYTES_READ`,
+/// `salt_yaml::WORK_BUDGET`): any configuration, however its includes fan
+/// out and its merges nest, is read in bounded time and memory.
+struct Reading {
+    files_left: usize,
+    bytes_left: u64,
+    work_left: usize,
+}
+
+/// The reading of includes stopped early (an include loop, or the
+/// `Reading` bound spent): the files read until then count, none after.
+struct Stop;
+
+/// The warning when the reading stops early.
+fn stopped(path: &Path, why: &str) -> Stop {
+    log::warn!(
+        "minion config: {}: {why}; no file is read after it, the id is what the files \
+         before give (set SP_MACHINE_ID in the cron's env: if it is wrong)",
+        path.display()
+    );
+    Stop
+}
+
+impl Reading {
+    /// One read of a file or a glob; `Err` once the bound is spent.
+    fn take_file(&mut self, path: &Path) -> Result<(), Stop> {
+        if self.files_left == 0 {
+            return Err(stopped(
+                path,
+                "the includes bring more than 512 files (Salt would read them all, slowly)",
+            ));
+        }
+        self.files_left -= 1;
+        Ok(())
+    }
+
+    /// A config file's top-level mapping (`Map`, possibly empty, only the
+    /// `KEYS`), or `None` (with a warning when the file exists) if Salt
+    /// would not use it; `Err` once the bound is spent.
+    fn config_file(&mut self, path: &Path) -> Result<Option<Value>, Stop> {
+        self.take_file(path)?;
+        let limit = MAX_CONFIG_BYTES.min(self.bytes_left);
+        let bytes = match read_regular_file(path, limit) {
+            Ok(bytes) => bytes,
+            Err(ReadError::Missing) => return Ok(None),
+            Err(ReadError::Other(_)) if limit < MAX_CONFIG_BYTES => {
+                return Err(stopped(path, "more than 4 MiB of configuration in all"));
             }
-            _ => pattern.clone(),
+            Err(ReadError::Other(why)) => {
+                log::warn!("minion config {}: {why}; skipped", path.display());
+                return Ok(None);
+            }
         };
-        let absolute = relative_to.join(&expanded);
-        for path in glob(&absolute) {
-            // A file Salt cannot read is an empty one to it (skipped).
-            let Some(top) = read_config_file(&path) else {
-                continue;
-            };
-            let nested = match top.get("include") {
-                Some(Value::Str(p)) if !p.is_empty() => vec![p.clone()],
-                Some(Value::Seq(items)) => items
-                    .iter()
-                    .filter_map(|i| match i {
-                        Value::Str(p) => Some(p.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            files.push((path, top));
-            collect_includes(&nested, &parent, home, depth + 1, files);
+        self.bytes_left -= bytes.len() as u64;
+        let parsed = String::from_utf8(bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| salt_yaml::load_keys(&text, Some(KEYS), &mut self.work_left));
+        // _read_conf_file: `safe_load(...) or {}`, then it must be a dict.
+        match parsed {
+            Ok(map @ Value::Map(_)) => Ok(Some(map)),
+            Ok(value) if !value.truthy() => Ok(Some(Value::Map(Vec::new()))),
+            Ok(value) => {
+                log::warn!(
+                    "minion config {}: a {}, not a mapping; skipped, as Salt does",
+                    path.display(),
+                    value.type_name()
+                );
+                Ok(None)
+            }
+            Err(why) if self.work_left == 0 => Err(stopped(path, &why)),
+            Err(why) => {
+                log::warn!(
+                    "minion config {}: {why}; skipped, as Salt does",
+                    path.display()
+                );
+                Ok(None)
+            }
         }
     }
 }
 
-/// A config file's top-level mapping (`Map`, possibly empty), or `None`
-/// (with a warning when the file exists) if Salt would not use it.
-fn read_config_file(path: &Path) -> Option<Value> {
-    let bytes = match read_regular_file(path, MAX_CONFIG_BYTES) {
-        Ok(bytes) => bytes,
-        Err(ReadError::Missing) => return None,
-        Err(ReadError::Other(why)) => {
-            log::warn!("minion config {}: {why}; skipped", path.display());
-            return None;
-        }
-    };
-    let parsed = std::str::from_utf8(&bytes)
-        .map_err(|_| "not UTF-8 text".to_string())
-        .and_then(|text| salt_yaml::load(&text.replace("\r\n", "\n")));
-    // _read_conf_file: `safe_load(...) or {}`, then it must be a dict.
-    match parsed {
-        Ok(map @ Value::Map(_)) => Some(map),
-        Ok(value) if !value.truthy() => Some(Value::Map(Vec::new())),
-        Ok(value) => {
+/// The walk through `include:` globs: Salt's `include_config`.
+struct Includes {
+    home: Option<String>,
+    /// The files whose includes are being read, outermost first.
+    chain: Vec<PathBuf>,
+    /// How many of them are not includes (the main file, for its own
+    /// `include`): not counted in the depth.
+    outside: usize,
+    /// Each file read and its top-level mapping, in Salt's order.
+    files: Vec<(PathBuf, Value)>,
+    reading: Reading,
+}
+
+impl Includes {
+    /// Read each file the patterns match, in Salt's order: sorted per
+    /// pattern, each file followed by its own includes (relative to it).
+    fn collect(&mut self, patterns: &[String], relative_to: &Path) -> Result<(), Stop> {
+        if self.chain.len() - self.outside >= MAX_INCLUDE_DEPTH {
             log::warn!(
-                "minion config {}: a {}, not a mapping; skipped, as Salt does",
-                path.display(),
-                value.type_name()
+                "minion config: includes nested deeper than {MAX_INCLUDE_DEPTH}; not followed"
             );
-            None
+            return Ok(());
         }
-        Err(why) => {
-            log::warn!(
-                "minion config {}: {why}; skipped, as Salt does",
-                path.display()
-            );
-            None
+        for pattern in patterns {
+            let expanded = match (pattern.strip_prefix('~'), self.home.as_deref()) {
+                (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+                    format!("{home}{rest}")
+                }
+                _ => pattern.clone(),
+            };
+            let absolute = relative_to.join(&expanded);
+            self.reading.take_file(&absolute)?;
+            for path in glob(&absolute) {
+                // A file Salt cannot read is an empty one to it (skipped).
+                let Some(top) = self.reading.config_file(&path)? else {
+                    continue;
+                };
+                let nested = include_patterns(top.get("include"));
+                self.files.push((path.clone(), top));
+                if nested.is_empty() {
+                    continue;
+                }
+                // Salt would read this file's includes again, and again:
+                // it recurses until Python's limit and fails.
+                if self.chain.iter().any(|p| p.as_os_str() == path.as_os_str()) {
+                    return Err(stopped(
+                        &path,
+                        "an include loop (the file includes itself, directly or not): Salt \
+                         fails on it (RecursionError) and salt-minion does not start with it",
+                    ));
+                }
+                let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                self.chain.push(path);
+                let nested = self.collect(&nested, &parent);
+                self.chain.pop();
+                nested?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -1384,13 +1484,68 @@ mod tests {
             root.resolve(&[]).0,
             if readable { "locked" } else { "cached-id" }
         );
-        // An include loop stops at the depth bound.
+        // An include loop: Salt fails (RecursionError); the agent stops
+        // there, the files read until then count.
         root.write("etc/salt/minion", "id: main\ninclude: loop.conf\n");
         root.write("etc/salt/loop.conf", "include: loop.conf\n");
         assert_eq!(
             root.resolve(&[]).0,
             if readable { "locked" } else { "main" }
         );
+    }
+
+    #[test]
+    fn include_loops_stop_where_salt_fails() {
+        let root = Root::new();
+        // Through the main file's own include: Salt reads minion, a.conf,
+        // minion again, then a.conf again... until RecursionError.
+        root.write("etc/salt/minion", "id: main\ninclude: a.conf\n");
+        root.write("etc/salt/a.conf", "include: minion\nid: from-a\n");
+        root.write("etc/salt/minion.d/z.conf", "id: from-z\n");
+        let main = root.path("etc/salt/minion");
+        assert_eq!(
+            root.resolve(&[]),
+            ("main".into(), Source::MinionConfig(PathBuf::from(main)))
+        );
+        // Not a loop: a drop-in includes the main file, which includes
+        // nothing; the files after it are read.
+        root.write("etc/salt/minion", "id: main\n");
+        root.write(
+            "etc/salt/minion.d/a.conf",
+            "include: ../minion\nid: from-a\n",
+        );
+        assert_eq!(root.resolve(&[]).0, "from-z");
+        // Includes nested 8 deep from the main file are read, not a 9th.
+        root.write("etc/salt/minion", "include: i1.conf\n");
+        for n in 1..=9 {
+            root.write(
+                &format!("etc/salt/i{n}.conf"),
+                format!("id: i{n}\ninclude: i{}.conf\n", n + 1),
+            );
+        }
+        std::fs::remove_dir_all(root.0.join("etc/salt/minion.d")).expect("rm minion.d");
+        assert_eq!(root.resolve(&[]).0, "i8");
+    }
+
+    #[test]
+    fn past_the_work_bound_no_file_is_read() {
+        let root = Root::new();
+        root.write("etc/salt/minion", "id: main\n");
+        // Each level merges the one below and adds a key: quadratic.
+        let mut chain = String::from("l0: &l0 {a0: 1}\n");
+        for level in 1..=1_000 {
+            chain.push_str(&format!(
+                "l{level}: &l{level} {{<<: *l{}, a{level}: 1}}\n",
+                level - 1
+            ));
+        }
+        root.write("etc/salt/minion.d/a.conf", format!("id: chained\n{chain}"));
+        root.write("etc/salt/minion.d/b.conf", "id: after\n");
+        assert_eq!(root.resolve(&[]).0, "main");
+        // Within the bound, the same shape is read, and the files after it.
+        let short: String = chain.lines().take(200).map(|l| format!("{l}\n")).collect();
+        root.write("etc/salt/minion.d/a.conf", format!("id: chained\n{short}"));
+        assert_eq!(root.resolve(&[]).0, "after");
     }
 
     #[test]

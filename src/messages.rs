@@ -8,7 +8,7 @@
 //! - `Stream`, `Inbound`, `AckKind`: the payloads they carry (`protocol.rs`
 //!   encodes and decodes them).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Which of the job's pipes a piece of output came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,7 +93,10 @@ pub enum LinkCommand {
         generation: u64,
         frame: String,
     },
-    /// Close this connection and reconnect (the supervisor saw it stall).
+    /// Close this connection and reconnect (the supervisor saw it stall):
+    /// a close frame behind what was sent, then the server's ACKs are still
+    /// read until it closes the socket (bounded), so that no new socket is
+    /// opened while the server still reads the old one (session.rs, `reconnect`).
     Drop {
         generation: u64,
         reason: String,
@@ -127,13 +130,5 @@ pub enum LinkEvent {
     BadFrame {
         generation: u64,
         reason: String,
-    },
-    /// A frame of `bytes` (1 KiB or more) reached the peer: `took` is its
-    /// time on the link, from its first byte handed to the kernel (or the
-    /// previous frame's arrival) until the peer's TCP acknowledged its last.
-    /// Not tied to a connection: the link's speed outlives one.
-    Sent {
-        bytes: usize,
-        took: Duration,
     },
 }

@@ -7,16 +7,34 @@
 //! ends, one line says how many bytes were left out and where they are
 //! kept, and those last bytes follow: the end of the output is where the
 //! error is. A plain struct owned by the session (supervisor thread).
+//!
+//! A job's `.leftout` files are bounded together, by the agent itself
+//! whatever logrotate does: when a run starts its file, the job's oldest
+//! ones go until the rest number fewer than `SP_LEFTOUT_JOB_FILES` and, the
+//! new one counted at `SP_LEFTOUT_MAX_MB`, fit `SP_LEFTOUT_JOB_MAX_MB`
+//! (`prune`). A run holds a `flock` on its file while it writes it, so a
+//! concurrent run of the same job never removes it.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::tail::Tail;
 
 /// The most of the output's end sent after the cap.
 pub const CAP_TAIL_BYTES: usize = 256 * 1024;
+
+/// A job's `.leftout` files together: `SP_LEFTOUT_JOB_MAX_MB` (in bytes)
+/// and `SP_LEFTOUT_JOB_FILES`.
+pub struct JobBound {
+    /// The job's name as in file names (`config::file_name_component`).
+    pub job: String,
+    pub bytes: u64,
+    pub files: u64,
+}
 
 pub struct OutputCap {
     /// Bytes of the head sent live: the cap less what the end takes.
@@ -34,12 +52,14 @@ pub struct OutputCap {
     /// Why the file stopped taking bytes (its cap, a full disk), once it did.
     not_kept: Option<String>,
     cap_mb: u64,
+    job_bound: JobBound,
 }
 
 impl OutputCap {
     /// `limit`: `SP_OUTPUT_MAX_MB` in bytes; `kept_limit`:
-    /// `SP_LEFTOUT_MAX_MB` in bytes; `path`: the file for what is left out.
-    pub fn new(limit: u64, kept_limit: u64, path: PathBuf) -> Self {
+    /// `SP_LEFTOUT_MAX_MB` in bytes; `path`: the file for what is left out;
+    /// `job_bound`: what all of the job's such files may take.
+    pub fn new(limit: u64, kept_limit: u64, path: PathBuf, job_bound: JobBound) -> Self {
         let tail_limit = (CAP_TAIL_BYTES as u64).min(limit / 2);
         OutputCap {
             head_limit: limit - tail_limit,
@@ -53,6 +73,7 @@ impl OutputCap {
             kept_limit,
             not_kept: None,
             cap_mb: limit >> 20,
+            job_bound,
         }
     }
 
@@ -100,6 +121,9 @@ impl OutputCap {
                 .open(&self.path);
             match opened {
                 Ok(file) => {
+                    // Held until the file is closed: "still being written"
+                    // to the pruning of a concurrent run.
+                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
                     log::warn!(
                         "output passed SP_OUTPUT_MAX_MB ({} MiB): the rest is kept in {}, its last {} KiB go to the server when the job ends",
                         self.cap_mb,
@@ -107,6 +131,7 @@ impl OutputCap {
                         self.tail_limit >> 10
                     );
                     self.file = Some(file);
+                    self.prune_older_files();
                 }
                 Err(e) => {
                     self.stop_keeping(format!("cannot create it: {e}"));
@@ -150,6 +175,19 @@ impl OutputCap {
         }
     }
 
+    /// Makes room for this run's new file among the job's others.
+    fn prune_older_files(&self) {
+        let (Some(dir), Some(own)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let (removed, freed) = prune(dir, own, &self.job_bound, self.kept_limit);
+        if removed > 0 {
+            log::info!(
+                "removed this job's {removed} oldest .leftout files ({freed} bytes; SP_LEFTOUT_JOB_FILES, SP_LEFTOUT_JOB_MAX_MB)"
+            );
+        }
+    }
+
     fn stop_keeping(&mut self, why: String) {
         log::error!(
             "output past SP_OUTPUT_MAX_MB is no longer kept in {}: {why}",
@@ -186,9 +224,109 @@ impl OutputCap {
     }
 }
 
+/// Whether `name` is one of `job`'s left-out files: `<job>.<run>.leftout`
+/// with no dot in `<run>` (`Config::leftout_path` encodes them), or a copy
+/// logrotate renamed (`.leftout.3`, `.leftout.3.gz`).
+pub fn of_job(name: &str, job: &str) -> bool {
+    let Some(rest) = name.strip_prefix(job).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let Some((run, suffix)) = rest.split_once(".leftout") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    !run.is_empty()
+        && !run.contains('.')
+        && match suffix.strip_prefix('.') {
+            None => suffix.is_empty(),
+            Some(rotated) => match rotated.split_once('.') {
+                None => digits(rotated),
+                Some((number, extension)) => {
+                    digits(number)
+                        && (1..=4).contains(&extension.len())
+                        && extension.bytes().all(|b| b.is_ascii_alphanumeric())
+                }
+            },
+        }
+}
+
+/// Makes room in `dir` for the job's new left-out file `own`, which may
+/// grow to `reserve` bytes. Of the job's other files (regular files of our
+/// user, never through a symlink), the newest are kept while they number
+/// fewer than `bound.files` and fit `bound.bytes` with `reserve`; all older
+/// ones are removed, except one a run still writes (it holds a flock: it is
+/// kept and counted). Returns how many files were removed and their bytes.
+pub fn prune(dir: &Path, own: &OsStr, bound: &JobBound, reserve: u64) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let euid = unsafe { libc::geteuid() };
+    let mut files = Vec::new();
+    for entry in entries {
+        let Ok(entry) = entry else {
+            continue;
+        };
+        let name = entry.file_name();
+        if name == own || !name.to_str().is_some_and(|n| of_job(n, &bound.job)) {
+            continue;
+        }
+        let path = entry.path();
+        // lstat: a symlink is never followed, nor counted.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_file() && meta.uid() == euid {
+            files.push((
+                (meta.mtime(), meta.mtime_nsec()),
+                meta.len(),
+                meta.ino(),
+                path,
+            ));
+        }
+    }
+    let (mut count, mut bytes, mut full) = (1, reserve, false);
+    let (mut removed, mut freed) = (0, 0);
+    // Newest first, by picking (a few files: no sort routine to link).
+    while let Some(newest) = (0..files.len()).max_by_key(|&i| files[i].0) {
+        let (_, len, ino, path) = files.swap_remove(newest);
+        full = full || count >= bound.files || bytes.saturating_add(len) > bound.bytes;
+        if full && remove_unless_written(&path, ino) {
+            removed += 1;
+            freed += len;
+        } else {
+            count += 1;
+            bytes = bytes.saturating_add(len);
+        }
+    }
+    (removed, freed)
+}
+
+/// Removes the file at `path` if it is still the inode `ino` and no run
+/// holds its flock (one that still writes it).
+fn remove_unless_written(path: &Path, ino: u64) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    file.metadata().is_ok_and(|meta| meta.ino() == ino)
+        && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+        && std::fs::remove_file(path).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unbounded(job: &str) -> JobBound {
+        JobBound {
+            job: job.to_string(),
+            bytes: u64::MAX,
+            files: u64::MAX,
+        }
+    }
 
     #[test]
     fn the_head_goes_live_the_rest_to_the_file_and_the_end_follows_the_line() {
@@ -197,7 +335,7 @@ mod tests {
         let path = dir.join("job.1.leftout");
         let _ = std::fs::remove_file(&path);
         // A 4 MiB cap: a 3.75 MiB head, 256 KiB of tail.
-        let mut cap = OutputCap::new(4 << 20, 1 << 30, path.clone());
+        let mut cap = OutputCap::new(4 << 20, 1 << 30, path.clone(), unbounded("job"));
         let line = |i: usize| format!("line {i:07}\n"); // 13 bytes
         let mut output = String::new();
         let mut sent = String::new();
@@ -225,12 +363,197 @@ mod tests {
     #[test]
     fn what_the_file_cannot_take_is_counted_in_the_line() {
         let path = PathBuf::from("/nonexistent/dir/job.leftout");
-        let mut cap = OutputCap::new(1 << 20, 1 << 30, path);
+        let mut cap = OutputCap::new(1 << 20, 1 << 30, path, unbounded("job"));
         let text = "é".repeat(600_000); // 1.2 MB
         let head = cap.admit(&text);
         assert!(head.len() <= (1 << 20) - (256 << 10));
         let end = cap.finish().expect("passed the cap");
         assert!(end.contains("the first 0 of the"), "{}", &end[..300]);
         assert!(end.contains("cannot create it"), "{}", &end[..300]);
+    }
+}
+
+#[cfg(test)]
+mod pruning {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A fresh directory under the temp dir, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("sp_prune_{name}_{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Dir(dir)
+        }
+
+        /// A file of `len` bytes, last modified `age` minutes ago.
+        fn file(&self, name: &str, len: usize, age: u64) -> PathBuf {
+            let path = self.0.join(name);
+            let file = File::create(&path).expect("create");
+            file.set_len(len as u64).expect("size");
+            let when = SystemTime::now() - Duration::from_secs(60 * age);
+            file.set_modified(when).expect("mtime");
+            path
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn bound(job: &str, mb: u64, files: u64) -> JobBound {
+        JobBound {
+            job: job.to_string(),
+            bytes: mb << 20,
+            files,
+        }
+    }
+
+    #[test]
+    fn a_jobs_files_are_told_from_other_jobs_and_other_files() {
+        for name in [
+            "a.r1.leftout",
+            "a.12345.leftout",
+            "a.r%2E1.leftout",
+            "a.r1.leftout.1",
+            "a.r1.leftout.12.gz",
+            "a.r1.leftout.3.xz",
+        ] {
+            assert!(of_job(name, "a"), "{name} is job a's");
+        }
+        for name in [
+            "a.log",
+            "a.log.1",
+            "a.leftout",
+            "a..leftout",
+            "a.r1.leftout2",
+            "a.r1.leftout.",
+            "a.r1.leftout.x",
+            "a.r1.leftout.1.",
+            "a.r1.leftout.1.leftout",
+            "a.r1.leftout.1.gz.2",
+            "a.r1.leftout-20261207",
+            "ab.r1.leftout",
+            // Job "a.b" (run "r1"), and job "a.b.leftout" (run "7").
+            "a.b.r1.leftout",
+            "a.b.leftout.7.leftout",
+            "sp_wrapper_a.r1.leftout",
+        ] {
+            assert!(!of_job(name, "a"), "{name} is not job a's");
+        }
+        assert!(of_job("a.b.r1.leftout", "a.b"));
+    }
+
+    #[test]
+    fn the_oldest_go_by_count_and_nothing_else_is_touched() {
+        let dir = Dir::new("count");
+        let outside = Dir::new("count_outside");
+        for (i, age) in [50, 40, 30, 20, 10].iter().enumerate() {
+            dir.file(&format!("job.run{i}.leftout"), 1000, *age);
+        }
+        dir.file("job.old.leftout.1", 1000, 500);
+        dir.file("job.older.leftout.2.gz", 1000, 600);
+        dir.file("job.log", 1000, 900);
+        dir.file("job.x.run9.leftout", 1000, 900); // job "job.x"
+        dir.file("other.run1.leftout", 1000, 900);
+        // A symlink and a directory with a job's name: never followed, never removed.
+        let target = outside.file("target", 1000, 900);
+        std::os::unix::fs::symlink(&target, dir.0.join("job.link.leftout")).expect("symlink");
+        std::fs::create_dir(dir.0.join("job.dir.leftout")).expect("dir");
+        let own = dir.file("job.new.leftout", 0, 0);
+        let (removed, freed) = prune(
+            &dir.0,
+            own.file_name().expect("name"),
+            &bound("job", 1024, 3),
+            1 << 20,
+        );
+        assert_eq!((removed, freed), (5, 5000));
+        assert_eq!(
+            dir.names(),
+            [
+                "job.dir.leftout",
+                "job.link.leftout",
+                "job.log",
+                "job.new.leftout",
+                "job.run3.leftout",
+                "job.run4.leftout",
+                "job.x.run9.leftout",
+                "other.run1.leftout"
+            ]
+        );
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn the_oldest_go_by_size_with_room_for_the_new_file() {
+        let dir = Dir::new("size");
+        let mb = 1 << 20;
+        for (i, age) in [40, 30, 20, 10].iter().enumerate() {
+            dir.file(&format!("job.run{i}.leftout"), mb, *age);
+        }
+        // 4 MiB in all, 2 MiB reserved for the new file: two old ones stay.
+        let (removed, freed) = prune(
+            &dir.0,
+            OsStr::new("job.new.leftout"),
+            &bound("job", 4, 100),
+            2 * mb as u64,
+        );
+        assert_eq!((removed, freed), (2, 2 * mb as u64));
+        assert_eq!(dir.names(), ["job.run2.leftout", "job.run3.leftout"]);
+    }
+
+    #[test]
+    fn a_file_a_run_still_writes_is_kept_and_counted() {
+        let dir = Dir::new("busy");
+        let kept_limit = 1 << 20;
+        let run = |name: &str| {
+            OutputCap::new(1 << 20, kept_limit, dir.0.join(name), bound("job", 1024, 1))
+        };
+        // Two overlapping runs pass the cap; each keeps only its own file.
+        let text = "x".repeat(1200 << 10);
+        let mut first = run("job.first.leftout");
+        first.admit(&text);
+        let mut second = run("job.second.leftout");
+        second.admit(&text);
+        assert_eq!(
+            dir.names(),
+            ["job.first.leftout", "job.second.leftout"],
+            "the first run still writes its file"
+        );
+        first.admit("more");
+        assert!(
+            first
+                .finish()
+                .expect("capped")
+                .contains("kept on the minion in")
+        );
+        assert!(
+            second
+                .finish()
+                .expect("capped")
+                .contains("kept on the minion in")
+        );
+        // Both are done: the next run keeps only its own.
+        let mut third = run("job.third.leftout");
+        third.admit(&text);
+        assert_eq!(dir.names(), ["job.third.leftout"]);
+        let kept = std::fs::metadata(dir.0.join("job.third.leftout"))
+            .expect("kept")
+            .len();
+        assert!(kept > 0, "the third run's own file is written");
     }
 }

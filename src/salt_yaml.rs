@@ -1,12 +1,19 @@
-//! A minion configuration file read the way Salt reads it: YAML parsed by
-//! `saphyr-parser` (events only), then composed and constructed here with the
+//! A minion configuration file read the way Salt reads it: whitespace as
+//! libyaml (PyYAML's `CSafeLoader`, Salt's scanner) takes it, made into what
+//! `saphyr-parser` reads the same way (`libyaml_whitespace`: tabs as
+//! separators, line breaks), YAML parsed by `saphyr-parser` (events only),
+//! then composed and constructed here with the
 //! rules of Salt's `SaltYamlSafeLoader` on PyYAML's `SafeLoader`: YAML 1.1
 //! implicit typing of plain scalars (`yes`/`off` are booleans, `0755` is
 //! 755, `0x1F` is 31, `1:30` is 90, `1.5` a float), Salt's leading-zero rule
 //! for ints, timestamps kept as text, merge keys (`<<`) merged as Salt's own
 //! `flatten_mapping` does (explicit keys win), duplicate keys and unknown
-//! tags an error (Salt then skips the file). Pure: text in, value out; used
-//! by `machine_id` on whatever thread resolves the id.
+//! tags an error (Salt then skips the file). The work is bounded
+//! (`MAX_NODES` a document, `WORK_BUDGET` a lookup, shared by its files):
+//! each mapping is flattened once and each node checked once, as Salt's
+//! loader does, and the same pair merged twice is counted, not copied.
+//! Pure: text in, value out; used by `machine_id` on whatever thread
+//! resolves the id.
 //!
 //! Why a parser crate and not our own: the constructs real fleets write
 //! (unindented lists, block scalars, anchors, flow mappings, multi-line
@@ -14,6 +21,7 @@
 //! has no runtime dependencies beyond `arraydeque`, and costs about 60 KiB
 //! of the 1 MiB bound (docs/architecture.md, "Dependencies").
 
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
@@ -90,56 +98,302 @@ impl Value {
 
 /// Nesting deeper than this is refused (PyYAML has no bound but recursion).
 const MAX_DEPTH: usize = 64;
-/// Nodes constructed, counting each alias expansion: bounds a "billion
-/// laughs" file.
-const MAX_NODES: usize = 200_000;
+/// Nodes one document may compose: bounds the memory one file can take
+/// (some 200 bytes a node: under 10 MiB in all for the shipped binary).
+const MAX_NODES: usize = 40_000;
+/// The work one lookup may do, all its files together: a unit per node
+/// composed, per value constructed or checked, `MERGED_PAIR_COST` per pair
+/// a merge produces (each is kept, as Salt keeps its flattened mappings).
+/// Tens of milliseconds, and 6 MiB of merged pairs at most; a real
+/// configuration takes a few thousand units.
+pub const WORK_BUDGET: usize = 1_000_000;
+/// A merged pair's share of `WORK_BUDGET`: 24 bytes kept.
+const MERGED_PAIR_COST: usize = 4;
 
 const YAML_TAG: &str = "tag:yaml.org,2002:";
 
 /// A composed node: what PyYAML's composer builds, before construction.
 #[derive(Debug)]
-enum Node {
+struct Node {
+    kind: Kind,
+    /// A mapping's pairs once flattened: Salt's `flatten_mapping` rewrites
+    /// the node in place, so each mapping is flattened once however many
+    /// aliases merge it.
+    flat: OnceCell<Rc<Vec<Entry>>>,
+    /// Checked without error already: PyYAML constructs each node once,
+    /// however many aliases name it.
+    checked: Cell<bool>,
+    /// As a key being merged: the mapping being flattened (its address)
+    /// and where in its merged pairs this key's first pair is.
+    mark: Cell<(usize, usize)>,
+}
+
+#[derive(Debug)]
+enum Kind {
     Scalar {
-        value: String,
+        value: Box<str>,
         plain: bool,
-        tag: Option<String>,
+        tag: Option<Box<str>>,
     },
     Seq {
-        tag: Option<String>,
+        tag: Option<Box<str>>,
         items: Vec<Rc<Node>>,
     },
     Map {
-        tag: Option<String>,
+        tag: Option<Box<str>>,
         pairs: Vec<(Rc<Node>, Rc<Node>)>,
     },
 }
 
+/// A pair of a flattened mapping, and how many times the merges brought
+/// that very pair (more than once: the same key twice, which Salt rejects).
+/// Counting copies instead of repeating them keeps merges of merges linear
+/// where Salt's list doubles at each level.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Rc<Node>,
+    value: Rc<Node>,
+    copies: usize,
+}
+
+/// What is built of a mapping: everything, nothing (only checked, as Salt
+/// would construct it), or only these top-level keys.
+#[derive(Clone, Copy)]
+enum Build<'k> {
+    All,
+    Nothing,
+    Keys(&'k [&'k str]),
+}
+
 /// `salt.utils.yaml.safe_load(text)`: the single document's value (`Null`
 /// for an empty stream), or why Salt's loader would raise.
+#[cfg(test)]
 pub fn load(text: &str) -> Result<Value, String> {
-    let root = compose(text)?;
-    let mut budget = MAX_NODES;
+    let mut budget = WORK_BUDGET;
+    load_keys(text, None, &mut budget)
+}
+
+/// `load`, with only the top-level keys in `keys` (all when `None`) in the
+/// value: the rest is checked as Salt's loader would construct it, then
+/// dropped. `budget` is the work left to this lookup (`WORK_BUDGET` at its
+/// start); past it, an error.
+pub fn load_keys(text: &str, keys: Option<&[&str]>, budget: &mut usize) -> Result<Value, String> {
+    let root = compose(&libyaml_whitespace(text)?, budget)?;
+    let build = keys.map_or(Build::All, Build::Keys);
     match root {
         None => Ok(Value::Null),
-        Some(node) => construct(&node, 0, &mut budget),
+        Some(node) => construct(&node, 0, budget, build),
     }
+}
+
+fn spend(budget: &mut usize, units: usize) -> Result<(), String> {
+    match budget.checked_sub(units) {
+        Some(left) => {
+            *budget = left;
+            Ok(())
+        }
+        // Spent: the files after this one are not read either.
+        None => {
+            *budget = 0;
+            Err("more YAML work than one lookup may do (merges of merges?)".into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Whitespace as libyaml (Salt's loader, through PyYAML's CSafeLoader) reads
+// it, made into what saphyr reads the same way.
+
+/// Why libyaml refuses line `number`.
+#[inline(never)]
+fn refused(why: &str, number: usize) -> String {
+    format!("{why} (line {number})")
+}
+
+/// The text as saphyr reads it the way libyaml reads the original, changed
+/// in place: the tabs libyaml takes as separators where saphyr (YAML 1.2)
+/// refuses them made spaces (after a value indicator: `key:<TAB>value`;
+/// leading a line of a flow collection or a quoted scalar; on a blank line
+/// a plain scalar takes), which keeps every column as libyaml counts it (a
+/// tab is one); NEL, U+2028 and U+2029, line breaks to libyaml only, made
+/// `\r\n` (with a space before it for the 3-byte ones). An error where
+/// libyaml refuses a tab (in a line's indentation in block context, after
+/// a `-` or `?` indicator or a `:` that starts a line, indenting a block
+/// scalar) and on a control character. Quoted and block scalars keep their
+/// tabs; `\r\n` and `\r` are breaks to both.
+fn libyaml_whitespace(text: &str) -> Result<String, String> {
+    let mut out = text.as_bytes().to_vec();
+    // Open `[`/`{`; the quote of a quoted scalar still open; the
+    // indentation of the line that opened a block scalar.
+    let mut flow = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut block: Option<usize> = None;
+    // The indentation of the line a plain scalar ended, in block context:
+    // libyaml's plain scalar takes the blank lines after it, tabs included
+    // past its indentation.
+    let mut plain_before: Option<usize> = None;
+    let mut number = 0;
+    let mut start = 0;
+    while start <= out.len() {
+        let mut end = start;
+        let next_start = loop {
+            match out[end..] {
+                [] => break end + 1,
+                [b'\r', b'\n', ..] => break end + 2,
+                [b'\n' | b'\r', ..] => break end + 1,
+                [0xc2, 0x85, ..] => {
+                    out[end..end + 2].copy_from_slice(b"\r\n");
+                    break end + 2;
+                }
+                [0xe2, 0x80, 0xa8 | 0xa9, ..] => {
+                    out[end..end + 3].copy_from_slice(b" \r\n");
+                    break end + 3;
+                }
+                _ => end += 1,
+            }
+        };
+        let line_start = start;
+        start = next_start;
+        number += 1;
+        let refuse = |why: &str| Err(refused(why, number));
+        let line = &out[line_start..end];
+        // C0 and C1 controls but tab.
+        let mut previous = 0;
+        for &b in line {
+            if (b < 0x20 && b != b'\t') || b == 0x7f || (previous == 0xc2 && b < 0xa0) {
+                return refuse("a control character");
+            }
+            previous = b;
+        }
+        let spaces = line.iter().take_while(|b| **b == b' ').count();
+        let indent = line
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let blank_line = indent == line.len();
+        if let Some(parent) = block {
+            if blank_line || spaces > parent {
+                if spaces <= parent && line.get(spaces) == Some(&b'\t') {
+                    return refuse("a tab where an indentation space is expected");
+                }
+                continue;
+            }
+            block = None;
+        }
+        if quote.is_some() || flow > 0 || (blank_line && plain_before.is_some_and(|p| spaces > p)) {
+            // Folded away (quoted), skipped (flow) or taken by the plain
+            // scalar before (blank) by libyaml.
+            out[line_start..line_start + indent].fill(b' ');
+        } else if spaces < indent {
+            return refuse("a tab in the indentation");
+        }
+        let mut at = line_start + indent;
+        // Where a token may start: the line's start, after a blank or an
+        // indicator.
+        let mut token_start = quote.is_none();
+        // After a blank (or at the line's start): where `#` starts a comment.
+        let mut after_blank = true;
+        // Inside a plain scalar, where quotes, brackets and `|` are text.
+        let mut plain = false;
+        while at < end {
+            let c = out[at];
+            let next = if at + 1 < end {
+                Some(out[at + 1])
+            } else {
+                None
+            };
+            let blank = matches!(c, b' ' | b'\t');
+            let blank_after = matches!(next, None | Some(b' ' | b'\t'));
+            at += 1;
+            if let Some(open) = quote {
+                if c == b'\\' && open == b'"' {
+                    at += 1;
+                } else if c == open {
+                    if open == b'\'' && next == Some(b'\'') {
+                        at += 1;
+                    } else {
+                        quote = None;
+                    }
+                }
+                continue;
+            }
+            if c == b'#' && after_blank {
+                plain = false;
+                break;
+            }
+            if token_start && flow == 0 {
+                match (c, next) {
+                    (b'-' | b'?', Some(b'\t')) => return refuse("a tab after a block indicator"),
+                    (b':', Some(b'\t')) if at == line_start + indent + 1 => {
+                        return refuse("a tab after a complex key's ':'");
+                    }
+                    (b'|' | b'>', _) => {
+                        block = Some(spaces);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if token_start && (c == b'"' || c == b'\'') {
+                quote = Some(c);
+                continue;
+            }
+            if c == b':' && (blank_after || (flow > 0 && matches!(next, Some(b',' | b']' | b'}'))))
+            {
+                while at < end && matches!(out[at], b' ' | b'\t') {
+                    out[at] = b' ';
+                    at += 1;
+                }
+                token_start = true;
+                after_blank = true;
+                plain = false;
+                continue;
+            }
+            let indicator = (matches!(c, b'-' | b'?') && blank_after)
+                || matches!(c, b'&' | b'*' | b'!')
+                || (matches!(c, b'[' | b'{') && (token_start || flow > 0))
+                || (flow > 0 && matches!(c, b',' | b']' | b'}'));
+            if token_start && !blank && !indicator {
+                plain = true;
+            }
+            match c {
+                b'[' | b'{' if indicator => flow += 1,
+                b']' | b'}' if indicator => flow -= 1,
+                _ => {}
+            }
+            if flow > 0 && matches!(c, b',' | b']' | b'}') {
+                plain = false;
+            }
+            token_start = (blank && !plain)
+                || (flow > 0 && matches!(c, b',' | b'[' | b'{'))
+                || (token_start && matches!(c, b'-' | b'?') && blank_after);
+            after_blank = blank;
+        }
+        if !blank_line {
+            plain_before = (plain && flow == 0 && quote.is_none()).then_some(spaces);
+        }
+    }
+    // Only ASCII was changed, for ASCII.
+    String::from_utf8(out).map_err(|_| "not UTF-8 text".to_string())
 }
 
 // ---------------------------------------------------------------------------
 // Composition: events to nodes, anchors resolved.
 
-struct Composer<'a> {
+struct Composer<'a, 'b> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
     anchors: Vec<(usize, Rc<Node>)>,
-    /// Nodes made so far, aliases included (the same bound as construction).
+    /// Nodes made so far, aliases included.
     made: usize,
+    budget: &'b mut usize,
 }
 
-fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
+fn compose(text: &str, budget: &mut usize) -> Result<Option<Rc<Node>>, String> {
     let mut composer = Composer {
         events: Parser::new_from_str(text),
         anchors: Vec::new(),
         made: 0,
+        budget,
     };
     let mut root = None;
     let mut documents = 0;
@@ -162,7 +416,11 @@ fn compose(text: &str) -> Result<Option<Rc<Node>>, String> {
     Ok(root)
 }
 
-impl<'a> Composer<'a> {
+fn tag_text(tag: Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Option<Box<str>> {
+    tag.map(|t| format!("{}{}", t.handle, t.suffix).into_boxed_str())
+}
+
+impl<'a> Composer<'a, '_> {
     fn next(&mut self) -> Result<Event<'a>, String> {
         match self.events.next() {
             Some(Ok((event, _))) => Ok(event),
@@ -177,9 +435,12 @@ impl<'a> Composer<'a> {
         }
         self.made += 1;
         if self.made > MAX_NODES {
-            return Err(format!("more than {MAX_NODES} nodes"));
+            // A bound of the agent's, not Salt's: the lookup stops here.
+            *self.budget = 0;
+            return Err(format!("more than {MAX_NODES} YAML nodes"));
         }
-        let (node, anchor) = match event {
+        spend(self.budget, 1)?;
+        let (kind, anchor) = match event {
             Event::Alias(id) => {
                 return self
                     .anchors
@@ -190,10 +451,10 @@ impl<'a> Composer<'a> {
                     .ok_or_else(|| "found undefined alias".to_string());
             }
             Event::Scalar(value, style, anchor, tag) => (
-                Node::Scalar {
-                    value: value.into_owned(),
+                Kind::Scalar {
+                    value: value.into_owned().into_boxed_str(),
                     plain: style == ScalarStyle::Plain,
-                    tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
+                    tag: tag_text(tag),
                 },
                 anchor,
             ),
@@ -205,8 +466,8 @@ impl<'a> Composer<'a> {
                         event => items.push(self.node(event, depth + 1)?),
                     }
                 }
-                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                (Node::Seq { tag, items }, anchor)
+                let tag = tag_text(tag);
+                (Kind::Seq { tag, items }, anchor)
             }
             Event::MappingStart(anchor, tag) => {
                 let mut pairs = Vec::new();
@@ -219,12 +480,17 @@ impl<'a> Composer<'a> {
                     let value = self.node(event, depth + 1)?;
                     pairs.push((key, value));
                 }
-                let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                (Node::Map { tag, pairs }, anchor)
+                let tag = tag_text(tag);
+                (Kind::Map { tag, pairs }, anchor)
             }
             _ => return Err("unexpected event inside a node".into()),
         };
-        let node = Rc::new(node);
+        let node = Rc::new(Node {
+            kind,
+            flat: OnceCell::new(),
+            checked: Cell::new(false),
+            mark: Cell::new((0, 0)),
+        });
         if anchor != 0 {
             self.anchors.push((anchor, node.clone()));
         }
@@ -235,35 +501,54 @@ impl<'a> Composer<'a> {
 // ---------------------------------------------------------------------------
 // Construction: SafeConstructor with Salt's overrides.
 
-fn construct(node: &Node, depth: usize, budget: &mut usize) -> Result<Value, String> {
+/// The value of `node` (`Build::All`, or the top-level keys asked for), or
+/// only a check that Salt's loader would construct it (`Build::Nothing`:
+/// `Null` back, each node checked once).
+fn construct(node: &Node, depth: usize, budget: &mut usize, build: Build) -> Result<Value, String> {
     if depth > MAX_DEPTH {
         return Err(format!("nested deeper than {MAX_DEPTH} levels"));
     }
-    if *budget == 0 {
-        return Err(format!("more than {MAX_NODES} values (aliases expanded)"));
+    let check_only = matches!(build, Build::Nothing);
+    if check_only && node.checked.get() {
+        return Ok(Value::Null);
     }
-    *budget -= 1;
-    match node {
-        Node::Scalar { value, plain, tag } => construct_scalar(value, *plain, tag.as_deref()),
-        Node::Seq { tag, items } => match tag.as_deref().map(core_tag) {
-            None | Some("!" | "seq") => Ok(Value::Seq(
-                items
-                    .iter()
-                    .map(|item| construct(item, depth + 1, budget))
-                    .collect::<Result<_, _>>()?,
-            )),
-            Some("omap" | "pairs") => Ok(Value::Opaque("omap")),
-            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
-        },
-        Node::Map { tag, pairs } => match tag.as_deref().map(core_tag) {
-            None | Some("!" | "map") => construct_mapping(pairs, depth, budget),
-            Some("set") => {
-                construct_mapping(pairs, depth, budget)?;
-                Ok(Value::Opaque("set"))
+    spend(budget, 1)?;
+    // Below the top, what is built is all or nothing.
+    let inner = if check_only {
+        Build::Nothing
+    } else {
+        Build::All
+    };
+    let value = match &node.kind {
+        Kind::Scalar { value, plain, tag } => construct_scalar(value, *plain, tag.as_deref())?,
+        Kind::Seq { tag, items } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "seq") => {
+                let mut values = Vec::new();
+                for item in items {
+                    let value = construct(item, depth + 1, budget, inner)?;
+                    if !check_only {
+                        values.push(value);
+                    }
+                }
+                Value::Seq(values)
             }
-            Some(other) => Err(format!("could not determine a constructor for {other:?}")),
+            Some("omap" | "pairs") => Value::Opaque("omap"),
+            Some(other) => return Err(format!("could not determine a constructor for {other:?}")),
         },
+        Kind::Map { tag, .. } => match tag.as_deref().map(core_tag) {
+            None | Some("!" | "map") => construct_mapping(node, depth, budget, build)?,
+            Some("set") => {
+                construct_mapping(node, depth, budget, Build::Nothing)?;
+                Value::Opaque("set")
+            }
+            Some(other) => return Err(format!("could not determine a constructor for {other:?}")),
+        },
+    };
+    if check_only {
+        node.checked.set(true);
+        return Ok(Value::Null);
     }
+    Ok(value)
 }
 
 /// `tag:yaml.org,2002:str` -> `str`; any other tag unchanged.
@@ -273,13 +558,13 @@ fn core_tag(tag: &str) -> &str {
 
 fn construct_scalar(value: &str, plain: bool, tag: Option<&str>) -> Result<Value, String> {
     let tag = match tag {
-        Some(tag) if tag != "!" => core_tag(tag).to_string(),
+        Some(tag) if tag != "!" => core_tag(tag),
         // `!` and quoted scalars: a string; plain ones by their look.
-        Some(_) => "str".to_string(),
-        None if !plain => "str".to_string(),
-        None => implicit_tag(value).to_string(),
+        Some(_) => "str",
+        None if !plain => "str",
+        None => implicit_tag(value),
     };
-    match tag.as_str() {
+    match tag {
         "str" | "timestamp" | "python/unicode" => Ok(Value::Str(value.to_string())),
         "null" => Ok(Value::Null),
         "bool" => match value.to_ascii_lowercase().as_str() {
@@ -292,93 +577,167 @@ fn construct_scalar(value: &str, plain: bool, tag: Option<&str>) -> Result<Value
         "int" => Ok(int_value(value).map_or(Value::Opaque("int"), Value::Int)),
         "float" => Ok(float_repr(value).map_or(Value::Opaque("float"), Value::Float)),
         "binary" => Ok(Value::Opaque("bytes")),
-        "merge" | "value" => Err(format!("could not determine a constructor for {tag:?}")),
         other => Err(format!("could not determine a constructor for {other:?}")),
     }
 }
 
-/// Salt's `flatten_mapping` then `construct_mapping`.
+/// Salt's `flatten_mapping` then `construct_mapping` of the mapping `node`.
 fn construct_mapping(
-    pairs: &[(Rc<Node>, Rc<Node>)],
+    node: &Node,
     depth: usize,
     budget: &mut usize,
+    build: Build,
 ) -> Result<Value, String> {
-    let pairs = flatten(pairs, 0)?;
-    let mut mapping: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
-    let mut seen: Vec<String> = Vec::with_capacity(pairs.len());
-    for (key_node, value_node) in pairs {
-        let key = construct(&key_node, depth + 1, budget)?;
+    let entries = flatten(node, 0, budget)?;
+    let mut mapping: Vec<(Value, Value)> = Vec::new();
+    let mut identities: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries.iter() {
+        // Salt's flatten_mapping makes a `=` key (YAML's value key) a string.
+        let key = match &entry.key.kind {
+            Kind::Scalar {
+                value,
+                plain: true,
+                tag: None,
+            } if &**value == "=" => Value::Str("=".into()),
+            _ => construct(&entry.key, depth + 1, budget, Build::All)?,
+        };
         let Some(identity) = key_identity(&key) else {
             return Err(format!("found unacceptable key ({})", key.type_name()));
         };
-        let value = construct(&value_node, depth + 1, budget)?;
-        if !identity.is_empty() && seen.contains(&identity) {
+        if entry.copies > 1 {
             return Err(format!("found conflicting ID {identity:?}"));
         }
-        seen.push(identity);
-        mapping.push((key, value));
+        let wanted = match build {
+            Build::All => true,
+            Build::Nothing => false,
+            Build::Keys(keys) => matches!(&key, Value::Str(s) if keys.contains(&s.as_str())),
+        };
+        if wanted {
+            let value = construct(&entry.value, depth + 1, budget, Build::All)?;
+            mapping.push((key, value));
+        } else {
+            construct(&entry.value, depth + 1, budget, Build::Nothing)?;
+        }
+        // NaN equals nothing, not even itself.
+        if !identity.is_empty() {
+            identities.push(identity);
+        }
+    }
+    identities.sort();
+    if let Some(pair) = identities.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("found conflicting ID {:?}", pair[0]));
     }
     Ok(Value::Map(mapping))
 }
 
-type Pair = (Rc<Node>, Rc<Node>);
+fn is_merge_key(key: &Node) -> bool {
+    match &key.kind {
+        Kind::Scalar { value, plain, tag } => match tag.as_deref() {
+            Some(tag) => core_tag(tag) == "merge",
+            None => *plain && &**value == "<<",
+        },
+        _ => false,
+    }
+}
 
-/// Salt's `flatten_mapping`: `<<` values (a mapping, or a list of them, the
-/// later ones first) go before the explicit pairs, minus the keys whose
-/// text an explicit key already has.
-fn flatten(pairs: &[Pair], depth: usize) -> Result<Vec<Pair>, String> {
+/// A scalar key's text (what Salt's flatten compares), `None` for others.
+fn key_text(key: &Node) -> Option<&str> {
+    match &key.kind {
+        Kind::Scalar { value, .. } => Some(value),
+        _ => None,
+    }
+}
+
+/// Salt's `flatten_mapping`, once per node: `<<` values (a mapping, or a
+/// list of them, the later ones first) go before the explicit pairs, minus
+/// the keys whose text an explicit key already has. The same pair brought
+/// twice is one entry with two copies (order does not matter: a mapping
+/// Salt accepts has each key once).
+fn flatten(node: &Node, depth: usize, budget: &mut usize) -> Result<Rc<Vec<Entry>>, String> {
+    if let Some(done) = node.flat.get() {
+        return Ok(done.clone());
+    }
+    let Kind::Map { pairs, .. } = &node.kind else {
+        return Err("expected a mapping for merging".into());
+    };
     if depth > MAX_DEPTH {
         return Err(format!("merges nested deeper than {MAX_DEPTH}"));
     }
-    let mut merge: Vec<Pair> = Vec::new();
-    let mut explicit: Vec<Pair> = Vec::new();
+    let mut explicit: Vec<Entry> = Vec::new();
+    let mut merged: Vec<&Node> = Vec::new();
     for (key, value) in pairs {
-        let is_merge = match &**key {
-            Node::Scalar { value, plain, tag } => match tag.as_deref() {
-                Some(tag) => core_tag(tag) == "merge",
-                None => *plain && value == "<<",
-            },
-            _ => false,
-        };
-        if !is_merge {
-            explicit.push((key.clone(), value.clone()));
-            continue;
+        if is_merge_key(key) {
+            merged.push(value);
+        } else {
+            explicit.push(Entry {
+                key: key.clone(),
+                value: value.clone(),
+                copies: 1,
+            });
         }
-        match &**value {
-            Node::Map { pairs, .. } => merge.extend(flatten(pairs, depth + 1)?),
-            Node::Seq { items, .. } => {
-                let mut submerge = Vec::new();
-                for item in items {
-                    let Node::Map { pairs, .. } = &**item else {
-                        return Err("expected a mapping for merging".into());
-                    };
-                    submerge.push(flatten(pairs, depth + 1)?);
+    }
+    if merged.is_empty() {
+        let flat = Rc::new(explicit);
+        let _ = node.flat.set(flat.clone());
+        return Ok(flat);
+    }
+    // The texts of the explicit keys, sorted: merged pairs with one of
+    // them are dropped.
+    let mut texts: Vec<String> = explicit
+        .iter()
+        .filter_map(|e| key_text(&e.key).map(str::to_string))
+        .collect();
+    texts.sort();
+    let stamp = node as *const Node as usize;
+    let mut merge: Vec<Entry> = Vec::new();
+    for value in merged {
+        let sources: Vec<Rc<Vec<Entry>>> = match &value.kind {
+            Kind::Map { .. } => vec![flatten(value, depth + 1, budget)?],
+            Kind::Seq { items, .. } => {
+                let mut sources = Vec::with_capacity(items.len());
+                for item in items.iter().rev() {
+                    sources.push(flatten(item, depth + 1, budget)?);
                 }
-                submerge.reverse();
-                merge.extend(submerge.into_iter().flatten());
+                sources
             }
-            Node::Scalar { .. } => {
+            Kind::Scalar { .. } => {
                 return Err("expected a mapping or list of mappings for merging".into());
             }
+        };
+        for source in sources {
+            spend(budget, source.len().saturating_mul(MERGED_PAIR_COST))?;
+            for entry in source.iter() {
+                let overridden = key_text(&entry.key)
+                    .is_some_and(|text| texts.binary_search_by(|t| t.as_str().cmp(text)).is_ok());
+                if !overridden {
+                    add_copies(&mut merge, entry, stamp);
+                }
+            }
         }
     }
-    if merge.is_empty() {
-        return Ok(explicit);
+    merge.extend(explicit);
+    let flat = merge;
+    let flat = Rc::new(flat);
+    let _ = node.flat.set(flat.clone());
+    Ok(flat)
+}
+
+/// Add `entry` to the pairs `merge` of the mapping `stamp` names, or, when
+/// that very pair is there already (found through its key's mark), add its
+/// copies to that one.
+fn add_copies(merge: &mut Vec<Entry>, entry: &Entry, stamp: usize) {
+    let (marked, at) = entry.key.mark.get();
+    if marked == stamp {
+        if let Some(same) = merge
+            .get_mut(at)
+            .filter(|same| Rc::ptr_eq(&same.value, &entry.value))
+        {
+            same.copies = same.copies.saturating_add(entry.copies);
+            return;
+        }
     }
-    let raw = |node: &Node| match node {
-        Node::Scalar { value, .. } => Some(value.clone()),
-        _ => None,
-    };
-    let existing: Vec<Option<String>> = explicit.iter().map(|(k, _)| raw(k)).collect();
-    let mut flattened: Vec<Pair> = merge
-        .into_iter()
-        .filter(|(k, _)| {
-            let text = raw(k);
-            text.is_none() || !existing.contains(&text)
-        })
-        .collect();
-    flattened.extend(explicit);
-    Ok(flattened)
+    entry.key.mark.set((stamp, merge.len()));
+    merge.push(entry.clone());
 }
 
 /// What Python's dict compares keys by (`1 == 1.0 == True`); `None` for an
@@ -798,5 +1157,105 @@ mod tests {
             ));
         }
         assert!(load(&text).is_err());
+        // Checked once per node, as PyYAML constructs each node once: only
+        // the keys asked for are built (Salt 3008.3 reads this file).
+        text.push_str("id: after-the-bomb\n");
+        let mut budget = WORK_BUDGET;
+        let top = load_keys(&text, Some(&["id"]), &mut budget).expect("accepted");
+        assert_eq!(
+            top,
+            Value::Map(vec![(
+                Value::Str("id".into()),
+                Value::Str("after-the-bomb".into())
+            )])
+        );
+        assert!(
+            WORK_BUDGET - budget < 1000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+    }
+
+    /// Whitespace as libyaml reads it (tests/salt_id compares the files
+    /// with Salt's own reading).
+    #[test]
+    fn tabs_and_line_breaks_as_libyaml_reads_them() {
+        for (text, expected) in [
+            ("id:\ttabbed\n", "tabbed"),
+            ("id:\t\tx\t# c\r\n", "x"),
+            ("master: m\rid: cr\r", "cr"),
+            ("{id:\tflow,\tm: x}", "flow"),
+            ("id: 'a\tb'\n", "a\tb"),
+            ("id: \"multi\n\tline\"\n", "multi line"),
+            ("id: |\n  a:\tb\n", "a:\tb\n"),
+            ("\u{feff}id:\tbom\r\n", "bom"),
+        ] {
+            assert_eq!(id(text), Ok(Some(expected.to_string())), "{text:?}");
+        }
+        for text in [
+            "\tid: x\n",
+            "id: x\n\t\n",
+            "m:\n-\ta\nid: x\n",
+            "? id\n:\tx\n",
+            "id: |\n\tx\n",
+            "id: x\u{c}\n",
+        ] {
+            assert!(load(text).is_err(), "{text:?} should be rejected");
+        }
+    }
+
+    /// Salt flattens each mapping once (in place); the same pair merged
+    /// twice is a duplicate key it rejects, however deep the merges nest:
+    /// counted, not copied, so 60 doubling levels cost a few units a level.
+    #[test]
+    fn merges_of_merges_are_linear() {
+        let mut doubling = String::from("defs:\n  l0: &l0 {a: 1}\n");
+        let mut chained = String::from("l0: &l0 {a: 1}\n");
+        for level in 1..=60 {
+            let below = level - 1;
+            doubling.push_str(&format!(
+                "  l{level}: &l{level} {{<<: [*l{below}, *l{below}]}}\n"
+            ));
+            chained.push_str(&format!(
+                "l{level}: &l{level} {{<<: *l{below}, n{level}: {{<<: *l{below}}}}}\n"
+            ));
+        }
+        let mut budget = WORK_BUDGET;
+        let rejected = load_keys(
+            &format!("{doubling}<<: *l60\nid: x\n"),
+            Some(&["id"]),
+            &mut budget,
+        );
+        assert!(rejected.is_err_and(|why| why.contains("conflicting")));
+        assert!(
+            WORK_BUDGET - budget < 2000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+        // A key an explicit one overrides is dropped with all its copies
+        // (the mapping that has it twice is only merged, never built).
+        assert_eq!(
+            id("b: &b {a: 1}\nx: {<<: {<<: [*b, *b]}, a: 2}\nid: kept\n"),
+            Ok(Some("kept".into()))
+        );
+        // No duplicate: accepted, the inner merges linear too.
+        let mut budget = WORK_BUDGET;
+        let accepted = load_keys(
+            &format!("{chained}id: chained\n"),
+            Some(&["id"]),
+            &mut budget,
+        );
+        assert_eq!(
+            accepted.map(|v| v.get("id").cloned()),
+            Ok(Some(Value::Str("chained".into())))
+        );
+        assert!(
+            WORK_BUDGET - budget < 20_000,
+            "{} units",
+            WORK_BUDGET - budget
+        );
+        // Two mappings merged with the same key: Salt's duplicate too.
+        assert!(load("<<: [{a: 1}, {a: 2}]\n").is_err());
+        assert_eq!(id("<<: [{id: a}, {b: 2}]\n"), Ok(Some("a".into())));
     }
 }

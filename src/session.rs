@@ -37,11 +37,8 @@ pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
 const MAX_COMPLETE_ATTEMPTS: u32 = 5;
 /// Output messages in flight at once: enough to keep the pipe full, few
 /// enough that a dropped connection leaves little in doubt (docs/delivery.md).
+/// The bytes in flight follow the link (`pacing.rs`).
 pub const WINDOW: usize = 8;
-/// ... and at most this many bytes of output in flight (one message always
-/// may be): each in-flight message briefly exists twice, as a batch and as a
-/// frame, so this bounds the memory beyond SP_BUFFER_MAX_MB.
-pub const WINDOW_BYTES: usize = 4 << 20;
 
 /// Longest piece of a server-supplied string that reaches the log. A hostile
 /// server may send 1 MiB strings on every frame; the log must not become the
@@ -74,6 +71,8 @@ pub struct Settings {
     /// starttime, the same on every (re)send.
     pub spawned_at: SystemTime,
     pub output_interval: Duration,
+    /// `DELIVERY_WINDOW`, or shorter in tests (`live::session`).
+    pub delivery_window: Duration,
 }
 
 /// How the run ended.
@@ -101,6 +100,10 @@ struct Conn {
     /// Last time in-flight output got an ACK (or started being in flight).
     ack_progress: Instant,
     complete_sent: Option<Instant>,
+    /// We asked the link to close this connection: nothing more is sent on
+    /// it, but its ACKs still count until the link reports it gone (the
+    /// server may still be reading what we sent; see `reconnect`).
+    closing: bool,
 }
 
 /// The deadlines the session owns.
@@ -134,6 +137,12 @@ pub struct Session {
     /// Last delivery progress: an ACK for output or a start not ACKed before.
     last_progress: Instant,
     connect_failures: u32,
+    /// Connections in a row that ended with nothing ACKed on them: past a
+    /// few, the log says only every power of two (a server that closes at
+    /// once must not grow the log by lines per attempt forever).
+    fruitless_connections: u64,
+    /// Something was ACKed on the current connection.
+    conn_fruitful: bool,
     complete_attempts: u32,
     /// The job's result, once the job is finished.
     finished: Option<Finished>,
@@ -170,6 +179,8 @@ impl Session {
             began,
             last_progress: began,
             connect_failures: 0,
+            fruitless_connections: 0,
+            conn_fruitful: false,
             complete_attempts: 0,
             finished: None,
             next_heartbeat: began + HEARTBEAT_INTERVAL,
@@ -181,9 +192,9 @@ impl Session {
         }
     }
 
-    /// The server has this run's `start` already (a daemon that died sent
-    /// it): never send another, which would reset the recorded output.
-    pub fn with_start_already_sent(mut self) -> Self {
+    /// The server ACKed this run's `start` already (to a daemon that died):
+    /// never send another, which would reset the recorded output.
+    pub fn with_start_acked(mut self) -> Self {
         self.start_acked = true;
         self
     }
@@ -258,6 +269,7 @@ impl Session {
     ) -> Option<Request> {
         match event {
             LinkEvent::Identified { machine } => {
+                effects.machine_identified(&machine);
                 self.encoder = Encoder::new(
                     &self.settings.job_name,
                     &self.settings.job_instance,
@@ -268,16 +280,32 @@ impl Session {
             LinkEvent::Connected { generation } => self.on_connected(generation, now, effects),
             LinkEvent::Disconnected { generation, reason } => {
                 if self.is_current(generation) {
-                    log::warn!("connection lost: {reason}");
+                    let closing = self.conn.as_ref().is_some_and(|c| c.closing);
+                    if self.conn_fruitful {
+                        self.fruitless_connections = 0;
+                    } else {
+                        self.fruitless_connections += 1;
+                    }
+                    let n = self.fruitless_connections;
+                    if closing {
+                        log::debug!("connection closed: {reason}");
+                    } else if n > 3 && self.worth_logging() {
+                        log::warn!(
+                            "connection lost: {reason} ({n} connections in a row got nothing acknowledged)"
+                        );
+                    } else if self.worth_logging() {
+                        log::warn!("connection lost: {reason}");
+                    }
                     self.conn = None;
                     self.outbox.on_disconnect();
+                    self.pacer.forget_in_flight();
                 }
             }
             LinkEvent::ConnectFailed { reason } => {
                 self.connect_failures += 1;
                 if self.connect_failures == 1 {
                     log::warn!("cannot reach the server (retrying every 2 s): {reason}");
-                } else {
+                } else if self.connect_failures.is_power_of_two() {
                     log::debug!(
                         "connection attempt {} failed: {reason}",
                         self.connect_failures
@@ -294,10 +322,15 @@ impl Session {
                     return self.on_frame(frame, now, effects);
                 }
             }
-            // Any generation: the link's speed does not change with a reconnect.
-            LinkEvent::Sent { bytes, took } => self.on_frame_sent(bytes, took),
         }
         None
+    }
+
+    /// Whether a connection's coming and going is worth a log line: the
+    /// first few of a fruitless run, then every power of two.
+    fn worth_logging(&self) -> bool {
+        let n = self.fruitless_connections;
+        n <= 3 || n.is_power_of_two()
     }
 
     fn on_connected(&mut self, generation: u64, now: Instant, effects: &mut impl Effects) {
@@ -306,11 +339,13 @@ impl Session {
                 "connected to the server after {} failed attempts",
                 self.connect_failures
             );
-        } else {
+        } else if self.worth_logging() {
             log::info!("connected to the server");
         }
         self.connect_failures = 0;
+        self.conn_fruitful = false;
         self.outbox.on_disconnect();
+        self.pacer.forget_in_flight();
         self.conn = Some(Conn {
             generation,
             connect_acked: false,
@@ -318,6 +353,7 @@ impl Session {
             opened: now,
             ack_progress: now,
             complete_sent: None,
+            closing: false,
         });
         let wall = crate::clock::now();
         self.send(effects, self.encoder.connect(wall));
@@ -330,7 +366,6 @@ impl Session {
                 &self.settings.version,
             );
             self.send(effects, start);
-            effects.start_sent();
         }
         let (last_acked, next) = (
             self.outbox.last_acked_wire_seq(),
@@ -339,20 +374,24 @@ impl Session {
         self.send(effects, self.encoder.sync_request(wall, last_acked, next));
     }
 
-    /// The link timed a frame: output messages follow its speed (`pacing.rs`).
-    fn on_frame_sent(&mut self, bytes: usize, took: Duration) {
+    /// An ACK retired `bytes` of output: messages and the bytes in flight
+    /// follow the delivery rate (`pacing.rs`).
+    fn on_output_acked(&mut self, bytes: usize, now: Instant) {
         let before = self.pacer.limit();
-        if let Some(limit) = self.pacer.on_frame_sent(bytes, took) {
+        if let Some(limit) = self.pacer.on_acked(bytes, now) {
             self.outbox.set_send_limit(limit);
-            let line = format!(
-                "output messages now at most {limit} bytes (a {bytes}-byte frame took {} ms on the link)",
-                took.as_millis() as u64
-            );
-            if limit < before {
-                log::info!("slow link: {line}");
+            // A shrink is news for whoever reads the log; growth is routine.
+            let (level, what) = if limit < before {
+                (log::Level::Info, "slow link:")
             } else {
-                log::debug!("{line}");
-            }
+                (log::Level::Debug, "link:")
+            };
+            log::log!(
+                level,
+                "{what} output messages now at most {limit} bytes, {} in flight (the server acknowledges {} bytes/s)",
+                self.pacer.budget(),
+                self.pacer.rate().unwrap_or(0)
+            );
         }
     }
 
@@ -391,7 +430,11 @@ impl Session {
                 kind: AckKind::Start,
                 ..
             } => {
+                self.conn_fruitful = true;
                 if !self.start_acked {
+                    // Told first: output follows from now on, and the
+                    // guardian must then never send `start` again.
+                    effects.start_acked();
                     log::info!("server acknowledged the start");
                     self.last_progress = now;
                 }
@@ -402,11 +445,14 @@ impl Session {
                 kind: AckKind::Output,
                 seq: Some(seq),
             } => {
-                if self.outbox.on_ack(seq) > 0 {
+                let bytes = self.outbox.on_ack(seq);
+                if bytes > 0 {
                     self.last_progress = now;
+                    self.conn_fruitful = true;
                     if let Some(conn) = self.conn.as_mut() {
                         conn.ack_progress = now;
                     }
+                    self.on_output_acked(bytes, now);
                 }
             }
             Inbound::Ack {
@@ -430,6 +476,9 @@ impl Session {
             Inbound::Ack { .. } => {}
             Inbound::Nack { expected_seq } => {
                 let outcome = self.outbox.on_nack(expected_seq);
+                if outcome == crate::outbox::NackOutcome::Resend {
+                    self.pacer.forget_in_flight();
+                }
                 log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
             }
             Inbound::SyncResponse { last_seq } => {
@@ -507,6 +556,7 @@ impl Session {
             log::warn!("server did not acknowledge the start (unknown instance or machine?)");
         }
         self.outbox.on_sync(last_seq.unwrap_or(-1));
+        self.pacer.forget_in_flight();
         log::debug!(
             "synced: last_seq {last_seq:?}, next wire seq {}",
             self.outbox.next_wire_seq()
@@ -523,16 +573,17 @@ impl Session {
         self.last_seal = Some(now);
     }
 
-    /// When delivery is abandoned: `DELIVERY_WINDOW` after the later of the
+    /// When delivery is abandoned: the delivery window after the later of the
     /// job's end and the last delivery progress.
     fn delivery_deadline(&self) -> Option<Instant> {
         self.finished
-            .map(|finished| finished.at.max(self.last_progress) + DELIVERY_WINDOW)
+            .map(|finished| finished.at.max(self.last_progress) + self.settings.delivery_window)
     }
 
     /// Every deadline the session has now, each once.
     fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> {
-        let conn = self.conn.as_ref();
+        // A closing connection has nothing more to check: the link ends it.
+        let conn = self.conn.as_ref().filter(|c| !c.closing);
         // Open output with no seal yet is due at once (from the beginning).
         let seal = (self.outbox.open_bytes() > 0).then(|| self.batch_due().unwrap_or(self.began));
         let sync = conn.filter(|c| !c.synced).map(|c| c.opened + SYNC_TIMEOUT);
@@ -571,9 +622,7 @@ impl Session {
                 Deadline::Heartbeat => {
                     // Also while killing and while delivering after the end,
                     // so the server does not declare the machine lost (253).
-                    if self.conn.is_some() {
-                        self.send(effects, self.encoder.heartbeat(crate::clock::now()));
-                    }
+                    self.send(effects, self.encoder.heartbeat(crate::clock::now()));
                     while self.next_heartbeat <= now {
                         self.next_heartbeat += HEARTBEAT_INTERVAL;
                     }
@@ -596,7 +645,7 @@ impl Session {
                 Deadline::GiveUp => self.give_up(
                     &format!(
                         "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
-                        DELIVERY_WINDOW.as_secs()
+                        self.settings.delivery_window.as_secs()
                     ),
                     effects,
                 ),
@@ -611,16 +660,30 @@ impl Session {
         }
     }
 
-    /// Drop the current connection: the link reconnects.
+    /// Drop the current connection: the link closes it and reconnects.
+    ///
+    /// Not at once: what we sent may still be on its way to the server (in
+    /// a slow link's queue), and the server appends it when it comes. The
+    /// real endpoint keeps its sequence state per job instance and machine,
+    /// not per socket: a new socket's `connect` resets it, the old socket's
+    /// late messages are then judged by the new socket's numbers, and when
+    /// the old socket's handler ends it deletes the state, after which the
+    /// server appends our output without ACKing it, so we send it again and
+    /// it is recorded twice (issue 24). So the link sends a close frame
+    /// behind what it sent and waits (bounded) for the server to close the
+    /// socket, and the ACKs that come meanwhile still retire output; only
+    /// then is the connection gone (`LinkEvent::Disconnected`) and a new one
+    /// opened.
     fn reconnect(&mut self, reason: String, effects: &mut impl Effects) {
-        if let Some(conn) = self.conn.take() {
-            log::warn!("reconnecting: {reason}");
-            self.outbox.on_disconnect();
-            effects.link(LinkCommand::Drop {
-                generation: conn.generation,
-                reason,
-            });
-        }
+        let Some(conn) = self.conn.as_mut().filter(|c| !c.closing) else {
+            return;
+        };
+        log::warn!("reconnecting: {reason}");
+        conn.closing = true;
+        effects.link(LinkCommand::Drop {
+            generation: conn.generation,
+            reason,
+        });
     }
 
     /// Stop delivering: undelivered output goes to the log.
@@ -681,7 +744,7 @@ impl Session {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        if !conn.synced || self.outcome.is_some() {
+        if !conn.synced || conn.closing || self.outcome.is_some() {
             return;
         }
         let generation = conn.generation;
@@ -694,7 +757,12 @@ impl Session {
                 }
             }
             let wall = crate::clock::now();
-            while let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, WINDOW_BYTES) {
+            while self.pacer.may_send(now) {
+                let budget = self.pacer.budget();
+                let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, budget) else {
+                    break;
+                };
+                self.pacer.on_sent(batch.text.len(), now);
                 let buffer = self.frames.take(batch.text.len() + 256);
                 let frame = self
                     .encoder
@@ -708,6 +776,9 @@ impl Session {
         };
         let ready = self.outbox.is_empty() || (self.start_ignored && !self.start_acked);
         if ready && !self.complete_pending() {
+            if self.complete_attempts == 0 && self.outbox.is_empty() {
+                effects.complete_sent();
+            }
             self.complete_attempts += 1;
             // The main process's exit time, not now: the server stores it as
             // the run's endtime, however long delivery took.
@@ -728,9 +799,10 @@ impl Session {
         }
     }
 
-    /// Send `frame` on the current connection, if there is one.
+    /// Send `frame` on the current connection, if there is one and it is
+    /// not closing.
     fn send(&self, effects: &mut impl Effects, frame: String) {
-        if let Some(conn) = self.conn.as_ref() {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.closing) {
             effects.link(LinkCommand::Send {
                 generation: conn.generation,
                 frame,

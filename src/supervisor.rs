@@ -151,10 +151,8 @@ impl<E: Effects> Supervisor<E> {
             self.session.on_kill_marker(stream, &marker, now);
         }
         if let Some(finished) = change.finished {
-            // Tell (the guardian) before logging or acting: a daemon killed
-            // in between must not lose the result from the guardian's record.
-            self.effects
-                .job_finished(finished.retcode, finished.exited_at);
+            // (The guardian knows the result already: the waiter told it the
+            // leader's exit, and a kill told it the reason, each before.)
             self.note_group_gone();
             log::info!("job finished with retcode {}", finished.retcode);
             self.session.on_job_finished(finished, now);
@@ -254,8 +252,14 @@ mod tests {
             self.undelivered.push_str(text);
         }
         fn close_link(&mut self) {}
-        fn job_finished(&mut self, retcode: i32, _: SystemTime) {
-            self.told.push(format!("F {retcode}"));
+        fn machine_identified(&mut self, machine: &str) {
+            self.told.push(format!("M {machine}"));
+        }
+        fn start_acked(&mut self) {
+            self.told.push("A".into());
+        }
+        fn complete_sent(&mut self) {
+            self.told.push("C".into());
         }
         fn job_group_gone(&mut self) {
             self.told.push("G".into());
@@ -290,6 +294,7 @@ mod tests {
             job_pid: 4242,
             spawned_at: spawned_at(),
             output_interval: Duration::from_millis(1000),
+            delivery_window: DELIVERY_WINDOW,
         };
         let fake = Fake {
             group_alive: true,
@@ -553,23 +558,60 @@ mod tests {
     #[test]
     fn the_guardian_is_told_each_fact_once_and_before_it_is_acted_on() {
         let t0 = Instant::now();
-        let mut sup = synced(t0);
+        let mut sup = supervisor(t0, None);
+        sup.handle(
+            Event::Link(LinkEvent::Identified {
+                machine: "minion-7".into(),
+            }),
+            t0,
+        );
+        // The start is told once it is ACKed, not when sent: until then no
+        // output has gone out, and a second start loses nothing.
+        for generation in 1..=3 {
+            connect(&mut sup, generation, t0);
+            sup.handle(
+                Event::Link(LinkEvent::Disconnected {
+                    generation,
+                    reason: "cut".into(),
+                }),
+                t0,
+            );
+        }
+        assert_eq!(sup.effects().told, ["M minion-7"]);
+        connect(&mut sup, 4, t0);
+        frame(&mut sup, 4, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 4, ack(AckKind::Start, None), t0);
+        frame(&mut sup, 4, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(sup.effects().told, ["M minion-7", "A"]);
         // A background process keeps the group alive after the job's exit.
         job_ends(&mut sup, 3 << 8, t0);
-        assert_eq!(sup.effects().told, ["F 3"]);
+        assert_eq!(sup.effects().told, ["M minion-7", "A", "C"]);
         assert_eq!(
             types(&sup).last().map(String::as_str),
             Some("complete"),
-            "the result is acted on only after the guardian knows it"
+            "complete is told, then sent"
         );
         // Its last process is reaped: the group is gone, said once.
         sup.effects.group_alive = false;
         sup.handle(Event::Reaped, t0);
         sup.handle(Event::Reaped, t0);
-        assert_eq!(sup.effects().told, ["F 3", "G"]);
+        assert_eq!(sup.effects().told, ["M minion-7", "A", "C", "G"]);
         assert_eq!(sup.take_outcome(), None);
-        frame(&mut sup, 1, ack(AckKind::Complete, Some(0)), t0);
-        assert_eq!(sup.effects().told, ["F 3", "G", "D"]);
+        // An unanswered complete is sent again on the next connection, but
+        // told only once.
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 4,
+                reason: "cut".into(),
+            }),
+            t0,
+        );
+        connect(&mut sup, 5, t0);
+        frame(&mut sup, 5, Inbound::SyncResponse { last_seq: -1 }, t0);
+        sup.pump(t0);
+        assert_eq!(types(&sup).iter().filter(|t| *t == "complete").count(), 2);
+        frame(&mut sup, 5, ack(AckKind::Complete, Some(0)), t0);
+        assert_eq!(sup.effects().told, ["M minion-7", "A", "C", "G", "D"]);
         assert_eq!(sup.take_outcome(), Some(delivered(3)));
     }
 
@@ -586,10 +628,10 @@ mod tests {
         );
         sup.effects.group_alive = false;
         job_ends(&mut sup, 0, t0);
-        assert_eq!(sup.effects().told, ["F 0", "G"]);
+        assert_eq!(sup.effects().told, ["G"]);
         sup.on_time(t0 + DELIVERY_WINDOW + Duration::from_secs(1));
         assert!(sup.effects().undelivered.contains("kept\n"));
-        assert_eq!(sup.effects().told, ["F 0", "G", "D"]);
+        assert_eq!(sup.effects().told, ["G", "D"]);
     }
 
     #[test]
@@ -640,6 +682,64 @@ mod tests {
             (resent[0].1["seq"].as_i64(), resent[0].1["data"].as_str()),
             (Some(0), Some("b"))
         );
+    }
+
+    /// Issue 24: a connection we drop may still carry our messages to the
+    /// server, which appends them (and shares its sequence state between
+    /// our sockets). Until the link reports it gone, nothing more is sent
+    /// on it, no new connection is made, and its late ACKs still retire
+    /// output, so what the server appended there is not sent again.
+    #[test]
+    fn a_dropped_connection_sends_nothing_more_and_its_late_acks_still_count() {
+        let t0 = Instant::now();
+        let mut sup = synced(t0);
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "a".into(),
+            },
+            t0,
+        );
+        sup.pump(t0);
+        assert_eq!(outputs(&sup), [(0, "a".to_string())]);
+        let stalled = t0 + Duration::from_secs(31);
+        sup.on_time(stalled);
+        assert_eq!(sup.effects().drops, [1], "no ACK for 30 s: dropped");
+        let sent_before = sup.effects().sent.len();
+        sup.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "b".into(),
+            },
+            stalled,
+        );
+        sup.on_time(stalled + Duration::from_secs(6));
+        sup.pump(stalled + Duration::from_secs(6));
+        assert_eq!(
+            sup.effects().sent.len(),
+            sent_before,
+            "nothing on a closing connection"
+        );
+        assert_eq!(sup.effects().drops, [1], "dropped once");
+        // The server's ACK for "a", late, before it closes the socket.
+        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), stalled);
+        sup.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "no ACK for 30 s".into(),
+            }),
+            stalled,
+        );
+        connect(&mut sup, 2, stalled);
+        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, stalled);
+        let resent: Vec<_> = sup
+            .effects()
+            .sent
+            .iter()
+            .filter(|(g, v)| *g == 2 && v["type"] == "output")
+            .map(|(_, v)| (v["seq"].as_i64(), v["data"].as_str().map(str::to_string)))
+            .collect();
+        assert_eq!(resent, [(Some(0), Some("b".to_string()))]);
     }
 
     #[test]

@@ -306,23 +306,23 @@ fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
     );
 }
 
-/// A slow link (issue 19): 600 KB through a proxy that moves 8 KiB/s each
+/// A slow link (issue 19): 288 KB through a proxy that moves 8 KiB/s each
 /// way, in front of the real endpoint. Before, a 500 KiB message unfinished
 /// after 30 s counted as a stall, so on a link under ~17 KiB/s nothing was
 /// ever delivered. Now a stall is 30 s with no byte moving, and messages
-/// follow the link's speed. The job prints 200 KB at once, waits (a
+/// follow the link's speed. The job prints 96 KB at once, waits (a
 /// condition with its own bound) until the agent has logged that it shrank
-/// its messages, then prints 400 KB at once: the record must be exact and in
-/// order, on one connection (no stall, no reconnect), with those 400 KB in
-/// messages the link moves in seconds. Takes about 75 s (600 KB / 8 KiB/s).
+/// its messages, then prints 192 KB at once: the record must be exact and in
+/// order, on one connection (no stall, no reconnect), with those 192 KB in
+/// messages the link moves in seconds. Takes about 36 s (288 KB / 8 KiB/s).
 #[test]
-fn six_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
+fn three_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
     const RATE: u64 = 8 * 1024;
-    const LINES: usize = 9375; // 64 bytes each: 600,000 bytes
-    const FIRST_PART: usize = 3125; // 200,000 bytes
+    const LINES: usize = 4500; // 64 bytes each: 288,000 bytes
+    const FIRST_PART: usize = 1500; // 96,000 bytes
     let pad = "x".repeat(51);
     let expected: String = (0..LINES).map(|i| format!("line {i:06} {pad}\n")).collect();
-    assert_eq!(expected.len(), 600_000);
+    assert_eq!(expected.len(), 288_000);
     let print = |from: usize, to: usize| {
         format!(
             "awk 'BEGIN {{ for (i = {from}; i < {to}; i++) printf \"line %06d {pad}\\n\", i }}'"
@@ -354,22 +354,22 @@ fn six_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
         .wait_result("slowlink", MACHINE, Duration::from_secs(300))
         .unwrap_or_else(|partial| {
             panic!(
-                "not recorded within 300 s: {} of 600000 bytes; log tail: {}",
+                "not recorded within 300 s: {} of 288000 bytes; log tail: {}",
                 partial.ret.len(),
                 tail(&log_text(&dir, "slowlink"))
             )
         });
     let took = started.elapsed();
     eprintln!(
-        "600 KB through {RATE} B/s: recorded in {:.1} s, {} output messages",
+        "288 KB through {RATE} B/s: recorded in {:.1} s, {} output messages",
         took.as_secs_f64(),
         result.outputs
     );
     assert_eq!(result.retcode, Some(0), "{result:?}");
-    assert_same(&result.ret, &expected, "600 KB through an 8 KiB/s link");
-    assert!(proxy.upstream_bytes() >= 600_000);
-    // At 8 KiB/s the bytes alone take 73 s: the link was really that slow.
-    assert!(took >= Duration::from_secs(70), "{took:?}");
+    assert_same(&result.ret, &expected, "288 KB through an 8 KiB/s link");
+    assert!(proxy.upstream_bytes() >= 288_000);
+    // At 8 KiB/s the bytes alone take 35 s: the link was really that slow.
+    assert!(took >= Duration::from_secs(34), "{took:?}");
 
     let text = log_text(&dir, "slowlink");
     assert!(
@@ -397,7 +397,7 @@ fn six_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
         .collect();
     let sent_after: usize = sizes_after.iter().sum();
     assert!(
-        sent_after >= 400_000 - 64 * 1024,
+        sent_after >= (LINES - FIRST_PART) * 64 - 32 * 1024,
         "the second part was sent after the shrink: {sent_after} bytes in {sizes_after:?}"
     );
     assert!(
@@ -410,4 +410,86 @@ fn six_hundred_kb_through_an_8_kib_per_second_link_arrive_exact_and_in_order() {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// `count` lines of 100 bytes, numbered: a block repeated from mid-line
+/// shows as a line of another length.
+fn hundred_byte_lines(count: usize) -> String {
+    let pad = "y".repeat(88);
+    (0..count).map(|i| format!("line {i:06} {pad}\n")).collect()
+}
+
+/// Issue 24 item 7: `bytes` of output printed at once through a deep link
+/// of `rate` bytes a second (`ThrottlingProxy::deep`: the agent's socket
+/// empties at once, the bytes wait in the proxy's queue) in front of the
+/// real endpoint with its keepalive (a ping every 20 s, closed when the
+/// pong is 20 s late). The record must be every byte once, in order, on one
+/// connection; and the proxy must never have held more than a few seconds
+/// of the agent's traffic, or the pong and the ACKs wait behind it.
+fn exact_through_a_deep_link(name: &str, rate: u64, lines: usize) {
+    let expected = hundred_byte_lines(lines);
+    let dir = TestDir::new(name);
+    let mut server = Harness::start(&dir);
+    let instance = format!("{name}_1");
+    server.add_job(name, &instance, &[MACHINE]);
+    let proxy = ThrottlingProxy::deep(server.port(), rate);
+    let pad = "y".repeat(88);
+    let command =
+        format!("awk 'BEGIN {{ for (i = 0; i < {lines}; i++) printf \"line %06d {pad}\\n\", i }}'");
+    let started = Instant::now();
+    launch_ok(&Launch::new(&proxy.url(), name, &instance, &command, &dir));
+    // The bytes alone take expected.len() / rate; twice that and 30 s more.
+    let bound = Duration::from_secs(30 + 2 * expected.len() as u64 / rate);
+    let result = server
+        .wait_result(name, MACHINE, bound)
+        .unwrap_or_else(|partial| {
+            panic!(
+                "not recorded within {bound:?}: {} of {} bytes; log tail: {}",
+                partial.ret.len(),
+                expected.len(),
+                tail(&log_text(&dir, name))
+            )
+        });
+    let took = started.elapsed();
+    let peak = proxy.upstream_queue_peak();
+    eprintln!(
+        "{} bytes through a deep {rate} B/s link: recorded in {:.1} s, {} output messages, \
+         {} connection(s), proxy queue peak {peak} bytes ({:.1} s of the link)",
+        expected.len(),
+        took.as_secs_f64(),
+        result.outputs,
+        proxy.connections(),
+        peak as f64 / rate as f64
+    );
+    assert_eq!(result.retcode, Some(0), "{result:?}");
+    assert_same(&result.ret, &expected, "output through a deep slow link");
+    let text = log_text(&dir, name);
+    assert!(
+        !text.contains("reconnecting") && !text.contains("connection lost"),
+        "the slow link was taken for a dead one: {}",
+        tail(&text)
+    );
+    assert_eq!(proxy.connections(), 1, "{}", tail(&text));
+    // The link really was that slow.
+    assert!(
+        took >= Duration::from_secs(expected.len() as u64 / rate),
+        "{took:?}"
+    );
+    assert!(
+        peak <= 8 * rate,
+        "the proxy held {peak} bytes: {} s of the link ahead of the pong",
+        peak / rate
+    );
+}
+
+/// 200 KB at 8 KiB/s: about 25 s, one keepalive ping of the server's.
+#[test]
+fn two_hundred_kb_through_a_deep_8_kib_per_second_link_arrive_exact_and_in_order() {
+    exact_through_a_deep_link("deep8k", 8 * 1024, 2_000);
+}
+
+/// 1.6 MB at 64 KiB/s: about 25 s, one keepalive ping of the server's.
+#[test]
+fn one_point_six_mb_through_a_deep_64_kib_per_second_link_arrive_exact_and_in_order() {
+    exact_through_a_deep_link("deep64k", 64 * 1024, 16_000);
 }

@@ -585,14 +585,16 @@ fn a_death_after_the_job_ended_names_the_jobs_retcode() {
     server.start_endpoint();
     let back = Instant::now();
     let result = recorded(&mut server, "ended", back);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
-    // The job's output, which the daemon held unACKed, then the line.
+    // The job's own retcode: it had ended before the agent died. Its
+    // output, which the daemon held unACKed, then the line.
+    assert_eq!(result.retcode, Some(3), "{result:?}");
     assert_eq!(
         result.ret,
         format!(
             "out\n\n[sp_wrapper: the agent (pid {daemon}) died of signal 9 (SIGKILL); \
              the job had ended with retcode 3]\n"
-        )
+        ),
+        "{result:?}"
     );
 }
 
@@ -695,7 +697,7 @@ fn a_reused_pid_of_the_finished_job_is_never_signalled() {
     server.start_endpoint();
     let back = Instant::now();
     let result = recorded(&mut server, "reuse", back);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(3), "{result:?}");
     assert!(
         result.ret.contains("the job had ended with retcode 3"),
         "{result:?}"

@@ -17,6 +17,16 @@ reads every file (*.log, *.log.N, *.log.N.gz) and asserts, per agent: each
 seq from 0 up exactly once, the lifecycle lines once each, no torn line, and
 that an agent alive across a rotation got SIGHUP and went on in the new file.
 
+Then weeks of it (weeks()): WEEKS * 7 days, each day runs of the real agent
+against the endpoint whose output passes SP_OUTPUT_MAX_MB (so each writes a
+.leftout file, and its log), two of them overlapping, then one forced
+rotation; in two log directories: one with the package's configuration, one
+with it plus the *.leftout stanza packages before issue 24 shipped (a host
+that kept a locally edited conffile: logrotate renames left-out files
+there). After every day, the count and total size of each job's logs and
+left-out files must be within their bounds (rotate 8; SP_LEFTOUT_JOB_FILES,
+SP_LEFTOUT_JOB_MAX_MB), though every run wrote a new file.
+
 First, the helper's aim, with stand-in processes named sp_wrapper that hold
 a file of the log directory open: one with SIGHUP at its default action (a
 launcher: it must survive), one that blocks SIGHUP (a daemon: it must get
@@ -50,6 +60,36 @@ COMMAND = 'i=0; while [ $i -lt %d ]; do echo "line $i"; i=$((i + 1)); sleep 0.01
 FIRST_WAVE = [('shared', 'm1'), ('shared', 'm2'), ('solo-b', 'm1')]
 SECOND_WAVE = [('solo-c', 'm1'), ('solo-d', 'm1')]
 LINE_SHAPE = re.compile(r'^\[(?P<instance>[^\]]+)\] \d{4}-\d\d-\d\dT\S+ \[(INFO|DEBUG|WARN|ERROR)\] .*$')
+
+
+# Weeks of daily forced rotations, each day's runs before its rotation.
+WEEKS = 3
+# About 1.5 MB per run: 768 KiB go to the server, the rest to <job>.<instance>.leftout.
+BIG_COMMAND = ("awk 'BEGIN { for (i = 0; i < 16000; i++) printf \"%07d %s\\n\", i, "
+               "\"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890\" }'")
+# Per job: the agent's bounds on its left-out files (the count binds for
+# "nightly", the size for "hourly": two files of ~0.7 MB do not leave the
+# 1 MiB its next run reserves within 2 MiB).
+WEEK_JOBS = {
+    'nightly': {'SP_LEFTOUT_MAX_MB': '1', 'SP_LEFTOUT_JOB_FILES': '8'},
+    'hourly': {'SP_LEFTOUT_MAX_MB': '1', 'SP_LEFTOUT_JOB_MAX_MB': '2'},
+}
+# The package's `rotate 8`: the live log and eight old ones.
+LOG_GENERATIONS = 9
+# What each day's log may hold, generously (a run logs ~1.5 KB).
+LOG_DAY_BYTES = 64 * 1024
+# The stanza for *.leftout that packages shipped before issue 24.
+OLD_LEFTOUT_STANZA = """
+/var/log/sp_wrapper/*.leftout {
+    weekly
+    rotate 4
+    missingok
+    notifempty
+    compress
+    delaycompress
+    nocreate
+}
+"""
 
 
 def wait_until(condition, seconds, what):
@@ -172,8 +212,14 @@ def main():
     with open(config_path, 'w') as f:
         f.write(config)
 
+    if '*.leftout' in packaged:
+        print('logrotate_test.py: FAIL: the packaged configuration rotates *.leftout files: each name is written'
+              ' once, so logrotate would rename each once and never bound them (the agent does)')
+        return 1
+
     with EndpointClient(work) as endpoint:
         failed = run(wrapper, config_path, logdir, work, endpoint)
+        failed = weeks(wrapper, config, logdir, work, endpoint) or failed
     if failed:
         print('%s: kept %s (logs)' % (os.path.basename(__file__), work))
     else:
@@ -268,6 +314,118 @@ def run(wrapper, config_path, logdir, work, endpoint):
     first_wave = [instances[key] for key in FIRST_WAVE]
     if not any(len({name for name, _ in by_instance.get(i, [])}) > 2 for i in first_wave):
         failures.append('no agent of the first wave wrote across two rotations: the test proved nothing')
+    for failure in failures:
+        print('logrotate_test.py: FAIL: ' + failure)
+    return 1 if failures else 0
+
+
+def weeks(wrapper, config, logdir, work, endpoint):
+    """WEEKS * 7 days of agent runs and daily forced rotations in two
+    directories (the module docstring); 0 if every bound held every day."""
+    started = time.monotonic()
+    dirs = {}  # name -> (log dir, logrotate configuration, state file)
+    for name, extra in (('current', ''), ('upgraded', OLD_LEFTOUT_STANZA)):
+        directory = os.path.join(work, 'weeks-' + name)
+        os.mkdir(directory, 0o750)
+        path = os.path.join(work, 'weeks-%s.conf' % name)
+        with open(path, 'w') as f:
+            f.write((config + extra.replace(PACKAGED_LOGDIR, logdir)).replace(logdir, directory))
+        dirs[name] = (directory, path, os.path.join(work, 'weeks-%s.state' % name))
+    bounds = {}  # job -> (files, bytes) of its .leftout files
+    for job, env in WEEK_JOBS.items():
+        per_run = int(env.get('SP_LEFTOUT_MAX_MB', '256'))
+        job_mb = int(env.get('SP_LEFTOUT_JOB_MAX_MB', '1024'))
+        bounds[job] = (int(env.get('SP_LEFTOUT_JOB_FILES', '8')), min(job_mb, 8 * per_run) << 20)
+
+    def launch(directory, job, machine):
+        instance = '%s_%d' % (job, time.time_ns())
+        endpoint.ask(cmd='add_job', name=job, instance=instance, machines=[machine])
+        env = dict(WEEK_JOBS[job], PATH=os.environ.get('PATH', '/usr/bin:/bin'), SP_WEBSOCKET_URL=endpoint.url,
+                   SP_JOB_NAME=job, SP_JOB_INSTANCE=instance, SP_COMMAND=BIG_COMMAND, SP_MACHINE_ID=machine,
+                   SP_TIMEOUT='60', SP_WRAPPER_LOGDIR=directory, SP_OUTPUT_MAX_MB='1', SP_ALLOW_OVERLAP='true')
+        launched = subprocess.run([wrapper], env=env, capture_output=True, text=True, timeout=30)
+        if launched.returncode != 0:
+            raise AssertionError('launch of %s failed: %r' % (instance, launched.stderr))
+        return instance
+
+    def wait_done(directory, job, instances):
+        def done():
+            with open(os.path.join(directory, job + '.log'), errors='replace') as f:
+                text = f.read()
+            return all('[%s] ' % i in text and re.search(r'^\[%s\] .* wrapper done' % re.escape(i), text, re.M)
+                       for i in instances)
+        wait_until(done, 60, 'runs %s to log "wrapper done"' % ', '.join(instances))
+
+    def files_of(directory, job, kind):
+        suffix = r'\.[^.]+\.leftout' if kind == 'leftout' else r'\.log'
+        pattern = re.escape(job) + suffix + r'(\.\d+(\.gz)?)?'
+        return {n: os.lstat(os.path.join(directory, n)).st_size
+                for n in os.listdir(directory) if re.fullmatch(pattern, n)}
+
+    failures = []
+    # A bound broken is said once, on the first day it is.
+    broken = {}
+    runs = collections.Counter()  # job -> runs (each wrote a .leftout file), per directory
+    renamed_seen = 0  # .leftout.N files seen in 'upgraded': the old stanza did rename
+    most = (0, 0)  # the most files and bytes any directory held at a day's end
+    for day in range(1, WEEKS * 7 + 1):
+        for name, (directory, conf, state) in dirs.items():
+            # Two overlapping runs of one job, then one more of it and one of the other.
+            pair = [launch(directory, 'hourly', 'm1'), launch(directory, 'hourly', 'm2')]
+            wait_done(directory, 'hourly', pair)
+            wait_done(directory, 'hourly', [launch(directory, 'hourly', 'm1')])
+            wait_done(directory, 'nightly', [launch(directory, 'nightly', 'm1')])
+            runs['hourly'] += 3
+            runs['nightly'] += 1
+            rotated = subprocess.run(['logrotate', '-f', '-s', state, conf], capture_output=True, text=True, timeout=60)
+            if rotated.returncode != 0 or rotated.stderr.strip():
+                raise AssertionError('logrotate failed (%d): %s' % (rotated.returncode, rotated.stderr))
+            everything = {n: os.lstat(os.path.join(directory, n)).st_size for n in os.listdir(directory)}
+            most = (max(most[0], len(everything)), max(most[1], sum(everything.values())))
+            known = set()
+            for job, (max_files, max_bytes) in bounds.items():
+                left = files_of(directory, job, 'leftout')
+                logs = files_of(directory, job, 'log')
+                known |= set(left) | set(logs)
+                if name == 'upgraded':
+                    renamed_seen += sum(1 for n in left if not n.endswith('.leftout'))
+                log_bytes = LOG_GENERATIONS * LOG_DAY_BYTES
+                if len(left) > max_files or sum(left.values()) > max_bytes:
+                    broken.setdefault((name, job, 'leftout'), 'day %d, %s: %s keeps %d left-out files, %d bytes'
+                                      ' (bound: %d files, %d bytes)' % (day, name, job, len(left), sum(left.values()),
+                                                                        max_files, max_bytes))
+                if len(logs) > LOG_GENERATIONS or sum(logs.values()) > log_bytes:
+                    broken.setdefault((name, job, 'log'), 'day %d, %s: %s has %d log files, %d bytes'
+                                      ' (bound: %d files, %d bytes)' % (day, name, job, len(logs), sum(logs.values()),
+                                                                        LOG_GENERATIONS, log_bytes))
+            if set(everything) - known:
+                broken.setdefault((name, 'other'), 'day %d, %s: files nobody expects: %s' % (
+                    day, name, sorted(set(everything) - known)))
+    failures += broken.values()
+    days = WEEKS * 7
+    for name, (directory, _, _) in dirs.items():
+        held = {n: os.lstat(os.path.join(directory, n)).st_size for n in os.listdir(directory)}
+        print('logrotate_test.py: %d days, %s configuration: %d runs wrote a .leftout file each; left %d files,'
+              ' %d bytes: %s' % (days, name, sum(runs.values()) // len(dirs), len(held), sum(held.values()),
+                                 ' '.join(sorted(held))))
+    bound_files = sum(f for f, _ in bounds.values()) + LOG_GENERATIONS * len(bounds)
+    bound_bytes = sum(b for _, b in bounds.values()) + LOG_GENERATIONS * LOG_DAY_BYTES * len(bounds)
+    print('logrotate_test.py: the most any directory held at a day\'s end: %d files, %d bytes (bound %d files,'
+          ' %d bytes); %.1f s' % (most[0], most[1], bound_files, bound_bytes, time.monotonic() - started))
+    if most[0] > bound_files or most[1] > bound_bytes:
+        failures.append('a directory held %d files, %d bytes at a day\'s end (bound %d files, %d bytes)' % (
+            most[0], most[1], bound_files, bound_bytes))
+    # The test proves something only if the bounds were reached: more runs
+    # than files kept, logs past their generations, renames by the old stanza.
+    for job, (max_files, _) in bounds.items():
+        if runs[job] // len(dirs) <= max_files:
+            failures.append('%s ran only %d times per directory: its bound of %d files was never reached' % (
+                job, runs[job] // len(dirs), max_files))
+    if days <= LOG_GENERATIONS:
+        failures.append('%d days do not pass the %d log generations' % (days, LOG_GENERATIONS))
+    if renamed_seen == 0:
+        failures.append('the old *.leftout stanza never renamed a left-out file:'
+                        ' the "upgraded" directory proved nothing')
     for failure in failures:
         print('logrotate_test.py: FAIL: ' + failure)
     return 1 if failures else 0

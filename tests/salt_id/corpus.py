@@ -119,6 +119,86 @@ CASES = [
         "id: 'a-very-long-id-94'\nmaster: 'salt-master-with-a-name-long-enough-to-fold\n  -over-two-lines'\n")),
     case("nested flow collections over lines before the id", minion(
         "grains: {roles: [web,\n    db], site: {name: x}}\nid: flow-before-95\n")),
+    # --- whitespace, comments and line endings as libyaml reads them -------
+    # (Salt's loader is PyYAML's CSafeLoader: libyaml's scanner, YAML 1.1.)
+    case("tab after the colon", minion("id:\ttabbed-100\n")),
+    case("tabs aligning keys and values, tab before a comment",
+         minion("master:\t\tsalt\nid:\t\t\taligned-101\t# the box\n")),
+    case("tabs after nested keys", minion(
+        "grains:\n  roles:\t[web, db]\n  site:\tx\nschedule:\n  job:\n    minutes:\t60\n"
+        "id:\tnested-102\n")),
+    case("tab inside a plain id is kept", minion("id: plain\twith-tab-103\n")),
+    case("tab inside quotes is kept", minion("id: 'q\ttab-104'\n")),
+    case("tab after the colon, then quotes", minion('id:\t"dq-105"\n')),
+    case("tab after the colon, then a block scalar", minion("id:\t>-\n  folded-106\n")),
+    case("tab after the colon, then an octal int", minion("id:\t0107\n")),
+    case("trailing tabs and a tab-only comment", minion("id: trail-108\t\t\n# note\twith tab\n")),
+    case("tabs in a flow mapping", minion("{id:\tflow-109,\tmaster:\tsalt}\n")),
+    case("flow mapping over lines indented with tabs", minion("{\n\tid: flow-110,\n\tmaster: salt\n}\n")),
+    case("quoted id continued on a tab-indented line", minion('id: "multi\n\tline-111"\n')),
+    case("block scalar keeps its tabs", {
+        "etc/salt/minion": "motd: |\n  a:\tb\n  \tindented\nid: after-block-112\n",
+    }),
+    case("CR line endings alone", minion("master: salt\rid: cr-113\r")),
+    case("CRLF with tabs and comments", minion("# header\r\nid:\tcrlf-114\t# c\r\n\r\n")),
+    case("CRLF in a block scalar", minion("id: |-\r\n  crlf-block-115\r\n")),
+    case("BOM then a tab after the colon", minion("\ufeffid:\tbom-116\r\n")),
+    case("tab before a comment after a list item",
+         minion("master:\n- salt1\t# primary\n- salt2\t\nid: list-117\n")),
+    case("NEL and U+2028 end lines (libyaml's breaks)", minion("master: salt\u0085id: nel-129\u2028")),
+    case("a spaces-then-tab line after a plain id", minion("id: blank-130\n  \t\nmaster: salt\n")),
+    case("tab after an anchor", minion("name: &n\tanchor-131\nid: *n\n")),
+    case("text with a bracket and a quote, then tabs", minion(
+        "motd: a [draft, say 'hi\nid:\tbracket-132\t# c\n")),
+    # What libyaml refuses: the file is skipped, the main file's id stands.
+    case("a spaces-then-tab line after a quoted id is an error", {
+        "etc/salt/minion": "id: main-133\n",
+        "etc/salt/minion.d/tab.conf": "id: 'wrong'\n  \t\n",
+    }),
+    case("tab indentation is an error", {
+        "etc/salt/minion": "id: main-118\n",
+        "etc/salt/minion.d/tab.conf": "grains:\n\troles: web\nid: wrong\n",
+    }),
+    case("tab after a list dash is an error", {
+        "etc/salt/minion": "id: main-119\n",
+        "etc/salt/minion.d/tab.conf": "master:\n-\tsalt\nid: wrong\n",
+    }),
+    case("tab-only line is an error", {
+        "etc/salt/minion": "id: main-120\n",
+        "etc/salt/minion.d/tab.conf": "id: wrong\n\t\n",
+    }),
+    case("tab-indented comment is an error", {
+        "etc/salt/minion": "id: main-121\n",
+        "etc/salt/minion.d/tab.conf": "\t# comment\nid: wrong\n",
+    }),
+    case("tab indenting a block scalar is an error", {
+        "etc/salt/minion": "id: main-122\n",
+        "etc/salt/minion.d/tab.conf": "motd: |\n\ttext\nid: wrong\n",
+    }),
+    case("control character is an error", {
+        "etc/salt/minion": "id: main-123\n",
+        "etc/salt/minion.d/ctl.conf": "id: wrong\x0c\n",
+    }),
+    # --- merges Salt rejects (issue 24, item 6) -------------------------------
+    case("the same key merged twice is a duplicate", {
+        "etc/salt/minion": "id: main-124\n",
+        "etc/salt/minion.d/merge.conf": "a: &a {k: 1}\nb: {<<: [*a, *a]}\nid: wrong\n",
+    }),
+    case("16 levels of doubling merges merged at the top", {
+        "etc/salt/minion": "id: main-125\n",
+        "etc/salt/minion.d/merge.conf": "defs:\n  l0: &l0 {a: 1}\n" + "".join(
+            "  l%d: &l%d {<<: [*l%d, *l%d]}\n" % (k, k, k - 1, k - 1) for k in range(1, 17))
+        + "<<: *l16\nid: wrong\n",
+    }),
+    case("a key overriding a twice-merged one", minion(
+        "b: &b {a: 1}\nx: {<<: {<<: [*b, *b]}, a: 2}\nid: override-126\n")),
+    case("a '=' key is a string", minion("=: value\nid: equals-127\n")),
+    case("an include read twice (a diamond, no loop)", {
+        "etc/salt/minion": "include: [a.conf, b.conf]\n",
+        "etc/salt/a.conf": "include: common.conf\nid: from-a\n",
+        "etc/salt/b.conf": "include: common.conf\nid: from-b\n",
+        "etc/salt/common.conf": "id: common-128\n",
+    }),
     # --- minion.d, default_include, include ---------------------------------
     case("minion.d overrides the main file", {
         "etc/salt/minion": "id: main\n",

@@ -5,6 +5,7 @@
 //!
 //! Every network address is `127.0.0.1` with a port the OS picked.
 
+pub mod closing;
 pub mod extrausers;
 pub mod hostile;
 pub mod scenarios;

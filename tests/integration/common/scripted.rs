@@ -5,9 +5,14 @@
 //! frame, or abruptly).
 //!
 //! One thread per connection; it speaks the endpoint's per-socket sequencing
-//! (PROTOCOL.md, "Output") where it ACKs at all.
+//! (PROTOCOL.md, "Output") where it ACKs at all, and, as Saltpeter does, a
+//! `start` resets the output recorded so far. A `Hook` sees every frame as
+//! it is received and again once answered (the crash sweep kills the agent
+//! there), and may have a received frame lost, as if the connection had died
+//! with it.
 
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -47,7 +52,28 @@ pub struct Seen {
     pub connections: Vec<Connection>,
     pub appended: String,
     pub retcodes: Vec<i64>,
+    /// `start` frames processed, and how many of them came after output
+    /// had been appended (each of those wiped it, as Saltpeter does).
+    pub starts: usize,
+    pub starts_that_wiped_output: usize,
+    /// The `machine` of every frame, in order of arrival.
+    pub machines: Vec<String>,
 }
+
+/// Where a frame is when the hook sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Read from the socket, not yet processed.
+    Received,
+    /// Processed and its answer (if any) sent.
+    Answered,
+}
+
+/// Called for every frame but heartbeats (which come with time, not with
+/// the run's steps): the frame, its number among such frames over all
+/// connections (from 0), and the phase. `true` at `Received`: the frame is
+/// lost (not processed, the connection closed).
+pub type Hook = Arc<dyn Fn(&Value, usize, Phase) -> bool + Send + Sync>;
 
 pub struct ScriptedServer {
     port: u16,
@@ -56,6 +82,10 @@ pub struct ScriptedServer {
 
 impl ScriptedServer {
     pub fn start(plan: Plan) -> ScriptedServer {
+        Self::start_with_hook(plan, Arc::new(|_: &Value, _, _| false))
+    }
+
+    pub fn start_with_hook(plan: Plan, hook: Hook) -> ScriptedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the scripted server");
         let port = listener
             .local_addr()
@@ -63,10 +93,13 @@ impl ScriptedServer {
             .port();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let shared = seen.clone();
+        let counted = Arc::new(AtomicUsize::new(0));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let seen = shared.clone();
-                thread::spawn(move || serve(stream, plan, &seen));
+                let hook = hook.clone();
+                let counted = counted.clone();
+                thread::spawn(move || serve(stream, plan, &seen, &hook, &counted));
             }
         });
         ScriptedServer { port, seen }
@@ -82,7 +115,7 @@ impl ScriptedServer {
     }
 }
 
-fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
+fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>, hook: &Hook, counted: &AtomicUsize) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
@@ -121,10 +154,28 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
             continue;
         };
         let kind = frame["type"].as_str().unwrap_or("?").to_string();
-        record(&mut |s, i| s.connections[i].frames.push(kind.clone()));
+        let step = (kind != "heartbeat").then(|| counted.fetch_add(1, Ordering::SeqCst));
+        if step.is_some_and(|step| hook(&frame, step, Phase::Received)) {
+            record(&mut |s, i| s.connections[i].ended = true);
+            return; // lost with the connection
+        }
+        let machine = frame["machine"].as_str().unwrap_or("?").to_string();
+        record(&mut |s, i| {
+            s.connections[i].frames.push(kind.clone());
+            s.machines.push(machine.clone());
+        });
         let reply = match (kind.as_str(), plan) {
             ("connect", _) => Some(json!({"type": "ack", "ack_type": "connect"})),
-            ("start", _) => Some(json!({"type": "ack", "ack_type": "start"})),
+            ("start", _) => {
+                record(&mut |s, _| {
+                    s.starts += 1;
+                    if !s.appended.is_empty() {
+                        s.starts_that_wiped_output += 1;
+                        s.appended.clear();
+                    }
+                });
+                Some(json!({"type": "ack", "ack_type": "start"}))
+            }
             ("sync_request", _) => Some(json!({"type": "sync_response", "last_seq": last_acked})),
             ("output", Plan::StopAckingAfter(bytes))
                 if index == 0
@@ -158,6 +209,9 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>) {
                 record(&mut |s, i| s.connections[i].ended = true);
                 return;
             }
+        }
+        if let Some(step) = step {
+            hook(&frame, step, Phase::Answered);
         }
     }
 }
