@@ -519,6 +519,12 @@ fn signals_to_every_sp_wrapper_leave_the_report_to_the_daemon() {
     assert!(wait_until(STARTUP, || log_text(&dir, "signals")
         .contains("SIGHUP: log file reopened")));
     assert!(pid_alive(job.guardian) && pid_alive(job.daemon));
+    // (The job's line read before the kill marker: on a loaded machine the
+    // reader thread may lag behind the signal thread.)
+    assert!(wait_until(STARTUP, || server
+        .result("signals", MACHINE)
+        .ret
+        .contains("running\n")));
     // `pkill sp_wrapper`: the daemon kills the job and reports 143 itself.
     kill(job.guardian, libc::SIGTERM);
     kill(job.daemon, libc::SIGTERM);
