@@ -363,7 +363,8 @@ fn take_over(
     // The record says what happened when it is not the job's own: a retcode
     // that is ours, or output that may be missing. A daemon that had sent
     // `complete` had every byte ACKed: the same `complete` again is all.
-    let output_may_be_missing = !told.complete_sent;
+    let output_may_be_missing =
+        !told.complete_sent && spool.as_ref().is_none_or(|adopted| adopted.memory_only);
     let line = (job_result.is_none() || output_may_be_missing)
         .then(|| format!("\n[sp_wrapper: the agent (pid {daemon}) {how}; {what}]\n"));
     let recorded = report(
