@@ -121,7 +121,7 @@ impl JobLifecycle {
         &mut self,
         stream: Stream,
         now: Instant,
-        group: &mut impl FnMut(i32) -> bool,
+        group: &mut dyn FnMut(i32) -> bool,
     ) -> JobChange {
         self.streams_open[stream.index()] = false;
         self.check_finished(now, group)
@@ -132,7 +132,7 @@ impl JobLifecycle {
         status: i32,
         wall: SystemTime,
         now: Instant,
-        group: &mut impl FnMut(i32) -> bool,
+        group: &mut dyn FnMut(i32) -> bool,
     ) -> JobChange {
         self.exit = Some(Exit {
             status,
@@ -143,7 +143,7 @@ impl JobLifecycle {
     }
 
     /// An orphan of the job was reaped: it may have been the group's last.
-    pub fn on_reaped(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+    pub fn on_reaped(&mut self, now: Instant, group: &mut dyn FnMut(i32) -> bool) -> JobChange {
         self.check_finished(now, group)
     }
 
@@ -153,7 +153,7 @@ impl JobLifecycle {
         &mut self,
         reason: KillReason,
         now: Instant,
-        group: &mut impl FnMut(i32) -> bool,
+        group: &mut dyn FnMut(i32) -> bool,
     ) -> JobChange {
         if self.beyond_kill() {
             return JobChange::default();
@@ -217,7 +217,7 @@ impl JobLifecycle {
     }
 
     /// Fire every deadline that is due.
-    pub fn on_time(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+    pub fn on_time(&mut self, now: Instant, group: &mut dyn FnMut(i32) -> bool) -> JobChange {
         let due: Vec<Deadline> = self
             .deadlines()
             .filter(|(_, at)| now >= *at)
@@ -259,7 +259,7 @@ impl JobLifecycle {
     /// The job is finished when its main process has exited, its output is
     /// drained (or `DRAIN_GRACE` has passed), and, if we killed it, no
     /// process of its group is left.
-    fn check_finished(&mut self, now: Instant, group: &mut impl FnMut(i32) -> bool) -> JobChange {
+    fn check_finished(&mut self, now: Instant, group: &mut dyn FnMut(i32) -> bool) -> JobChange {
         let unchanged = JobChange::default();
         if self.finished.is_some() {
             return unchanged;
