@@ -179,10 +179,10 @@ fn install_panic_hook() {
         // So the log line is written by another thread, waited for briefly;
         // then the panic aborts the process and the guardian reports.
         let message = format!("sp_wrapper panicked: {info}; the job's process group was killed");
-        let (done, logged) = std::sync::mpsc::channel();
+        let (done, logged) = crate::oneshot::oneshot();
         let writer = std::thread::Builder::new().spawn(move || {
             log::error!("{message}");
-            let _ = done.send(());
+            done.send(());
         });
         if writer.is_ok() {
             let _ = logged.recv_timeout(PANIC_LOG_WAIT);

@@ -749,7 +749,7 @@ impl HostFacts {
             read("etc/nodename"),
             read("etc/hosts"),
         ];
-        let (results, answers) = std::sync::mpsc::channel();
+        let (results, answers) = crate::oneshot::oneshot();
         let name = hostname.clone();
         let lookups = std::thread::Builder::new()
             .name("dns".into())
@@ -759,12 +759,12 @@ impl HostFacts {
                 let canonical = (filtered(&fqdn) && filtered(&name))
                     .then(|| canonical_name("localhost"))
                     .flatten();
-                let _ = results.send((fqdn, canonical));
+                results.send((fqdn, canonical));
             });
         let (fqdn, localhost_canonical) = match lookups {
             Ok(_) => match answers.recv_timeout(bound) {
-                Ok(answer) => answer,
-                Err(_) => {
+                Some(answer) => answer,
+                None => {
                     log::warn!(
                         "host name lookups did not answer within {} s (DNS down?); \
                          using the host name {hostname:?} as getfqdn() gives it when they fail",

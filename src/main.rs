@@ -24,6 +24,7 @@ mod logger;
 mod machine_id;
 mod messages;
 mod nss;
+mod oneshot;
 mod outbox;
 mod output_cap;
 mod pacing;
