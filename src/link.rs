@@ -79,8 +79,8 @@ pub const MAX_INBOUND_FRAME: usize = 1 << 20;
 pub struct LinkHandle {
     commands: Sender<LinkCommand>,
     wake: OwnedFd,
-    /// Disconnected when the link thread has returned (its sender is dropped).
-    finished: Receiver<()>,
+    /// Ends its wait when the link thread has returned (its sender is dropped).
+    finished: crate::oneshot::Receiver<()>,
 }
 
 impl LinkHandle {
@@ -110,7 +110,7 @@ pub fn spawn_link(
     resolve_machine: impl FnOnce() -> String + Send + 'static,
 ) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
-    let (finished_tx, finished_rx) = channel::<()>();
+    let (finished_tx, finished_rx) = crate::oneshot::oneshot::<()>();
     let (wake_read, wake_write) = crate::pipe::cloexec(libc::O_NONBLOCK)?;
     let seed = crate::clock::now()
         .duration_since(UNIX_EPOCH)

@@ -1,60 +1,84 @@
-//! One value handed from a helper thread to the thread that waits for it,
-//! with a bound on the wait: the DNS lookups' answer (`machine_id`) and the
-//! panic hook's "logged" (`daemon`). `std::sync::mpsc` did this before, but
-//! std compiles all three of its channel flavours for each value type, some
-//! 3 KB of binary each; this is a mutex slot and `Thread::unpark`.
-//! A send after the bound has passed wakes the waiter from whatever park it
-//! is in then; std's parks (its channels) all tolerate such a wake-up.
+//! One value handed from a helper thread to a thread that waits for it with
+//! a bound, or just the helper's end: the DNS lookups' answer
+//! (`machine_id`), the panic hook's "logged" (`daemon`), the link thread's
+//! return (`link`). `std::sync::mpsc` did this before, but std compiles all
+//! three of its channel flavours for each value type, some 3 KB of binary
+//! each; this is a mutex and `Thread::unpark`.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-/// The helper thread's end: `send` once.
-pub struct Sender<T> {
-    slot: Arc<Mutex<Option<T>>>,
-    waiter: Thread,
+struct Shared<T> {
+    value: Option<T>,
+    /// The sender is dropped (after sending, or without): nothing more comes.
+    sender_gone: bool,
+    /// The thread in `recv_timeout`, to wake.
+    waiter: Option<Thread>,
 }
 
-/// The waiting thread's end; only the thread that called `oneshot` may wait
-/// (it is the one `send` wakes).
-pub struct Receiver<T> {
-    slot: Arc<Mutex<Option<T>>>,
-}
+/// The helper thread's end: `send` once, or drop it to say "done".
+pub struct Sender<T>(Arc<Mutex<Shared<T>>>);
 
-/// A sender and a receiver; the calling thread is the one that waits.
+/// The waiting end.
+pub struct Receiver<T>(Arc<Mutex<Shared<T>>>);
+
 pub fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Arc::new(Mutex::new(None));
-    let sender = Sender {
-        slot: Arc::clone(&slot),
-        waiter: thread::current(),
-    };
-    (sender, Receiver { slot })
+    let shared = Arc::new(Mutex::new(Shared {
+        value: None,
+        sender_gone: false,
+        waiter: None,
+    }));
+    (Sender(Arc::clone(&shared)), Receiver(shared))
 }
 
 impl<T> Sender<T> {
     pub fn send(self, value: T) {
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(value);
+        if let Ok(mut shared) = self.0.lock() {
+            shared.value = Some(value);
         }
-        self.waiter.unpark();
+        // (Drop wakes the waiter.)
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let waiter = self.0.lock().ok().and_then(|mut shared| {
+            shared.sender_gone = true;
+            shared.waiter.take()
+        });
+        if let Some(waiter) = waiter {
+            waiter.unpark();
+        }
     }
 }
 
 impl<T> Receiver<T> {
-    /// The value, once sent; `None` if `bound` passes first.
-    pub fn recv_timeout(self, bound: Duration) -> Option<T> {
+    /// The value, once sent; `None` when the sender is dropped without
+    /// sending, or when `bound` passes first.
+    pub fn recv_timeout(&self, bound: Duration) -> Option<T> {
         let deadline = Instant::now() + bound;
         loop {
-            // (A poisoned slot: the sender panicked, which aborts anyway.)
-            if let Some(value) = self.slot.lock().ok().and_then(|mut slot| slot.take()) {
-                return Some(value);
+            {
+                // (Poisoned: a thread panicked holding it, which aborts.)
+                let Ok(mut shared) = self.0.lock() else {
+                    return None;
+                };
+                if let Some(value) = shared.value.take() {
+                    return Some(value);
+                }
+                if shared.sender_gone {
+                    return None;
+                }
+                // Registered before the lock is released: a sender that
+                // comes after this look finds us, and its unpark is kept
+                // for the park below even if it comes before it.
+                shared.waiter = Some(thread::current());
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
-            // Wakes at the unpark, even one that came before this park.
             thread::park_timeout(deadline - now);
         }
     }
@@ -64,11 +88,23 @@ impl<T> Receiver<T> {
 mod tests {
     use super::*;
 
+    const LONG: Duration = Duration::from_secs(30);
+
     #[test]
     fn the_value_sent_from_another_thread_arrives() {
         let (sender, receiver) = oneshot();
         let helper = thread::spawn(move || sender.send(42));
-        assert_eq!(receiver.recv_timeout(Duration::from_secs(30)), Some(42));
+        assert_eq!(receiver.recv_timeout(LONG), Some(42));
+        helper.join().unwrap();
+    }
+
+    #[test]
+    fn a_sender_dropped_without_sending_ends_the_wait_at_once() {
+        let (sender, receiver) = oneshot::<u8>();
+        let helper = thread::spawn(move || drop(sender));
+        let started = Instant::now();
+        assert_eq!(receiver.recv_timeout(LONG), None);
+        assert!(started.elapsed() < LONG);
         helper.join().unwrap();
     }
 
