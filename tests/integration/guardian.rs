@@ -286,15 +286,25 @@ struct SpilledAndKilled {
 
 /// The job `spool` (instance `spool_1`) writes ~2 MB with a 1 MiB bound and
 /// no server, so the rest spills to the spool; then its daemon is killed.
-fn spill_then_kill_the_daemon(server: &mut Harness, dir: &TestDir) -> SpilledAndKilled {
+/// `delivery_window`: the test-only `SP_TEST_DELIVERY_WINDOW_MS`, if any.
+fn spill_then_kill_the_daemon(
+    server: &mut Harness,
+    dir: &TestDir,
+    delivery_window: Option<Duration>,
+) -> SpilledAndKilled {
     server.add_job("spool", "spool_1", &[MACHINE]);
     let lock = dir.join("spool.lock");
     let writer = "seq 1 100000 | sed 's/^/spooled line /'; wait";
     let launched_at = wall_now();
-    locked_launch(server, dir, "spool", &with_pid_files(dir, writer))
-        .env("SP_BUFFER_MAX_MB", "1")
-        .run()
-        .expect_started();
+    let mut launch = locked_launch(server, dir, "spool", &with_pid_files(dir, writer))
+        .env("SP_BUFFER_MAX_MB", "1");
+    if let Some(window) = delivery_window {
+        launch = launch.env(
+            "SP_TEST_DELIVERY_WINDOW_MS",
+            &window.as_millis().to_string(),
+        );
+    }
+    launch.run().expect_started();
     let job = job_processes(dir);
     let spool_file = || {
         std::fs::read_dir(&dir.path)
@@ -363,7 +373,7 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
         spooled,
         launched_at,
         killed_at,
-    } = spill_then_kill_the_daemon(&mut server, &dir);
+    } = spill_then_kill_the_daemon(&mut server, &dir, None);
     // The server comes back: the guardian, still retrying, delivers all the
     // dead daemon had read (its spool file), then its line and the result.
     server.start_endpoint();
@@ -393,15 +403,15 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
     assert!(!log.contains("UNDELIVERED OUTPUT"), "{log:.2000}");
 }
 
-/// The server never comes back: after the delivery window (60 s, the
-/// daemon's own) the guardian writes what it could not deliver to the
-/// job's log, as the daemon would, and exits.
+/// The server never comes back: after the delivery window (the daemon's
+/// own: 60 s, here the test-only 3 s) the guardian writes what it could not
+/// deliver to the job's log, as the daemon would, and exits.
 #[test]
 fn spooled_output_goes_to_the_log_when_the_server_never_comes_back() {
     let dir = TestDir::new("guardian_spool_log");
     let mut server = Harness::start_without_endpoint(&dir);
-    let gone = spill_then_kill_the_daemon(&mut server, &dir);
-    let window = Duration::from_secs(60);
+    let window = Duration::from_secs(3);
+    let gone = spill_then_kill_the_daemon(&mut server, &dir, Some(window));
     assert!(
         wait_until(window + Duration::from_secs(30), || !pid_alive(
             gone.job.guardian
