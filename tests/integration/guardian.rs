@@ -768,7 +768,10 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
     let dir = TestDir::new("guardian_journal");
     let server = ScriptedServer::start(Plan::StopAckingAfter(100_000));
     let lock = dir.join("journal.lock");
-    let writer = "seq 1 30000 | sed 's/^/journal line /'; wait";
+    // 1.9 MB: more than the first messages the server ACKs whole (the
+    // pacing grows them to 500 KB once the link is fast), so most of it is
+    // unACKed, in memory and in the spool, when the daemon dies.
+    let writer = "seq 1 100000 | sed 's/^/journal line /'; wait";
     locked_launch_at(
         &server.url(),
         &dir,
@@ -796,12 +799,12 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
         wait_until(Duration::from_secs(60), || server
             .seen(|s| s.appended.len())
             >= 100_000
-            && file_contains(&spool, b"journal line 30000\n")),
+            && file_contains(&spool, b"journal line 100000\n")),
         "the server never got its 100 KB ({} bytes on {} connections), or the daemon never \
          read the whole output (in the spool file: {}): {}",
         server.seen(|s| s.appended.len()),
         server.seen(|s| s.connections.len()),
-        file_contains(&spool, b"journal line 30000\n"),
+        file_contains(&spool, b"journal line 100000\n"),
         log_text(&dir, "journal")
     );
     let log = log_text(&dir, "journal");
@@ -812,7 +815,7 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
         wait_until(RECORDED_WITHIN, || server.seen(|s| !s.retcodes.is_empty())),
         "no result within {RECORDED_WITHIN:?} of the death"
     );
-    let output: String = (1..=30_000)
+    let output: String = (1..=100_000)
         .map(|i| format!("journal line {i}\n"))
         .collect();
     let expected = output + &death_line(job.daemon, "signal 9 (SIGKILL)");
