@@ -600,14 +600,8 @@ prove_arch() {
         # pacing is integer arithmetic on ACK times, TIOCOUTQ the same number
         # on every arch we build.
         say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and on i686)"
-        # Under qemu-user the guardian gets 255, not the job's 5: it does not
-        # see the stopped daemon's zombie child as its own (cause not yet
-        # established; a question of the emulator's process handling, not
-        # of the arch). Native x86_64 and i686 and the 2.6.32 filter run it.
-        say "SKIPPED under $runner: crash::a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode (the guardian does not see the stopped daemon's zombie under qemu-user; run natively on x86_64 and i686)"
         skip=(--skip two_hundred_megabytes_with_no_server_stay_within_the_memory_bound
-            --skip _link_arrive_exact_and_in_order
-            --skip crash::a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode)
+            --skip _link_arrive_exact_and_in_order)
     fi
     timed "conformance, record, delivery, guardian, crash, security" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
