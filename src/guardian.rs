@@ -317,9 +317,16 @@ fn take_over(
     // The job's main process may have exited without the daemon seeing it:
     // then it is our zombie now (we are the subreaper), its status ours to
     // read. Its exit time is not known; it was at or before now.
-    let job_exited = told
-        .job_exited
-        .or_else(|| leader_exit_status(job_pid).map(|status| (status, crate::clock::now())));
+    // Not a death by SIGPIPE seen only now: the job's output pipe closed
+    // with the daemon, so the job's next write killed it: our death, not
+    // its own end (a SIGPIPE while the daemon lived would have been told).
+    let job_exited = told.job_exited.or_else(|| {
+        leader_exit_status(job_pid)
+            .filter(|&status| {
+                !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGPIPE)
+            })
+            .map(|status| (status, crate::clock::now()))
+    });
     // The job's own result whenever its main process had ended; `AGENT_DIED`
     // only for a job that was still running (and is killed now).
     let job_result = job_exited

@@ -624,3 +624,33 @@ fn a_kill_of_the_daemon_while_it_gives_up_leaves_the_output_in_the_log() {
         rest = &rest[at + line.len()..];
     }
 }
+
+#[test]
+fn a_job_killed_by_sigpipe_when_its_daemon_died_counts_as_killed() {
+    // The job writes without a pause: when the daemon dies, its output pipe
+    // closes and the job's next write kills it with SIGPIPE, usually before
+    // the guardian looks. That death is ours, not the job's own end: 255,
+    // not 141.
+    let dir = TestDir::new("crash_sigpipe");
+    let server = ScriptedServer::start(Plan::Honest);
+    let d = dir.path.display();
+    let command = format!(
+        "echo $PPID > {d}/daemon.pid; echo $$ > {d}/shell.pid; while :; do echo line; done"
+    );
+    Launch::new(&server.url(), "sigpipe", "sigpipe_1", &command, &dir)
+        .run()
+        .expect_started();
+    let daemon = pid_file(&dir.path, "daemon.pid");
+    let guardian = parent_of(daemon).expect("the guardian");
+    assert!(
+        wait_until(STARTUP, || server.seen(|s| !s.appended.is_empty())),
+        "no output delivered"
+    );
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(RUN_DEADLINE, || !pid_alive(guardian)),
+        "the guardian did not finish"
+    );
+    let retcodes = server.seen(|s| s.retcodes.clone());
+    assert_eq!(retcodes, [255]);
+}
