@@ -148,6 +148,14 @@ fn sigkill_of_the_daemon_of_a_silent_job() {
             .is_some()),
         "the start was not recorded"
     );
+    // The daemon read the server's ACK (it tells the guardian before it
+    // logs it): until then the guardian would send `start` again, which is
+    // harmless before any output but not what this test is about.
+    assert!(
+        wait_until(STARTUP, || log_text(&dir, "silent")
+            .contains("server acknowledged the start")),
+        "the daemon never read the start's ACK"
+    );
     let before = server.result("silent", MACHINE);
     let rss = vm_rss_kib(job.guardian).expect("guardian VmRSS");
     eprintln!(
