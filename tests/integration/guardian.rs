@@ -815,6 +815,20 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
         file_contains(&spool, b"journal line 100000\n"),
         log_text(&dir, "journal")
     );
+    // The daemon has read every ACK the server sent (it logs each one it
+    // reads): an ACK still on its way when it dies leaves its message
+    // unACKed for the guardian, which sends it again (docs/delivery.md, the
+    // one case no client can settle), and under qemu that window is wide.
+    let acks_read = || {
+        log_text(&dir, "journal")
+            .matches("received Ack { kind: Output")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || acks_read()
+            >= server.seen(|s| s.output_acks)),
+        "the daemon did not read the server's ACKs"
+    );
     let log = log_text(&dir, "journal");
     assert!(!log.contains("spilling"), "output went past memory: {log}");
     kill(job.daemon, libc::SIGKILL);

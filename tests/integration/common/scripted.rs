@@ -58,6 +58,8 @@ pub struct Seen {
     pub starts_that_wiped_output: usize,
     /// The `machine` of every frame, in order of arrival.
     pub machines: Vec<String>,
+    /// `ack`s sent for output.
+    pub output_acks: usize,
 }
 
 /// Where a frame is when the hook sees it.
@@ -192,6 +194,7 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>, hook: &Hook, counted
                     last_acked = seq as i64;
                 }
                 Some(if seq < expected {
+                    record(&mut |s, _| s.output_acks += 1);
                     json!({"type": "ack", "ack_type": "output", "seq": seq})
                 } else {
                     json!({"type": "nack", "nack_type": "out_of_order", "expected_seq": expected, "received_seq": seq})
