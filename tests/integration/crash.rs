@@ -141,6 +141,14 @@ fn pid_file(dir: &std::path::Path, name: &str) -> i32 {
     read_pid_file(&dir.join(name), STARTUP)
 }
 
+/// The daemon, the job's shell and the guardian of a job launched with
+/// `job_command`'s pid files.
+fn job_pids(dir: &TestDir) -> (i32, i32, i32) {
+    let daemon = pid_file(&dir.path, "daemon.pid");
+    let shell = pid_file(&dir.path, "shell.pid");
+    (daemon, shell, parent_of(daemon).expect("the guardian"))
+}
+
 /// Kill the victim of `step`, noting what the record must then show.
 fn kill_now(dir: &std::path::Path, victim: Victim, at_kill: &Mutex<AtKill>) {
     let daemon = pid_file(dir, "daemon.pid");
@@ -547,9 +555,7 @@ fn a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode() {
     Launch::new(&server.url(), "zombie", "zombie_1", &command, &dir)
         .run()
         .expect_started();
-    let daemon = pid_file(&dir.path, "daemon.pid");
-    let shell = pid_file(&dir.path, "shell.pid");
-    let guardian = parent_of(daemon).expect("the guardian");
+    let (daemon, shell, guardian) = job_pids(&dir);
     assert!(
         wait_until(STARTUP, || server.seen(|s| s.appended == "before\n")),
         "the job's first line was not delivered"
@@ -600,9 +606,7 @@ fn a_kill_of_the_daemon_while_it_gives_up_leaves_the_output_in_the_log() {
     .env("SP_TEST_DELIVERY_WINDOW_MS", "2000")
     .run()
     .expect_started();
-    let daemon = pid_file(&dir.path, "daemon.pid");
-    let shell = pid_file(&dir.path, "shell.pid");
-    let guardian = parent_of(daemon).expect("the guardian");
+    let (daemon, shell, guardian) = job_pids(&dir);
     assert!(
         wait_until(RUN_DEADLINE, || crate::common::log_text(&dir, "giveup")
             .contains("giving up delivery")),

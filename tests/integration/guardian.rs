@@ -294,6 +294,15 @@ struct SpilledAndKilled {
 
 /// The job `spool` (instance `spool_1`) writes ~2 MB with a 1 MiB bound and
 /// no server, so the rest spills to the spool; then its daemon is killed.
+/// The daemon's spool file in the test's directory, once there is one.
+fn spool_file_in(dir: &TestDir) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(&dir.path)
+        .expect("test dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "spool"))
+}
+
 /// `delivery_window`: the test-only `SP_TEST_DELIVERY_WINDOW_MS`, if any.
 fn spill_then_kill_the_daemon(
     server: &mut Harness,
@@ -314,13 +323,7 @@ fn spill_then_kill_the_daemon(
     }
     launch.run().expect_started();
     let job = job_processes(dir);
-    let spool_file = || {
-        std::fs::read_dir(&dir.path)
-            .expect("test dir")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "spool"))
-    };
+    let spool_file = || spool_file_in(dir);
     // Everything is on disk once the spool holds the last line (written
     // ahead as the daemon reads it).
     assert!(
@@ -789,13 +792,7 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
     .run()
     .expect_started();
     let job = job_processes(&dir);
-    let spool_file = || {
-        std::fs::read_dir(&dir.path)
-            .expect("test dir")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "spool"))
-    };
+    let spool_file = || spool_file_in(&dir);
     assert!(
         wait_until(STARTUP, || spool_file().is_some()),
         "no spool file: output is written ahead from the start"
