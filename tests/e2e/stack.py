@@ -303,9 +303,15 @@ class Stack:
                     output[message['machine']] = text[:message['position']] + message['chunk']
                 elif message.get('type') == 'details':
                     data = message['data']
-                    for machine, result in data.get('results', {}).items():
+                    results = data.get('results', {})
+                    for machine, result in results.items():
                         result['ret'] = output.get(machine, '')
-                    return data
+                    # The UI endpoint streams the chunks from one read of the
+                    # state and builds `details` from a second read: a result
+                    # stored in between arrives with its end time but without
+                    # its text. Its next broadcast (every 2 s) sends the text.
+                    if all(len(r['ret']) == r.get('output_length', 0) for r in results.values()):
+                        return data
 
     def run(self, cron):
         """Fire cron now (the UI's Run button); returns the time it was asked."""
