@@ -25,6 +25,9 @@
 //! without progress while there are bytes to move all end the connection.
 //! Inbound frames over 1 MiB are a protocol error.
 //!
+//! `ask_once` is `sp_wrapper --check`'s one exchange on the same connection
+//! code (`open`), on the caller's thread: no link thread, no reconnects.
+//!
 //! Progress is bytes moving, not frames finishing, so a slow link is not a
 //! dead one: bytes the kernel takes from us (counted by `Counted`) or bytes
 //! the peer's TCP acknowledges (what we wrote less the socket's unacknowledged
