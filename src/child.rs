@@ -39,6 +39,8 @@ pub struct UserInfo {
     pub groups: Vec<libc::gid_t>,
     pub home: String,
     pub shell: String,
+    /// Found through the host's NSS (`getent`), not in /etc/passwd.
+    pub from_nss: bool,
 }
 
 fn c_string(bytes: *const libc::c_char) -> String {
@@ -68,7 +70,9 @@ fn lookup_user_with(
 ) -> Result<UserInfo, String> {
     let c_name = CString::new(name).map_err(|_| "contains a NUL byte".to_string())?;
     let host_nss = nss::find_getent(getent_paths).map(|getent| (getent, Nss::new(getent, budget)));
-    let entry = match files_passwd(&c_name)? {
+    let local = files_passwd(&c_name)?;
+    let from_nss = local.is_none();
+    let entry = match local {
         Some(entry) => entry,
         None => match &host_nss {
             None => {
@@ -106,6 +110,7 @@ fn lookup_user_with(
         groups,
         home: entry.home,
         shell: entry.shell,
+        from_nss,
     })
 }
 

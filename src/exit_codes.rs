@@ -11,6 +11,9 @@ use std::io;
 pub const SUCCESS: i32 = 0;
 /// Our configuration was missing or invalid (a variable, a path, a user).
 pub const CONFIG: i32 = 1;
+/// `sp_wrapper --check`: at least one check failed (its `FAIL` line says
+/// which); as a launch refused for its configuration.
+pub const CHECK_FAILED: i32 = 1;
 /// We killed the job because it ran past `SP_TIMEOUT` (as coreutils `timeout`).
 pub const TIMEOUT: i32 = 124;
 /// The shell could not be executed (permission, format).

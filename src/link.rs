@@ -25,6 +25,9 @@
 //! without progress while there are bytes to move all end the connection.
 //! Inbound frames over 1 MiB are a protocol error.
 //!
+//! `ask_once` is `sp_wrapper --check`'s one exchange on the same connection
+//! code (`open`), on the caller's thread: no link thread, no reconnects.
+//!
 //! Progress is bytes moving, not frames finishing, so a slow link is not a
 //! dead one: bytes the kernel takes from us (counted by `Counted`) or bytes
 //! the peer's TCP acknowledges (what we wrote less the socket's unacknowledged
@@ -244,11 +247,11 @@ impl Counted {
     }
 }
 
-/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address),
-/// handshake (bounded). The socket is left blocking, with the handshake
-/// timeout as its read and write timeouts; the link thread then makes it
-/// non-blocking.
-fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
+/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address,
+/// by `bound` too), handshake (bounded by `bound`). The socket is left
+/// blocking, with `bound` as its read and write timeouts; the link thread
+/// then makes it non-blocking.
+fn open(url: &WsUrl, bound: Duration) -> Result<WebSocket<Counted>, String> {
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
@@ -256,7 +259,7 @@ fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
     let mut last_error = format!("{} resolved to no address", url.host);
     let mut stream = None;
     for addr in &addrs {
-        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(addr, bound.min(CONNECT_TIMEOUT)) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -267,8 +270,8 @@ fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
     let stream = stream.ok_or(last_error)?;
     let setup = stream
         .set_nodelay(true)
-        .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-        .and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+        .and_then(|_| stream.set_read_timeout(Some(bound)))
+        .and_then(|_| stream.set_write_timeout(Some(bound)));
     setup.map_err(|e| format!("socket setup: {e}"))?;
     set_keepalive(stream.as_raw_fd());
     let config = WebSocketConfig::default()
@@ -282,6 +285,37 @@ fn open(url: &WsUrl) -> Result<WebSocket<Counted>, String> {
     )
     .map_err(|e| format!("WebSocket handshake with {}: {e}", url.raw))?;
     Ok(ws)
+}
+
+/// `sp_wrapper --check`'s one exchange, on the calling thread: open a
+/// connection (connect and handshake bounded by `bound`), send `frame`,
+/// and return the server's first text frame, each read bounded by `bound`
+/// (a few other frames, pings say, are let by); then close with the
+/// WebSocket closing handshake (its reply waited for at most
+/// `CLOSE_WAIT` for its first frame), as a finished run does.
+pub fn ask_once(url: &WsUrl, frame: String, bound: Duration) -> Result<String, String> {
+    let mut ws = open(url, bound)?;
+    let mut answer = match ws.send(Message::text(frame)) {
+        Ok(()) => Err("no answer in time".to_string()),
+        Err(e) => Err(format!("send failed: {e}")),
+    };
+    for _ in 0..8 {
+        match ws.read() {
+            Ok(Message::Text(text)) => answer = Ok(text.as_str().to_string()),
+            Ok(_) => continue,
+            // The read timeout: `answer` says so.
+            Err(e) if would_block(&e) => {}
+            Err(e) => answer = Err(format!("receive failed: {e}")),
+        }
+        break;
+    }
+    let _ = ws.close(None);
+    let _ = ws.flush();
+    // One read for the server's close reply (the connection then ends), at
+    // most CLOSE_WAIT.
+    let _ = ws.get_ref().stream.set_read_timeout(Some(CLOSE_WAIT));
+    let _ = ws.read();
+    answer
 }
 
 impl Link {
@@ -381,7 +415,7 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<Counted>, String> {
-        let ws = open(&self.url)?;
+        let ws = open(&self.url, HANDSHAKE_TIMEOUT)?;
         ws.get_ref()
             .stream
             .set_nonblocking(true)

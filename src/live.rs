@@ -59,7 +59,7 @@ pub fn spawn_link(
 ) -> std::io::Result<LinkHandle> {
     let machine_override = known_machine.or_else(|| cfg.machine_id.clone());
     let resolve_machine =
-        move || machine_id::resolve(machine_override.as_deref(), |var| std::env::var(var).ok()).0;
+        move || machine_id::resolve(machine_override.as_deref(), &|var| std::env::var(var).ok()).0;
     link::spawn_link(cfg.url.clone(), events, frames, resolve_machine)
 }
 

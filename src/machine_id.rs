@@ -201,17 +201,18 @@ fn salt_config_dir_from_cmdline(cmdline: &[u8]) -> Option<Option<String>> {
 /// The machine id and where it came from. `env` is the process environment
 /// (the minion's, inherited through `cmd.run_all`). Logs the outcome and any
 /// configuration file it had to skip. May take up to `DNS_BOUND` when the
-/// id must be generated from the host's names. Not inlined: the link thread
-/// and the guardian both call it, and one copy keeps the binary smaller.
+/// id must be generated from the host's names. Not inlined, and `env` not
+/// generic: the link thread, the guardian, `--print-machine-id` and
+/// `--check` all call it, and one copy keeps the binary smaller.
 #[inline(never)]
 pub fn resolve(
     override_id: Option<&str>,
-    env: impl Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> (String, Source) {
     let ancestor = ANCESTOR_CONFIG_DIR.lock().ok().and_then(|dir| dir.clone());
     let (id, source) = resolve_in(
         override_id,
-        &env,
+        env,
         Path::new("/"),
         ancestor.as_deref(),
         || HostFacts::gather(Path::new("/"), DNS_BOUND),

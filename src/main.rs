@@ -5,6 +5,7 @@
 //! the launcher (`launcher.rs`), the guardian (`guardian.rs`) and the daemon
 //! (`daemon.rs`).
 
+mod check;
 mod child;
 mod clock;
 mod config;
@@ -53,8 +54,9 @@ fn usage() -> String {
     let mut text = format!(
         "sp_wrapper {VERSION}: runs one Saltpeter job and reports it to the server\n\n\
          usage: sp_wrapper [--foreground]    (configured by environment variables)\n\
-         \x20      sp_wrapper --version | --help\n\n\
-         --foreground  do not detach: show the job's output here too and exit with its result\n\n\
+         \x20      sp_wrapper --check | --version | --help\n\n\
+         --foreground  do not detach: show the job's output here too and exit with its result\n\
+         --check       what a job would meet here (id, server, dirs, SP_USER); exit 1 if a check fails\n\n\
          variables:\n"
     );
     for (name, what) in config::VARIABLES {
@@ -74,7 +76,7 @@ fn usage() -> String {
 fn print_machine_id() -> i32 {
     machine_id::note_salt_ancestor();
     let override_id = std::env::var("SP_MACHINE_ID").ok();
-    let (id, source) = machine_id::resolve(override_id.as_deref(), |var| std::env::var(var).ok());
+    let (id, source) = machine_id::resolve(override_id.as_deref(), &|var| std::env::var(var).ok());
     println!("{id}");
     eprintln!("sp_wrapper: machine id from {source}");
     exit_codes::SUCCESS
@@ -93,6 +95,7 @@ fn run() -> i32 {
                 return exit_codes::SUCCESS;
             }
             "--foreground" => foreground = true,
+            "--check" => return check::run(),
             // Hidden (not in --help): the machine id this agent would
             // report here, for tests/salt_id's comparison with Salt and for
             // an operator's check (docs/configuration.md, "The machine id").

@@ -199,6 +199,19 @@ class Stack:
         except ValueError:
             return False
 
+    def salt(self, *args):
+        """`salt <our minion> <args...>` from the master, as an operator types
+        it; returns what the minion returned (JSON output)."""
+        self.check_alive()
+        result = subprocess.run(
+            [os.path.join(self.venv_bin, 'salt'), '--out=json', '--static', '-t', '30',
+             self.minion_id] + list(args),
+            env=self.env, capture_output=True, text=True, timeout=90)
+        try:
+            return json.loads(result.stdout)[self.minion_id]
+        except (ValueError, KeyError):
+            raise AssertionError('salt %s: %r %r' % (' '.join(args), result.stdout, result.stderr))
+
     def check_alive(self):
         for name, process in self.processes.items():
             if process.poll() is not None:

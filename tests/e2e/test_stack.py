@@ -146,3 +146,26 @@ def test_both_quote_kinds_give_a_clear_launch_error(stack):
     assert 'SP_COMMAND: not set' in result['ret']
     assert "both ' and \"" in result['ret']
     assert parse_time(result['endtime']) - asked < 25
+
+
+def test_check_through_salt_cmd_run(stack):
+    # As an operator asks a fleet: salt '*' cmd.run 'sp_wrapper --check'. No
+    # SP_* variables: the defaults are checked, the server is not.
+    out = stack.salt('cmd.run', stack.wrapper + ' --check')
+    summary = out.splitlines()[-1]
+    assert summary.startswith('sp_wrapper --check: OK '), out
+    config = os.path.join(stack.conf, 'minion.d', '50-id.conf')
+    assert summary.endswith(' id=%s (from id: in %s)' % (stack.minion_id, config)), out
+    assert '-     server: not checked (SP_WEBSOCKET_URL is not set)' in out.splitlines()
+    # With the address Saltpeter passes: its real endpoint ACKs the connect.
+    url = 'ws://127.0.0.1:%d' % stack.machines_port
+    out = stack.salt('cmd.run', stack.wrapper + ' --check', 'env={"SP_WEBSOCKET_URL": "%s"}' % url)
+    assert out.splitlines()[-1].startswith('sp_wrapper --check: OK '), out
+    assert 'ok    server: %s ACKed a connect' % url in out.splitlines(), out
+    # A dead server is a failure, in the summary line.
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        dead = 'ws://127.0.0.1:%d' % s.getsockname()[1]
+    out = stack.salt('cmd.run', stack.wrapper + ' --check', 'env={"SP_WEBSOCKET_URL": "%s"}' % dead)
+    assert out.splitlines()[-1].startswith('sp_wrapper --check: FAILED '), out
+    assert 'server: %s: connect to ' % dead in out.splitlines()[-1], out

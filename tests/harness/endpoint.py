@@ -17,6 +17,9 @@ Commands (each may carry "id", echoed back):
   result       name, machine                 the current result
   wait_result  name, machine, timeout        block until it has an endtime
   kill         name, instance, machine       queue the server's kill command
+  connections                                the endpoint's registered sockets:
+                                             {"<instance>:<machine>": id of its socket}
+  records                                    every (job, machine) with a result
   stop_endpoint                              close the endpoint and its sockets
   start_endpoint                             a new endpoint object, same port and state
   quit
@@ -241,6 +244,13 @@ def main():
             elif cmd == 'kill':
                 harness.commands.append({'killmachine': {
                     'job_instance': req['instance'], 'machine': req['machine'], 'cron': req['name']}})
+            elif cmd == 'connections':
+                endpoint = getattr(harness, 'endpoint', None)
+                registered = dict(endpoint.connections) if endpoint else {}
+                out['connections'] = {key: id(conn['websocket']) for key, conn in registered.items()}
+            elif cmd == 'records':
+                with harness.lock:
+                    out['records'] = sorted(list(key) for key in harness.results)
             elif cmd == 'stop_endpoint':
                 harness.stop_endpoint()
             elif cmd == 'start_endpoint':

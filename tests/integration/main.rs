@@ -12,6 +12,7 @@
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
 //! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md) |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded after every byte the dead daemon had read and the server had not ACKed (its spool file is a write-ahead journal), stale spools removed |
+//! | `check` | `sp_wrapper --check`: a healthy setup against the real endpoint (a job running meanwhile, with the same variables, keeps its connection and an exact record; nothing left behind), a dead server, a read-only log directory, an unknown `SP_USER`: each its line, summary and exit code |
 //! | `minion_config` | hostile minion configurations (include loops and fan-out, merges of merges, random ones): `--print-machine-id` within 1 s of CPU and 16 MiB |
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
@@ -32,6 +33,7 @@ mod common;
 mod arch;
 mod architecture;
 mod bounded;
+mod check;
 mod conformance;
 mod crash;
 mod dead_dns;

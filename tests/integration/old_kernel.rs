@@ -91,8 +91,9 @@ fn static_wrapper() -> PathBuf {
 }
 
 /// ELF `e_type`, and whether there is a PT_INTERP program header (ELF32
-/// and ELF64, little-endian).
-fn elf_kind(elf: &[u8]) -> (u16, bool) {
+/// and ELF64, little-endian). Also `security`'s: a binary with an
+/// interpreter is a glibc build, whose getpwnam asks NSS itself.
+pub(crate) fn elf_kind(elf: &[u8]) -> (u16, bool) {
     assert!(
         elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[5] == 1,
         "not a little-endian ELF file"

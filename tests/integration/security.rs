@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, extrausers, log_text, log_text_at, pid_alive,
-    read_pid_file, wait_until,
+    read_pid_file, wait_until, wrapper_bin,
 };
 
 const MACHINE: &str = "test-minion";
@@ -441,6 +441,12 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
     };
     let directory_launch = launch("diruser", "diruser_1", &user);
     let local_launch = launch("localuser", "localuser_1", &local);
+    // `--check` finds the directory user too, and says where (docs/diagnose.md).
+    let checked = Launch::new("", "diruser", "diruser_1", "true", &dir)
+        .unset("SP_WEBSOCKET_URL")
+        .env("SP_USER", &user)
+        .arg("--check")
+        .run();
     // Restore /etc/nsswitch.conf at once: the launches are done with NSS
     // (the job's `id -u/-g/-G` print numbers and ask no one).
     nss.disable();
@@ -469,6 +475,19 @@ fn sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups() {
     );
     assert_eq!(directory_launch.code, Some(0), "{directory_launch:?}");
     assert_eq!(local_launch.code, Some(0), "{local_launch:?}");
+    // The static binary's musl reads /etc/passwd alone, so it asked the
+    // host's NSS (getent); a glibc build's own getpwnam asks NSS itself.
+    let elf = std::fs::read(wrapper_bin()).expect("the binary under test");
+    let from = match crate::old_kernel::elf_kind(&elf).1 {
+        true => "/etc/passwd",
+        false => "the host's NSS",
+    };
+    let user_line = format!("ok    SP_USER: {user}: uid {uid}, from {from}");
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+    assert!(
+        checked.stdout.lines().any(|l| l == user_line),
+        "no line {user_line:?}: {checked:?}"
+    );
 
     let result = server
         .wait_result("diruser", MACHINE, RESULT_WAIT)

@@ -269,6 +269,37 @@ impl Harness {
         assert_eq!(reply["ok"], true, "{reply}");
     }
 
+    /// The endpoint's registered sockets: `<instance>:<machine>` and an id
+    /// of the socket object (the same id: the same connection).
+    pub fn connections(&mut self) -> std::collections::BTreeMap<String, u64> {
+        let reply = self.request(json!({"cmd": "connections"}));
+        reply["connections"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every `(job, machine)` the stand-in job process holds a result for
+    /// (one is made by any state update the endpoint forwards, or a query).
+    pub fn records(&mut self) -> Vec<(String, String)> {
+        let reply = self.request(json!({"cmd": "records"}));
+        reply["records"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let part = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                        (part(0), part(1))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn stop_endpoint(&mut self) {
         let reply = self.request(json!({"cmd": "stop_endpoint"}));
         assert_eq!(reply["ok"], true, "{reply}");
