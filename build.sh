@@ -19,7 +19,9 @@
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
 #   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
 #   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
-#   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
+#   ./build.sh package     a .deb and an .rpm for each arch whose binary is in dist/:
+#                          x86_64 (built here), the others only after build-all
+#                          (or build ARCH); it names the arches it skipped
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -921,12 +923,15 @@ e2e_bench() {
 # Packaging (a .deb and an .rpm for every arch in dist/) lives in
 # packaging/package.sh so this file stays a dispatcher. It packages what is
 # built: dist/sp_wrapper (x86_64, refreshed here) and dist/<triple>/sp_wrapper
-# from build-all.
+# from build-all. Arches not built are skipped, each named with the command
+# that builds it: `./build.sh build-all && ./build.sh package` makes them all.
 package() {
     deps_packaging
     build
     rm -f dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
     bash packaging/package.sh "$VERSION" dist dist
+    say "packages (copy these, not dist/ itself, to a repository or the Salt file server; docs/deploy.md):"
+    ls -1 dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm | sed 's/^/    /'
 }
 
 case "${1:-build}" in
