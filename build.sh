@@ -42,6 +42,9 @@ CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
 ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
 E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# A test-only override of the version compiled in (src/protocol.rs): set
+# by build_e2e_next alone, never inherited by a release build.
+unset SP_WRAPPER_VERSION
 
 say() { printf '==> %s\n' "$*"; }
 
