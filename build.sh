@@ -891,12 +891,30 @@ deps_e2e() {
     fi
 }
 
+# The N+1 of the e2e upgrade test (tests/e2e/test_deploy.py): the x86_64
+# binary built again with SP_WRAPPER_VERSION set to VERSION's last number
+# plus one (src/protocol.rs), so the version it reports really differs, into
+# target/e2e-next/. With build_arch's flags, cargo recompiles only our crate
+# (~26 s), and the next plain build only that again.
+E2E_NEXT_BIN=target/e2e-next/sp_wrapper
+build_e2e_next() {
+    local next="${VERSION%.*}.$((${VERSION##*.} + 1))" says
+    say "building $next of the x86_64 binary for the e2e upgrade test (SP_WRAPPER_VERSION=$next)"
+    SP_WRAPPER_VERSION=$next cargo build --release --locked --target "$TARGET" --config "$(remap_paths "$TARGET")"
+    mkdir -p target/e2e-next
+    cp "target/$TARGET/release/sp_wrapper" "$E2E_NEXT_BIN.new"
+    mv -f "$E2E_NEXT_BIN.new" "$E2E_NEXT_BIN"
+    says=$("$E2E_NEXT_BIN" --version)
+    [ "$says" = "sp_wrapper $next" ] || { echo "build.sh: $E2E_NEXT_BIN says '$says', not 'sp_wrapper $next'" >&2; exit 1; }
+}
+
 # Runs pytest in the background so a TERM/INT/HUP to this script reaches it:
 # its teardown then stops salt-master, salt-minion, Saltpeter and the agents.
 e2e_suite() {
     local pid status=0 started=$SECONDS
-    say "end-to-end suite: salt-master, salt-minion and the Saltpeter server on 127.0.0.1, dist/sp_wrapper as the wrapper"
-    "$E2E_PYTHON" -m pytest -p no:cacheprovider -v -ra tests/e2e &
+    build_e2e_next
+    say "end-to-end suite: salt-master, salt-minion and the Saltpeter server on 127.0.0.1, dist/sp_wrapper as the wrapper, the packages in dist/"
+    SP_E2E_NEXT_WRAPPER="$PWD/$E2E_NEXT_BIN" "$E2E_PYTHON" -m pytest -p no:cacheprovider -v -ra tests/e2e &
     pid=$!
     trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit 143' TERM INT HUP
     wait "$pid" || status=$?
@@ -905,9 +923,11 @@ e2e_suite() {
     return "$status"
 }
 
+# The suite's deploy tests (tests/e2e/test_deploy.py) serve the packages
+# `package` made from the Salt master's file server.
 e2e() {
     deps
-    build
+    package
     deps_e2e
     e2e_suite
 }
