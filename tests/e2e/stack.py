@@ -13,6 +13,10 @@ module started are touched.
 The minion's id is set in its config (in minion.d/, overriding a decoy in the
 main file, as Salt reads them) and differs from the host name; nothing sets
 SP_MACHINE_ID, so the agent must find the id itself (issue 13).
+
+The master serves salt:// from srv/salt in the temporary directory (the
+deploy tests' states and packages), and the minion's apt reads its sources
+and lists from apt/ there (APT_CONFIG), never the host's.
 """
 
 import json

@@ -473,5 +473,10 @@ def test_repository_state_installs_from_a_repository(stack, deploy):
     # The log directory was missing: it gets the package's mode too.
     assert mode_of(LOGDIR) == '750'
     applied(stack, 'saltpeter-agent-repo', changes=False)
+    # A plain remove (what pkg.removed does) keeps the logrotate conffile,
+    # which logrotate would go on running: the removal state purges it.
+    assert run(['dpkg', '--remove', 'saltpeter-agent']).returncode == 0
+    assert package_status() == 'deinstall ok config-files'
+    assert os.path.exists('/etc/logrotate.d/saltpeter-agent') and not os.path.lexists(INSTALLED)
     applied(stack, 'saltpeter-agent.removed')
     assert_removed()
