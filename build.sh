@@ -19,7 +19,9 @@
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
 #   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
 #   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
-#   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
+#   ./build.sh package     a .deb and an .rpm for each arch whose binary is in dist/:
+#                          x86_64 (built here), the others only after build-all
+#                          (or build ARCH); it names the arches it skipped
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,6 +42,9 @@ CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
 ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
 E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# A test-only override of the version compiled in (src/protocol.rs): set
+# by build_e2e_next alone, never inherited by a release build.
+unset SP_WRAPPER_VERSION
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -886,12 +891,30 @@ deps_e2e() {
     fi
 }
 
+# The N+1 of the e2e upgrade test (tests/e2e/test_deploy.py): the x86_64
+# binary built again with SP_WRAPPER_VERSION set to VERSION's last number
+# plus one (src/protocol.rs), so the version it reports really differs, into
+# target/e2e-next/. With build_arch's flags, cargo recompiles only our crate
+# (~26 s), and the next plain build only that again.
+E2E_NEXT_BIN=target/e2e-next/sp_wrapper
+build_e2e_next() {
+    local next="${VERSION%.*}.$((${VERSION##*.} + 1))" says
+    say "building $next of the x86_64 binary for the e2e upgrade test (SP_WRAPPER_VERSION=$next)"
+    SP_WRAPPER_VERSION=$next cargo build --release --locked --target "$TARGET" --config "$(remap_paths "$TARGET")"
+    mkdir -p target/e2e-next
+    cp "target/$TARGET/release/sp_wrapper" "$E2E_NEXT_BIN.new"
+    mv -f "$E2E_NEXT_BIN.new" "$E2E_NEXT_BIN"
+    says=$("$E2E_NEXT_BIN" --version)
+    [ "$says" = "sp_wrapper $next" ] || { echo "build.sh: $E2E_NEXT_BIN says '$says', not 'sp_wrapper $next'" >&2; exit 1; }
+}
+
 # Runs pytest in the background so a TERM/INT/HUP to this script reaches it:
 # its teardown then stops salt-master, salt-minion, Saltpeter and the agents.
 e2e_suite() {
     local pid status=0 started=$SECONDS
-    say "end-to-end suite: salt-master, salt-minion and the Saltpeter server on 127.0.0.1, dist/sp_wrapper as the wrapper"
-    "$E2E_PYTHON" -m pytest -p no:cacheprovider -v -ra tests/e2e &
+    build_e2e_next
+    say "end-to-end suite: salt-master, salt-minion and the Saltpeter server on 127.0.0.1, dist/sp_wrapper as the wrapper, the packages in dist/"
+    SP_E2E_NEXT_WRAPPER="$PWD/$E2E_NEXT_BIN" "$E2E_PYTHON" -m pytest -p no:cacheprovider -v -ra tests/e2e &
     pid=$!
     trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit 143' TERM INT HUP
     wait "$pid" || status=$?
@@ -900,9 +923,11 @@ e2e_suite() {
     return "$status"
 }
 
+# The suite's deploy tests (tests/e2e/test_deploy.py) serve the packages
+# `package` made from the Salt master's file server.
 e2e() {
     deps
-    build
+    package
     deps_e2e
     e2e_suite
 }
@@ -921,12 +946,15 @@ e2e_bench() {
 # Packaging (a .deb and an .rpm for every arch in dist/) lives in
 # packaging/package.sh so this file stays a dispatcher. It packages what is
 # built: dist/sp_wrapper (x86_64, refreshed here) and dist/<triple>/sp_wrapper
-# from build-all.
+# from build-all. Arches not built are skipped, each named with the command
+# that builds it: `./build.sh build-all && ./build.sh package` makes them all.
 package() {
     deps_packaging
     build
     rm -f dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
     bash packaging/package.sh "$VERSION" dist dist
+    say "packages (copy these, not dist/ itself, to a repository or the Salt file server; docs/deploy.md):"
+    ls -1 dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm | sed 's/^/    /'
 }
 
 case "${1:-build}" in

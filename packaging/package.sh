@@ -20,8 +20,16 @@
 # plus, in the .deb, Debian's copyright (DEP-5), changelog.gz and lintian
 # overrides, and in the .rpm, %license LICENSE and a %changelog made from the
 # same packaging/changelog. The binary is static: the only relation is to
-# logrotate (deb Recommends, rpm Requires). No maintainer scripts.
-# docs/packaging.md explains each choice.
+# logrotate (deb Recommends, rpm Requires). One maintainer script, the
+# .deb's postinst (packaging/postinst): /var/log/sp_wrapper gets 0750 also
+# when it existed before (dpkg leaves an existing directory's mode alone;
+# rpm does not). docs/packaging.md explains each choice.
+#
+# SP_PACKAGE_CHANGELOG=FILE: the changelog to use instead of
+# packaging/changelog (its top entry must still be VERSION). Only for test
+# packages of another version (tests/e2e/test_deploy.py builds an N+1 this
+# way); a release uses packaging/changelog. Each binary must say VERSION in
+# its --version, so a package never carries a binary of another version.
 #
 # Tools (./build.sh deps installs them on Debian): dpkg-deb, rpmbuild (the
 # rpm package), help2man, file, and qemu-user for binaries of other arches
@@ -47,12 +55,12 @@ done
 
 # The changelog's top entry is the release we package: refuse a mismatch,
 # so a release never goes out with last release's notes.
-changelog="$here/changelog"
+changelog=${SP_PACKAGE_CHANGELOG:-$here/changelog}
 read -r _ top_version _ <"$changelog"
-[ "$top_version" = "($version)" ] || die "packaging/changelog starts with $top_version, not ($version): add an entry for $version"
+[ "$top_version" = "($version)" ] || die "$changelog starts with $top_version, not ($version): add an entry for $version"
 # Reproducible packages: every date inside comes from the changelog's entry.
 changelog_date=$(sed -n '/^ -- /{ s/^ -- .*>  //p; q; }' "$changelog")
-SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "packaging/changelog: bad date '$changelog_date'"
+SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "$changelog: bad date '$changelog_date'"
 export SOURCE_DATE_EPOCH
 
 work=$(mktemp -d)
@@ -180,6 +188,7 @@ build_deb() {
     installed_kib=$(du -sk --apparent-size "$root" | cut -f1)
     mkdir -p "$root/DEBIAN"
     echo /etc/logrotate.d/saltpeter-agent >"$root/DEBIAN/conffiles"
+    install -m 0755 "$here/postinst" "$root/DEBIAN/postinst"
     (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z |
         xargs -0 md5sum) >"$root/DEBIAN/md5sums"
     cat >"$root/DEBIAN/control" <<CONTROL
@@ -275,12 +284,14 @@ SPEC
 maintainer=${SP_PACKAGE_MAINTAINER:-$(sed -n '/^ -- /{ s/^ -- \(.*>\)  .*/\1/p; q; }' "$changelog")}
 
 built=0
+missing=()
 for row in "${PACKAGING_ARCHES[@]}"; do
     read -r triple _ <<<"$row"
     arch_fields "$triple"
     binary=$(arch_binary "$distdir" "$triple")
     if [ -z "$binary" ]; then
-        echo "package.sh: no binary for $triple in $distdir ($triple/sp_wrapper): skipping $deb_arch/$rpm_arch" >&2
+        echo "package.sh: no binary for $triple in $distdir ($triple/sp_wrapper): skipping $deb_arch/$rpm_arch (./build.sh build $deb_arch, or ./build.sh build-all, makes it)" >&2
+        missing+=("$deb_arch/$rpm_arch")
         continue
     fi
     # Refuse a binary of the wrong machine or a dynamic one: the package's
@@ -289,8 +300,13 @@ for row in "${PACKAGING_ARCHES[@]}"; do
     [[ $described == *"$elf_machine"* ]] || die "$binary is not a $elf_machine binary ($triple): file says: $described"
     [[ $described == *"statically linked"* ]] || die "$binary is not statically linked: file says: $described"
     runner=$(arch_runner "$triple") || die "cannot run $binary here to make its man page"
+    says=$($runner "$binary" --version) || die "$binary --version failed"
+    [ "$says" = "sp_wrapper $version" ] || die "$binary says '$says', not 'sp_wrapper $version': it is not the binary of $version"
     build_deb "$binary" "$runner" "$deb_arch"
     build_rpm "$binary" "$runner" "$rpm_arch"
     built=$((built + 1))
 done
 [ "$built" -gt 0 ] || die "no binary found in $distdir: run ./build.sh build (or build-all)"
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "package.sh: packaged $built of ${#PACKAGING_ARCHES[@]} arches; not ${missing[*]}: run ./build.sh build-all, then ./build.sh package again, for every arch's package" >&2
+fi

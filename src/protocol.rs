@@ -15,8 +15,14 @@ use serde_json::Value;
 
 use crate::messages::{AckKind, Inbound, Stream};
 
-/// Our version, as `start.wrapper_version` carries it (and `--version`).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Our version, as `start.wrapper_version` carries it (and `--version`):
+/// Cargo.toml's, unless the build sets `SP_WRAPPER_VERSION` (only the e2e
+/// suite does, for the N+1 of its upgrade test: tests/e2e/test_deploy.py;
+/// cargo rebuilds when that variable changes).
+pub const VERSION: &str = match option_env!("SP_WRAPPER_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// Builds every frame we send. Holds the identity fields pre-escaped.
 pub struct Encoder {

@@ -13,6 +13,10 @@ module started are touched.
 The minion's id is set in its config (in minion.d/, overriding a decoy in the
 main file, as Salt reads them) and differs from the host name; nothing sets
 SP_MACHINE_ID, so the agent must find the id itself (issue 13).
+
+The master serves salt:// from srv/salt in the temporary directory (the
+deploy tests' states and packages), and the minion's apt reads its sources
+and lists from apt/ there (APT_CONFIG), never the host's.
 """
 
 import json
@@ -71,7 +75,9 @@ class Stack:
         self.sp_log = os.path.join(self.root, 'saltpeter-log')
         self.agent_log = os.path.join(self.root, 'agent-log')
         self.bin = os.path.join(self.root, 'bin')
-        for d in (self.conf, self.sp_conf, self.sp_log, self.bin, os.path.join(self.root, 'log')):
+        # The master's file server (salt://), for the deploy tests' states.
+        self.file_root = os.path.join(self.root, 'srv', 'salt')
+        for d in (self.conf, self.sp_conf, self.sp_log, self.bin, os.path.join(self.root, 'log'), self.file_root):
             os.makedirs(d)
         # A copy, so every agent process is recognisable by its executable.
         self.wrapper = os.path.join(self.bin, 'sp_wrapper')
@@ -96,8 +102,33 @@ class Stack:
         self.env['SALT_CONFIG_DIR'] = self.conf
         self.env['PATH'] = self.venv_bin + ':' + self.env.get('PATH', '/usr/bin:/bin')
         self.env['PYTHONUNBUFFERED'] = '1'
+        self.env['APT_CONFIG'] = self.write_apt_config()
 
     # ---------------------------------------------------------------- setup
+    def write_apt_config(self):
+        """apt as the minion runs it (APT_CONFIG): its sources, lists and cache
+        in the temporary directory, so a state's `apt-get update` reads only
+        the deploy tests' local repository (apt/sources.list, empty until
+        they write it) and the host's apt setup is neither read nor changed.
+        Installs still go into the host's dpkg database."""
+        apt = os.path.join(self.root, 'apt')
+        for d in ('sources.list.d', 'lists/partial', 'cache/archives/partial'):
+            os.makedirs(os.path.join(apt, d))
+        open(os.path.join(apt, 'sources.list'), 'w').close()
+        path = os.path.join(apt, 'apt.conf')
+        with open(path, 'w') as f:
+            f.write('// written by tests/e2e/stack.py\n')
+            for key, value in (('Dir::Etc::SourceList', os.path.join(apt, 'sources.list')),
+                               ('Dir::Etc::SourceParts', os.path.join(apt, 'sources.list.d')),
+                               ('Dir::State::Lists', os.path.join(apt, 'lists')),
+                               ('Dir::Cache', os.path.join(apt, 'cache')),
+                               # The repository is in this 0700 directory.
+                               ('APT::Sandbox::User', 'root'),
+                               # Wait for another apt or dpkg instead of failing.
+                               ('DPkg::Lock::Timeout', '120')):
+                f.write('%s "%s";\n' % (key, value))
+        return path
+
     def write_salt_configs(self):
         def state(kind):
             return {
@@ -116,6 +147,7 @@ class Stack:
         master.update({
             'interface': '127.0.0.1', 'publish_port': self.publish_port, 'ret_port': self.ret_port,
             'auto_accept': True, 'worker_threads': 2, 'log_level_logfile': 'info',
+            'file_roots': {'base': [self.file_root]},
         })
         minion = state('minion')
         minion.update({

@@ -6,7 +6,9 @@
 #      names (Architecture: arm64, rpm %{ARCH} aarch64, ...);
 #   2. their file lists: every expected path, root-owned, with its mode, and
 #      nothing else; the logrotate file is a conffile / %config; the only
-#      relation is to logrotate; the changelog's top entry is VERSION;
+#      relation is to logrotate; the changelog's top entry is VERSION; the
+#      .deb's one maintainer script is the postinst that sets the log
+#      directory's mode;
 #   3. both carry the binary of DIR (same sha256), static, for that machine;
 #   4. lintian (.deb) and rpmlint (.rpm) report no error (warnings are
 #      printed; docs/packaging.md lists the ones we keep and why);
@@ -122,6 +124,13 @@ check_arch() {
     text=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
     grep -qx /etc/logrotate.d/saltpeter-agent <<<"$text" ||
         die "/etc/logrotate.d/saltpeter-agent is not a conffile of the .deb"
+    # The only maintainer script: the log directory's mode on hosts that had
+    # it before (packaging/postinst; tests/e2e/test_deploy.py runs it).
+    text=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t | sort | tr '\n' ' ')
+    [ "$text" = "./ ./conffiles ./control ./md5sums ./postinst " ] ||
+        die "the .deb's control members are '$text', expected conffiles, control, md5sums, postinst"
+    text=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst)
+    grep -q '^    chmod 0750 /var/log/sp_wrapper$' <<<"$text" || die "the .deb's postinst does not set /var/log/sp_wrapper to 0750"
     text=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" 2>/dev/null)
     grep -qx 'cn /etc/logrotate.d/saltpeter-agent' <<<"$text" ||
         die "/etc/logrotate.d/saltpeter-agent is not %config(noreplace) in the .rpm"
