@@ -17,8 +17,8 @@
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
-#   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
-#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
+#   ./build.sh salt-id     the machine id vs the Salts of tests/salt_pins (root; tests/salt_id)
+#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on the older Salts of tests/salt_pins (root)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
 #   ./build.sh clean
 set -euo pipefail
@@ -38,7 +38,12 @@ MAX_SIZE=$((1024 * 1024))
 # ~/.cache/pip as ever.
 CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
 ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
-E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
+# The Salt releases tested and their pins: tests/salt_pins (how to bump them
+# is said there).
+# shellcheck source=tests/salt_pins
+. tests/salt_pins
+# shellcheck disable=SC2206 # the pins are words, over several lines
+E2E_PINS=($SALT_E2E_PINS)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 
 say() { printf '==> %s\n' "$*"; }
@@ -235,18 +240,17 @@ deps_packaging() {
 }
 
 # The Salts the differential test (tests/salt_id) asks for the minion id,
-# besides 3008.3 (the e2e venv): 2019.2.8 on Python 2.7 (the last line
-# CentOS 6 minions run) and 3006 LTS on Python 3.10, from pyenv. Only what
+# besides SALT_E2E (the e2e venv): SALT_OLD on Python 2.7 (the last line
+# CentOS 6 minions run) and SALT_LTS on Python 3.10, from pyenv (versions
+# and pins: tests/salt_pins). Only what
 # salt.config.minion_config (and salt-call --local) import, pinned,
 # --no-deps, into a directory named by the pins, outside the checkout so that
 # a fresh clone reuses it ($SP_SALT_ORACLES, else ~/.cache/sp-salt-oracles/
 # <salt>-py<version>-<hash of the pins>): present and importable, it is
 # reused, so a second run installs nothing.
-PY27=${SP_PY27:-/root/.pyenv/versions/2.7.18/bin/python}
-PY310=${SP_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+PY27=${SP_PY27:-/root/.pyenv/versions/$SALT_OLD_PYTHON/bin/python}
+PY310=${SP_PY310:-/root/.pyenv/versions/$SALT_LTS_PYTHON/bin/python}
 SALT_ORACLES_DIR=${SP_SALT_ORACLES:-${XDG_CACHE_HOME:-$HOME/.cache}/sp-salt-oracles}
-SALT2019_PINS="salt==2019.2.8 PyYAML==5.4.1 Jinja2==2.11.3 MarkupSafe==1.1.1 msgpack==0.6.2 tornado==4.5.3 singledispatch==3.4.0.3 backports_abc==0.5 futures==3.3.0"
-SALT3006_PINS="salt==3006.9 PyYAML==6.0.2 Jinja2==3.1.4 MarkupSafe==2.1.5 msgpack==1.0.8 distro==1.9.0 looseversion==1.3.0 packaging==24.1 psutil==6.0.0"
 # Filled by deps_salt_oracles: LABEL=PYTHON:PYTHONPATH for each Salt that can
 # run here, and the reasons for those that cannot.
 SALT_ORACLES=()
@@ -283,12 +287,14 @@ salt_oracle() {
 deps_salt_oracles() {
     local started=$SECONDS
     SALT_ORACLES=() SALT_ORACLES_SKIPPED=()
-    salt_oracle 2019.2.8 "$PY27" $SALT2019_PINS
-    salt_oracle 3006.9 "$PY310" $SALT3006_PINS
-    if [ -x "$E2E_PYTHON" ]; then
-        SALT_ORACLES+=("3008.3=$PWD/$E2E_PYTHON:")
+    # shellcheck disable=SC2086 # the pins are words
+    salt_oracle "$SALT_OLD" "$PY27" $SALT_OLD_PINS
+    # shellcheck disable=SC2086
+    salt_oracle "$SALT_LTS" "$PY310" $SALT_LTS_PINS
+    if [ -x "$E2E_PYTHON" ] && e2e_venv_has_salt; then
+        SALT_ORACLES+=("$SALT_E2E=$PWD/$E2E_PYTHON:")
     else
-        SALT_ORACLES_SKIPPED+=("Salt 3008.3: no $E2E_PYTHON (./build.sh e2e makes it)")
+        SALT_ORACLES_SKIPPED+=("Salt $SALT_E2E: not in $E2E_PYTHON (./build.sh e2e installs it)")
     fi
     say "Salt oracles ready in $((SECONDS - started)) s: ${SALT_ORACLES[*]%%=*}"
 }
@@ -316,8 +322,8 @@ salt_id_suite() {
 }
 
 # The Salt that old hosts run, launching the agent: salt-call --local
-# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on 2019.2.8 and
-# 3006.9 (the e2e suite is 3008.3), the agent reporting to the real endpoint.
+# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on SALT_OLD and
+# SALT_LTS (the e2e suite is SALT_E2E), the agent reporting to the real endpoint.
 old_salt_suite() {
     local started=$SECONDS oracle args=()
     if [ "$(id -u)" -ne 0 ]; then
@@ -327,11 +333,11 @@ old_salt_suite() {
     [ ${#SALT_ORACLES[@]} -gt 0 ] || deps_salt_oracles
     for oracle in "${SALT_ORACLES[@]}"; do
         case "$oracle" in
-            2019.2.8=* | 3006.9=*) args+=(--salt "$oracle") ;;
+            "$SALT_OLD"=* | "$SALT_LTS"=*) args+=(--salt "$oracle") ;;
         esac
     done
     if [ ${#args[@]} -eq 0 ]; then
-        say "SKIPPED the old-Salt launch test: neither Salt 2019.2.8 nor 3006.9 is installable here (above)"
+        say "SKIPPED the old-Salt launch test: neither Salt $SALT_OLD nor $SALT_LTS is installable here (above)"
         return 0
     fi
     say "old Salt: salt-call --local cmd.run_all of dist/sp_wrapper, as Saltpeter 0.9.32 calls it, to the real endpoint"
@@ -834,7 +840,7 @@ run_tests() {
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
-    step "Salt 3008.3 (the e2e venv), 3006.9 and 2019.2.8: the machine id against Salt's own, and old Salt launching the agent"
+    step "Salt $SALT_E2E (the e2e venv), $SALT_LTS and $SALT_OLD: the machine id against Salt's own, and old Salt launching the agent"
     deps_e2e
     salt_id_suite
     old_salt_suite
@@ -861,7 +867,12 @@ bench() {
     e2e_bench
 }
 
-# Salt (pinned: unpinned, pip backtracks through many versions) and the full
+# e2e_venv_has_salt: .venv-e2e has SALT_E2E and what the suite imports.
+e2e_venv_has_salt() {
+    "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != sys.argv[1])' "$SALT_E2E" 2>/dev/null
+}
+
+# Salt (pinned in tests/salt_pins: unpinned, pip backtracks through many versions) and the full
 # Saltpeter server. A Salt dependency builds from source, hence gcc and the
 # Python headers, from Debian when we are root and they are missing.
 deps_e2e() {
@@ -879,9 +890,14 @@ deps_e2e() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
     cached_venv "$E2E_VENV" python3 "${E2E_PINS[@]}"
-    if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
-        say "installing ${E2E_PINS[*]} into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
-        $VENV_PIP "${E2E_PINS[@]}"
+    if ! e2e_venv_has_salt; then
+        say "installing Salt $SALT_E2E and ${#E2E_PINS[@]} pinned packages (tests/salt_pins) into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
+        # --no-deps: every package is pinned (tests/salt_pins says why).
+        $VENV_PIP --no-deps "${E2E_PINS[@]}"
+        e2e_venv_has_salt || {
+            echo "build.sh: $E2E_VENV has no Salt $SALT_E2E (or cannot import what the suite needs) after installing tests/salt_pins' SALT_E2E_PINS" >&2
+            exit 1
+        }
         say "e2e dependencies installed in $((SECONDS - started)) s"
     fi
 }

@@ -17,6 +17,7 @@
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
 //! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
+//! | `salt_pins` | the docs name the Salt releases tests/salt_pins pins, and no other |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
 //!
 //! Tests that need something this machine may lack (root, strace, the
@@ -41,4 +42,5 @@ mod minion_config;
 mod old_kernel;
 mod reconnects;
 mod record;
+mod salt_pins;
 mod security;
