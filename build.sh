@@ -429,6 +429,16 @@ remap_paths() {
         "$1" "$flags" "$(rustc --print sysroot)" "$(rustc -vV | sed -n 's/^commit-hash: //p')"
 }
 
+# shipped_link_flags TRIPLE: a --config that links the shipped binary
+# without its DWARF unwind tables (.eh_frame: -67 KB on x86_64), by the
+# linker script .cargo/no-eh-frame.ld (relative: the link runs in the
+# checkout, whose path must not matter). Only here, not in
+# .cargo/config.toml: unit tests built for a target unwind (the harness
+# reports a failing test by catching its panic).
+shipped_link_flags() {
+    printf "target.%s.rustflags=['-C','link-arg=-T.cargo/no-eh-frame.ld']" "$1"
+}
+
 build_arch() {
     local triple=$1 built
     mkdir -p "dist/$triple"
@@ -439,7 +449,7 @@ build_arch() {
     else
         [ "$triple" = "$TARGET" ] || deps_rust "$triple"
         say "building the static release binary ($triple)"
-        cargo build --release --locked --target "$triple" --config "$(remap_paths "$triple")"
+        cargo build --release --locked --target "$triple" --config "$(remap_paths "$triple")" --config "$(shipped_link_flags "$triple")"
     fi
     built="target/$triple/release/sp_wrapper"
     # Install by rename: a daemon still running the old file (tests leave some
@@ -532,7 +542,7 @@ build_armv7() {
         rm -rf "$ARMV7_UNWIND" && mv "$ARMV7_UNWIND.tmp" "$ARMV7_UNWIND"
     fi
     say "building the static release binary ($ARMV7, std from source)"
-    if ! armv7_cargo build --release --locked --target "$ARMV7" --config "$(remap_paths "$ARMV7")"; then
+    if ! armv7_cargo build --release --locked --target "$ARMV7" --config "$(remap_paths "$ARMV7")" --config "$(shipped_link_flags "$ARMV7")"; then
         SKIP_REASON="cargo build -Zbuild-std failed (output above)"
         return 1
     fi

@@ -10,7 +10,7 @@
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
 //! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
-//! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md) |
+//! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md); a panic of the binary aborts with its message |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded after every byte the dead daemon had read and the server had not ACKed (its spool file is a write-ahead journal), stale spools removed |
 //! | `minion_config` | hostile minion configurations (include loops and fan-out, merges of merges, random ones): `--print-machine-id` within 1 s of CPU and 16 MiB |
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
