@@ -20,6 +20,8 @@
 #   ./build.sh salt-id     the machine id vs the Salts of tests/salt_pins (root; tests/salt_id)
 #   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on the older Salts of tests/salt_pins (root)
 #   ./build.sh package     a .deb and an .rpm per arch built in dist/ (packaging/)
+#   ./build.sh repro [ARCH...]  package, then the x86_64 (or ARCH's) binary and packages
+#                          built again elsewhere (path, HOME, no rust-src) must be identical
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -419,6 +421,11 @@ file_says() {
 # (x86_64: 1,039,592 -> 1,037,608 bytes; docs/packaging.md, "Size").
 remap_paths() {
     local index flags
+    # The registry's source directory exists only once a crate has been
+    # unpacked into it: on a fresh CARGO_HOME the glob below would match
+    # nothing and the first build would name it in full. cargo fetch unpacks
+    # (offline when everything is in cargo's cache already).
+    cargo fetch --locked --quiet --target "$1" >&2
     # Each registry's directory (index.crates.io-<hash of its URL>), so a
     # crate's files are /cargo/<crate>-<version>/...
     for index in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
@@ -520,13 +527,17 @@ build_armv7() {
         SKIP_REASON="rust-src has no llvm-project/libunwind"
     fi
     [ -z "$SKIP_REASON" ] || return 1
-    if [ ! -f "$ARMV7_UNWIND/libunwind.a" ]; then
+    resource=$(clang -print-resource-dir)
+    # -ffile-prefix-map: libunwind's assertions name their source files;
+    # as rust-src in remap_paths, /rustc/<commit>, not the builder's home.
+    flags=(--target=armv7-unknown-linux-musleabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
+        -O2 -nostdinc -isystem "$resource/include" -isystem /usr/include/arm-linux-musleabihf
+        -I "$src_unwind/include" -funwind-tables -fstrict-aliasing -fvisibility=hidden
+        -D_LIBUNWIND_DISABLE_VISIBILITY_ANNOTATIONS -D_LIBUNWIND_IS_NATIVE_ONLY
+        "-ffile-prefix-map=$sysroot/lib/rustlib/src/rust=/rustc/$(rustc -vV | sed -n 's/^commit-hash: //p')")
+    # Built once per set of flags (a change of them, or of the toolchain, rebuilds it).
+    if [ ! -f "$ARMV7_UNWIND/libunwind.a" ] || [ "$(cat "$ARMV7_UNWIND/flags" 2>/dev/null)" != "${flags[*]}" ]; then
         say "building LLVM libunwind for $ARMV7 (clang, from rust-src)"
-        resource=$(clang -print-resource-dir)
-        flags=(--target=armv7-unknown-linux-musleabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
-            -O2 -nostdinc -isystem "$resource/include" -isystem /usr/include/arm-linux-musleabihf
-            -I "$src_unwind/include" -funwind-tables -fstrict-aliasing -fvisibility=hidden
-            -D_LIBUNWIND_DISABLE_VISIBILITY_ANNOTATIONS -D_LIBUNWIND_IS_NATIVE_ONLY)
         rm -rf "$ARMV7_UNWIND.tmp" && mkdir -p "$ARMV7_UNWIND.tmp"
         for f in UnwindLevel1.c UnwindLevel1-gcc-ext.c Unwind-sjlj.c; do
             clang "${flags[@]}" -std=c99 -c "$src_unwind/src/$f" -o "$ARMV7_UNWIND.tmp/${f%.*}.o" || SKIP_REASON="clang could not compile libunwind's $f for armv7"
@@ -539,6 +550,7 @@ build_armv7() {
         done
         [ -z "$SKIP_REASON" ] || return 1
         llvm-ar rcs "$ARMV7_UNWIND.tmp/libunwind.a" "$ARMV7_UNWIND.tmp"/*.o
+        printf '%s' "${flags[*]}" >"$ARMV7_UNWIND.tmp/flags"
         rm -rf "$ARMV7_UNWIND" && mv "$ARMV7_UNWIND.tmp" "$ARMV7_UNWIND"
     fi
     say "building the static release binary ($ARMV7, std from source)"
@@ -706,6 +718,102 @@ build_all() {
 }
 
 # ---------------------------------------------------------------------------
+# Reproducible builds (issue 25; docs/packaging.md, "Reproducible builds").
+# repro_check: after `package`, build the x86_64 binary and its .deb and .rpm
+# a second time from a copy of this checkout at another path, with another
+# HOME and CARGO_HOME (a copy of cargo's download cache, unpacked afresh) and
+# the same toolchain without rust-src (hard links, lib/rustlib/src left
+# out), and compare them with dist/'s byte for byte. The copy is the
+# checkout's files as they are (uncommitted changes too) without .git, as a
+# source tarball would be: it is given the commit's time as
+# SOURCE_DATE_EPOCH, which package.sh reads from git here. On a mismatch the
+# copy is kept for diffoscope. `repro_check ARCH...` (./build.sh repro ARCH...)
+# does the same for those arches' binaries and packages, built in dist/
+# first; not armv7, whose std is built from rust-src.
+repro_check() {
+    local other clone sysroot rustup_home name epoch status=0 compared=() started=$SECONDS
+    local triples=() files=() arch triple
+    # shellcheck source=packaging/arches.sh
+    . packaging/arches.sh
+    for arch in "${@:-x86_64}"; do
+        triple=$(triple_of "$arch")
+        [ "$triple" != "$ARMV7" ] || { echo "build.sh: repro: armv7's std is built from rust-src, which the second build leaves out" >&2; exit 2; }
+        triples+=("$triple")
+        arch_fields "$triple"
+        files+=("$(arch_binary dist "$triple")" "dist/saltpeter-agent_${VERSION}_$deb_arch.deb" "dist/saltpeter-agent-${VERSION}-1.$rpm_arch.rpm")
+    done
+    epoch=$(git log -1 --format=%ct)
+    # Under target/: on the checkout's filesystem, where hard links to the
+    # toolchain are likelier to work than on a tmpfs /tmp (else it is copied).
+    mkdir -p target
+    other=$(mktemp -d "$PWD/target/repro.XXXXXX")
+    clone="$other/elsewhere/saltpeter-agent"
+    say "reproducibility: a second build in $clone (HOME=$other/home, toolchain without rust-src)"
+    mkdir -p "$clone"
+    git ls-files -z --cached --others --exclude-standard |
+        while IFS= read -r -d '' name; do [ ! -e "$name" ] || printf '%s\0' "$name"; done |
+        xargs -0 cp -P --parents -t "$clone"
+    mkdir -p "$other/home/.cargo/registry"
+    cp -r "${CARGO_HOME:-$HOME/.cargo}"/registry/{index,cache} "$other/home/.cargo/registry/"
+    sysroot=$(rustc --print sysroot)
+    mkdir -p "$other/toolchain/lib"
+    for name in "$sysroot"/* "$sysroot"/lib/* "$sysroot"/lib/rustlib/*; do
+        case "$name" in
+            "$sysroot/lib" | "$sysroot/lib/rustlib" | "$sysroot/lib/rustlib/src" | "$sysroot/share") continue ;;
+        esac
+        mkdir -p "$(dirname "$other/toolchain/${name#"$sysroot"/}")"
+        cp -al "$name" "$other/toolchain/${name#"$sysroot"/}" 2>/dev/null ||
+            cp -a "$name" "$other/toolchain/${name#"$sysroot"/}"
+    done
+    rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+    (
+        cd "$clone"
+        export HOME="$other/home" CARGO_HOME="$other/home/.cargo" RUSTUP_HOME="$rustup_home" \
+            PATH="$other/toolchain/bin:$PATH" SOURCE_DATE_EPOCH="$epoch"
+        unset CARGO_TARGET_DIR RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTUP_TOOLCHAIN
+        [ ! -d "$(rustc --print sysroot)/lib/rustlib/src" ] || { echo "build.sh: the copied toolchain has rust-src" >&2; exit 1; }
+        for triple in "${triples[@]}"; do
+            cargo build --release --locked --quiet --target "$triple" \
+                --config "$(remap_paths "$triple")" --config "$(shipped_link_flags "$triple")"
+            mkdir -p "dist/$triple"
+            cp "target/$triple/release/sp_wrapper" "dist/$triple/sp_wrapper"
+            [ "$triple" != "$TARGET" ] || cp "target/$triple/release/sp_wrapper" dist/sp_wrapper
+        done
+        # (Only the arches asked for are built here: package.sh's notes on
+        # the others are not news.)
+        if ! bash packaging/package.sh "$VERSION" dist dist >/dev/null 2>"$other/package.err"; then
+            cat "$other/package.err" >&2
+            exit 1
+        fi
+        grep -v '^package.sh: no binary for ' "$other/package.err" >&2 || true
+    )
+    for name in "${files[@]}"; do
+        if cmp -s "$name" "$clone/$name"; then
+            compared+=("$name ($(stat -c %s "$name") B, sha256 $(sha256sum "$name" | cut -c1-16)...)")
+        else
+            echo "build.sh: FAIL: $name differs from the second build's $clone/$name ($(cmp "$name" "$clone/$name" 2>&1 | head -n1)); diffoscope shows how" >&2
+            status=1
+        fi
+        case "$name" in
+            *.deb | *.rpm) ;;
+            *)
+                if strings -n 6 "$name" | grep -E "$HOME|$PWD|/registry/src/|/lib/rustlib/src/" >&2; then
+                    echo "build.sh: FAIL: $name names the build machine's paths above" >&2
+                    status=1
+                fi
+                ;;
+        esac
+    done
+    if [ $status -ne 0 ]; then
+        echo "build.sh: the second build is kept in $other" >&2
+        return 1
+    fi
+    rm -rf "$other"
+    say "reproducible: ${#compared[@]} files identical from two checkouts, homes and toolchains ($((SECONDS - started)) s):"
+    printf '    %s\n' "${compared[@]}"
+}
+
+# ---------------------------------------------------------------------------
 # Soak (issue 17): a suite that passes once may still fail on the next fresh
 # machine. N rounds of the host's integration suite (every test, root-only
 # ones included) and each arch's suites (prove_arch), the even rounds with a
@@ -850,6 +958,8 @@ run_tests() {
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
+    step "reproducible: x86_64 binary, .deb and .rpm built again elsewhere, compared byte for byte"
+    repro_check
     step "Salt $SALT_E2E (the e2e venv), $SALT_LTS and $SALT_OLD: the machine id against Salt's own, and old Salt launching the agent"
     deps_e2e
     salt_id_suite
@@ -981,13 +1091,19 @@ case "${1:-build}" in
     bench) bench ;;
     soak) soak "${2:-10}" ;;
     package) package ;;
+    repro)
+        # After build-all for other arches than x86_64.
+        package
+        shift
+        repro_check "$@"
+        ;;
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
     salt-id) build; salt_id_suite ;;
     old-salt) deps_endpoint; build; old_salt_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|repro|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
         exit 2
         ;;
 esac
