@@ -17,11 +17,13 @@
 #   ./build.sh bench       side-by-side benchmark against the Python wrapper 0.9.30
 #   ./build.sh e2e         end-to-end suite: salt-master, salt-minion, Saltpeter server (root)
 #   ./build.sh e2e-bench   Salt's cmd.run_all time, sp_wrapper vs the Python wrapper (root)
-#   ./build.sh salt-id     the machine id vs Salt 2019.2.8, 3006.9 and 3008.3 (root; tests/salt_id)
-#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on Salt 2019.2.8 and 3006.9 (root)
+#   ./build.sh salt-id     the machine id vs the Salts of tests/salt_pins (root; tests/salt_id)
+#   ./build.sh old-salt    salt-call --local cmd.run_all of the agent on the older Salts of tests/salt_pins (root)
 #   ./build.sh package     a .deb and an .rpm for each arch whose binary is in dist/:
 #                          x86_64 (built here), the others only after build-all
 #                          (or build ARCH); it names the arches it skipped
+#   ./build.sh repro [ARCH...]  package, then the x86_64 (or ARCH's) binary and packages
+#                          built again elsewhere (path, HOME, no rust-src) must be identical
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,7 +42,12 @@ MAX_SIZE=$((1024 * 1024))
 # ~/.cache/pip as ever.
 CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
 ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
-E2E_PINS=('salt==3008.3' 'saltpeter==0.9.32' 'websockets==17.4' 'pytest==9.2.0')
+# The Salt releases tested and their pins: tests/salt_pins (how to bump them
+# is said there).
+# shellcheck source=tests/salt_pins
+. tests/salt_pins
+# shellcheck disable=SC2206 # the pins are words, over several lines
+E2E_PINS=($SALT_E2E_PINS)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # A test-only override of the version compiled in (src/protocol.rs): set
 # by build_e2e_next alone, never inherited by a release build.
@@ -240,18 +247,17 @@ deps_packaging() {
 }
 
 # The Salts the differential test (tests/salt_id) asks for the minion id,
-# besides 3008.3 (the e2e venv): 2019.2.8 on Python 2.7 (the last line
-# CentOS 6 minions run) and 3006 LTS on Python 3.10, from pyenv. Only what
+# besides SALT_E2E (the e2e venv): SALT_OLD on Python 2.7 (the last line
+# CentOS 6 minions run) and SALT_LTS on Python 3.10, from pyenv (versions
+# and pins: tests/salt_pins). Only what
 # salt.config.minion_config (and salt-call --local) import, pinned,
 # --no-deps, into a directory named by the pins, outside the checkout so that
 # a fresh clone reuses it ($SP_SALT_ORACLES, else ~/.cache/sp-salt-oracles/
 # <salt>-py<version>-<hash of the pins>): present and importable, it is
 # reused, so a second run installs nothing.
-PY27=${SP_PY27:-/root/.pyenv/versions/2.7.18/bin/python}
-PY310=${SP_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+PY27=${SP_PY27:-/root/.pyenv/versions/$SALT_OLD_PYTHON/bin/python}
+PY310=${SP_PY310:-/root/.pyenv/versions/$SALT_LTS_PYTHON/bin/python}
 SALT_ORACLES_DIR=${SP_SALT_ORACLES:-${XDG_CACHE_HOME:-$HOME/.cache}/sp-salt-oracles}
-SALT2019_PINS="salt==2019.2.8 PyYAML==5.4.1 Jinja2==2.11.3 MarkupSafe==1.1.1 msgpack==0.6.2 tornado==4.5.3 singledispatch==3.4.0.3 backports_abc==0.5 futures==3.3.0"
-SALT3006_PINS="salt==3006.9 PyYAML==6.0.2 Jinja2==3.1.4 MarkupSafe==2.1.5 msgpack==1.0.8 distro==1.9.0 looseversion==1.3.0 packaging==24.1 psutil==6.0.0"
 # Filled by deps_salt_oracles: LABEL=PYTHON:PYTHONPATH for each Salt that can
 # run here, and the reasons for those that cannot.
 SALT_ORACLES=()
@@ -288,12 +294,14 @@ salt_oracle() {
 deps_salt_oracles() {
     local started=$SECONDS
     SALT_ORACLES=() SALT_ORACLES_SKIPPED=()
-    salt_oracle 2019.2.8 "$PY27" $SALT2019_PINS
-    salt_oracle 3006.9 "$PY310" $SALT3006_PINS
-    if [ -x "$E2E_PYTHON" ]; then
-        SALT_ORACLES+=("3008.3=$PWD/$E2E_PYTHON:")
+    # shellcheck disable=SC2086 # the pins are words
+    salt_oracle "$SALT_OLD" "$PY27" $SALT_OLD_PINS
+    # shellcheck disable=SC2086
+    salt_oracle "$SALT_LTS" "$PY310" $SALT_LTS_PINS
+    if [ -x "$E2E_PYTHON" ] && e2e_venv_has_salt; then
+        SALT_ORACLES+=("$SALT_E2E=$PWD/$E2E_PYTHON:")
     else
-        SALT_ORACLES_SKIPPED+=("Salt 3008.3: no $E2E_PYTHON (./build.sh e2e makes it)")
+        SALT_ORACLES_SKIPPED+=("Salt $SALT_E2E: not in $E2E_PYTHON (./build.sh e2e installs it)")
     fi
     say "Salt oracles ready in $((SECONDS - started)) s: ${SALT_ORACLES[*]%%=*}"
 }
@@ -321,8 +329,8 @@ salt_id_suite() {
 }
 
 # The Salt that old hosts run, launching the agent: salt-call --local
-# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on 2019.2.8 and
-# 3006.9 (the e2e suite is 3008.3), the agent reporting to the real endpoint.
+# cmd.run_all with the arguments Saltpeter 0.9.32 passes, on SALT_OLD and
+# SALT_LTS (the e2e suite is SALT_E2E), the agent reporting to the real endpoint.
 old_salt_suite() {
     local started=$SECONDS oracle args=()
     if [ "$(id -u)" -ne 0 ]; then
@@ -332,11 +340,11 @@ old_salt_suite() {
     [ ${#SALT_ORACLES[@]} -gt 0 ] || deps_salt_oracles
     for oracle in "${SALT_ORACLES[@]}"; do
         case "$oracle" in
-            2019.2.8=* | 3006.9=*) args+=(--salt "$oracle") ;;
+            "$SALT_OLD"=* | "$SALT_LTS"=*) args+=(--salt "$oracle") ;;
         esac
     done
     if [ ${#args[@]} -eq 0 ]; then
-        say "SKIPPED the old-Salt launch test: neither Salt 2019.2.8 nor 3006.9 is installable here (above)"
+        say "SKIPPED the old-Salt launch test: neither Salt $SALT_OLD nor $SALT_LTS is installable here (above)"
         return 0
     fi
     say "old Salt: salt-call --local cmd.run_all of dist/sp_wrapper, as Saltpeter 0.9.32 calls it, to the real endpoint"
@@ -418,6 +426,11 @@ file_says() {
 # (x86_64: 1,039,592 -> 1,037,608 bytes; docs/packaging.md, "Size").
 remap_paths() {
     local index flags
+    # The registry's source directory exists only once a crate has been
+    # unpacked into it: on a fresh CARGO_HOME the glob below would match
+    # nothing and the first build would name it in full. cargo fetch unpacks
+    # (offline when everything is in cargo's cache already).
+    cargo fetch --locked --quiet --target "$1" >&2
     # Each registry's directory (index.crates.io-<hash of its URL>), so a
     # crate's files are /cargo/<crate>-<version>/...
     for index in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
@@ -426,6 +439,16 @@ remap_paths() {
     # rust-src as the prebuilt std names its own sources: /rustc/<commit>.
     printf "target.%s.rustflags=[%s'--remap-path-prefix=%s/lib/rustlib/src/rust=/rustc/%s']" \
         "$1" "$flags" "$(rustc --print sysroot)" "$(rustc -vV | sed -n 's/^commit-hash: //p')"
+}
+
+# shipped_link_flags TRIPLE: a --config that links the shipped binary
+# without its DWARF unwind tables (.eh_frame: -67 KB on x86_64), by the
+# linker script .cargo/no-eh-frame.ld (relative: the link runs in the
+# checkout, whose path must not matter). Only here, not in
+# .cargo/config.toml: unit tests built for a target unwind (the harness
+# reports a failing test by catching its panic).
+shipped_link_flags() {
+    printf "target.%s.rustflags=['-C','link-arg=-T.cargo/no-eh-frame.ld']" "$1"
 }
 
 build_arch() {
@@ -438,7 +461,7 @@ build_arch() {
     else
         [ "$triple" = "$TARGET" ] || deps_rust "$triple"
         say "building the static release binary ($triple)"
-        cargo build --release --locked --target "$triple" --config "$(remap_paths "$triple")"
+        cargo build --release --locked --target "$triple" --config "$(remap_paths "$triple")" --config "$(shipped_link_flags "$triple")"
     fi
     built="target/$triple/release/sp_wrapper"
     # Install by rename: a daemon still running the old file (tests leave some
@@ -509,13 +532,17 @@ build_armv7() {
         SKIP_REASON="rust-src has no llvm-project/libunwind"
     fi
     [ -z "$SKIP_REASON" ] || return 1
-    if [ ! -f "$ARMV7_UNWIND/libunwind.a" ]; then
+    resource=$(clang -print-resource-dir)
+    # -ffile-prefix-map: libunwind's assertions name their source files;
+    # as rust-src in remap_paths, /rustc/<commit>, not the builder's home.
+    flags=(--target=armv7-unknown-linux-musleabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
+        -O2 -nostdinc -isystem "$resource/include" -isystem /usr/include/arm-linux-musleabihf
+        -I "$src_unwind/include" -funwind-tables -fstrict-aliasing -fvisibility=hidden
+        -D_LIBUNWIND_DISABLE_VISIBILITY_ANNOTATIONS -D_LIBUNWIND_IS_NATIVE_ONLY
+        "-ffile-prefix-map=$sysroot/lib/rustlib/src/rust=/rustc/$(rustc -vV | sed -n 's/^commit-hash: //p')")
+    # Built once per set of flags (a change of them, or of the toolchain, rebuilds it).
+    if [ ! -f "$ARMV7_UNWIND/libunwind.a" ] || [ "$(cat "$ARMV7_UNWIND/flags" 2>/dev/null)" != "${flags[*]}" ]; then
         say "building LLVM libunwind for $ARMV7 (clang, from rust-src)"
-        resource=$(clang -print-resource-dir)
-        flags=(--target=armv7-unknown-linux-musleabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
-            -O2 -nostdinc -isystem "$resource/include" -isystem /usr/include/arm-linux-musleabihf
-            -I "$src_unwind/include" -funwind-tables -fstrict-aliasing -fvisibility=hidden
-            -D_LIBUNWIND_DISABLE_VISIBILITY_ANNOTATIONS -D_LIBUNWIND_IS_NATIVE_ONLY)
         rm -rf "$ARMV7_UNWIND.tmp" && mkdir -p "$ARMV7_UNWIND.tmp"
         for f in UnwindLevel1.c UnwindLevel1-gcc-ext.c Unwind-sjlj.c; do
             clang "${flags[@]}" -std=c99 -c "$src_unwind/src/$f" -o "$ARMV7_UNWIND.tmp/${f%.*}.o" || SKIP_REASON="clang could not compile libunwind's $f for armv7"
@@ -528,10 +555,11 @@ build_armv7() {
         done
         [ -z "$SKIP_REASON" ] || return 1
         llvm-ar rcs "$ARMV7_UNWIND.tmp/libunwind.a" "$ARMV7_UNWIND.tmp"/*.o
+        printf '%s' "${flags[*]}" >"$ARMV7_UNWIND.tmp/flags"
         rm -rf "$ARMV7_UNWIND" && mv "$ARMV7_UNWIND.tmp" "$ARMV7_UNWIND"
     fi
     say "building the static release binary ($ARMV7, std from source)"
-    if ! armv7_cargo build --release --locked --target "$ARMV7" --config "$(remap_paths "$ARMV7")"; then
+    if ! armv7_cargo build --release --locked --target "$ARMV7" --config "$(remap_paths "$ARMV7")" --config "$(shipped_link_flags "$ARMV7")"; then
         SKIP_REASON="cargo build -Zbuild-std failed (output above)"
         return 1
     fi
@@ -695,6 +723,102 @@ build_all() {
 }
 
 # ---------------------------------------------------------------------------
+# Reproducible builds (issue 25; docs/packaging.md, "Reproducible builds").
+# repro_check: after `package`, build the x86_64 binary and its .deb and .rpm
+# a second time from a copy of this checkout at another path, with another
+# HOME and CARGO_HOME (a copy of cargo's download cache, unpacked afresh) and
+# the same toolchain without rust-src (hard links, lib/rustlib/src left
+# out), and compare them with dist/'s byte for byte. The copy is the
+# checkout's files as they are (uncommitted changes too) without .git, as a
+# source tarball would be: it is given the commit's time as
+# SOURCE_DATE_EPOCH, which package.sh reads from git here. On a mismatch the
+# copy is kept for diffoscope. `repro_check ARCH...` (./build.sh repro ARCH...)
+# does the same for those arches' binaries and packages, built in dist/
+# first; not armv7, whose std is built from rust-src.
+repro_check() {
+    local other clone sysroot rustup_home name epoch status=0 compared=() started=$SECONDS
+    local triples=() files=() arch triple
+    # shellcheck source=packaging/arches.sh
+    . packaging/arches.sh
+    for arch in "${@:-x86_64}"; do
+        triple=$(triple_of "$arch")
+        [ "$triple" != "$ARMV7" ] || { echo "build.sh: repro: armv7's std is built from rust-src, which the second build leaves out" >&2; exit 2; }
+        triples+=("$triple")
+        arch_fields "$triple"
+        files+=("$(arch_binary dist "$triple")" "dist/saltpeter-agent_${VERSION}_$deb_arch.deb" "dist/saltpeter-agent-${VERSION}-1.$rpm_arch.rpm")
+    done
+    epoch=$(git log -1 --format=%ct)
+    # Under target/: on the checkout's filesystem, where hard links to the
+    # toolchain are likelier to work than on a tmpfs /tmp (else it is copied).
+    mkdir -p target
+    other=$(mktemp -d "$PWD/target/repro.XXXXXX")
+    clone="$other/elsewhere/saltpeter-agent"
+    say "reproducibility: a second build in $clone (HOME=$other/home, toolchain without rust-src)"
+    mkdir -p "$clone"
+    git ls-files -z --cached --others --exclude-standard |
+        while IFS= read -r -d '' name; do [ ! -e "$name" ] || printf '%s\0' "$name"; done |
+        xargs -0 cp -P --parents -t "$clone"
+    mkdir -p "$other/home/.cargo/registry"
+    cp -r "${CARGO_HOME:-$HOME/.cargo}"/registry/{index,cache} "$other/home/.cargo/registry/"
+    sysroot=$(rustc --print sysroot)
+    mkdir -p "$other/toolchain/lib"
+    for name in "$sysroot"/* "$sysroot"/lib/* "$sysroot"/lib/rustlib/*; do
+        case "$name" in
+            "$sysroot/lib" | "$sysroot/lib/rustlib" | "$sysroot/lib/rustlib/src" | "$sysroot/share") continue ;;
+        esac
+        mkdir -p "$(dirname "$other/toolchain/${name#"$sysroot"/}")"
+        cp -al "$name" "$other/toolchain/${name#"$sysroot"/}" 2>/dev/null ||
+            cp -a "$name" "$other/toolchain/${name#"$sysroot"/}"
+    done
+    rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+    (
+        cd "$clone"
+        export HOME="$other/home" CARGO_HOME="$other/home/.cargo" RUSTUP_HOME="$rustup_home" \
+            PATH="$other/toolchain/bin:$PATH" SOURCE_DATE_EPOCH="$epoch"
+        unset CARGO_TARGET_DIR RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTUP_TOOLCHAIN
+        [ ! -d "$(rustc --print sysroot)/lib/rustlib/src" ] || { echo "build.sh: the copied toolchain has rust-src" >&2; exit 1; }
+        for triple in "${triples[@]}"; do
+            cargo build --release --locked --quiet --target "$triple" \
+                --config "$(remap_paths "$triple")" --config "$(shipped_link_flags "$triple")"
+            mkdir -p "dist/$triple"
+            cp "target/$triple/release/sp_wrapper" "dist/$triple/sp_wrapper"
+            [ "$triple" != "$TARGET" ] || cp "target/$triple/release/sp_wrapper" dist/sp_wrapper
+        done
+        # (Only the arches asked for are built here: package.sh's notes on
+        # the others are not news.)
+        if ! bash packaging/package.sh "$VERSION" dist dist >/dev/null 2>"$other/package.err"; then
+            cat "$other/package.err" >&2
+            exit 1
+        fi
+        grep -v '^package.sh: no binary for ' "$other/package.err" >&2 || true
+    )
+    for name in "${files[@]}"; do
+        if cmp -s "$name" "$clone/$name"; then
+            compared+=("$name ($(stat -c %s "$name") B, sha256 $(sha256sum "$name" | cut -c1-16)...)")
+        else
+            echo "build.sh: FAIL: $name differs from the second build's $clone/$name ($(cmp "$name" "$clone/$name" 2>&1 | head -n1)); diffoscope shows how" >&2
+            status=1
+        fi
+        case "$name" in
+            *.deb | *.rpm) ;;
+            *)
+                if strings -n 6 "$name" | grep -E "$HOME|$PWD|/registry/src/|/lib/rustlib/src/" >&2; then
+                    echo "build.sh: FAIL: $name names the build machine's paths above" >&2
+                    status=1
+                fi
+                ;;
+        esac
+    done
+    if [ $status -ne 0 ]; then
+        echo "build.sh: the second build is kept in $other" >&2
+        return 1
+    fi
+    rm -rf "$other"
+    say "reproducible: ${#compared[@]} files identical from two checkouts, homes and toolchains ($((SECONDS - started)) s):"
+    printf '    %s\n' "${compared[@]}"
+}
+
+# ---------------------------------------------------------------------------
 # Soak (issue 17): a suite that passes once may still fail on the next fresh
 # machine. N rounds of the host's integration suite (every test, root-only
 # ones included) and each arch's suites (prove_arch), the even rounds with a
@@ -839,7 +963,9 @@ run_tests() {
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"
     package
     bash tests/packaging/check.sh "$VERSION" dist
-    step "Salt 3008.3 (the e2e venv), 3006.9 and 2019.2.8: the machine id against Salt's own, and old Salt launching the agent"
+    step "reproducible: x86_64 binary, .deb and .rpm built again elsewhere, compared byte for byte"
+    repro_check
+    step "Salt $SALT_E2E (the e2e venv), $SALT_LTS and $SALT_OLD: the machine id against Salt's own, and old Salt launching the agent"
     deps_e2e
     salt_id_suite
     old_salt_suite
@@ -866,7 +992,12 @@ bench() {
     e2e_bench
 }
 
-# Salt (pinned: unpinned, pip backtracks through many versions) and the full
+# e2e_venv_has_salt: .venv-e2e has SALT_E2E and what the suite imports.
+e2e_venv_has_salt() {
+    "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != sys.argv[1])' "$SALT_E2E" 2>/dev/null
+}
+
+# Salt (pinned in tests/salt_pins: unpinned, pip backtracks through many versions) and the full
 # Saltpeter server. A Salt dependency builds from source, hence gcc and the
 # Python headers, from Debian when we are root and they are missing.
 deps_e2e() {
@@ -884,9 +1015,14 @@ deps_e2e() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
     cached_venv "$E2E_VENV" python3 "${E2E_PINS[@]}"
-    if ! "$E2E_PYTHON" -c 'import salt.version, saltpeter.main, websockets, pytest, sys; sys.exit(salt.version.__version__ != "3008.3")' 2>/dev/null; then
-        say "installing ${E2E_PINS[*]} into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
-        $VENV_PIP "${E2E_PINS[@]}"
+    if ! e2e_venv_has_salt; then
+        say "installing Salt $SALT_E2E and ${#E2E_PINS[@]} pinned packages (tests/salt_pins) into $E2E_VENV (minutes on a fresh machine; then cached in $CACHE_DIR)"
+        # --no-deps: every package is pinned (tests/salt_pins says why).
+        $VENV_PIP --no-deps "${E2E_PINS[@]}"
+        e2e_venv_has_salt || {
+            echo "build.sh: $E2E_VENV has no Salt $SALT_E2E (or cannot import what the suite needs) after installing tests/salt_pins' SALT_E2E_PINS" >&2
+            exit 1
+        }
         say "e2e dependencies installed in $((SECONDS - started)) s"
     fi
 }
@@ -983,13 +1119,19 @@ case "${1:-build}" in
     bench) bench ;;
     soak) soak "${2:-10}" ;;
     package) package ;;
+    repro)
+        # After build-all for other arches than x86_64.
+        package
+        shift
+        repro_check "$@"
+        ;;
     e2e) e2e ;;
     e2e-bench) deps; build; e2e_bench ;;
     salt-id) build; salt_id_suite ;;
     old-salt) deps_endpoint; build; old_salt_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|repro|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
         exit 2
         ;;
 esac

@@ -35,6 +35,9 @@
 # rpm package), help2man, file, and qemu-user for binaries of other arches
 # (help2man runs each package's own binary).
 set -euo pipefail
+# Modes of everything staged, and of the directories install -D makes, must
+# not depend on the caller's umask (the packages are reproducible).
+umask 022
 
 die() { echo "package.sh: $*" >&2; exit 1; }
 
@@ -58,9 +61,18 @@ done
 changelog=${SP_PACKAGE_CHANGELOG:-$here/changelog}
 read -r _ top_version _ <"$changelog"
 [ "$top_version" = "($version)" ] || die "$changelog starts with $top_version, not ($version): add an entry for $version"
-# Reproducible packages: every date inside comes from the changelog's entry.
-changelog_date=$(sed -n '/^ -- /{ s/^ -- .*>  //p; q; }' "$changelog")
-SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "$changelog: bad date '$changelog_date'"
+# Reproducible packages (docs/packaging.md, "Reproducible builds"): every
+# date inside is SOURCE_DATE_EPOCH: as given (build.sh repro_check passes the
+# commit's time), else the time of the checkout's last commit, else (a
+# source tree without git) the date of the changelog's top entry.
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(git -C "$top" log -1 --format=%ct 2>/dev/null) || SOURCE_DATE_EPOCH=
+fi
+if [ -z "$SOURCE_DATE_EPOCH" ]; then
+    changelog_date=$(sed -n '/^ -- /{ s/^ -- .*>  //p; q; }' "$changelog")
+    SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "$changelog: bad date '$changelog_date'"
+fi
+[[ $SOURCE_DATE_EPOCH =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH '$SOURCE_DATE_EPOCH' is not a number of seconds"
 export SOURCE_DATE_EPOCH
 
 work=$(mktemp -d)
@@ -184,8 +196,12 @@ build_deb() {
     chmod 0644 "$doc/copyright" "$doc/changelog.gz"
     install -D -m 0644 "$here/lintian-overrides" "$root/usr/share/lintian/overrides/saltpeter-agent"
     find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    # As dpkg-gencontrol counts it: each file's KiB rounded up, 1 per
+    # directory. (du would add the directories' own sizes, which depend on
+    # the filesystem the package is staged on.)
     local installed_kib
-    installed_kib=$(du -sk --apparent-size "$root" | cut -f1)
+    installed_kib=$(find "$root" \( -type f -printf '%s\n' \) -o -printf '1024\n' |
+        awk '{ kib += int(($1 + 1023) / 1024) } END { print kib }')
     mkdir -p "$root/DEBIAN"
     echo /etc/logrotate.d/saltpeter-agent >"$root/DEBIAN/conffiles"
     install -m 0755 "$here/postinst" "$root/DEBIAN/postinst"
@@ -205,8 +221,12 @@ $(sed 's/^/ /' <<<"$description")
 CONTROL
     chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
     local deb="$outdir/saltpeter-agent_${version}_${deb_arch}.deb"
-    # xz: read by every dpkg since 1.15.6 (Debian 6, Ubuntu 10.04).
-    dpkg-deb -Zxz --build --root-owner-group "$root" "$deb" >/dev/null
+    # xz: read by every dpkg since 1.15.6 (Debian 6, Ubuntu 10.04). One
+    # thread: dpkg-deb's multi-threaded xz (used with 2 or more cores) lays
+    # the stream out differently, so the file would depend on the builder's
+    # core count. dpkg-deb clamps every mtime to SOURCE_DATE_EPOCH and sorts
+    # the members.
+    dpkg-deb -Zxz --threads-max=1 --build --root-owner-group "$root" "$deb" >/dev/null
     echo "built $deb ($(stat -c %s "$deb") bytes)"
 }
 
@@ -273,6 +293,7 @@ SPEC
         --define "use_source_date_epoch_as_buildtime 1" \
         --define "clamp_mtime_to_source_date_epoch 1" \
         --define "_buildhost reproducible" \
+        --define "source_date_epoch_from_changelog 0" \
         "$top_rpm/SPECS/saltpeter-agent.spec" >/dev/null ||
         die "rpmbuild failed for $rpm_arch"
     local rpm_file="$outdir/saltpeter-agent-${version}-1.${rpm_arch}.rpm"

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::Config;
 use crate::messages::Event;
 use crate::nss::{self, Nss, PasswdEntry};
+use crate::threads::SpawnDetached;
 use crate::to_guardian;
 
 /// The job's main process (the group's leader) has exited and is reaped or
@@ -353,7 +354,7 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("waiter".into())
         .stack_size(64 * 1024)
-        .spawn(move || {
+        .spawn_detached(move || {
             loop {
                 // Look before reaping (WNOWAIT): while the job's leader is a
                 // zombie its pid cannot be reused, so the guardian is told

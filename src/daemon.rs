@@ -18,6 +18,7 @@ use crate::messages::{Event, Stream};
 use crate::protocol::VERSION;
 use crate::session::Outcome;
 use crate::supervisor::Supervisor;
+use crate::threads::SpawnDetached;
 use crate::{child, exit_codes, launcher, lockfile, logger, readers, spool, to_guardian};
 
 /// How long a panic waits for its log line before the process aborts.
@@ -149,7 +150,7 @@ fn spawn_signal_thread(events: SyncSender<Event>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
-        .spawn(move || {
+        .spawn_detached(move || {
             let set = wrapper_signals();
             loop {
                 let mut signal = 0;
@@ -180,7 +181,7 @@ fn install_panic_hook() {
         // then the panic aborts the process and the guardian reports.
         let message = format!("sp_wrapper panicked: {info}; the job's process group was killed");
         let (done, logged) = crate::oneshot::oneshot();
-        let writer = std::thread::Builder::new().spawn(move || {
+        let writer = std::thread::Builder::new().spawn_detached(move || {
             log::error!("{message}");
             done.send(());
         });

@@ -50,6 +50,7 @@ use crate::config::WsUrl;
 use crate::frames::FramePool;
 use crate::messages::{Event, LinkCommand, LinkEvent};
 use crate::protocol;
+use crate::threads::SpawnDetached;
 use crate::xorshift::XorShift;
 
 /// Per-address TCP connect bound: an unroutable server must not hold us.
@@ -138,7 +139,7 @@ pub fn spawn_link(
     std::thread::Builder::new()
         .name("link".into())
         .stack_size(256 * 1024)
-        .spawn(move || {
+        .spawn_detached(move || {
             // Dropped when this thread returns, however it returns.
             let _finished = finished_tx;
             let machine = resolve_machine();

@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use crate::regular_file;
 use crate::salt_yaml::{self, Value};
+use crate::threads::SpawnDetached;
 
 /// Salt's `syspaths.CONFIG_DIR` on Linux.
 const SALT_CONFIG_DIR: &str = "/etc/salt";
@@ -754,7 +755,7 @@ impl HostFacts {
         let name = hostname.clone();
         let lookups = std::thread::Builder::new()
             .name("dns".into())
-            .spawn(move || {
+            .spawn_detached(move || {
                 let fqdn = getfqdn(&name);
                 let filtered = |n: &str| n.is_empty() || is_localhost_name(n);
                 let canonical = (filtered(&fqdn) && filtered(&name))

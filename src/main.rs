@@ -38,6 +38,7 @@ mod session;
 mod spool;
 mod supervisor;
 mod tail;
+mod threads;
 mod to_guardian;
 mod utf8;
 mod xorshift;

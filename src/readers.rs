@@ -17,6 +17,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::mpsc::SyncSender;
 
 use crate::messages::{Event, Stream};
+use crate::threads::SpawnDetached;
 use crate::utf8::Utf8Stream;
 
 const READ_SIZE: usize = 64 * 1024;
@@ -64,7 +65,7 @@ pub fn spawn_reader(stream: Stream, mut pipe: File, events: SyncSender<Event>) -
     std::thread::Builder::new()
         .name(stream.name().into())
         .stack_size(128 * 1024)
-        .spawn(move || {
+        .spawn_detached(move || {
             let guard = ClosedGuard { stream, events };
             let mut decoder = Utf8Stream::new();
             let mut buffer = vec![0u8; READ_SIZE];

@@ -1,5 +1,5 @@
 """tests/e2e/stack.py: the real stack on one machine, for the end-to-end suite
-and the cmd.run_all bench: a salt-master and a salt-minion (salt 3008.3) on
+and the cmd.run_all bench: a salt-master and a salt-minion (salt 3008.5) on
 127.0.0.1, the Saltpeter server (0.9.32) with its UI WebSocket, and the agent
 under test as the wrapper Saltpeter launches through Salt.
 

@@ -24,6 +24,9 @@
 //! time of the kill; one result, never two different ones; the lock free and
 //! no process of the job left at the end. `sweep_table` prints the table
 //! docs/testing.md shows.
+//!
+//! And a panic of the binary itself: it prints its message and aborts, the
+//! shipped binaries having no unwind tables (docs/packaging.md, "Size").
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -657,4 +660,49 @@ fn a_job_killed_by_sigpipe_when_its_daemon_died_counts_as_killed() {
     );
     let retcodes = server.seen(|s| s.retcodes.clone());
     assert_eq!(retcodes, [255]);
+}
+
+#[test]
+fn a_panic_of_the_binary_aborts_with_its_message_and_nothing_unwinds() {
+    // The shipped binaries are linked without unwind tables (.eh_frame,
+    // build.sh shipped_link_flags): a panic must still print its message
+    // and abort (SIGABRT), never fault in the unwinder or hang, even when
+    // RUST_BACKTRACE asks std to walk the stack. `--version` into a full
+    // device is a real panic of std's println! ("failed printing to
+    // stdout"), in the binary under test, with no test hook in it.
+    let dev_full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut child = crate::common::wrapper_command()
+        .arg("--version")
+        .env("RUST_BACKTRACE", "full")
+        .stdin(std::process::Stdio::null())
+        .stdout(dev_full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the wrapper");
+    let mut status = None;
+    let ended = wait_until(STARTUP, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the panicking wrapper did not end within {STARTUP:?}");
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    let status = status.expect("ended");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "{status:?}, stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("panicked") && stderr.contains("failed printing to stdout"),
+        "{stderr}"
+    );
 }

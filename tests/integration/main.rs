@@ -10,7 +10,7 @@
 //! | `record` | what the server stores is the job's own: start and end times, output in the order written, a bounded life against a server that never ACKs, clean closes |
 //! | `delivery` | every byte in order across cuts, restarts and outages, and through an 8 KiB/s link; the job never slowed; memory bounded with a spool |
 //! | `bounded` | what one run costs the server (`SP_OUTPUT_MAX_MB`, on saltpeter's own production state), a full disk (one gap, both ends kept, root), 200 MB never ACKed in bounded memory and time |
-//! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md) |
+//! | `crash` | the crash sweep: the daemon (or the guardian) SIGKILLed at every step of a run, found from a clean run's frames, one run per step, each record checked (docs/testing.md); a panic of the binary aborts with its message |
 //! | `guardian` | the agent's own death: the job's group killed, the lock held until it is gone, 255 recorded after every byte the dead daemon had read and the server had not ACKed (its spool file is a write-ahead journal), stale spools removed |
 //! | `check` | `sp_wrapper --check`: a healthy setup against the real endpoint (a job running meanwhile, with the same variables, keeps its connection and an exact record; nothing left behind), a dead server, a read-only log directory, an unknown `SP_USER`: each its line, summary and exit code |
 //! | `minion_config` | hostile minion configurations (include loops and fan-out, merges of merges, random ones): `--print-machine-id` within 1 s of CPU and 16 MiB |
@@ -18,6 +18,7 @@
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
 //! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
+//! | `salt_pins` | the docs name the Salt releases tests/salt_pins pins, and no other |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
 //!
 //! Tests that need something this machine may lack (root, strace, the
@@ -43,4 +44,5 @@ mod minion_config;
 mod old_kernel;
 mod reconnects;
 mod record;
+mod salt_pins;
 mod security;

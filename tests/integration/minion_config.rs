@@ -177,7 +177,7 @@ fn writing(pid: libc::pid_t) -> bool {
 
 /// Seven files in `minion.d`, each `include: '*.conf'`: every file includes
 /// itself, so Salt recurses until Python's limit and fails (RecursionError,
-/// in 2019.2.8, 3006.9 and 3008.3). The agent stops where Salt fails; the
+/// in 2019.2.8, 3006.30 and 3008.5). The agent stops where Salt fails; the
 /// files read until then count (docs/saltpeter.md, "The minion id").
 #[test]
 fn seven_minion_d_files_each_including_star_conf() {
@@ -258,8 +258,8 @@ fn twenty_four_levels_of_merge_keys() {
     }
 
     // Merges of merges Salt accepts: each level merges the one below and
-    // adds a key whose value merges it again (Salt 3008.3 reads it in
-    // 0.3 s; 3006.9 takes 40 s, 2019.2.8 longer).
+    // adds a key whose value merges it again (measured: Salt 3008.3 reads
+    // it in 0.3 s; 3006.9 takes 40 s, 2019.2.8 longer).
     let config = Config::new("merge_levels_accepted");
     config.write(
         "salt/minion",

@@ -2,7 +2,7 @@
 """The Salt that old hosts run, launching the agent (issue 18, item 5).
 
 For each given Salt (2019.2.8 on Python 2.7, 3006 on Python 3.10; the e2e
-suite covers 3008.3): `salt-call --local cmd.run_all <dist/sp_wrapper>
+suite covers 3008.5): `salt-call --local cmd.run_all <dist/sp_wrapper>
 "env={...}"`, the arguments Saltpeter 0.9.32 passes (its `env=` is `str()`
 of the dict it builds, which Salt parses as YAML; the cron's `cwd` and
 `user` travel inside it as SP_CWD and SP_USER), with the agent reporting to
