@@ -414,9 +414,24 @@ impl Session {
         now: Instant,
         effects: &mut impl Effects,
     ) -> Option<Request> {
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!("received {}", clip(&format!("{frame:?}")));
+        // Logged once acted on, so the line means it is done: an output
+        // ACK's is written after the journal's header says so (the crash
+        // sweep waits for these lines before it kills).
+        let described =
+            log::log_enabled!(log::Level::Debug).then(|| clip(&format!("{frame:?}")).into_owned());
+        let request = self.handle_frame(frame, now, effects);
+        if let Some(described) = described {
+            log::debug!("received {described}");
         }
+        request
+    }
+
+    fn handle_frame(
+        &mut self,
+        frame: Inbound,
+        now: Instant,
+        effects: &mut impl Effects,
+    ) -> Option<Request> {
         match frame {
             Inbound::Ack {
                 kind: AckKind::Connect,

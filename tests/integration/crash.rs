@@ -36,7 +36,8 @@ use serde_json::Value;
 
 use crate::common::scripted::{Hook, Phase, Plan, ScriptedServer};
 use crate::common::{
-    Launch, TestDir, group_members, lock_is_free, parent_of, pid_alive, read_pid_file, wait_until,
+    Launch, TestDir, group_members, lock_is_free, log_text_at, parent_of, pid_alive, read_pid_file,
+    wait_until,
 };
 
 /// The minion id the daemon resolves, and the one the config says by the
@@ -127,6 +128,8 @@ struct AtKill {
     /// Output frames' data received by the server up to the kill, the lost
     /// frame's included: the daemon had read all of it.
     sent: String,
+    /// Output ACKs the server had sent before the kill.
+    output_acks: usize,
     daemon: i32,
     guardian: i32,
 }
@@ -226,8 +229,31 @@ fn start_run(
                     seen.sent.push_str(frame["data"].as_str().unwrap_or(""));
                 }
             }
+            if phase == Phase::Answered && frame["type"] == "output" {
+                let mut seen = at_kill.lock().expect("at_kill");
+                if !seen.killed {
+                    seen.output_acks += 1;
+                }
+            }
             if index != *at || phase != *at_phase {
                 return false;
+            }
+            if *victim == Victim::Daemon {
+                // Killed once it has acted on every output ACK it was sent:
+                // an ACK still on its way when the daemon dies leaves its
+                // message unACKed for the guardian, which sends it again (the
+                // one case no client can settle, docs/delivery.md), and
+                // under qemu on a busy machine that window is wide.
+                let acks = at_kill.lock().expect("at_kill").output_acks;
+                let acks_read = || {
+                    log_text_at(&path.join("crash.log"))
+                        .matches("received Ack { kind: Output")
+                        .count()
+                        >= acks
+                };
+                // (Past the deadline it kills anyway: the record's check says
+                // what went wrong.)
+                wait_until(RUN_DEADLINE, acks_read);
             }
             kill_now(&path, *victim, &at_kill);
             // A frame the daemon died with is lost with its connection; a
