@@ -748,11 +748,15 @@ fn a_reused_pid_of_the_finished_job_is_never_signalled() {
 }
 
 /// A `sleep` that is the leader of its own process group with pid `pid`,
-/// made by setting `ns_last_pid` just below it (retried: any fork on the
-/// machine in between takes the pid first).
+/// made by setting `ns_last_pid` just below it (retried for up to 30 s: any
+/// fork or thread on the machine in between takes the pid first, and under
+/// qemu beside other suites 500 tries, about a second, were once not enough).
 fn decoy_with_pid(pid: i32) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    for _ in 0..500 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tries = 0;
+    while Instant::now() < deadline {
+        tries += 1;
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1))
             .expect("write /proc/sys/kernel/ns_last_pid (root)");
         let mut child = std::process::Command::new("sleep")
@@ -766,7 +770,7 @@ fn decoy_with_pid(pid: i32) -> std::process::Child {
         let _ = child.kill();
         let _ = child.wait();
     }
-    panic!("could not give pid {pid} to a decoy in 500 tries");
+    panic!("could not give pid {pid} to a decoy in {tries} tries (30 s)");
 }
 
 /// Issue 24: nothing the daemon has read dies with it. The server appends
