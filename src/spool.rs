@@ -421,10 +421,12 @@ impl Spool {
             }
             stream = Some(this);
             let n = (len - pos.skip).min((max - bytes.len()) as u64) as usize;
-            let start = bytes.len();
-            bytes.resize(start + n, 0);
-            self.file
-                .read_exact_at(&mut bytes[start..], pos.offset + RECORD_HEADER + pos.skip)?;
+            read_onto(
+                &self.file,
+                &mut bytes,
+                n,
+                pos.offset + RECORD_HEADER + pos.skip,
+            )?;
             pos.skip += n as u64;
             if pos.skip == len {
                 pos = Pos {
@@ -539,6 +541,40 @@ impl Spool {
             self.punch_unsupported = true;
         }
     }
+}
+
+/// Read exactly `n` bytes at `offset` onto the end of `bytes`, straight
+/// into its spare capacity: all of the output beyond the memory bound is
+/// read back, and zeroing it first would be one more pass over every byte.
+fn read_onto(file: &File, bytes: &mut Vec<u8>, n: usize, offset: u64) -> io::Result<()> {
+    bytes.reserve(n);
+    let end = bytes.len() + n;
+    while bytes.len() < end {
+        let want = end - bytes.len();
+        let at = offset + (n - want) as u64;
+        let spare = bytes.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `want` bytes, within the spare
+        // capacity reserved above, and only the bytes it reports are added.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                at as libc::off_t,
+            )
+        };
+        match got {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            1.. => unsafe { bytes.set_len(bytes.len() + got as usize) },
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `parts` one after another at `at`, in one `pwritev` when the kernel
