@@ -33,7 +33,8 @@
 //! over pages already in the page cache costs little more than the copy;
 //! appending and punching out costs as much again as the rest of the agent's
 //! work. Beyond the first `REUSED` bytes, ACKed space is punched out
-//! (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps), and the file is cut back to
+//! (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps; never where a later segment
+//! has records: the writer may be there again), and the file is cut back to
 //! its header whenever everything is ACKed. So it holds about the unACKed
 //! backlog plus at most `REUSED`, and the cap (`SP_SPOOL_MAX_MB`) counts the
 //! backlog.
