@@ -626,15 +626,11 @@ prove_arch() {
     say "$triple: the conformance, record, delivery, guardian, crash and security suites${runner:+, under $runner}"
     local skip=()
     if [ -n "$runner" ]; then
-        # The daemon's RSS under qemu-user is qemu's own (its translator and
-        # code cache) plus the guest's: the memory bound is measured natively.
-        say "SKIPPED under $runner: two_hundred_megabytes_with_no_server_stay_within_the_memory_bound (RSS would include qemu itself; measured on x86_64 and i686)"
         # Slow links (36 + 25 + 25 s) with nothing arch-specific in them: the
         # pacing is integer arithmetic on ACK times, TIOCOUTQ the same number
         # on every arch we build.
         say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and on i686)"
-        skip=(--skip two_hundred_megabytes_with_no_server_stay_within_the_memory_bound
-            --skip _link_arrive_exact_and_in_order)
+        skip=(--skip _link_arrive_exact_and_in_order)
     fi
     timed "conformance, record, delivery, guardian, crash, security" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \

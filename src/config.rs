@@ -139,7 +139,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "SP_BUFFER_MAX_MB",
-        "default 64; unacknowledged output kept in memory before spilling to disk",
+        "default 8; unacknowledged output kept in memory (all of it is in the spool file)",
     ),
     (
         "SP_SPOOL_DIR",
@@ -186,7 +186,7 @@ const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_
 
 const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
 const DEFAULT_INTERVAL_MS: u64 = 1000;
-const DEFAULT_BUFFER_MB: usize = 64;
+const DEFAULT_BUFFER_MB: usize = 8;
 const DEFAULT_SPOOL_MB: u64 = 512;
 /// Chosen from the server's cost per run (docs/saltpeter.md, "What one
 /// run's output costs the server").
@@ -583,7 +583,7 @@ mod tests {
         assert_eq!(cfg.log_dir, PathBuf::from("/var/log/sp_wrapper"));
         assert!(cfg.allow_overlap);
         assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_backup.lock"));
-        assert_eq!(cfg.buffer_limit, 64 << 20);
+        assert_eq!(cfg.buffer_limit, 8 << 20);
         assert_eq!(cfg.machine_id, None);
         assert_eq!(
             cfg.log_path(),

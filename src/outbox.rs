@@ -388,6 +388,31 @@ impl Outbox {
         while !batch.text.is_char_boundary(cut) {
             cut -= 1;
         }
+        self.split(index, cut);
+    }
+
+    /// The batch just sent (`next_to_send`) went out with only its first
+    /// `carried` bytes (a character boundary; its frame would have been too
+    /// long): the rest becomes the next batch, not yet sent. Only the first
+    /// sending under a numbering cuts: what is sent again fits.
+    pub fn cut_last_sent(&mut self, carried: usize) {
+        let Some(index) = self.sent.checked_sub(1) else {
+            return;
+        };
+        let whole = self.memory.get(index).map_or(0, |b| b.text.len());
+        if carried == 0 || carried >= whole {
+            return;
+        }
+        self.split(index, carried);
+        self.sent_bytes = self.sent_bytes.saturating_sub(whole - carried);
+    }
+
+    /// `memory[index]` becomes its first `cut` bytes, and the rest the batch
+    /// after it.
+    fn split(&mut self, index: usize, cut: usize) {
+        let Some(batch) = self.memory.get_mut(index) else {
+            return;
+        };
         let rest = Batch {
             stream: batch.stream,
             text: batch.text.split_off(cut),
@@ -1206,6 +1231,40 @@ mod tests {
         acked.push_str(&drain(&mut ob, 4));
         assert_eq!(acked, written);
         check(&written, &acked);
+        drop(ob);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A message whose frame would be too long (escapes) goes out with the
+    /// start of its batch only (`cut_last_sent`): the rest is the next
+    /// message, the journal says exactly what the server lacks after the
+    /// first's ACK, and after a reconnect the rest goes again as it was.
+    #[test]
+    fn a_batch_cut_as_it_is_sent_goes_out_whole_in_order() {
+        let (dir, spool_path) = temp_spool("cut");
+        let mut ob = Outbox::with_batch_limit(1 << 20, vec![spool_path.clone()], 1000);
+        let check = |acked: &str, written: &str| {
+            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            assert!(!missing);
+            assert_eq!(format!("{acked}{rest}"), written, "acked {acked:?}");
+        };
+        let written = format!("{}{}", "é".repeat(30), "\0".repeat(40));
+        ob.push(Stream::Stdout, &written);
+        ob.seal();
+        let (seq, batch) = ob.next_to_send(8, usize::MAX).expect("a batch");
+        assert_eq!((seq, batch.text.len()), (0, 100));
+        ob.cut_last_sent(24);
+        let (seq, batch) = ob.next_to_send(8, usize::MAX).expect("the rest");
+        assert_eq!((seq, batch.text.as_str()), (1, &written[24..]));
+        assert!(ob.next_to_send(8, usize::MAX).is_none());
+        assert_eq!(ob.on_ack(0), 24);
+        check(&written[..24], &written);
+        ob.on_disconnect();
+        ob.on_sync(-1);
+        let (seq, batch) = ob.next_to_send(8, usize::MAX).expect("sent again");
+        assert_eq!((seq, batch.text.as_str()), (0, &written[24..]));
+        assert_eq!(ob.on_ack(0), 76);
+        assert!(ob.is_empty());
         drop(ob);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -85,24 +85,27 @@ impl Encoder {
         Self::end(self.begin("heartbeat", now, 0))
     }
 
-    /// An output frame, built in `buffer` (empty; see `frames::FramePool`).
+    /// An output frame, built in `buffer` (empty; see `frames::FramePool`),
+    /// whose escaped `data` takes at most `max_data` bytes (at least one
+    /// character): returns it and how many bytes of `data` it carries.
     pub fn output(
         &self,
         buffer: String,
         now: SystemTime,
-        stream: Stream,
-        seq: u64,
+        (stream, seq): (Stream, u64),
         data: &str,
-    ) -> String {
+        max_data: usize,
+    ) -> (String, usize) {
         // Most output needs no escaping; reserve a little for what does.
-        let mut frame = self.begin_in(buffer, "output", now, data.len() + data.len() / 16 + 16);
+        let reserve = (data.len() + data.len() / 16).min(max_data) + 16;
+        let mut frame = self.begin_in(buffer, "output", now, reserve);
         let _ = write!(
             frame,
             ",\"stream\":\"{}\",\"seq\":{seq},\"data\":",
             stream.name()
         );
-        push_json_string(&mut frame, data);
-        Self::end(frame)
+        let carried = push_json_prefix(&mut frame, data, max_data);
+        (Self::end(frame), carried)
     }
 
     pub fn complete(&self, now: SystemTime, retcode: i32, seq: u64) -> String {
@@ -129,64 +132,116 @@ impl Encoder {
 /// bytes that need no escape are found eight bytes at a time and copied whole.
 /// This is the only per-byte work on the output path besides copies.
 pub fn push_json_string(out: &mut String, text: &str) {
+    push_json_prefix(out, text, usize::MAX);
+}
+
+/// `push_json_string` of as much of `text` as fits in `max` bytes between
+/// the quotes (at least one character, cut on a character boundary):
+/// returns how many bytes of `text` it took. Escapes can make a text six
+/// times longer (`\u0000`), so a message's frame is bounded by this, not by
+/// its text.
+///
+/// Plain bytes are copied as they are checked, eight at a time: one pass
+/// over the text, and no call to copy each line's run (a short `memcpy`
+/// per line cost more than the rest of the escaping).
+fn push_json_prefix(out: &mut String, text: &str, max: usize) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     let bytes = text.as_bytes();
-    let mut run_start = 0;
+    let start = out.len();
+    let limit = start.saturating_add(max);
+    // Room for everything written below: each byte of text becomes at most
+    // six, nothing passes `limit` but a first escape (six bytes).
+    out.reserve(bytes.len().saturating_mul(6).min(max).saturating_add(8));
+    let room = out.capacity();
+    // SAFETY: the writes below stay within `room` (the bounds above), and
+    // only whole characters of `text` (a cut in one is undone before the
+    // length is set) and ASCII escapes are written, so the String stays
+    // UTF-8.
+    let out = unsafe { out.as_mut_vec() };
+    let base = out.as_mut_ptr();
+    let mut len = start;
+    let put = |at: &mut usize, part: &[u8]| {
+        debug_assert!(*at + part.len() <= room);
+        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(*at), part.len()) };
+        *at += part.len();
+    };
     let mut i = 0;
     while i < bytes.len() {
-        i = skip_plain(bytes, i);
-        let Some(&byte) = bytes.get(i) else { break };
-        // Only ASCII bytes are escaped, so `i` is always a char boundary.
-        out.push_str(&text[run_start..i]);
-        match byte {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            _ => {
-                out.push_str("\\u00");
-                out.push(HEX[(byte >> 4) as usize] as char);
-                out.push(HEX[(byte & 0xf) as usize] as char);
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if has_escape(u64::from_le_bytes(word)) || len + 8 > limit {
+                break;
             }
+            put(&mut len, &word);
+            i += 8;
+        }
+        let Some(&byte) = bytes.get(i) else { break };
+        if !needs_escape(byte) {
+            if len >= limit {
+                break;
+            }
+            put(&mut len, &[byte]);
+            i += 1;
+            continue;
+        }
+        if i > 0 && len + 6 > limit {
+            // The longest escape might not fit.
+            break;
+        }
+        match byte {
+            b'"' => put(&mut len, b"\\\""),
+            b'\\' => put(&mut len, b"\\\\"),
+            b'\n' => put(&mut len, b"\\n"),
+            b'\r' => put(&mut len, b"\\r"),
+            b'\t' => put(&mut len, b"\\t"),
+            _ => put(
+                &mut len,
+                &[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(byte >> 4) as usize],
+                    HEX[(byte & 0xf) as usize],
+                ],
+            ),
         }
         i += 1;
-        run_start = i;
     }
-    out.push_str(&text[run_start..]);
-    out.push('"');
+    // Cut inside a character: undo its first bytes; but at least one
+    // character goes (plain: an escape always goes first).
+    while !text.is_char_boundary(i) {
+        i -= 1;
+        len -= 1;
+    }
+    if i == 0 && !bytes.is_empty() {
+        i = text.chars().next().map_or(0, char::len_utf8);
+        put(&mut len, &bytes[..i]);
+    }
+    put(&mut len, b"\"");
+    // SAFETY: `len` bytes are written (above), within the capacity.
+    unsafe { out.set_len(len) };
+    i
 }
 
 fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
-/// The index of the first byte at or after `from` that needs escaping (or the
-/// end). Eight bytes per step: a word has a byte < 0x20, a `"` or a `\`
-/// exactly when one of the classic has-zero-byte tests fires.
-fn skip_plain(bytes: &[u8], mut from: usize) -> usize {
+/// Whether a word (eight bytes) holds a byte < 0x20, a `"` or a `\`: the
+/// classic has-zero-byte test on each.
+fn has_escape(v: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    while let Some(chunk) = bytes.get(from..from + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        // A byte is < 0x20 exactly when its top three bits are zero (UTF-8
-        // bytes >= 0x80 have the top bit set, so they never match).
-        let control = has_zero(v & 0xE0E0_E0E0_E0E0_E0E0);
-        let quote = has_zero(v ^ (ONES * u64::from(b'"')));
-        let backslash = has_zero(v ^ (ONES * u64::from(b'\\')));
-        if control | quote | backslash != 0 {
-            break;
-        }
-        from += 8;
-    }
-    while from < bytes.len() && !needs_escape(bytes[from]) {
-        from += 1;
-    }
-    from
+    // A byte is < 0x20 exactly when its top three bits are zero (UTF-8
+    // bytes >= 0x80 have the top bit set, so they never match).
+    let control = has_zero(v & 0xE0E0_E0E0_E0E0_E0E0);
+    let quote = has_zero(v ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(v ^ (ONES * u64::from(b'\\')));
+    control | quote | backslash != 0
 }
 
 /// Append `now` as `2026-11-22T08:40:02.123456+00:00`: the only shape that
@@ -415,7 +470,8 @@ mod tests {
             enc.connect(at(1, 0)),
             enc.start(at(1, 0), 42, "1.0.0"),
             enc.heartbeat(at(1, 0)),
-            enc.output(String::new(), at(1, 0), Stream::Stderr, 0, "a\nb"),
+            enc.output(String::new(), at(1, 0), (Stream::Stderr, 0), "a\nb", 64)
+                .0,
             enc.complete(at(1, 0), 0, 0),
             enc.sync_request(at(1, 0), -1, 0),
             enc.killed(at(1, 0)),
@@ -495,5 +551,61 @@ mod tests {
             decode(r#"{"type":"surprise"}"#),
             Ok(Inbound::Other("surprise".into()))
         );
+    }
+
+    /// A frame's data is bounded whatever the text: escapes can make it six
+    /// times longer. The cut is on a character boundary, at least one
+    /// character goes, and what is carried decodes to exactly that prefix.
+    #[test]
+    fn output_data_is_cut_to_its_bound_on_a_character_boundary() {
+        let enc = Encoder::new("j", "i", "m");
+        let cases: [(&str, usize); 6] = [
+            ("\0\0\0\0", 13),
+            ("abc\"def", 5),
+            ("ééé", 3),
+            ("\u{1}", 2),
+            ("plain text", 100),
+            ("x\ny\tz", 4),
+        ];
+        for (text, max) in cases {
+            let (frame, carried) =
+                enc.output(String::new(), at(1, 0), (Stream::Stdout, 3), text, max);
+            let v: Value = serde_json::from_str(&frame).expect("frame is JSON");
+            let data = v["data"].as_str().expect("data");
+            assert_eq!(data, &text[..carried], "{text:?} within {max}");
+            assert!(carried > 0, "{text:?}: at least one character");
+            let escaped = serde_json::to_string(data).expect("escape").len() - 2;
+            assert!(
+                escaped <= max || data.chars().count() == 1,
+                "{text:?}: {escaped} bytes of data for a bound of {max}"
+            );
+        }
+        let (_, all) = enc.output(
+            String::new(),
+            at(1, 0),
+            (Stream::Stdout, 3),
+            "short",
+            usize::MAX,
+        );
+        assert_eq!(all, 5);
+        // Every bound over a text of every kind of byte: the prefix, then
+        // the rest, carried in turn, make up the text exactly.
+        let text = "plain words 12345678\"q\\b\n\u{1}é€𐍈\t\u{7f}tail of eight+";
+        for max in 1..=80 {
+            let (mut rest, mut joined) = (text, String::new());
+            while !rest.is_empty() {
+                let mut out = String::new();
+                let carried = push_json_prefix(&mut out, rest, max);
+                let data: String = serde_json::from_str(&out).expect("a JSON string");
+                assert_eq!(data, rest[..carried], "bound {max}");
+                assert!(
+                    out.len() - 2 <= max || data.chars().count() == 1,
+                    "bound {max}"
+                );
+                joined.push_str(&data);
+                rest = &rest[carried..];
+            }
+            assert_eq!(joined, text, "bound {max}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::effects::Effects;
 use crate::frames::FramePool;
 use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
-use crate::outbox::Outbox;
+use crate::outbox::{MAX_BATCH_BYTES, Outbox};
 use crate::output_cap::OutputCap;
 use crate::pacing::Pacer;
 use crate::protocol::Encoder;
@@ -39,6 +39,13 @@ const MAX_COMPLETE_ATTEMPTS: u32 = 5;
 /// enough that a dropped connection leaves little in doubt (docs/delivery.md).
 /// The bytes in flight follow the link (`pacing.rs`).
 pub const WINDOW: usize = 8;
+
+/// The most bytes of escaped text in one `output` frame. Escapes can make
+/// a text six times longer (`\u0000` for each NUL), and the frames in
+/// flight are memory too: a message whose text escapes to more is cut, so
+/// they stay near their text whatever the job writes. Plain lines escape
+/// only their newlines, so a full batch fits.
+const MAX_FRAME_DATA: usize = MAX_BATCH_BYTES + MAX_BATCH_BYTES / 8;
 
 /// Longest piece of a server-supplied string that reaches the log. A hostile
 /// server may send 1 MiB strings on every frame; the log must not become the
@@ -777,12 +784,21 @@ impl Session {
                 let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, budget) else {
                     break;
                 };
-                self.pacer.on_sent(batch.text.len(), now);
-                let buffer = self.frames.take(batch.text.len() + 256);
-                let frame = self
-                    .encoder
-                    .output(buffer, wall, batch.stream, seq, &batch.text);
-                log::debug!("sending output seq {seq} ({} bytes)", batch.text.len());
+                let buffer = self.frames.take(batch.text.len().min(MAX_FRAME_DATA) + 256);
+                let whole = batch.text.len();
+                let (frame, carried) = self.encoder.output(
+                    buffer,
+                    wall,
+                    (batch.stream, seq),
+                    &batch.text,
+                    MAX_FRAME_DATA,
+                );
+                if carried < whole {
+                    // Escapes made it too long: the rest is the next batch.
+                    self.outbox.cut_last_sent(carried);
+                }
+                self.pacer.on_sent(carried, now);
+                log::debug!("sending output seq {seq} ({carried} bytes)");
                 effects.link(LinkCommand::Send { generation, frame });
             }
         }

@@ -33,7 +33,8 @@
 //! over pages already in the page cache costs little more than the copy;
 //! appending and punching out costs as much again as the rest of the agent's
 //! work. Beyond the first `REUSED` bytes, ACKed space is punched out
-//! (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps), and the file is cut back to
+//! (`FALLOC_FL_PUNCH_HOLE`, whole 1 MiB steps; never where a later segment
+//! has records: the writer may be there again), and the file is cut back to
 //! its header whenever everything is ACKed. So it holds about the unACKed
 //! backlog plus at most `REUSED`, and the cap (`SP_SPOOL_MAX_MB`) counts the
 //! backlog.
@@ -421,10 +422,12 @@ impl Spool {
             }
             stream = Some(this);
             let n = (len - pos.skip).min((max - bytes.len()) as u64) as usize;
-            let start = bytes.len();
-            bytes.resize(start + n, 0);
-            self.file
-                .read_exact_at(&mut bytes[start..], pos.offset + RECORD_HEADER + pos.skip)?;
+            read_onto(
+                &self.file,
+                &mut bytes,
+                n,
+                pos.offset + RECORD_HEADER + pos.skip,
+            )?;
             pos.skip += n as u64;
             if pos.skip == len {
                 pos = Pos {
@@ -477,13 +480,13 @@ impl Spool {
         // Given back only now: the header no longer points there.
         for i in 0..passed {
             let (at, target) = self.jumps[i];
-            self.punch(at + JUMP_RECORD);
+            self.punch(at + JUMP_RECORD, i);
             self.punched = target;
         }
         self.jumps.drain(..passed);
         let upto = pos.offset / PUNCH_STEP * PUNCH_STEP;
         if upto >= self.punched.max(REUSED) + PUNCH_STEP {
-            self.punch(upto);
+            self.punch(upto, 0);
         }
     }
 
@@ -514,10 +517,29 @@ impl Spool {
             .write_all_at(&self.memory_only_from.to_le_bytes(), 24);
     }
 
-    /// Give back the ACKed space from `punched` to `upto` (above `REUSED`).
-    fn punch(&mut self, upto: u64) {
-        let from = self.punched.max(REUSED);
+    /// Give back the ACKed space from `punched` to `upto` (above `REUSED`),
+    /// in the segment before `jumps[later]`, but never where a later segment
+    /// (from `jumps[later]` on) has records: a writer that went back to the
+    /// start writes behind the ACKs, over space this segment had, and in a
+    /// burst it comes close to them before the ACKs move on (punching that
+    /// out read back as zeros, and as "not a record").
+    fn punch(&mut self, upto: u64, later: usize) {
+        let mut from = self.punched.max(REUSED);
+        let mut upto = upto;
         self.punched = self.punched.max(upto);
+        for (k, &(_, start)) in self.jumps.iter().enumerate().skip(later) {
+            let end = self
+                .jumps
+                .get(k + 1)
+                .map_or(self.write_pos + 1, |next| next.0 + JUMP_RECORD);
+            if start < upto && end > from {
+                if start <= from {
+                    from = end;
+                } else {
+                    upto = start;
+                }
+            }
+        }
         if self.punch_unsupported || upto <= from {
             return;
         }
@@ -539,6 +561,40 @@ impl Spool {
             self.punch_unsupported = true;
         }
     }
+}
+
+/// Read exactly `n` bytes at `offset` onto the end of `bytes`, straight
+/// into its spare capacity: all of the output beyond the memory bound is
+/// read back, and zeroing it first would be one more pass over every byte.
+fn read_onto(file: &File, bytes: &mut Vec<u8>, n: usize, offset: u64) -> io::Result<()> {
+    bytes.reserve(n);
+    let end = bytes.len() + n;
+    while bytes.len() < end {
+        let want = end - bytes.len();
+        let at = offset + (n - want) as u64;
+        let spare = bytes.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `want` bytes, within the spare
+        // capacity reserved above, and only the bytes it reports are added.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                at as libc::off_t,
+            )
+        };
+        match got {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            1.. => unsafe { bytes.set_len(bytes.len() + got as usize) },
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `parts` one after another at `at`, in one `pwritev` when the kernel
@@ -807,6 +863,40 @@ mod tests {
         assert!(spool.jumps.is_empty());
         assert_eq!(spool.disk_bytes(), 0);
         assert_eq!(unacked_text(&path), (String::new(), false));
+    }
+
+    /// A burst: the writer goes back to the start, and its new records
+    /// come up close behind the ACKs of the old segment; the ACKs then move
+    /// on and give back the old segment's space there, which must not take
+    /// the new records with it (it did: the guardian, and the read-back,
+    /// found zeros and "not a record" where they were).
+    #[test]
+    fn space_given_back_behind_the_acks_keeps_what_the_writer_put_there_again() {
+        let path = temp_path("behind");
+        let mut spool = Spool::create(&path, u64::MAX).expect("create");
+        let (a, b) = ("a".repeat(1000), "b".repeat(1000));
+        let old: Vec<u64> = (0..100)
+            .map(|_| spool.append(Stream::Stdout, &a).expect("append"))
+            .collect();
+        spool.set_acked(Pos {
+            offset: old[89],
+            skip: 0,
+        });
+        for _ in 0..88 {
+            spool.append(Stream::Stdout, &b).expect("append");
+        }
+        assert_eq!(spool.jumps.first().map(|j| j.1), Some(HEADER), "went back");
+        assert!(spool.write_pos > old[86], "close behind the ACKs");
+        spool.set_acked(Pos {
+            offset: old[99],
+            skip: 0,
+        });
+        let expected = format!("{a}{}", b.repeat(88));
+        assert_eq!(unacked_text(&path), (expected.clone(), false));
+        let (_, text, _) = spool
+            .read(spool.acked, 1 << 20, String::new())
+            .expect("read back");
+        assert_eq!(text, expected);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::effects::Effects;
 use crate::exit_codes::KillReason;
 use crate::job::{JobChange, JobLifecycle};
 use crate::messages::Event;
+use crate::readers;
 use crate::session::{Outcome, Request, Session};
 
 pub struct Supervisor<E: Effects> {
@@ -93,6 +94,8 @@ impl<E: Effects> Supervisor<E> {
                     self.effects.tee(stream, &text);
                 }
                 self.session.on_output(stream, &text, now);
+                // Taken (written ahead, copied): its buffer serves a later read.
+                readers::recycle(text);
                 JobChange::default()
             }
             Event::StreamClosed(stream) => self.job.on_stream_closed(stream, now, &mut group),

@@ -210,14 +210,26 @@ class Bench:
             raise RuntimeError(f"{w.name}: sink got {report['bytes']} bytes, expected {size}")
         return size / 1e6 / (report['last_ack_s'] - report['first_output_s'])
 
-    def cpu_per_100mb(self, w, size):
+    def cpu_per_100mb(self, w, size, paced=False):
         """The daemon's own CPU (all its threads, user + system, from
         /proc/<pid>/stat, which keeps the time of threads that ended) to
-        deliver `size` bytes to the ACK-everything sink, per 100 MB."""
+        deliver `size` bytes to the ACK-everything sink, per 100 MB.
+        `paced`: the same bytes as 1 MiB bursts 5 ms apart (a job the link
+        keeps up with), else as fast as `yes` writes (a burst, faster than
+        the link)."""
         job, instance = 'cpu', f'cpu_{self.counter}'
         self.counter += 1
         pidfile = os.path.join(self.workdir, f'{instance}.ppid')
-        command = f"echo $PPID > {pidfile}; yes '{LINE}' | head -c {size}"
+        if paced:
+            mib = os.path.join(self.workdir, 'mib')
+            if not os.path.exists(mib):
+                text = (LINE + '\n') * ((1 << 20) // (len(LINE) + 1))
+                with open(mib, 'w') as f:
+                    f.write(text + 'x' * ((1 << 20) - len(text) - 1) + '\n')
+            command = (f"echo $PPID > {pidfile}; i=0; while [ $i -lt {size >> 20} ]; do "
+                       f"cat {mib}; sleep 0.005; i=$((i+1)); done")
+        else:
+            command = f"echo $PPID > {pidfile}; yes '{LINE}' | head -c {size}"
         launch(w, wrapper_env(w, self.sink_url, job, instance, command, self.workdir))
         daemon = int(wait_file(pidfile))
         ticks = os.sysconf('SC_CLK_TCK')
@@ -259,6 +271,10 @@ def main():
     parser.add_argument('--quick', action='store_true', help='1 run, shorter jobs: a smoke test')
     parser.add_argument('--cpu-only', action='store_true',
                         help="only the daemon's CPU per 100 MB delivered (for an A/B of two binaries)")
+    parser.add_argument('--baseline', help='with --cpu-only: a second binary, run in pairs with --wrapper '
+                        '(alternating which goes first), and the ratio of each pair')
+    parser.add_argument('--paced', action='store_true',
+                        help='with --cpu-only: the output as 1 MiB bursts 5 ms apart, not one burst')
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     idle = 4 if args.quick else 10
@@ -269,11 +285,29 @@ def main():
     ours = Wrapper('sp_wrapper', [os.path.abspath(args.wrapper)], {'SP_OUTPUT_MAX_MB': '0'})
     if args.cpu_only:
         bench = Bench(args)
+        shape = '1 MiB bursts 5 ms apart' if args.paced else 'one burst'
         try:
-            cpu = [bench.cpu_per_100mb(ours, big) for _ in range(max(runs, 5))]
+            if args.baseline:
+                base = Wrapper('baseline', [os.path.abspath(args.baseline)], {'SP_OUTPUT_MAX_MB': '0'})
+                pairs = []
+                for run in range(max(runs, 5)):
+                    order = (ours, base) if run % 2 == 0 else (base, ours)
+                    cpu = {w.name: bench.cpu_per_100mb(w, big, args.paced) for w in order}
+                    pairs.append((cpu[ours.name], cpu[base.name]))
+                    print(f'pair {run + 1}: {cpu[ours.name]:.0f} vs {cpu[base.name]:.0f} ms', file=sys.stderr)
+            else:
+                cpu = [bench.cpu_per_100mb(ours, big, args.paced) for _ in range(max(runs, 5))]
         finally:
             bench.close()
-        print(f"daemon CPU per 100 MB delivered: median {median(cpu):.0f} ms of {len(cpu)} runs "
+        if args.baseline:
+            a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+            ratios = sorted(x / y for x, y in pairs)
+            print(f"daemon CPU per 100 MB delivered ({shape}, {big >> 20} MiB, {len(pairs)} pairs): "
+                  f"{args.wrapper} median {median(a):.0f} ms ({min(a):.0f}-{max(a):.0f}), "
+                  f"{args.baseline} median {median(b):.0f} ms ({min(b):.0f}-{max(b):.0f}); "
+                  f"ratio per pair median {median(ratios):.3f} ({ratios[0]:.3f}-{ratios[-1]:.3f})")
+            return
+        print(f"daemon CPU per 100 MB delivered ({shape}): median {median(cpu):.0f} ms of {len(cpu)} runs "
               f"({', '.join(f'{c:.0f}' for c in cpu)}; {big >> 20} MiB each)")
         return
     python = Wrapper('python 0.9.30', [sys.executable, '-m', 'saltpeter.wrapper'],

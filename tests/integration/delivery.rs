@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::common::throttle::ThrottlingProxy;
 use crate::common::{
     CuttingProxy, Harness, Launch, TestDir, assert_same, launch_ok, log_text, peak_rss_sampler,
-    vm_hwm_kib, wait_until,
+    wait_until,
 };
 
 const MACHINE: &str = "test-minion";
@@ -235,74 +235,75 @@ fn thirty_megabytes_with_no_server_do_not_slow_the_job() {
     assert_same(&result.ret, &expected, "30 MB delivered after the outage");
 }
 
+/// The smallest minion (issue 25): a burst of output while the server is
+/// away, with the default settings, keeps the daemon under 16 MiB resident
+/// (its `VmHWM`, read from /proc while it runs and delivers), because all
+/// output is in the spool file anyway and memory holds only what is on its
+/// way (`SP_BUFFER_MAX_MB` 8 by default; docs/performance.md, "Memory
+/// against the spool"). Then the server comes back and the record is exact.
+///
+/// Natively 120 MiB. Under qemu-user the process is qemu's, so its resident
+/// size includes qemu itself (its translator and the code it translated:
+/// 10-20 MiB before the daemon holds any output): there the bound is on
+/// what the daemon's resident size grows by from the start of the job, and
+/// the burst is 32 MiB (emulated, 120 MiB would take minutes; 32 MiB still
+/// passes the memory bound sixteen times over).
 #[test]
-fn two_hundred_megabytes_with_no_server_stay_within_the_memory_bound() {
-    const BOUND_MB: u64 = 16;
-    let dir = TestDir::new("twohundred");
-    let (command, expected) = chunked_job(&dir, 200, "0");
+fn a_burst_with_no_server_stays_under_16_mib_with_the_default_settings() {
+    const BOUND_KIB: u64 = 16 * 1024;
+    let emulated = !crate::common::wrapper_runner().is_empty();
+    let chunks = if emulated { 32 } else { 120 };
+    let dir = TestDir::new("burst");
+    let (command, expected) = chunked_job(&dir, chunks, "0");
     let ppid_file = dir.join("daemon.pid");
-    let command = format!("echo $PPID > {}; {command}", ppid_file.display());
-    let mut server = Harness::start_without_endpoint(&dir);
-    server.add_job("big", "big_1", &[MACHINE]);
-    let launch = Launch::new(&server.url(), "big", "big_1", &command, &dir)
-        .env("SP_BUFFER_MAX_MB", &BOUND_MB.to_string())
-        .env("SP_OUTPUT_MAX_MB", "0");
-    launch_ok(&launch);
-    assert!(
-        wait_until(Duration::from_secs(30), || std::fs::read_to_string(
-            &ppid_file
-        )
-        .is_ok_and(|s| s.ends_with('\n'))),
-        "job started"
+    let go = dir.join("go");
+    // The burst waits until the daemon's size before it is read.
+    let command = format!(
+        "echo $PPID > {}; while [ ! -e {} ]; do sleep 0.01; done; {command}",
+        ppid_file.display(),
+        go.display()
     );
-    let daemon: i32 = std::fs::read_to_string(&ppid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid number");
+    let mut server = Harness::start_without_endpoint(&dir);
+    server.add_job("burst", "burst_1", &[MACHINE]);
+    // Every byte is asserted: no SP_OUTPUT_MAX_MB cap; otherwise defaults.
+    launch_ok(
+        &Launch::new(&server.url(), "burst", "burst_1", &command, &dir)
+            .env("SP_OUTPUT_MAX_MB", "0"),
+    );
+    let daemon = crate::common::read_pid_file(&ppid_file, Duration::from_secs(30));
+    // What the process holds before any output (under qemu, mostly qemu).
+    let at_start = crate::common::vm_rss_kib(daemon).unwrap_or(0);
+    let sampler = peak_rss_sampler(daemon);
+    std::fs::write(&go, "").expect("start the burst");
     assert!(
         wait_until(Duration::from_secs(120), || job_nanos(&dir).is_some()),
         "the job finished while the server was away"
     );
-    let spool_present = || {
-        std::fs::read_dir(&dir.path)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".spool"))
-            })
-            .unwrap_or(false)
-    };
-    assert!(
-        wait_until(Duration::from_secs(30), spool_present),
-        "output beyond the bound should spill to a spool file"
-    );
-
-    println!(
-        "daemon peak RSS (VmHWM) with the job done and no server: {} KiB",
-        vm_hwm_kib(daemon).unwrap_or(0)
-    );
-    // Watch the daemon's peak RSS until it exits, while it delivers.
-    let sampler = peak_rss_sampler(daemon);
     let started = Instant::now();
     server.start_endpoint();
     let result = server
-        .wait_result("big", MACHINE, Duration::from_secs(300))
+        .wait_result("burst", MACHINE, Duration::from_secs(300))
         .expect("result recorded");
-    println!(
-        "200 MB delivered in {:?} after the server came up",
-        started.elapsed()
-    );
+    let delivered_in = started.elapsed();
     let peak_kib = sampler.join().expect("sampler");
-    println!("daemon peak RSS (VmHWM): {peak_kib} KiB with SP_BUFFER_MAX_MB={BOUND_MB}");
-    assert_eq!(result.retcode, Some(0));
-    assert_same(&result.ret, &expected, "200 MB delivered through the spool");
-    assert!(
-        peak_kib > 0 && peak_kib <= (BOUND_MB + 4) * 1024,
-        "peak RSS {peak_kib} KiB exceeds the bound + 4 MiB"
+    println!(
+        "{chunks} MiB burst with no server, default settings: daemon peak RSS (VmHWM) {peak_kib} KiB \
+         ({at_start} KiB at the job's start); delivered in {delivered_in:?} once the server was back"
     );
+    assert_eq!(result.retcode, Some(0));
+    assert_same(
+        &result.ret,
+        &expected,
+        "the burst delivered through the spool",
+    );
+    let (held, what) = if emulated {
+        (peak_kib.saturating_sub(at_start), "grew by")
+    } else {
+        (peak_kib, "peaked at")
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || !spool_present()),
-        "the spool file is removed once delivered"
+        peak_kib > 0 && held < BOUND_KIB,
+        "the daemon's resident size {what} {held} KiB, not under {BOUND_KIB} KiB"
     );
 }
 
