@@ -2,8 +2,9 @@
 # build.sh: build, test, demo, benchmark and package sp_wrapper.
 #
 #   ./build.sh [build]     static release binary -> dist/sp_wrapper (default)
-#   ./build.sh build ARCH  one arch -> dist/<triple>/sp_wrapper (x86_64|aarch64|i686|armv7,
-#                          or arm64|i386|armhf, or the triple)
+#   ./build.sh build ARCH  one arch -> dist/<triple>/sp_wrapper; ARCH is a row of
+#                          packaging/arches.sh by its short name (aarch64), Debian
+#                          name (arm64) or triple
 #   ./build.sh build-all   every arch -> dist/<triple>/sp_wrapper; armv7 is skipped, with
 #                          the reason, when its toolchain is missing (docs/packaging.md)
 #   ./build.sh test-arches [ARCH...]  the per-arch part of `test`: each binary proven
@@ -28,6 +29,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The arches: packaging/arches.sh, the one table (triple, Debian and RPM
+# names, qemu program, how the suites run it, kernel floor, file(1) machine).
+# shellcheck source=packaging/arches.sh
+. packaging/arches.sh
+# The host's arch: `./build.sh build` and `test` build it first, and it alone
+# is also dist/sp_wrapper (as packaging/arches.sh's arch_binary knows).
 TARGET=x86_64-unknown-linux-musl
 VENV=.venv
 PYTHON="$VENV/bin/python"
@@ -62,7 +69,7 @@ say() { printf '==> %s\n' "$*"; }
 # name an existing test (`-- --list`), and some test must run. A renamed
 # test or module otherwise makes a step run 0 tests and pass (issue 24).
 fail_if_selects_nothing() {
-    local command=() harness=() arg dashes= filters=() skips=() exact= i=0
+    local command=() harness=() arg dashes='' filters=() skips=() exact='' i=0
     for arg in "$@"; do
         if [ -z "$dashes" ] && [ "$arg" = -- ]; then
             dashes=1
@@ -107,6 +114,25 @@ fail_if_selects_nothing() {
     return "$status"
 }
 
+# deps_rust_arches: the Rust target of every arch whose std rustup must
+# have; armv7's may be missing (armv7_prebuilt, then std from rust-src).
+deps_rust_arches() {
+    local triples=() triple
+    for triple in $(arch_triples); do
+        [ "$triple" = "$ARMV7" ] || triples+=("$triple")
+    done
+    deps_rust "${triples[@]}"
+}
+
+# arch_qemus: PROGRAM:qemu-user for each row's qemu program (deps' lists).
+arch_qemus() {
+    local triple deb_arch rpm_arch qemu suites kernel_floor elf_machine
+    for triple in $(arch_triples); do
+        arch_fields "$triple"
+        echo "$qemu:qemu-user"
+    done
+}
+
 deps_rust() {
     local triple missing=()
     for triple in "$TARGET" "$@"; do
@@ -120,20 +146,21 @@ deps_rust() {
     fi
 }
 
-# The other arches (docs/packaging.md, "The binaries"): Rust targets for
-# aarch64 and i686; for armv7, when rustup cannot download its std, std's
-# sources (rust-src), Debian's musl for armhf, and clang to build LLVM's
-# libunwind; qemu-user to run aarch64 and armv7 binaries, faketime for the
-# after-2038 check. apt only when something is missing (and we are root).
+# The other arches (docs/packaging.md, "The binaries"): the Rust target of
+# each row of packaging/arches.sh; for armv7, when rustup cannot download its
+# std, std's sources (rust-src), Debian's musl for armhf, and clang to build
+# LLVM's libunwind; qemu-user (each row's qemu program) to run the binaries
+# of other arches, faketime for the after-2038 check. apt only when
+# something is missing (and we are root).
 deps_arches() {
-    deps_rust aarch64-unknown-linux-musl i686-unknown-linux-musl
+    deps_rust_arches
     if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
         say "installing rust-src (armv7's std is built from source)"
         rustup component add rust-src ||
             echo "build.sh: cannot install rust-src; armv7 will be skipped" >&2
     fi
     local missing=() tool
-    for tool in qemu-aarch64:qemu-user qemu-arm:qemu-user qemu-i386:qemu-user faketime:faketime \
+    for tool in $(arch_qemus) faketime:faketime \
         clang:clang llvm-ar:llvm strace:strace readelf:binutils file:file; do
         command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
     done
@@ -173,7 +200,7 @@ cached_venv() {
     mkdir -p "$CACHE_DIR/venvs"
     if [ -d "$dir/bin" ]; then
         for script in "$dir"/bin/*; do
-            [ -f "$script" ] && [ ! -L "$script" ] || continue
+            if [ ! -f "$script" ] || [ -L "$script" ]; then continue; fi
             interpreter=$(head -c 200 "$script" | sed -n '1s/^#!\([^ ]*\).*/\1/p')
             case "$interpreter" in
                 "" | "$dir"/bin/*) ;;
@@ -228,7 +255,7 @@ deps_python() {
 deps_packaging() {
     local tool missing=()
     for tool in dpkg-deb:dpkg-dev rpmbuild:rpm help2man:help2man lintian:lintian \
-        rpmlint:rpmlint logrotate:logrotate qemu-aarch64:qemu-user groff:groff file:file; do
+        rpmlint:rpmlint logrotate:logrotate $(arch_qemus) groff:groff file:file; do
         command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -381,10 +408,13 @@ build() {
 }
 
 # ---------------------------------------------------------------------------
-# Every arch (docs/packaging.md, "The binaries"). Output: dist/<triple>/sp_wrapper,
-# and dist/sp_wrapper for x86_64 as ever.
+# Every arch of packaging/arches.sh (docs/packaging.md, "The binaries").
+# Output: dist/<triple>/sp_wrapper, and dist/sp_wrapper for x86_64 as ever.
 
-ARCHES=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl i686-unknown-linux-musl armv7-unknown-linux-musleabihf)
+# The one arch with code of its own: rustup may have no prebuilt std for it,
+# and then std is built from rust-src, linked against Debian's musl-dev:armhf
+# and a libunwind built here with clang (armv7_prebuilt, build_armv7,
+# armv7_unit_tests; not reproducible by repro_check).
 ARMV7=armv7-unknown-linux-musleabihf
 # Debian's musl-dev:armhf (multiarch).
 ARMV7_MUSL=/usr/lib/arm-linux-musleabihf
@@ -392,27 +422,20 @@ ARMV7_UNWIND=target/armv7-libunwind
 # Set by build_armv7 when it cannot build, for the caller to print.
 SKIP_REASON=
 
+# triple_of ARCH: the triple of the row of packaging/arches.sh whose short
+# name (the triple's first word), Debian name or triple ARCH is.
 triple_of() {
-    case "$1" in
-        x86_64 | amd64 | x86_64-unknown-linux-musl) echo x86_64-unknown-linux-musl ;;
-        aarch64 | arm64 | aarch64-unknown-linux-musl) echo aarch64-unknown-linux-musl ;;
-        i686 | i386 | i686-unknown-linux-musl) echo i686-unknown-linux-musl ;;
-        armv7 | armhf | armv7-unknown-linux-musleabihf) echo "$ARMV7" ;;
-        *)
-            echo "build.sh: unknown arch '$1' (x86_64, aarch64, i686 or armv7)" >&2
-            exit 2
-            ;;
-    esac
-}
-
-# What file(1) says about a binary for each triple (its ELF class and machine).
-file_says() {
-    case "$1" in
-        x86_64-*) echo "ELF 64-bit LSB executable, x86-64" ;;
-        aarch64-*) echo "ELF 64-bit LSB executable, ARM aarch64" ;;
-        i686-*) echo "ELF 32-bit LSB executable, Intel 80386" ;;
-        armv7-*) echo "ELF 32-bit LSB executable, ARM, EABI5" ;;
-    esac
+    local triple deb_arch rpm_arch qemu suites kernel_floor elf_machine names=()
+    for triple in $(arch_triples); do
+        arch_fields "$triple"
+        if [ "$1" = "${triple%%-*}" ] || [ "$1" = "$deb_arch" ] || [ "$1" = "$triple" ]; then
+            echo "$triple"
+            return 0
+        fi
+        names+=("${triple%%-*}")
+    done
+    echo "build.sh: unknown arch '$1' (${names[*]}: packaging/arches.sh)" >&2
+    exit 2
 }
 
 # build_arch TRIPLE: build, install to dist/<triple>/sp_wrapper (and
@@ -479,13 +502,14 @@ build_arch() {
 # check_static FILE TRIPLE: the right machine, statically linked, a plain
 # ET_EXEC with no program interpreter, and under MAX_SIZE.
 check_static() {
-    local bin=$1 triple=$2 says size
+    local bin=$1 triple=$2 says size deb_arch rpm_arch qemu suites kernel_floor elf_machine
+    arch_fields "$triple"
     says=$(file -b "$bin")
     static_fail() {
         echo "build.sh: $bin: $*" >&2
         exit 1
     }
-    [[ "$says" == "$(file_says "$triple")"* ]] || static_fail "not a $triple executable: $says"
+    [[ "$says" == "ELF "??"-bit LSB executable, $elf_machine"* ]] || static_fail "not a $triple executable: $says"
     [[ "$says" == *"statically linked"* ]] || static_fail "not statically linked: $says"
     LC_ALL=C readelf -h "$bin" | grep -Eq 'Type:[[:space:]]+EXEC' || static_fail "not a plain static executable (ET_EXEC)"
     if LC_ALL=C readelf -l "$bin" | grep -q INTERP; then static_fail "has a program interpreter (PT_INTERP)"; fi
@@ -576,11 +600,12 @@ armv7_cargo() {
 # ---------------------------------------------------------------------------
 # Proving each binary (docs/packaging.md, "Proving each binary"). The test
 # harness runs natively and launches dist/<triple>/sp_wrapper through
-# SP_WRAPPER_RUNNER: qemu-aarch64 / qemu-arm for the ARM builds; nothing for
-# i686, which this x86_64 kernel runs itself (its real 32-bit system-call
-# ABI, which qemu-i386 would only translate, and the seccomp filter's i386
-# table). The jobs' /bin/sh is the host's: with no binfmt_misc entry,
-# qemu-user's execve hands a native executable to the kernel.
+# SP_WRAPPER_RUNNER: the row's qemu program for the arches whose suites
+# column (packaging/arches.sh) says qemu, the ARM builds; nothing for those
+# it says native: i686, which this x86_64 kernel runs itself (its real
+# 32-bit system-call ABI, which qemu-i386 would only translate, and the
+# seccomp filter's i386 table). The jobs' /bin/sh is the host's: with no
+# binfmt_misc entry, qemu-user's execve hands a native executable to the kernel.
 
 # prove_arch TRIPLE: unit tests built for it, the conformance, record,
 # delivery, guardian and security suites (root-only tests included), the
@@ -590,13 +615,13 @@ armv7_cargo() {
 # everywhere, the old-kernel filter and qemu included.)
 
 prove_arch() {
-    local triple=$1 runner= unit_runner_var faker started
-    case "$triple" in
-        x86_64-*) faker=qemu-x86_64 ;;
-        aarch64-*) runner=qemu-aarch64 faker=qemu-aarch64 ;;
-        i686-*) faker=qemu-i386 ;;
-        armv7-*) runner=qemu-arm faker=qemu-arm ;;
-    esac
+    local triple=$1 runner='' unit_runner_var faker started
+    local deb_arch rpm_arch qemu suites kernel_floor elf_machine
+    arch_fields "$triple"
+    # libfaketime runs under qemu-user on every arch; the suites only where
+    # the table says so.
+    faker=$qemu
+    [ "$suites" = native ] || runner=$qemu
     local bin="$PWD/dist/$triple/sp_wrapper"
     unit_runner_var="CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUNNER"
     timed() {
@@ -629,34 +654,23 @@ prove_arch() {
         # Slow links (36 + 25 + 25 s) with nothing arch-specific in them: the
         # pacing is integer arithmetic on ACK times, TIOCOUTQ the same number
         # on every arch we build.
-        say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and on i686)"
+        say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and by the arches packaging/arches.sh runs natively)"
         skip=(--skip _link_arrive_exact_and_in_order)
     fi
     timed "conformance, record, delivery, guardian, crash, security" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
         conformance:: record:: delivery:: guardian:: crash:: security:: "${skip[@]}"
-    case "$triple" in
-        "$TARGET") ;; # its old-kernel run is above
-        i686-*)
-            say "$triple: old-kernel tests (2.6.32, i386 table) and the conformance suite under the filter"
-            timed "old kernel 2.6.32 (i386 seccomp table)" fail_if_selects_nothing env SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$bin" \
-                cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance::
-            ;;
-        *)
-            say "SKIPPED $triple old-kernel tests (floor: $(arch_floor "$triple")): the binary runs under qemu-user, which translates its system calls into the host's, so a host seccomp filter cannot play the guest's old kernel (docs/packaging.md)"
-            ;;
-    esac
+    # (The host's own old-kernel run is in run_tests; it returned above.)
+    if [ -z "$runner" ]; then
+        say "$triple: old-kernel tests ($kernel_floor, $deb_arch table) and the conformance suite under the filter"
+        timed "old kernel $kernel_floor ($deb_arch seccomp table)" fail_if_selects_nothing env SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$bin" \
+            cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance::
+    else
+        say "SKIPPED $triple old-kernel tests (floor: Linux $kernel_floor): the binary runs under qemu-user, which translates its system calls into the host's, so a host seccomp filter cannot play the guest's old kernel (docs/packaging.md)"
+    fi
     say "$triple: a job in 2040 (libfaketime in $faker)"
     timed "after 2038 ($faker + libfaketime)" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$faker" \
         cargo test --release --locked --test integration -- --include-ignored --exact arch::a_job_in_2040_is_recorded_with_2040_times
-}
-
-arch_floor() {
-    case "$1" in
-        x86_64-* | i686-*) echo "Linux 2.6.32" ;;
-        aarch64-*) echo "Linux 3.7, the first with arm64" ;;
-        armv7-*) echo "Linux 3.2, the oldest armhf distributions ship (Debian 7, the 2012 Raspbian)" ;;
-    esac
 }
 
 # armv7's unit tests: std and the test harness from source, with unwinding
@@ -698,13 +712,13 @@ prove_all_arches() {
     printf '    %s\n' "${ARCH_TIMES[@]}"
 }
 
-# Builds every arch; BUILT_ARCHES lists those that built. Only armv7 may be
-# skipped, and only with its reason printed.
+# Builds every arch of packaging/arches.sh, in its order; BUILT_ARCHES lists
+# those that built. Only armv7 may be skipped, and only with its reason printed.
 BUILT_ARCHES=()
 build_all() {
     local triple summary=()
-    deps_rust aarch64-unknown-linux-musl i686-unknown-linux-musl
-    for triple in "${ARCHES[@]}"; do
+    deps_rust_arches
+    for triple in $(arch_triples); do
         SKIP_REASON=
         if build_arch "$triple"; then
             BUILT_ARCHES+=("$triple")
@@ -733,9 +747,10 @@ build_all() {
 # first; not armv7, whose std is built from rust-src.
 repro_check() {
     local other clone sysroot rustup_home name epoch status=0 compared=() started=$SECONDS
+    # This machine's HOME, which the binaries must not name (the second
+    # build, in a subshell, has another).
+    local builder_home=$HOME
     local triples=() files=() arch triple
-    # shellcheck source=packaging/arches.sh
-    . packaging/arches.sh
     for arch in "${@:-x86_64}"; do
         triple=$(triple_of "$arch")
         [ "$triple" != "$ARMV7" ] || { echo "build.sh: repro: armv7's std is built from rust-src, which the second build leaves out" >&2; exit 2; }
@@ -798,7 +813,7 @@ repro_check() {
         case "$name" in
             *.deb | *.rpm) ;;
             *)
-                if strings -n 6 "$name" | grep -E "$HOME|$PWD|/registry/src/|/lib/rustlib/src/" >&2; then
+                if strings -n 6 "$name" | grep -E "$builder_home|$PWD|/registry/src/|/lib/rustlib/src/" >&2; then
                     echo "build.sh: FAIL: $name names the build machine's paths above" >&2
                     status=1
                 fi
@@ -1086,7 +1101,7 @@ package() {
     rm -f dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
     bash packaging/package.sh "$VERSION" dist dist
     say "packages (copy these, not dist/ itself, to a repository or the Salt file server; docs/deploy.md):"
-    ls -1 dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm | sed 's/^/    /'
+    printf '    %s\n' dist/saltpeter-agent_*.deb dist/saltpeter-agent-*.rpm
 }
 
 case "${1:-build}" in
@@ -1127,7 +1142,8 @@ case "${1:-build}" in
     old-salt) deps_endpoint; build; old_salt_suite ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|build-local|test|deps|demo|soak [N]|bench|package|repro|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|test-arches [ARCH...]|build-local|test|deps|demo|soak [N]|bench|package|repro [ARCH...]|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
+        echo "       ARCH: $(arch_triples | sed 's/-.*//' | paste -sd '|'), or its Debian name or triple (packaging/arches.sh)" >&2
         exit 2
         ;;
 esac

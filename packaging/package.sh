@@ -217,7 +217,7 @@ Priority: optional
 Installed-Size: $installed_kib
 Recommends: logrotate
 Description: $summary
-$(sed 's/^/ /' <<<"$description")
+ ${description//$'\n'/$'\n' }
 CONTROL
     chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
     local deb="$outdir/saltpeter-agent_${version}_${deb_arch}.deb"

@@ -164,7 +164,7 @@ check_arch() {
     local lint errors
     lint=$(lintian --pedantic "$deb" 2>&1 | grep -v "^running with root privileges") || true
     errors=$(grep -c '^E:' <<<"$lint" || true)
-    if [ -n "$lint" ]; then sed 's/^/   lintian: /' <<<"$lint"; fi
+    if [ -n "$lint" ]; then echo "   lintian: ${lint//$'\n'/$'\n'   lintian: }"; fi
     [ "$errors" -eq 0 ] || die "lintian reports $errors error(s) for $deb"
     lint=$(rpmlint -c "$top/packaging/rpmlint.toml" "$rpm_file" 2>&1) || true
     grep -E '^saltpeter-agent' <<<"$lint" | sed 's/^/   rpmlint: /' || true
