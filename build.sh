@@ -25,6 +25,7 @@
 #                          (or build ARCH); it names the arches it skipped
 #   ./build.sh repro [ARCH...]  package, then the x86_64 (or ARCH's) binary and packages
 #                          built again elsewhere (path, HOME, no rust-src) must be identical
+#   ./build.sh shellcheck  the lint of every shell script (part of `test`)
 #   ./build.sh clean
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -394,12 +395,55 @@ deps_nss() {
         echo "build.sh: could not install libnss-extrausers; the directory-user test will fail saying so" >&2
 }
 
+# Debian's shellcheck, for the lint of the shell scripts (lint_shell). Root
+# and apt only; otherwise say how, and fail: the lint must not pass unrun.
+deps_shellcheck() {
+    command -v shellcheck >/dev/null && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "build.sh: shellcheck is missing (the lint of the shell scripts needs it); as root run 'apt-get install -y shellcheck'" >&2
+        exit 1
+    fi
+    say "installing shellcheck from Debian (the lint of the shell scripts)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null; } || {
+        echo "build.sh: cannot install shellcheck; as root with network access run 'apt-get update && apt-get install -y shellcheck', then retry" >&2
+        exit 1
+    }
+}
+
+# shell_scripts: the project's shell files, found by what they say they
+# are, not by a list: a #! line naming sh, bash or dash, or (for files that
+# are only sourced, such as packaging/arches.sh and tests/salt_pins) a
+# `# shellcheck shell=` directive in their first lines. NUL-separated.
+shell_scripts() {
+    local name
+    git ls-files -z --cached --others --exclude-standard |
+        while IFS= read -r -d '' name; do
+            [ -f "$name" ] || continue
+            if head -n 1 "$name" | grep -Eq '^#!.*[/ ](ba|da)?sh( |$)' ||
+                head -n 5 "$name" | grep -Eq '^# shellcheck shell='; then
+                printf '%s\0' "$name"
+            fi
+        done
+}
+
+# lint_shell: shellcheck every shell file, following what they source;
+# any finding (style included) fails the build.
+lint_shell() {
+    local scripts=()
+    mapfile -d '' -t scripts < <(shell_scripts)
+    [ ${#scripts[@]} -gt 0 ] || { echo "build.sh: found no shell scripts to lint" >&2; exit 1; }
+    say "shellcheck $(shellcheck --version | sed -n 's/^version: //p') on ${#scripts[@]} files: ${scripts[*]}"
+    shellcheck --external-sources "${scripts[@]}"
+}
+
 deps() {
     deps_rust
     deps_arches
     deps_python
     deps_packaging
     deps_nss
+    deps_shellcheck
 }
 
 build() {
@@ -948,9 +992,10 @@ run_tests() {
     step "dependencies and the x86_64 build"
     deps
     build
-    step "format and lint"
+    step "format and lint (rustfmt, clippy, shellcheck)"
     cargo fmt --all -- --check
     cargo clippy --locked --all-targets -- -D warnings
+    lint_shell
     export SP_TEST_PYTHON="$PWD/$PYTHON"
     step "unit, integration and conformance tests (host build)"
     cargo test --release --locked
@@ -1140,9 +1185,10 @@ case "${1:-build}" in
     e2e-bench) deps; build; e2e_bench ;;
     salt-id) build; salt_id_suite ;;
     old-salt) deps_endpoint; build; old_salt_suite ;;
+    shellcheck) deps_shellcheck; lint_shell ;;
     clean) cargo clean; rm -rf dist ;;
     *)
-        echo "usage: ./build.sh [build [ARCH]|build-all|test-arches [ARCH...]|build-local|test|deps|demo|soak [N]|bench|package|repro [ARCH...]|e2e|e2e-bench|salt-id|old-salt|clean]" >&2
+        echo "usage: ./build.sh [build [ARCH]|build-all|test-arches [ARCH...]|build-local|test|deps|demo|soak [N]|bench|package|repro [ARCH...]|e2e|e2e-bench|salt-id|old-salt|shellcheck|clean]" >&2
         echo "       ARCH: $(arch_triples | sed 's/-.*//' | paste -sd '|'), or its Debian name or triple (packaging/arches.sh)" >&2
         exit 2
         ;;
