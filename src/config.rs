@@ -1,5 +1,6 @@
 //! Configuration: the `SP_*` environment Salt passes, turned into a validated
-//! `Config` (run once by the launcher, before anything is started).
+//! `Config` (run once by the launcher, before anything is started). The
+//! variables are declared once, in `VARIABLES`.
 //!
 //! `Config::from_lookup` is pure (it takes a lookup function, not the real
 //! environment) so it can be unit-tested and fuzzed. Every bad value is an
@@ -24,10 +25,29 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// `lookup(var)`, with an empty value counted as unset.
+/// `lookup(var)`, with an empty value counted as unset; `None` for a
+/// variable not in `VARIABLES` (a unit test checks that the parser reads
+/// each name there and no other).
 #[inline(never)]
 fn set_value(lookup: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    declared(var)?;
     lookup(var).filter(|v| !v.is_empty())
+}
+
+/// `var`'s value, else its default from the table, for a variable whose
+/// default is a value (the `defaults` test parses each of them).
+#[inline(never)]
+fn value_or_default(lookup: &dyn Fn(&str) -> Option<String>, var: &str) -> String {
+    set_value(lookup, var).unwrap_or_else(|| declared(var).map_or("", |v| v.default).to_string())
+}
+
+/// `var` is none of the words it may be.
+#[inline(never)]
+fn expected(var: &'static str, words: &str, got: &str) -> ConfigError {
+    ConfigError {
+        var,
+        problem: format!("expected {words}, got {got:?}"),
+    }
 }
 
 fn bad<T>(var: &'static str, problem: impl Into<String>) -> Result<T, ConfigError> {
@@ -94,86 +114,165 @@ pub struct Config {
     pub leftout_job_files: u64,
 }
 
-/// Every variable we read, with a one-line description (for `--help`).
-pub const VARIABLES: &[(&str, &str)] = &[
-    (
-        "SP_WEBSOCKET_URL",
-        "required; ws://host:port of the Saltpeter server (wss:// is not supported)",
-    ),
-    ("SP_JOB_NAME", "required; the job's name"),
-    (
-        "SP_JOB_INSTANCE",
-        "required (or SP_JOB_INSTANCE_NAME); this run's instance id",
-    ),
-    ("SP_COMMAND", "required; run as /bin/sh -c \"$SP_COMMAND\""),
-    (
-        "SP_MACHINE_ID",
-        "default: the Salt minion id (minion config id:, minion_id, host name)",
-    ),
-    ("SP_CWD", "working directory of the job (must exist)"),
-    ("SP_USER", "run the job as this user (root only)"),
-    (
-        "SP_TIMEOUT",
-        "seconds; unset or 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124",
-    ),
-    (
-        "SP_OUTPUT",
-        "merged (default: stderr joins stdout, in the order written) or separate",
-    ),
-    (
-        "SP_OUTPUT_INTERVAL_MS",
-        "default 1000; how long output may be batched",
-    ),
-    ("SP_WRAPPER_LOGLEVEL", "normal (default), debug or off"),
-    (
-        "SP_WRAPPER_LOGDIR",
-        "default /var/log/sp_wrapper; log file <dir>/<job>.log",
-    ),
-    (
-        "SP_ALLOW_OVERLAP",
-        "true (default; also 1/yes) or false (also 0/no)",
-    ),
-    (
-        "SP_LOCKFILE",
-        "default /tmp/sp_wrapper_<job>.lock (used when overlap is not allowed)",
-    ),
-    (
-        "SP_BUFFER_MAX_MB",
-        "default 8; unacknowledged output kept in memory (all of it is in the spool file)",
-    ),
-    (
-        "SP_SPOOL_DIR",
-        "default: the log directory; where output beyond SP_BUFFER_MAX_MB spills",
-    ),
-    (
-        "SP_SPOOL_MAX_MB",
-        "default 512; most unacknowledged output kept in the spool file",
-    ),
-    (
-        "SP_OUTPUT_MAX_MB",
-        "default 8 (0: no cap); most output the server receives per run: the head, then its last 256 KiB",
-    ),
-    (
-        "SP_LEFTOUT_MAX_MB",
-        "default 256; most of the output past SP_OUTPUT_MAX_MB kept in <log dir>/<job>.<instance>.leftout",
-    ),
-    (
-        "SP_LEFTOUT_JOB_MAX_MB",
-        "default 1024; most disk all of a job's .leftout files take (the oldest are removed)",
-    ),
-    (
-        "SP_LEFTOUT_JOB_FILES",
-        "default 8; most .leftout files a job keeps (the oldest are removed)",
-    ),
+/// One `SP_*` variable: its name, its default, and one line for `--help`.
+pub struct Variable {
+    pub name: &'static str,
+    /// What applies when it is unset (or empty), as the docs say it: a value
+    /// the parser reads as if it were set (`8`, `normal`), else words for
+    /// what is worked out at launch (`the log directory`); empty for a
+    /// required variable (Saltpeter always passes it).
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every variable the configuration reads, declared once: `from_lookup`
+/// reads a name only through this table (and takes its default from it),
+/// `--help` prints it, the fuzzer sets these names, and the unit tests check
+/// that docs/configuration.md has a row for each and no other. The order is
+/// the doc's. Test-only variables are not configuration and are not here:
+/// `SP_TEST_RECONNECT_DELAY_MS` (link.rs), `SP_TEST_DELIVERY_WINDOW_MS`
+/// (live.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON` (machine_id.rs's tests,
+/// build.sh) and `SP_FUZZ_ITERATIONS` (fuzz.rs).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "SP_WEBSOCKET_URL",
+        default: "",
+        help: "ws://host:port of the Saltpeter server (not wss://)",
+    },
+    Variable {
+        name: "SP_JOB_NAME",
+        default: "",
+        help: "the job's name",
+    },
+    Variable {
+        name: "SP_JOB_INSTANCE",
+        default: "",
+        help: "this run's instance id (or SP_JOB_INSTANCE_NAME)",
+    },
+    Variable {
+        name: "SP_COMMAND",
+        default: "",
+        help: "run as /bin/sh -c \"$SP_COMMAND\"",
+    },
+    Variable {
+        name: "SP_JOB_INSTANCE_NAME",
+        default: "none",
+        help: "older name of SP_JOB_INSTANCE, read if that is unset",
+    },
+    Variable {
+        name: "SP_MACHINE_ID",
+        default: "the Salt minion id",
+        help: "minion config id:, minion_id, else the host name",
+    },
+    Variable {
+        name: "SP_CWD",
+        default: "the wrapper's",
+        help: "the job's working directory (must exist)",
+    },
+    Variable {
+        name: "SP_USER",
+        default: "none",
+        help: "run the job as this user (root only)",
+    },
+    Variable {
+        name: "SP_TIMEOUT",
+        default: "0",
+        help: "seconds; 0 = no limit; then SIGTERM, 5 s, SIGKILL, retcode 124",
+    },
+    Variable {
+        name: "SP_OUTPUT",
+        default: "merged",
+        help: "merged (stderr joins stdout, in the order written) or separate",
+    },
+    Variable {
+        name: "SP_OUTPUT_INTERVAL_MS",
+        default: "1000",
+        help: "how long output may be batched",
+    },
+    Variable {
+        name: "SP_WRAPPER_LOGLEVEL",
+        default: "normal",
+        help: "normal, debug or off",
+    },
+    Variable {
+        name: "SP_WRAPPER_LOGDIR",
+        default: "/var/log/sp_wrapper",
+        help: "log file <dir>/<job>.log",
+    },
+    Variable {
+        name: "SP_ALLOW_OVERLAP",
+        default: "true",
+        help: "true (also 1/yes) or false (also 0/no)",
+    },
+    Variable {
+        name: "SP_LOCKFILE",
+        default: "/tmp/sp_wrapper_<job>.lock",
+        help: "used when overlap is not allowed",
+    },
+    Variable {
+        name: "SP_BUFFER_MAX_MB",
+        default: "8",
+        help: "unacknowledged output kept in memory (all of it is in the spool file)",
+    },
+    Variable {
+        name: "SP_SPOOL_DIR",
+        default: "the log directory",
+        help: "where output beyond SP_BUFFER_MAX_MB spills",
+    },
+    Variable {
+        name: "SP_SPOOL_MAX_MB",
+        default: "512",
+        help: "most unacknowledged output kept in the spool file",
+    },
+    Variable {
+        name: "SP_OUTPUT_MAX_MB",
+        // Chosen from the server's cost per run (docs/saltpeter.md, "What
+        // one run's output costs the server").
+        default: "8",
+        help: "0: no cap; most output the server gets per run: the head, then the last 256 KiB",
+    },
+    Variable {
+        name: "SP_LEFTOUT_MAX_MB",
+        default: "256",
+        help: "most output past SP_OUTPUT_MAX_MB kept in <log dir>/<job>.<instance>.leftout",
+    },
+    Variable {
+        name: "SP_LEFTOUT_JOB_MAX_MB",
+        // Four full-size files of the default SP_LEFTOUT_MAX_MB.
+        default: "1024",
+        help: "most disk all of a job's .leftout files take (the oldest are removed)",
+    },
+    Variable {
+        name: "SP_LEFTOUT_JOB_FILES",
+        default: "8",
+        help: "most .leftout files a job keeps (the oldest are removed)",
+    },
 ];
 
-/// The variables Saltpeter always passes; none is optional.
-const REQUIRED: [&str; 4] = [
-    "SP_WEBSOCKET_URL",
-    "SP_JOB_NAME",
-    "SP_JOB_INSTANCE",
-    "SP_COMMAND",
-];
+/// The variables' lines of `--help`: name, default (or "required"), help.
+pub fn write_help(text: &mut String) {
+    for variable in VARIABLES {
+        let (name, default, help) = (variable.name, variable.default, variable.help);
+        let said = if default.is_empty() {
+            "required"
+        } else {
+            "default: "
+        };
+        text.push_str(&format!("  {name:<22} {said}{default}; {help}\n"));
+    }
+}
+
+/// The declared variable called `name`; `None` (and a failed unit test)
+/// for a name the table lacks, so an undeclared variable is never read.
+#[inline(never)]
+fn declared(name: &str) -> Option<&'static Variable> {
+    let variable = VARIABLES.iter().find(|v| v.name == name);
+    assert!(
+        cfg!(not(test)) || variable.is_some(),
+        "{name} is not in VARIABLES"
+    );
+    variable
+}
 
 /// When every required variable is missing, Salt ran us without the env it
 /// was given: Saltpeter passes `env={...}` as the text of a Python dict that
@@ -184,17 +283,6 @@ const NO_ENVIRONMENT: &str = "not set, and neither are SP_WEBSOCKET_URL, SP_JOB_
     argument is then not valid YAML and Salt drops it); use one kind of quote, \
     or put the command in a script";
 
-const DEFAULT_LOG_DIR: &str = "/var/log/sp_wrapper";
-const DEFAULT_INTERVAL_MS: u64 = 1000;
-const DEFAULT_BUFFER_MB: usize = 8;
-const DEFAULT_SPOOL_MB: u64 = 512;
-/// Chosen from the server's cost per run (docs/saltpeter.md, "What one
-/// run's output costs the server").
-pub const DEFAULT_OUTPUT_MB: u64 = 8;
-const DEFAULT_LEFTOUT_MB: u64 = 256;
-/// Four full-size files of the default `SP_LEFTOUT_MAX_MB`.
-const DEFAULT_LEFTOUT_JOB_MB: u64 = 1024;
-const DEFAULT_LEFTOUT_JOB_FILES: u64 = 8;
 /// The largest disk cap: 1 TiB.
 const MAX_DISK_MB: u64 = 1 << 20;
 /// The largest SP_BUFFER_MAX_MB: 1 TiB, or half the address space where that
@@ -224,12 +312,20 @@ impl Config {
     fn from_dyn_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         // Empty counts as unset: Salt passes "" for settings a job leaves out.
         let get = |var: &str| set_value(lookup, var);
+        // A variable whose default is a value: its value, else that one.
+        let setting = |var: &str| value_or_default(lookup, var);
         let required = |var: &'static str| match get(var) {
             Some(v) => Ok(v),
             None => bad(var, "not set (required)"),
         };
 
-        if REQUIRED.iter().all(|var| get(var).is_none()) && get("SP_JOB_INSTANCE_NAME").is_none() {
+        let mut all_required_unset = get("SP_JOB_INSTANCE_NAME").is_none();
+        for variable in VARIABLES {
+            if variable.default.is_empty() {
+                all_required_unset &= get(variable.name).is_none();
+            }
+        }
+        if all_required_unset {
             return bad("SP_COMMAND", NO_ENVIRONMENT);
         }
         let url = parse_url(&required("SP_WEBSOCKET_URL")?)?;
@@ -246,82 +342,72 @@ impl Config {
         };
         let command = required("SP_COMMAND")?;
 
-        let timeout = match get("SP_TIMEOUT") {
-            None => None,
-            Some(v) => parse_seconds("SP_TIMEOUT", &v)?,
+        let timeout = parse_seconds("SP_TIMEOUT", &setting("SP_TIMEOUT"))?;
+        let output_interval = Duration::from_millis(parse_whole(
+            "SP_OUTPUT_INTERVAL_MS",
+            &setting("SP_OUTPUT_INTERVAL_MS"),
+            3_600_000,
+        )?);
+        let separate_streams = match setting("SP_OUTPUT").to_ascii_lowercase().as_str() {
+            "merged" => false,
+            "separate" => true,
+            other => return Err(expected("SP_OUTPUT", "merged or separate", other)),
         };
-        let output_interval = match get("SP_OUTPUT_INTERVAL_MS") {
-            None => Duration::from_millis(DEFAULT_INTERVAL_MS),
-            Some(v) => Duration::from_millis(parse_whole("SP_OUTPUT_INTERVAL_MS", &v, 3_600_000)?),
-        };
-        let separate_streams = match get("SP_OUTPUT").map(|v| v.to_ascii_lowercase()).as_deref() {
-            None | Some("merged") => false,
-            Some("separate") => true,
-            Some(other) => {
-                return bad(
-                    "SP_OUTPUT",
-                    format!("expected merged or separate, got {other:?}"),
-                );
-            }
-        };
-        let log_level = match get("SP_WRAPPER_LOGLEVEL")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("normal") | Some("info") => LogLevel::Normal,
-            Some("debug") => LogLevel::Debug,
-            Some("off") | Some("none") => LogLevel::Off,
-            Some(other) => {
-                return bad(
+        let log_level = match setting("SP_WRAPPER_LOGLEVEL").to_ascii_lowercase().as_str() {
+            "normal" | "info" => LogLevel::Normal,
+            "debug" => LogLevel::Debug,
+            "off" | "none" => LogLevel::Off,
+            other => {
+                return Err(expected(
                     "SP_WRAPPER_LOGLEVEL",
-                    format!("expected normal, debug or off, got {other:?}"),
-                );
+                    "normal, debug or off",
+                    other,
+                ));
             }
         };
-        let log_dir = absolute_path("SP_WRAPPER_LOGDIR", get("SP_WRAPPER_LOGDIR"))?
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR));
-        let allow_overlap = match get("SP_ALLOW_OVERLAP")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("true") | Some("1") | Some("yes") => true,
-            Some("false") | Some("0") | Some("no") => false,
-            Some(other) => {
-                return bad(
+        let log_dir = absolute_path("SP_WRAPPER_LOGDIR", setting("SP_WRAPPER_LOGDIR"))?;
+        let allow_overlap = match setting("SP_ALLOW_OVERLAP").to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                return Err(expected(
                     "SP_ALLOW_OVERLAP",
-                    format!("expected true/1/yes or false/0/no, got {other:?}"),
-                );
+                    "true/1/yes or false/0/no",
+                    other,
+                ));
             }
         };
-        let lockfile = absolute_path("SP_LOCKFILE", get("SP_LOCKFILE"))?
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/sp_wrapper_{job_file_name}.lock")));
-        let buffer_limit = match get("SP_BUFFER_MAX_MB") {
-            None => DEFAULT_BUFFER_MB << 20,
-            Some(v) => match parse_whole("SP_BUFFER_MAX_MB", &v, MAX_BUFFER_MB)? {
-                0 => return bad("SP_BUFFER_MAX_MB", "must be at least 1"),
-                // Fits: MAX_BUFFER_MB << 20 is at most half of usize.
-                mb => (mb as usize) << 20,
-            },
+        let lockfile = match get("SP_LOCKFILE") {
+            Some(v) => absolute_path("SP_LOCKFILE", v)?,
+            None => PathBuf::from(format!("/tmp/sp_wrapper_{job_file_name}.lock")),
         };
-        let spool_dir =
-            absolute_path("SP_SPOOL_DIR", get("SP_SPOOL_DIR"))?.unwrap_or_else(|| log_dir.clone());
-        let megabytes = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-            Ok(match get(var) {
-                None => default << 20,
-                Some(v) => parse_whole(var, &v, MAX_DISK_MB)? << 20,
-            })
+        let buffer_limit = match parse_whole(
+            "SP_BUFFER_MAX_MB",
+            &setting("SP_BUFFER_MAX_MB"),
+            MAX_BUFFER_MB,
+        )? {
+            0 => return bad("SP_BUFFER_MAX_MB", "must be at least 1"),
+            // Fits: MAX_BUFFER_MB << 20 is at most half of usize.
+            mb => (mb as usize) << 20,
         };
-        let spool_limit = megabytes("SP_SPOOL_MAX_MB", DEFAULT_SPOOL_MB)?;
+        let spool_dir = match get("SP_SPOOL_DIR") {
+            Some(v) => absolute_path("SP_SPOOL_DIR", v)?,
+            None => log_dir.clone(),
+        };
+        let megabytes = |var: &'static str| -> Result<u64, ConfigError> {
+            Ok(parse_whole(var, &setting(var), MAX_DISK_MB)? << 20)
+        };
+        let spool_limit = megabytes("SP_SPOOL_MAX_MB")?;
         if spool_limit == 0 {
             return bad("SP_SPOOL_MAX_MB", "must be at least 1");
         }
-        let output_limit =
-            Some(megabytes("SP_OUTPUT_MAX_MB", DEFAULT_OUTPUT_MB)?).filter(|&b| b > 0);
-        let leftout_job_limit = megabytes("SP_LEFTOUT_JOB_MAX_MB", DEFAULT_LEFTOUT_JOB_MB)?;
-        let leftout_job_files = match get("SP_LEFTOUT_JOB_FILES") {
-            None => DEFAULT_LEFTOUT_JOB_FILES,
-            Some(v) => parse_whole("SP_LEFTOUT_JOB_FILES", &v, 1 << 20)?,
-        };
+        let output_limit = Some(megabytes("SP_OUTPUT_MAX_MB")?).filter(|&b| b > 0);
+        let leftout_job_limit = megabytes("SP_LEFTOUT_JOB_MAX_MB")?;
+        let leftout_job_files = parse_whole(
+            "SP_LEFTOUT_JOB_FILES",
+            &setting("SP_LEFTOUT_JOB_FILES"),
+            1 << 20,
+        )?;
         if leftout_job_limit == 0 || leftout_job_files == 0 {
             let var = if leftout_job_files == 0 {
                 "SP_LEFTOUT_JOB_FILES"
@@ -330,8 +416,7 @@ impl Config {
             };
             return bad(var, "must be at least 1 (SP_LEFTOUT_MAX_MB=0 keeps none)");
         }
-        let leftout_limit =
-            megabytes("SP_LEFTOUT_MAX_MB", DEFAULT_LEFTOUT_MB)?.min(leftout_job_limit);
+        let leftout_limit = megabytes("SP_LEFTOUT_MAX_MB")?.min(leftout_job_limit);
         let cwd = match get("SP_CWD") {
             None => None,
             Some(v) if v.contains('\0') => return bad("SP_CWD", "contains a NUL byte"),
@@ -476,22 +561,24 @@ fn parse_seconds(var: &'static str, value: &str) -> Result<Option<Duration>, Con
 pub fn format_seconds(duration: Duration) -> String {
     match duration.subsec_millis() {
         0 => duration.as_secs().to_string(),
-        millis => format!(
-            "{}.{}",
-            duration.as_secs(),
-            format!("{millis:03}").trim_end_matches('0')
-        ),
+        millis => {
+            let mut text = format!("{}.{millis:03}", duration.as_secs());
+            // Not past the point: millis is not 0.
+            while text.ends_with('0') {
+                text.pop();
+            }
+            text
+        }
     }
 }
 
-fn absolute_path(var: &'static str, value: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
-    match value {
-        None => Ok(None),
-        Some(v) if v.contains('\0') => bad(var, "contains a NUL byte"),
-        Some(v) if !Path::new(&v).is_absolute() => {
-            bad(var, format!("must be an absolute path, got {v:?}"))
-        }
-        Some(v) => Ok(Some(PathBuf::from(v))),
+fn absolute_path(var: &'static str, value: String) -> Result<PathBuf, ConfigError> {
+    if value.contains('\0') {
+        bad(var, "contains a NUL byte")
+    } else if !Path::new(&value).is_absolute() {
+        bad(var, format!("must be an absolute path, got {value:?}"))
+    } else {
+        Ok(PathBuf::from(value))
     }
 }
 
@@ -585,6 +672,10 @@ mod tests {
         assert_eq!(cfg.lockfile, PathBuf::from("/tmp/sp_wrapper_backup.lock"));
         assert_eq!(cfg.buffer_limit, 8 << 20);
         assert_eq!(cfg.machine_id, None);
+        assert!(!cfg.separate_streams);
+        assert_eq!(cfg.spool_dir, PathBuf::from("/var/log/sp_wrapper"));
+        assert_eq!(cfg.spool_limit, 512 << 20);
+        assert_eq!(cfg.output_limit, Some(8 << 20));
         assert_eq!(
             cfg.log_path(),
             PathBuf::from("/var/log/sp_wrapper/backup.log")
@@ -767,24 +858,87 @@ mod tests {
         );
     }
 
-    /// Every variable `--help` lists is in the tables of
-    /// docs/configuration.md and of the README.
+    /// The rows of docs/configuration.md's variable tables (a line starting
+    /// "| `SP_"): the name and the default column (empty for a required one).
+    fn documented(text: &str) -> Vec<(&str, &str)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter(|row| row.starts_with("SP_"))
+            .map(|row| {
+                let mut cells = row.split(" | ");
+                let name = cells.next().unwrap_or("").trim_end_matches('`');
+                let default = match (cells.next(), cells.next()) {
+                    (Some(default), Some(_)) => default,
+                    _ => "",
+                };
+                (name, default)
+            })
+            .collect()
+    }
+
+    /// docs/configuration.md has one row per variable of the table, in its
+    /// order, and no other; a literal default is the one the parser uses.
     #[test]
-    fn every_variable_is_documented() {
-        for (page, text) in [
-            (
-                "docs/configuration.md",
-                include_str!("../docs/configuration.md"),
-            ),
-            ("README.md", include_str!("../README.md")),
-        ] {
-            for (name, _) in VARIABLES {
-                assert!(
-                    text.contains(&format!("| `{name}` |")),
-                    "{name} is not in {page}"
-                );
-            }
+    fn the_doc_documents_exactly_the_table() {
+        let rows = documented(include_str!("../docs/configuration.md"));
+        let names: Vec<&str> = rows.iter().map(|&(name, _)| name).collect();
+        let declared: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(names, declared, "docs/configuration.md against VARIABLES");
+        for (variable, (name, default)) in VARIABLES.iter().zip(&rows) {
+            let plain = default.trim_matches('`');
+            assert_eq!(plain, variable.default, "{name}'s default in the doc");
         }
+        // The README's short table names each one too.
+        let readme = include_str!("../README.md");
+        for name in declared {
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "{name} is not in README.md"
+            );
+        }
+    }
+
+    /// The parser reads each name of the table and no other (`declared`
+    /// fails this test for an undeclared one). The `defaults` test parses
+    /// the table's value defaults.
+    #[test]
+    fn the_parser_reads_exactly_the_table() {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let map = env(&[
+            ("SP_CWD", "/"),
+            ("SP_USER", "nobody"),
+            ("SP_MACHINE_ID", "m"),
+            ("SP_LOCKFILE", "/tmp/x.lock"),
+            ("SP_SPOOL_DIR", "/tmp"),
+        ]);
+        Config::from_lookup(|var| {
+            read.borrow_mut().insert(var.to_string());
+            map.get(var).cloned()
+        })
+        .expect("valid");
+        let mut declared: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        declared.sort_unstable();
+        assert_eq!(read.into_inner().into_iter().collect::<Vec<_>>(), declared);
+    }
+
+    /// `--help` (main.rs) lists every variable of the table, with its
+    /// default, and no test-only one.
+    #[test]
+    fn help_lists_every_variable() {
+        let help = crate::usage();
+        for variable in VARIABLES {
+            let line = help
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(variable.name))
+                .unwrap_or_else(|| panic!("{} is not in --help", variable.name));
+            let default = match variable.default {
+                "" => "required;".to_string(),
+                default => format!("default: {default};"),
+            };
+            assert!(line.contains(&default), "{line}");
+            assert!(line.ends_with(variable.help), "{line}");
+        }
+        assert!(!help.contains("SP_TEST_"), "{help}");
     }
 
     #[test]

@@ -60,9 +60,7 @@ fn usage() -> String {
          --check       what a job would meet here (id, server, dirs, SP_USER); exit 1 if a check fails\n\n\
          variables:\n"
     );
-    for (name, what) in config::VARIABLES {
-        text.push_str(&format!("  {name:<22} {what}\n"));
-    }
+    config::write_help(&mut text);
     text.push_str(
         "\nexit codes (and complete.retcode):\n\
          \x20 0 success; 1-123 the command's own; 1 also: invalid configuration at launch\n\
