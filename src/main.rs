@@ -1,9 +1,11 @@
-//! `sp_wrapper`: the Saltpeter job agent. Salt starts it on a minion with
+//! `sp_wrapper`'s flags, and the dispatch to the three processes of a run
+//! or to `--check`.
+//!
+//! `sp_wrapper` is the Saltpeter job agent. Salt starts it on a minion with
 //! `SP_*` variables; it returns to Salt at once, then (detached) runs the job
-//! and reports it to the server over a WebSocket. This file parses the flags
-//! and dispatches to the three processes a run has (docs/architecture.md):
-//! the launcher (`launcher.rs`), the guardian (`guardian.rs`) and the daemon
-//! (`daemon.rs`).
+//! and reports it to the server over a WebSocket. The three processes a run
+//! has (docs/architecture.md): the launcher (`launcher.rs`), the guardian
+//! (`guardian.rs`) and the daemon (`daemon.rs`).
 
 mod check;
 mod child;

@@ -1,7 +1,10 @@
-//! A minion configuration file read the way Salt reads it: whitespace as
-//! libyaml (PyYAML's `CSafeLoader`, Salt's scanner) takes it, made into what
-//! `saphyr-parser` reads the same way (`libyaml_whitespace`: tabs as
-//! separators, line breaks), YAML parsed by `saphyr-parser` (events only),
+//! A minion configuration file read the way Salt's `SaltYamlSafeLoader`
+//! reads it, its work bounded.
+//!
+//! Whitespace is taken as libyaml (PyYAML's `CSafeLoader`, Salt's scanner)
+//! takes it, made into what `saphyr-parser` reads the same way
+//! (`libyaml_whitespace`: tabs as separators, line breaks), YAML parsed by
+//! `saphyr-parser` (events only),
 //! then composed and constructed here with the
 //! rules of Salt's `SaltYamlSafeLoader` on PyYAML's `SafeLoader`: YAML 1.1
 //! implicit typing of plain scalars (`yes`/`off` are booleans, `0755` is

@@ -4,7 +4,8 @@
 //! block after `<!-- module edges -->` must list exactly those edges. A
 //! module that gains or loses an edge fails here, with the block to paste.
 //! Edges also point one way: no cycle, and nothing outside `main.rs` uses an
-//! item of `main.rs` (`crate::SOMETHING` that is not a module).
+//! item of `main.rs` (`crate::SOMETHING` that is not a module). And the
+//! Files table there is each file's opening sentence, word for word.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -210,4 +211,106 @@ fn main_is_only_flags_and_dispatch() {
         .expect("src/main.rs");
     let lines = main.lines().count();
     assert!(lines <= 150, "src/main.rs has {lines} lines (at most 150)");
+}
+
+/// A file's opening sentence: its `//!` lines up to the first blank one,
+/// joined, cut at the first full stop followed by a space or the end that is
+/// neither inside a code span nor inside parentheses.
+fn opening_sentence(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map_while(|line| line.strip_prefix("//!"))
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (mut in_code, mut depth) = (false, 0i32);
+    for (at, c) in joined.char_indices() {
+        match c {
+            '`' => in_code = !in_code,
+            '(' if !in_code => depth += 1,
+            ')' if !in_code => depth -= 1,
+            '.' if !in_code && depth == 0 => {
+                if joined[at + 1..].is_empty() || joined[at + 1..].starts_with(' ') {
+                    return joined[..=at].to_string();
+                }
+            }
+            _ => {}
+        }
+    }
+    joined
+}
+
+/// The Files table of docs/architecture.md: `file.rs` -> its cell.
+fn files_table(doc: &str) -> BTreeMap<String, String> {
+    doc.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("| `")?;
+            let (file, rest) = rest.split_once("` | ")?;
+            let cell = rest.strip_suffix(" |")?;
+            file.ends_with(".rs")
+                .then(|| (file.to_string(), cell.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_files_table_is_each_files_opening_sentence() {
+    // One fact, one place: what a file owns is said by its opening comment;
+    // the table in the docs repeats that sentence and is checked here.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("docs");
+    let table = files_table(&doc);
+    let mut sentences = BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("src")).expect("src") {
+        let path = entry.expect("src entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("source");
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            let sentence = opening_sentence(&text);
+            assert!(
+                sentence.ends_with('.') && sentence.len() > 20,
+                "{name}: its opening comment does not start with a sentence: {sentence:?}"
+            );
+            sentences.insert(name, sentence);
+        }
+    }
+    let wrong: Vec<String> = sentences
+        .iter()
+        .filter(|(name, sentence)| table.get(*name) != Some(*sentence))
+        .map(|(name, sentence)| format!("| `{name}` | {sentence} |"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "docs/architecture.md's Files table differs from these files' opening sentences; its rows should read:\n{}\n",
+        wrong.join("\n")
+    );
+    let extra: Vec<&String> = table
+        .keys()
+        .filter(|k| !sentences.contains_key(*k))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "the Files table names files src/ lacks: {extra:?}"
+    );
+}
+
+#[test]
+fn an_opening_sentence_ends_at_a_full_stop_outside_code_and_parentheses() {
+    assert_eq!(
+        opening_sentence("//! The `a.b` thing (see x. y). Then more.\n//! Next line.\n"),
+        "The `a.b` thing (see x. y)."
+    );
+    assert_eq!(
+        opening_sentence("//! Spans\n//! two lines. And more.\n\nfn x() {}"),
+        "Spans two lines."
+    );
+    assert_eq!(
+        opening_sentence("//! No stop\n//!\n//! Later. x"),
+        "No stop"
+    );
 }

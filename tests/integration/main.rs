@@ -17,7 +17,7 @@
 //! | `dead_dns` | a resolver that never answers: the generated machine id's lookups bounded to 5 s, the record in the server's window (root: namespaces) |
 //! | `security` | the lock against races and planted files, `SP_USER` (local and directory users), paths, descriptors, modes, signals, a hostile server |
 //! | `old_kernel` | the static binary under a seccomp filter that plays Linux 2.6.32 (`SP_TEST_OLD_KERNEL=1`, `#[ignore]`d otherwise) |
-//! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle |
+//! | `architecture` | the module map in docs/architecture.md against the code's own imports; no edge points up, no cycle; the Files table against each file's opening sentence |
 //! | `salt_pins` | the docs name the Salt releases tests/salt_pins pins, and no other |
 //! | `arch` | per-arch checks of one built binary, e.g. a job in 2040 (`#[ignore]`d unless given one) |
 //!
