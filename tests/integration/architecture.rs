@@ -230,10 +230,11 @@ fn opening_sentence(text: &str) -> String {
             '`' => in_code = !in_code,
             '(' if !in_code => depth += 1,
             ')' if !in_code => depth -= 1,
-            '.' if !in_code && depth == 0 => {
-                if joined[at + 1..].is_empty() || joined[at + 1..].starts_with(' ') {
-                    return joined[..=at].to_string();
-                }
+            '.' if !in_code
+                && depth == 0
+                && (joined[at + 1..].is_empty() || joined[at + 1..].starts_with(' ')) =>
+            {
+                return joined[..=at].to_string();
             }
             _ => {}
         }
