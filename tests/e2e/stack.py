@@ -311,8 +311,13 @@ class Stack:
                 process.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-        for pid in self.our_strays():
-            for child in self.children_of(pid):  # the job: its own process group
+        self.kill_agents(self.our_strays())
+
+    def kill_agents(self, pids):
+        """SIGKILL each agent process and its children's process groups
+        (the job runs in its own)."""
+        for pid in pids:
+            for child in self.children_of(pid):
                 try:
                     os.killpg(child, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 
@@ -303,16 +302,7 @@ def deploy(stack):
 
 
 def clean_up(stack, d):
-    for pid in agents_of(stack):
-        for child in stack.children_of(pid):
-            try:
-                os.killpg(child, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stack.kill_agents(agents_of(stack))
     if package_status() not in ('', 'unknown ok not-installed'):
         result = run(['dpkg', '--purge', 'saltpeter-agent'])
         print('[deploy] cleanup: dpkg --purge saltpeter-agent: exit %d %s' % (result.returncode, result.stderr))
