@@ -1,7 +1,10 @@
-//! Reusable buffers for output frames, shared by the supervisor (which fills
-//! them) and the link thread (which hands them to tungstenite; tungstenite
-//! copies the payload into its own buffer while masking it and then drops the
-//! message, which puts the buffer back here).
+//! Reusable buffers: the one pool of idle buffers (`BufferPool`, also the
+//! readers'), and output frames on loan to tungstenite.
+//!
+//! Output frames are shared by the supervisor (which fills them) and the
+//! link thread (which hands them to tungstenite; tungstenite copies the
+//! payload into its own buffer while masking it and then drops the message,
+//! which puts the buffer back here).
 //!
 //! Why: an output frame is up to ~500 KiB, and allocations that large are
 //! fresh `mmap`s, so a new buffer per frame costs page faults, page zeroing
@@ -13,15 +16,57 @@ use std::sync::{Arc, Mutex};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 
-/// How many idle buffers to keep: enough for the link to cycle through while
-/// the supervisor refills the window, few enough to stay within the budget.
+/// How many idle buffers a pool keeps: enough for the link (or a reader) to
+/// cycle through while the supervisor works, few enough to stay within the
+/// budget.
 const KEEP: usize = 4;
 /// Buffers smaller than this (control frames) are not kept.
-const MIN_KEPT: usize = 64 << 10;
+pub const MIN_KEPT: usize = 64 << 10;
 
-#[derive(Clone, Default)]
+/// Idle byte buffers kept for reuse: at most `KEEP`, none under `MIN_KEPT`.
+/// The one pool mechanism: output frames (`FramePool`) and the readers'
+/// buffers (`readers::recycle`) each have one.
+pub struct BufferPool {
+    idle: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    pub const fn new() -> Self {
+        BufferPool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle buffer (empty, its capacity at least `MIN_KEPT`), if any.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    /// Keep `bytes` for a later `take`, unless it is small or the pool full.
+    pub fn give_back(&self, mut bytes: Vec<u8>) {
+        if bytes.capacity() < MIN_KEPT {
+            return; // a small control frame: cheap to allocate, not worth keeping
+        }
+        bytes.clear();
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < KEEP {
+                idle.push(bytes);
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct FramePool {
-    idle: Arc<Mutex<Vec<Vec<u8>>>>,
+    idle: Arc<BufferPool>,
+}
+
+impl Default for FramePool {
+    fn default() -> Self {
+        FramePool {
+            idle: Arc::new(BufferPool::new()),
+        }
+    }
 }
 
 /// A buffer on loan to tungstenite; returns to the pool when dropped.
@@ -38,24 +83,14 @@ impl AsRef<[u8]> for Loaned {
 
 impl Drop for Loaned {
     fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        if bytes.capacity() < MIN_KEPT {
-            return; // a small control frame: cheap to allocate, not worth keeping
-        }
-        bytes.clear();
-        if let Ok(mut idle) = self.pool.idle.lock() {
-            if idle.len() < KEEP {
-                idle.push(bytes);
-            }
-        }
+        self.pool.idle.give_back(std::mem::take(&mut self.bytes));
     }
 }
 
 impl FramePool {
     /// An empty `String` to build a frame in, with a recycled buffer if one is idle.
     pub fn take(&self, capacity: usize) -> String {
-        let recycled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut bytes = recycled.unwrap_or_default();
+        let mut bytes = self.idle.take().unwrap_or_default();
         bytes.reserve(capacity);
         // An empty Vec is valid UTF-8.
         String::from_utf8(bytes).unwrap_or_default()
@@ -74,7 +109,7 @@ impl FramePool {
 
     #[cfg(test)]
     pub fn idle(&self) -> usize {
-        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+        self.idle.idle.lock().map(|idle| idle.len()).unwrap_or(0)
     }
 }
 

@@ -18,42 +18,32 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
-use std::sync::Mutex;
 use std::sync::mpsc::SyncSender;
 
+use crate::frames::BufferPool;
 use crate::messages::{Event, Stream};
 use crate::threads::SpawnDetached;
 use crate::utf8::Utf8Stream;
 
-const READ_SIZE: usize = 64 * 1024;
+/// As large as a pool keeps (`frames::MIN_KEPT`), so every read buffer is kept.
+const READ_SIZE: usize = crate::frames::MIN_KEPT;
 
-/// Buffers of texts the supervisor is done with, for the next reads. At
-/// most `KEEP_IDLE` (the reader takes one back per event it sends, so a
-/// few suffice); smaller ones are not kept.
-static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const KEEP_IDLE: usize = 4;
+/// Buffers of texts the supervisor is done with, for the next reads (the
+/// reader takes one back per event it sends, so a few suffice).
+static IDLE: BufferPool = BufferPool::new();
 
 /// Give the buffer of an event's text back for a later read.
 pub fn recycle(text: String) {
     give_back(text.into_bytes());
 }
 
-fn give_back(mut bytes: Vec<u8>) {
-    if bytes.capacity() < READ_SIZE {
-        return;
-    }
-    bytes.clear();
-    if let Ok(mut idle) = IDLE.lock() {
-        if idle.len() < KEEP_IDLE {
-            idle.push(bytes);
-        }
-    }
+fn give_back(bytes: Vec<u8>) {
+    IDLE.give_back(bytes);
 }
 
 /// An empty buffer of at least `READ_SIZE` bytes, recycled if one is idle.
 fn take_buffer() -> Vec<u8> {
-    let recycled = IDLE.lock().ok().and_then(|mut idle| idle.pop());
-    recycled.unwrap_or_else(|| Vec::with_capacity(READ_SIZE))
+    IDLE.take().unwrap_or_else(|| Vec::with_capacity(READ_SIZE))
 }
 
 /// `bytes` decoded (after what the decoder holds), in a recycled buffer.
