@@ -682,7 +682,7 @@ prove_arch() {
         say "$triple: unit tests built for it${runner:+, run under $runner}"
         # (cargo refuses an empty runner variable: set only with a runner)
         timed "unit tests${runner:+ ($runner)}" fail_if_selects_nothing env ${runner:+"$unit_runner_var=$runner"} \
-            cargo test --release --locked --target "$triple" --bin sp_wrapper
+            cargo test --release --locked --target "$triple" --lib
     fi
     if [ "$triple" = "$TARGET" ]; then
         # The host build ran every suite and this very file the conformance
@@ -727,7 +727,7 @@ armv7_unit_tests() {
     unwind="$PWD/$ARMV7_UNWIND"
     RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/armv7-test CARGO_PROFILE_RELEASE_PANIC=unwind \
         CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUNNER=qemu-arm \
-        fail_if_selects_nothing cargo test --release --locked --target "$ARMV7" --bin sp_wrapper -Zbuild-std=std,panic_unwind \
+        fail_if_selects_nothing cargo test --release --locked --target "$ARMV7" --lib -Zbuild-std=std,panic_unwind \
         --config "target.$ARMV7.rustflags=['-C','link-self-contained=no','-L','native=$ARMV7_MUSL','-L','native=$unwind','-C','link-arg=$ARMV7_MUSL/crt1.o','-C','link-arg=$ARMV7_MUSL/crti.o','-C','link-arg=$ARMV7_MUSL/crtn.o']"
 }
 

@@ -249,8 +249,30 @@ pub const VARIABLES: &[Variable] = &[
     },
 ];
 
+/// `--help`: what sp_wrapper does, its flags, its variables (the table
+/// above) and its exit codes.
+pub fn usage() -> String {
+    let mut text = format!(
+        "sp_wrapper {}: runs one Saltpeter job and reports it to the server\n\n\
+         usage: sp_wrapper [--foreground]    (configured by environment variables)\n\
+         \x20      sp_wrapper --check | --version | --help\n\n\
+         --foreground  do not detach: show the job's output here too and exit with its result\n\
+         --check       what a job would meet here (id, server, dirs, SP_USER); exit 1 if a check fails\n\n\
+         variables:\n",
+        crate::protocol::VERSION
+    );
+    write_help(&mut text);
+    text.push_str(
+        "\nexit codes (and complete.retcode):\n\
+         \x20 0 success; 1-123 the command's own; 1 also: invalid configuration at launch\n\
+         \x20 124 killed after SP_TIMEOUT; 126/127 cannot execute / not found; 128+N died of signal N\n\
+         \x20 143 killed on the server's request; 254 overlap refused (lock held); 255 wrapper error\n",
+    );
+    text
+}
+
 /// The variables' lines of `--help`: name, default (or "required"), help.
-pub fn write_help(text: &mut String) {
+fn write_help(text: &mut String) {
     for variable in VARIABLES {
         let (name, default, help) = (variable.name, variable.default, variable.help);
         let said = if default.is_empty() {
@@ -925,7 +947,7 @@ mod tests {
     /// default, and no test-only one.
     #[test]
     fn help_lists_every_variable() {
-        let help = crate::usage();
+        let help = usage();
         for variable in VARIABLES {
             let line = help
                 .lines()

@@ -30,6 +30,12 @@ pub struct BufferPool {
     idle: Mutex<Vec<Vec<u8>>>,
 }
 
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BufferPool {
     pub const fn new() -> Self {
         BufferPool {

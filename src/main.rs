@@ -7,69 +7,13 @@
 //! has (docs/architecture.md): the launcher (`launcher.rs`), the guardian
 //! (`guardian.rs`) and the daemon (`daemon.rs`).
 
-mod check;
-mod child;
-mod clock;
-mod config;
-mod daemon;
-mod effects;
-mod exit_codes;
-mod frames;
-#[cfg(test)]
-mod fuzz;
-mod guardian;
-mod job;
-mod launcher;
-mod link;
-mod live;
-mod lockfile;
-mod logger;
-mod machine_id;
-mod messages;
-mod nss;
-mod oneshot;
-mod outbox;
-mod output_cap;
-mod pacing;
-mod pipe;
-mod protocol;
-mod readers;
-mod regular_file;
-mod salt_yaml;
-mod session;
-mod spool;
-mod supervisor;
-mod tail;
-mod threads;
-mod to_guardian;
-mod utf8;
-mod xorshift;
-
 use std::io::Write;
 
-use protocol::VERSION;
+use sp_wrapper::protocol::VERSION;
+use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, lockfile, machine_id};
 
 fn main() {
     std::process::exit(run());
-}
-
-fn usage() -> String {
-    let mut text = format!(
-        "sp_wrapper {VERSION}: runs one Saltpeter job and reports it to the server\n\n\
-         usage: sp_wrapper [--foreground]    (configured by environment variables)\n\
-         \x20      sp_wrapper --check | --version | --help\n\n\
-         --foreground  do not detach: show the job's output here too and exit with its result\n\
-         --check       what a job would meet here (id, server, dirs, SP_USER); exit 1 if a check fails\n\n\
-         variables:\n"
-    );
-    config::write_help(&mut text);
-    text.push_str(
-        "\nexit codes (and complete.retcode):\n\
-         \x20 0 success; 1-123 the command's own; 1 also: invalid configuration at launch\n\
-         \x20 124 killed after SP_TIMEOUT; 126/127 cannot execute / not found; 128+N died of signal N\n\
-         \x20 143 killed on the server's request; 254 overlap refused (lock held); 255 wrapper error\n",
-    );
-    text
 }
 
 /// `--print-machine-id`: the id on stdout and where it came from on stderr;
@@ -92,7 +36,7 @@ fn run() -> i32 {
                 return exit_codes::SUCCESS;
             }
             "--help" | "-h" => {
-                print!("{}", usage());
+                print!("{}", config::usage());
                 return exit_codes::SUCCESS;
             }
             "--foreground" => foreground = true,

@@ -77,6 +77,12 @@ pub struct Pacer {
     limit: usize,
 }
 
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pacer {
     pub fn new() -> Self {
         Pacer {

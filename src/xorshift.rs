@@ -1,6 +1,6 @@
 //! xorshift64*: a tiny deterministic pseudo-random generator, the one copy
 //! shared by the link thread (reconnect jitter), the seeded fuzzers and the
-//! test harness (which includes this file by path). Not for anything secret.
+//! test harness (which imports it from the library). Not for anything secret.
 
 /// The state; it must never be zero (`new` makes sure).
 #[derive(Clone, Debug)]

@@ -14,10 +14,10 @@ const MARKER: &str = "<!-- module edges";
 
 type Edges = BTreeMap<String, BTreeSet<String>>;
 
-/// The modules `main.rs` declares (`mod x;`, with or without `#[cfg(test)]`).
-fn modules(main: &str) -> BTreeSet<String> {
-    main.lines()
-        .filter_map(|line| line.trim().strip_prefix("mod ")?.strip_suffix(';'))
+/// The modules `lib.rs` declares (`pub mod x;`, with or without `#[cfg(test)]`).
+fn modules(lib: &str) -> BTreeSet<String> {
+    lib.lines()
+        .filter_map(|line| line.trim().strip_prefix("pub mod ")?.strip_suffix(';'))
         .map(str::to_string)
         .collect()
 }
@@ -67,8 +67,8 @@ fn names_after(text: &str, prefix: &str) -> Vec<String> {
 /// Every edge of the shipped code, and the `crate::` names that are not
 /// modules (items of `main.rs`), by file.
 fn code_edges(src: &Path) -> (Edges, Vec<(String, String)>) {
-    let main = std::fs::read_to_string(src.join("main.rs")).expect("src/main.rs");
-    let modules = modules(&main);
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
+    let modules = modules(&lib);
     let mut edges = Edges::new();
     let mut upward = Vec::new();
     for module in modules.iter().map(String::as_str).chain(["main"]) {
@@ -87,11 +87,11 @@ fn code_edges(src: &Path) -> (Edges, Vec<(String, String)>) {
             }
         }
         if module == "main" {
-            for name in &modules {
-                if !names_after(code, &format!("{name}::")).is_empty() {
-                    used.insert(name.clone());
-                }
-            }
+            used.extend(
+                names_after(code, "sp_wrapper::")
+                    .into_iter()
+                    .filter(|name| modules.contains(name)),
+            );
         }
         used.remove(module);
         used.remove("fuzz");

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use sp_wrapper::exit_codes;
+
 use crate::common::scripted::{Hook, Phase, Plan, ScriptedServer};
 use crate::common::{
     Launch, TestDir, group_members, lock_is_free, log_text_at, parent_of, pid_alive, read_pid_file,
@@ -359,7 +361,7 @@ fn check(run: Run, step: Option<&Step>) -> Result<String, String> {
     });
     let daemon_died = killed && victim == Some(Victim::Daemon);
     let expect_retcode = if daemon_died && !at_kill.job_ended {
-        255
+        exit_codes::AGENT_DIED
     } else {
         3
     };
@@ -607,7 +609,11 @@ fn a_job_that_exits_while_the_daemon_is_stopped_gets_its_own_retcode() {
     // zombie child, its status is lost, and the job counts as killed.
     let no_subreaper =
         crate::common::seccomp::requested() || !crate::common::wrapper_runner().is_empty();
-    let expected = if no_subreaper { 255 } else { 5 };
+    let expected = if no_subreaper {
+        exit_codes::AGENT_DIED
+    } else {
+        5
+    };
     assert_eq!(retcodes, [expected], "{ret:?}");
     assert!(ret.starts_with("before\n"), "{ret:?}");
 }
@@ -685,7 +691,7 @@ fn a_job_killed_by_sigpipe_when_its_daemon_died_counts_as_killed() {
         "the guardian did not finish"
     );
     let retcodes = server.seen(|s| s.retcodes.clone());
-    assert_eq!(retcodes, [255]);
+    assert_eq!(retcodes, [exit_codes::AGENT_DIED]);
 }
 
 #[test]

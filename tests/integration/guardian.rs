@@ -16,6 +16,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sp_wrapper::exit_codes;
+
 use crate::common::scripted::{Plan, ScriptedServer};
 use crate::common::{
     Harness, JobResult, Launch, TestDir, group_members, lock_is_free, log_text, parent_of,
@@ -171,7 +173,7 @@ fn sigkill_of_the_daemon_of_a_silent_job() {
     eprintln!("the job's group was gone {took:?} after the daemon's death");
     assert!(!pid_alive(job.child) && !pid_alive(job.pgid));
     let result = recorded(&mut server, "silent", died);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert_eq!(result.ret, death_line(job.daemon, "signal 9 (SIGKILL)"));
     assert_eq!(result.starts, 1, "the server had our start: no second one");
     assert_eq!(result.starttime, before.starttime, "start time kept");
@@ -221,7 +223,7 @@ fn sigkill_of_the_daemon_of_a_chatty_job_keeps_what_was_delivered() {
     wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
     assert!(!pid_alive(job.child));
     let result = recorded(&mut server, "chatty", died);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert_eq!(
         result.starts, 1,
         "a second start would have reset the output"
@@ -267,7 +269,7 @@ fn the_lock_stays_held_while_a_process_of_the_job_is_left() {
         .env("SP_JOB_INSTANCE", "held_2")
         .env("SP_JOB_INSTANCE_NAME", "held_2")
         .run();
-    assert_eq!(second.code, Some(254), "{second:?}");
+    assert_eq!(second.code, Some(exit_codes::OVERLAP), "{second:?}");
     assert!(
         second.stderr.contains(&format!(
             "LOCKFILE ERROR: Job held already running (PID {}), overlap not allowed",
@@ -279,7 +281,7 @@ fn the_lock_stays_held_while_a_process_of_the_job_is_left() {
     let resumed = Instant::now();
     wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
     let result = recorded(&mut server, "held", resumed);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert!(wait_until(Duration::from_secs(5), || lock_is_free(&lock)));
 }
 
@@ -390,7 +392,7 @@ fn spooled_output_reaches_the_server_after_the_agents_death() {
     server.start_endpoint();
     let back = Instant::now();
     let result = recorded(&mut server, "spool", back);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert_spooled_output_then(&result.ret, &death_line(job.daemon, "signal 9 (SIGKILL)"));
     assert_eq!(
         result.starts, 1,
@@ -478,7 +480,7 @@ fn an_abort_of_the_daemon_is_a_death_too() {
         "the job's group survived"
     );
     let result = recorded(&mut server, "abort", died);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert!(
         result
             .ret
@@ -552,7 +554,11 @@ fn signals_to_every_sp_wrapper_leave_the_report_to_the_daemon() {
     let result = server
         .wait_result("signals", MACHINE, Duration::from_secs(30))
         .expect("result");
-    assert_eq!(result.retcode, Some(143), "{result:?}");
+    assert_eq!(
+        result.retcode,
+        Some(exit_codes::KILLED_BY_REQUEST),
+        "{result:?}"
+    );
     assert!(result.ret.starts_with("running\n"), "{result:?}");
     assert!(!result.ret.contains("[sp_wrapper: the agent"), "{result:?}");
     assert_eq!((result.starts, result.completes), (1, 1), "{result:?}");
@@ -647,7 +653,7 @@ fn a_hard_link_at_the_spool_name_does_not_reach_the_log() {
     kill(daemon, libc::SIGKILL);
     let died = Instant::now();
     let result = recorded(&mut server, "linked", died);
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     let log = log_text(&dir, "linked");
     assert!(log.contains("guardian: the agent"), "{log}");
     assert!(!log.contains("top secret"), "{log}");
@@ -850,7 +856,10 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
         expected.len(),
         &appended[appended.len().saturating_sub(300)..]
     );
-    assert_eq!(server.seen(|s| s.retcodes.clone()), [255]);
+    assert_eq!(
+        server.seen(|s| s.retcodes.clone()),
+        [exit_codes::AGENT_DIED]
+    );
     assert!(
         wait_until(Duration::from_secs(5), || !spool.exists()),
         "the spool file was removed once delivered"

@@ -44,6 +44,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sp_wrapper::exit_codes;
+
 use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, group_members, lock_is_free, log_text,
     pid_alive, read_pid_file, seccomp, wait_until,
@@ -714,7 +716,7 @@ fn overlap_is_refused_with_254() {
     };
     launch_ok_as_on_2_6_32(&locked("overlap_1", "sleep 3; echo first done"));
     let refused = Launch::run_command(old_kernel_command(&locked("overlap_2", "echo second ran")));
-    assert_eq!(refused.code, Some(254), "{refused:?}");
+    assert_eq!(refused.code, Some(exit_codes::OVERLAP), "{refused:?}");
     assert!(
         refused
             .stderr
@@ -796,7 +798,7 @@ fn the_daemons_death_kills_the_job_and_is_reported() {
         .wait_result("orphaned", MACHINE, Duration::from_secs(10))
         .expect("the guardian's result within 10 s");
     assert!(died.elapsed() < Duration::from_secs(10));
-    assert_eq!(result.retcode, Some(255), "{result:?}");
+    assert_eq!(result.retcode, Some(exit_codes::AGENT_DIED), "{result:?}");
     assert_eq!(
         result.ret,
         format!(
@@ -875,7 +877,7 @@ struct AuditRun {
     job: &'static str,
     command: &'static str,
     env: Vec<(&'static str, String)>,
-    retcode: i64,
+    retcode: i32,
     /// Start the endpoint only after this long (the outage is the scenario).
     server_away: Option<Duration>,
 }
@@ -931,7 +933,7 @@ fn syscall_audit_under_strace() {
             } else {
                 vec![("SP_TIMEOUT", "1".into())]
             },
-            retcode: 124,
+            retcode: exit_codes::TIMEOUT,
             server_away: None,
         },
     ];

@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use sp_wrapper::exit_codes;
+
 use crate::common::scripted::{Plan, ScriptedServer};
 use crate::common::{
     Harness, JobResult, Launch, TestDir, log_text, pid_alive, unix_seconds, wait_until, wall_now,
@@ -151,7 +153,7 @@ fn a_timeout_while_the_server_is_away_records_the_real_duration() {
         .wait_result("tmo", MACHINE, RESULT_WAIT)
         .expect("result recorded");
     let (start, end) = recorded_times(&result);
-    assert_eq!(result.retcode, Some(124));
+    assert_eq!(result.retcode, Some(exit_codes::TIMEOUT));
     assert!(
         (launched_at..launched_at + SLACK).contains(&start),
         "starttime {start}, launched at {launched_at}"

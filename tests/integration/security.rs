@@ -31,6 +31,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sp_wrapper::exit_codes;
+
 use crate::common::{
     Harness, Launch, Launched, TestDir, assert_same, extrausers, log_text, log_text_at, pid_alive,
     read_pid_file, wait_until, wrapper_bin,
@@ -126,7 +128,7 @@ fn twenty_simultaneous_launches_run_the_job_exactly_once() {
         results.iter().filter(|(_, r)| r.code == Some(0)).collect();
     let refused: Vec<&(String, Launched)> = results
         .iter()
-        .filter(|(_, r)| r.code == Some(254))
+        .filter(|(_, r)| r.code == Some(exit_codes::OVERLAP))
         .collect();
     assert_eq!(winners.len(), 1, "exactly one launch starts: {results:#?}");
     assert_eq!(refused.len(), 19, "the others are refused: {results:#?}");
@@ -180,7 +182,11 @@ fn refused_lock_path(name: &str, plant: impl FnOnce(&TestDir, &Path)) -> (TestDi
         wait_wrappers_done(&dir.join(&format!("{name}.log")), 1);
     }
     assert_ne!(launched.code, Some(0), "{name}: the launch must fail");
-    assert_eq!(launched.code, Some(255), "{name}: {launched:?}");
+    assert_eq!(
+        launched.code,
+        Some(exit_codes::WRAPPER_ERROR),
+        "{name}: {launched:?}"
+    );
     assert!(
         launched.stderr.contains("LOCKFILE ERROR: SP_LOCKFILE")
             && launched.stderr.contains(utf8(&lock)),
@@ -864,7 +870,11 @@ fn signal_kills_the_job_and_reports_143(signal: i32, name: &str, ignored: &'stat
         "the job must die of SIGTERM, not wait for SIGKILL: {:?}",
         signalled.elapsed()
     );
-    assert_eq!(result.retcode, Some(143), "{result:?}");
+    assert_eq!(
+        result.retcode,
+        Some(exit_codes::KILLED_BY_REQUEST),
+        "{result:?}"
+    );
     assert!(
         result.ret.contains("[Job terminated by user request]"),
         "{:?}",

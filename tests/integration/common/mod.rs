@@ -12,8 +12,7 @@ pub mod scenarios;
 pub mod scripted;
 pub mod seccomp;
 pub mod throttle;
-#[path = "../../../src/xorshift.rs"]
-pub mod xorshift;
+pub use sp_wrapper::xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -140,7 +139,7 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 #[derive(Debug, Clone, Default)]
 pub struct JobResult {
     pub ret: String,
-    pub retcode: Option<i64>,
+    pub retcode: Option<i32>,
     pub starttime: Option<String>,
     pub endtime: Option<String>,
     pub wrapper_version: Option<String>,
@@ -154,7 +153,7 @@ impl JobResult {
     fn from_json(v: &Value) -> JobResult {
         JobResult {
             ret: v["ret"].as_str().unwrap_or_default().to_string(),
-            retcode: v["retcode"].as_i64(),
+            retcode: v["retcode"].as_i64().and_then(|v| i32::try_from(v).ok()),
             starttime: v["starttime"].as_str().map(str::to_string),
             endtime: v["endtime"].as_str().map(str::to_string),
             wrapper_version: v["wrapper_version"].as_str().map(str::to_string),

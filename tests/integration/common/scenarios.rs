@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use sp_wrapper::exit_codes;
+
 use super::{Harness, Launch, MACHINE, TestDir, assert_same, pid_alive, wait_until};
 
 /// How long the endpoint may take to record a result.
@@ -46,7 +48,11 @@ pub fn kill_gives_143_and_no_process_of_the_group_survives(prefix: &str, run: im
     let result = server
         .wait_result("kill", MACHINE, RESULT_WAIT)
         .expect("result recorded");
-    assert_eq!(result.retcode, Some(143), "{result:?}");
+    assert_eq!(
+        result.retcode,
+        Some(exit_codes::KILLED_BY_REQUEST),
+        "{result:?}"
+    );
     assert!(result.ret.starts_with("running\n"), "{:?}", result.ret);
     assert!(
         result.ret.contains("[Job terminated by user request]"),

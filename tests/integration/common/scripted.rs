@@ -51,7 +51,7 @@ pub struct Connection {
 pub struct Seen {
     pub connections: Vec<Connection>,
     pub appended: String,
-    pub retcodes: Vec<i64>,
+    pub retcodes: Vec<i32>,
     /// `start` frames processed, and how many of them came after output
     /// had been appended (each of those wiped it, as Saltpeter does).
     pub starts: usize,
@@ -201,7 +201,10 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>, hook: &Hook, counted
                 })
             }
             ("complete", Plan::Honest | Plan::HonestNoCloseReply | Plan::StopAckingAfter(_)) => {
-                let retcode = frame["retcode"].as_i64().unwrap_or(-1);
+                let retcode = frame["retcode"]
+                    .as_i64()
+                    .and_then(|v| i32::try_from(v).ok())
+                    .unwrap_or(-1);
                 record(&mut |s, _| s.retcodes.push(retcode));
                 Some(json!({"type": "ack", "ack_type": "complete", "seq": frame["seq"]}))
             }
