@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::messages::{AckKind, Inbound};
-use crate::{child, clock, exit_codes, link, machine_id, protocol};
+use crate::{child, clock, exit_codes, link, minion, protocol};
 
 /// The job name of the check's `connect`. Saltpeter's job names are the
 /// keys of its YAML crons; this one (a space, a `--`) is nobody's cron.
@@ -77,8 +77,8 @@ pub fn run() -> i32 {
     println!("ok    version: {version}");
 
     let cfg = config(&env, &mut report);
-    machine_id::note_salt_ancestor();
-    let (id, source) = machine_id::resolve(env("SP_MACHINE_ID").as_deref(), &env);
+    minion::id::note_salt_ancestor();
+    let (id, source) = minion::id::resolve(env("SP_MACHINE_ID").as_deref(), &env);
     report.say("machine id", Ok(format!("{id} (from {source})")));
 
     match &cfg {

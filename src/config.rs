@@ -80,7 +80,7 @@ pub struct Config {
     pub job_name: String,
     pub job_instance: String,
     pub command: String,
-    /// `None`: resolve the Salt minion id (`machine_id::resolve`), never in the launch path.
+    /// `None`: resolve the Salt minion id (`minion::id::resolve`), never in the launch path.
     pub machine_id: Option<String>,
     pub cwd: Option<PathBuf>,
     pub user: Option<String>,

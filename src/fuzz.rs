@@ -466,7 +466,7 @@ fn fuzz_minion_config_yaml_never_panics() {
             }
         }
         let text: String = text.into_iter().collect();
-        if let Ok(value) = crate::salt_yaml::load(&text) {
+        if let Ok(value) = crate::minion::salt_yaml::load(&text) {
             if let Some(id) = value.get("id") {
                 let _ = id.python_str();
             }

@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::{child, exit_codes, machine_id};
+use crate::{child, exit_codes, minion};
 
 /// How long the daemon waits for the launcher to exit after reporting.
 const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
@@ -74,7 +74,7 @@ fn check() -> Result<Launch, (i32, String)> {
     // Before detaching: once detached, the salt-minion that started us is
     // no longer among our ancestors, and its `-c` names the config directory.
     if cfg.machine_id.is_none() {
-        machine_id::note_salt_ancestor();
+        minion::id::note_salt_ancestor();
     }
     Ok(Launch { cfg, user })
 }

@@ -20,7 +20,7 @@ use crate::link::LinkHandle;
 use crate::messages::{Event, LinkCommand, Stream};
 use crate::outbox::Outbox;
 use crate::session::{DELIVERY_WINDOW, Session, Settings};
-use crate::{child, link, logger, machine_id, output_cap, protocol, to_guardian};
+use crate::{child, link, logger, minion, output_cap, protocol, to_guardian};
 
 /// How long the process waits at exit for the link thread to close the
 /// connection cleanly (a close frame, then the server's reply).
@@ -59,7 +59,7 @@ pub fn spawn_link(
 ) -> std::io::Result<LinkHandle> {
     let machine_override = known_machine.or_else(|| cfg.machine_id.clone());
     let resolve_machine =
-        move || machine_id::resolve(machine_override.as_deref(), &|var| std::env::var(var).ok()).0;
+        move || minion::id::resolve(machine_override.as_deref(), &|var| std::env::var(var).ok()).0;
     link::spawn_link(cfg.url.clone(), events, frames, resolve_machine)
 }
 

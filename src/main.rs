@@ -10,7 +10,7 @@
 use std::io::Write;
 
 use sp_wrapper::protocol::VERSION;
-use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, lockfile, machine_id};
+use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, lockfile, minion};
 
 fn main() {
     std::process::exit(run());
@@ -19,9 +19,9 @@ fn main() {
 /// `--print-machine-id`: the id on stdout and where it came from on stderr;
 /// `SP_MACHINE_ID` counts, as in a run.
 fn print_machine_id() -> i32 {
-    machine_id::note_salt_ancestor();
+    minion::id::note_salt_ancestor();
     let override_id = std::env::var("SP_MACHINE_ID").ok();
-    let (id, source) = machine_id::resolve(override_id.as_deref(), &|var| std::env::var(var).ok());
+    let (id, source) = minion::id::resolve(override_id.as_deref(), &|var| std::env::var(var).ok());
     println!("{id}");
     eprintln!("sp_wrapper: machine id from {source}");
     exit_codes::SUCCESS
