@@ -57,7 +57,7 @@ ENDPOINT_PINS=('saltpeter==0.9.32' 'websockets==17.4')
 # shellcheck disable=SC2206 # the pins are words, over several lines
 E2E_PINS=($SALT_E2E_PINS)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-# A test-only override of the version compiled in (src/protocol.rs): set
+# A test-only override of the version compiled in (src/wire/protocol.rs): set
 # by build_e2e_next alone, never inherited by a release build.
 unset SP_WRAPPER_VERSION
 
@@ -1085,7 +1085,7 @@ deps_e2e() {
 
 # The N+1 of the e2e upgrade test (tests/e2e/test_deploy.py): the x86_64
 # binary built again with SP_WRAPPER_VERSION set to VERSION's last number
-# plus one (src/protocol.rs), so the version it reports really differs, into
+# plus one (src/wire/protocol.rs), so the version it reports really differs, into
 # target/e2e-next/. With build_arch's flags, cargo recompiles only our crate
 # (~26 s), and the next plain build only that again.
 E2E_NEXT_BIN=target/e2e-next/sp_wrapper

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::messages::{AckKind, Inbound};
-use crate::{child, clock, exit_codes, link, minion, protocol};
+use crate::os::{child, clock};
+use crate::wire::{link, protocol};
+use crate::{exit_codes, minion};
 
 /// The job name of the check's `connect`. Saltpeter's job names are the
 /// keys of its YAML crons; this one (a space, a `--`) is nobody's cron.

@@ -131,7 +131,7 @@ pub struct Variable {
 /// that docs/configuration.md has a row for each and no other. The order is
 /// the doc's. Test-only variables are not configuration and are not here:
 /// `SP_TEST_RECONNECT_DELAY_MS` (link.rs), `SP_TEST_DELIVERY_WINDOW_MS`
-/// (live.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON` (machine_id.rs's tests,
+/// (live.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON` (minion/id.rs's tests,
 /// build.sh) and `SP_FUZZ_ITERATIONS` (fuzz.rs).
 pub const VARIABLES: &[Variable] = &[
     Variable {
@@ -259,7 +259,7 @@ pub fn usage() -> String {
          --foreground  do not detach: show the job's output here too and exit with its result\n\
          --check       what a job would meet here (id, server, dirs, SP_USER); exit 1 if a check fails\n\n\
          variables:\n",
-        crate::protocol::VERSION
+        crate::wire::protocol::VERSION
     );
     write_help(&mut text);
     text.push_str(

@@ -10,16 +10,19 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::frames::FramePool;
-use crate::job::JobLifecycle;
 use crate::launcher::{Launch, StatusReporter};
-use crate::live::{self, JOB_PGID, LiveEffects};
 use crate::messages::{Event, Stream};
-use crate::protocol::VERSION;
-use crate::session::Outcome;
-use crate::supervisor::Supervisor;
-use crate::threads::SpawnDetached;
-use crate::{child, exit_codes, launcher, lockfile, logger, readers, spool, to_guardian};
+use crate::os::threads::SpawnDetached;
+use crate::os::{child, lockfile};
+use crate::report::spool;
+use crate::run::job::JobLifecycle;
+use crate::run::live::{self, JOB_PGID, LiveEffects};
+use crate::run::readers;
+use crate::run::session::Outcome;
+use crate::run::supervisor::Supervisor;
+use crate::wire::frames::FramePool;
+use crate::wire::protocol::VERSION;
+use crate::{exit_codes, launcher, logger, to_guardian};
 
 /// How long a panic waits for its log line before the process aborts.
 const PANIC_LOG_WAIT: Duration = Duration::from_millis(500);
@@ -180,7 +183,7 @@ fn install_panic_hook() {
         // So the log line is written by another thread, waited for briefly;
         // then the panic aborts the process and the guardian reports.
         let message = format!("sp_wrapper panicked: {info}; the job's process group was killed");
-        let (done, logged) = crate::oneshot::oneshot();
+        let (done, logged) = crate::os::oneshot::oneshot();
         let writer = std::thread::Builder::new().spawn_detached(move || {
             log::error!("{message}");
             done.send(());

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 
 use crate::config::Config;
 use crate::messages::{Inbound, Stream};
-use crate::outbox::{NackOutcome, Outbox};
-use crate::protocol;
+use crate::report::outbox::{NackOutcome, Outbox};
+use crate::wire::protocol;
 
 /// xorshift64*: small, deterministic, good enough to explore inputs.
-use crate::xorshift::XorShift as Rng;
+use crate::wire::xorshift::XorShift as Rng;
 
 /// Drawing inputs from the generator.
 trait Draw {
@@ -374,7 +374,7 @@ fn fuzz_the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
                 }
                 _ => {}
             }
-            let (rest, missing) = crate::spool::unacked_text(&path);
+            let (rest, missing) = crate::report::spool::unacked_text(&path);
             assert!(!missing, "round {round} step {step}");
             assert_eq!(
                 format!("{}{rest}", server.appended),
@@ -391,7 +391,10 @@ fn fuzz_the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
             outbox.on_ack(seq as i64);
         }
         assert_eq!(server.appended, written, "round {round}");
-        assert_eq!(crate::spool::unacked_text(&path), (String::new(), false));
+        assert_eq!(
+            crate::report::spool::unacked_text(&path),
+            (String::new(), false)
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,14 +49,16 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::frames::FramePool;
-use crate::job::{Finished, JobLifecycle};
-use crate::live::{self, LiveEffects};
-use crate::lockfile::Lock;
 use crate::messages::Stream;
-use crate::supervisor::Supervisor;
+use crate::os::lockfile::Lock;
+use crate::os::{child, pipe, regular_file};
+use crate::report::spool;
+use crate::run::job::{Finished, JobLifecycle};
+use crate::run::live::{self, LiveEffects};
+use crate::run::supervisor::Supervisor;
 use crate::to_guardian::Told;
-use crate::{child, exit_codes, launcher, logger, pipe, regular_file, spool, to_guardian};
+use crate::wire::frames::FramePool;
+use crate::{exit_codes, launcher, logger, to_guardian};
 
 /// How long the group may take to die before the guardian reports anyway
 /// (SIGKILL is immediate unless a process is in uninterruptible sleep); the
@@ -226,7 +228,7 @@ impl JobGroup {
             // Again each time: a process forked while the first SIGKILL was
             // being delivered must not survive it.
             if !self.signal(libc::SIGKILL) {
-                return Some(crate::clock::now());
+                return Some(crate::os::clock::now());
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -325,7 +327,7 @@ fn take_over(
             .filter(|&status| {
                 !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGPIPE)
             })
-            .map(|status| (status, crate::clock::now()))
+            .map(|status| (status, crate::os::clock::now()))
     });
     // The job's own result whenever its main process had ended; `AGENT_DIED`
     // only for a job that was still running (and is killed now).
@@ -365,7 +367,7 @@ fn take_over(
     let (retcode, ended_at) = job_result.unwrap_or((
         exit_codes::AGENT_DIED,
         // The end of the run is when its last process was gone.
-        gone_at.unwrap_or_else(crate::clock::now),
+        gone_at.unwrap_or_else(crate::os::clock::now),
     ));
     // The record says what happened when it is not the job's own: a retcode
     // that is ours, or output that may be missing. A daemon that had sent

@@ -24,7 +24,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::{child, exit_codes, minion};
+use crate::os::child;
+use crate::{exit_codes, minion};
 
 /// How long the daemon waits for the launcher to exit after reporting.
 const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
@@ -131,7 +132,7 @@ pub fn detach() -> Detached {
 }
 
 fn fork_detached() -> io::Result<Detached> {
-    let (read_end, write_end) = crate::pipe::cloexec(0)?;
+    let (read_end, write_end) = crate::os::pipe::cloexec(0)?;
     let child = fork()?;
     if child > 0 {
         drop(write_end);

@@ -4,41 +4,30 @@
 //!
 //! The three processes a run has (docs/architecture.md): the launcher
 //! (`launcher.rs`), the guardian (`guardian.rs`) and the daemon
-//! (`daemon.rs`); `check.rs` is `--check`.
+//! (`daemon.rs`); `check.rs` is `--check`. They sit at the top with what
+//! every part reads (the configuration, the exit codes, the log, the
+//! messages between threads, what the daemon tells its guardian); the
+//! folders are the seams below them, and their imports point one way
+//! (`run` → `report`, `wire`, `minion`, `os`; `wire` and `minion` → `os`):
+//! `run/` (the supervisor, its session with the server and its threads),
+//! `report/` (the output on its way), `wire/` (the WebSocket), `minion/`
+//! (the minion id, as Salt computes it) and `os/` (the system calls,
+//! wrapped once).
 
 pub mod check;
-pub mod child;
-pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod effects;
 pub mod exit_codes;
-pub mod frames;
 #[cfg(test)]
 pub mod fuzz;
 pub mod guardian;
-pub mod job;
 pub mod launcher;
-pub mod link;
-pub mod live;
-pub mod lockfile;
 pub mod logger;
 pub mod messages;
-pub mod minion;
-pub mod nss;
-pub mod oneshot;
-pub mod outbox;
-pub mod output_cap;
-pub mod pacing;
-pub mod pipe;
-pub mod protocol;
-pub mod readers;
-pub mod regular_file;
-pub mod session;
-pub mod spool;
-pub mod supervisor;
-pub mod tail;
-pub mod threads;
 pub mod to_guardian;
-pub mod utf8;
-pub mod xorshift;
+
+pub mod minion;
+pub mod os;
+pub mod report;
+pub mod run;
+pub mod wire;

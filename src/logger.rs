@@ -71,7 +71,7 @@ impl LineSink {
         // the clock through std, which fails after 2038 on 32-bit musl
         // (clock.rs).
         let mut stamp = String::with_capacity(32);
-        crate::protocol::push_log_timestamp(&mut stamp, crate::clock::now());
+        crate::wire::protocol::push_log_timestamp(&mut stamp, crate::os::clock::now());
         let mut whole = Vec::with_capacity(self.prefix.len() + stamp.len() + 1 + self.line.len());
         whole.extend_from_slice(&self.prefix);
         whole.extend_from_slice(stamp.as_bytes());

@@ -9,8 +9,9 @@
 
 use std::io::Write;
 
-use sp_wrapper::protocol::VERSION;
-use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, lockfile, minion};
+use sp_wrapper::os::lockfile;
+use sp_wrapper::wire::protocol::VERSION;
+use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, minion};
 
 fn main() {
     std::process::exit(run());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::salt_config::{MAX_CONFIG_BYTES, python_space, python_strip, read_regular_file};
-use crate::threads::SpawnDetached;
+use crate::os::threads::SpawnDetached;
 
 /// The host-name lookups (getfqdn's forward and reverse lookups, the
 /// canonical name of `localhost`) together: the server waits 30 s for the
@@ -126,7 +126,7 @@ impl HostFacts {
             read("etc/nodename"),
             read("etc/hosts"),
         ];
-        let (results, answers) = crate::oneshot::oneshot();
+        let (results, answers) = crate::os::oneshot::oneshot();
         let name = hostname.clone();
         let lookups = std::thread::Builder::new()
             .name("dns".into())

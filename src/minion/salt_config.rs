@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::glob::glob;
 use crate::minion::salt_yaml::{self, Value};
-use crate::regular_file;
+use crate::os::regular_file;
 
 /// Salt's `syspaths.CONFIG_DIR` on Linux.
 pub(super) const SALT_CONFIG_DIR: &str = "/etc/salt";

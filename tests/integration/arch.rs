@@ -5,7 +5,7 @@
 //! After 2038: a job run through the wrapper while the wall clock reads
 //! 2040-01-01, against the real endpoint, must be recorded with 2040 start
 //! and end times. On 32-bit targets that is the 64-bit `time_t` path of
-//! src/clock.rs; std's own clock fails there after 2038-01-19 (EOVERFLOW,
+//! src/os/clock.rs; std's own clock fails there after 2038-01-19 (EOVERFLOW,
 //! then a panic), so this test fails on a build that reads the clock through
 //! std.
 //!

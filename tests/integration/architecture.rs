@@ -1,11 +1,13 @@
 //! The module map in docs/architecture.md is checked against the code's own
-//! imports: every `crate::<module>` a file of `src/` names outside its test
-//! code (and, in `main.rs`, every `<module>::` path) is an edge, and the
-//! block after `<!-- module edges -->` must list exactly those edges. A
-//! module that gains or loses an edge fails here, with the block to paste.
-//! Edges also point one way: no cycle, and nothing outside `main.rs` uses an
-//! item of `main.rs` (`crate::SOMETHING` that is not a module). And the
-//! Files table there is each file's opening sentence, word for word.
+//! imports: every module path a file under `src/` (folders included) names
+//! outside its test code and comments (`crate::`, `super::`, `sp_wrapper::`
+//! in `main.rs`, or a bare path from a top-level module) is an edge to the
+//! longest module it names, and the block after `<!-- module edges -->`
+//! must list exactly those edges. A module that gains or loses an edge
+//! fails here, with the block to paste. Edges also point one way: no cycle
+//! between modules nor between folders, and no module uses an item of
+//! `lib.rs` that is not a module. And the Files table there is each file's
+//! opening sentence, word for word.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -14,12 +16,31 @@ const MARKER: &str = "<!-- module edges";
 
 type Edges = BTreeMap<String, BTreeSet<String>>;
 
-/// The modules `lib.rs` declares (`pub mod x;`, with or without `#[cfg(test)]`).
-fn modules(lib: &str) -> BTreeSet<String> {
-    lib.lines()
-        .filter_map(|line| line.trim().strip_prefix("pub mod ")?.strip_suffix(';'))
-        .map(str::to_string)
-        .collect()
+/// Every `.rs` file under `dir`, as (path relative to `src/`, module path):
+/// `report/session.rs` is `report::session`, `report/mod.rs` is `report`,
+/// `lib.rs` is the crate root (`""`) and `main.rs` the binary (`main`).
+fn source_files(src: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("src entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            source_files(src, &path, files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let relative = path
+                .strip_prefix(src)
+                .expect("under src")
+                .to_string_lossy()
+                .to_string();
+            let module = match relative.trim_end_matches(".rs") {
+                "lib" => String::new(),
+                other => other.trim_end_matches("/mod").replace('/', "::"),
+            };
+            files.push((relative, module));
+        }
+    }
 }
 
 /// A file's text without its `#[cfg(test)] mod tests { ... }` (the tests
@@ -31,71 +52,149 @@ fn shipped_part(text: &str) -> &str {
     }
 }
 
+/// The code without its comments (a module named in a doc comment is not
+/// an import).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split_once("//").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// The identifiers right after `prefix` in `text`, and inside a
-/// `prefix{a, b::c}` group.
-fn names_after(text: &str, prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find(prefix) {
-        let before_ok = rest[..at].chars().next_back().is_none_or(|c| !is_ident(c));
-        rest = &rest[at + prefix.len()..];
-        if !before_ok {
-            continue;
-        }
+/// The paths that follow one path prefix: `a::b::C`, and every path of a
+/// `{x, y::z, w::{v}}` group, each with `prefix` in front.
+fn paths_in(rest: &str, prefix: &str, out: &mut Vec<String>) {
+    let ident: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+    if ident.is_empty() {
         if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for part in group[..end].split(',') {
-                let name: String = part.trim().chars().take_while(|&c| is_ident(c)).collect();
-                if !name.is_empty() {
-                    names.push(name);
+            let (mut depth, mut item_start) = (0, 0);
+            for (at, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        paths_in(group[item_start..at].trim(), prefix, out);
+                        return;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        paths_in(group[item_start..at].trim(), prefix, out);
+                        item_start = at + 1;
+                    }
+                    _ => {}
                 }
             }
-        } else {
-            let name: String = rest.chars().take_while(|&c| is_ident(c)).collect();
-            if !name.is_empty() {
-                names.push(name);
-            }
         }
+        return;
     }
-    names
+    let path = format!("{prefix}{ident}");
+    match rest[ident.len()..].strip_prefix("::") {
+        Some(more) => paths_in(more, &format!("{path}::"), out),
+        None => out.push(path),
+    }
 }
 
-/// Every edge of the shipped code, and the `crate::` names that are not
-/// modules (items of `main.rs`), by file.
+/// Every path of ours `code` names: after `crate::` (or `super::`, from
+/// `module`), after `root::` (`sp_wrapper::` in the binary), and bare paths
+/// that start with a top-level module (`minion::id::resolve` after `use
+/// crate::minion`).
+fn paths_named(code: &str, module: &str, root: &str, top: &BTreeSet<String>) -> Vec<String> {
+    let parent = module.rsplit_once("::").map_or("", |(parent, _)| parent);
+    let mut paths = Vec::new();
+    let mut at = 0;
+    while at < code.len() {
+        let rest = &code[at..];
+        let start = rest.chars().next().expect("in bounds");
+        let boundary = code[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_ident(c) && c != ':');
+        if boundary && is_ident(start) {
+            let word: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+            let after = &rest[word.len()..];
+            if let Some(path) = after.strip_prefix("::") {
+                if word == root {
+                    paths_in(path, "", &mut paths);
+                } else if word == "super" {
+                    let prefix = if parent.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{parent}::")
+                    };
+                    paths_in(path, &prefix, &mut paths);
+                } else if top.contains(&word) {
+                    paths_in(path, &format!("{word}::"), &mut paths);
+                }
+            }
+            at += word.len();
+        } else {
+            at += start.len_utf8();
+        }
+    }
+    paths
+}
+
+/// Every edge of the shipped code, from module to module (the longest
+/// module a path names), and the crate-root names that are not modules
+/// (items of `lib.rs`), by file. An edge to a folder (`minion`) is dropped
+/// where the same file names a module inside it (`minion::id`).
 fn code_edges(src: &Path) -> (Edges, Vec<(String, String)>) {
-    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
-    let modules = modules(&lib);
+    let mut files = Vec::new();
+    source_files(src, src, &mut files);
+    let modules: BTreeSet<String> = files.iter().map(|(_, module)| module.clone()).collect();
+    let top: BTreeSet<String> = modules
+        .iter()
+        .filter(|m| !m.is_empty() && !m.contains("::") && *m != "main")
+        .cloned()
+        .collect();
     let mut edges = Edges::new();
     let mut upward = Vec::new();
-    for module in modules.iter().map(String::as_str).chain(["main"]) {
-        if module == "fuzz" {
-            continue; // test builds only
+    for (file, module) in &files {
+        if module.is_empty() || module == "fuzz" {
+            continue; // the crate root declares; fuzz is test builds only
         }
-        let text = std::fs::read_to_string(src.join(format!("{module}.rs")))
-            .unwrap_or_else(|e| panic!("src/{module}.rs: {e}"));
-        let code = shipped_part(&text);
+        let text = std::fs::read_to_string(src.join(file)).expect("source");
+        let code = without_comments(shipped_part(&text));
+        let root = if module == "main" {
+            "sp_wrapper"
+        } else {
+            "crate"
+        };
         let mut used = BTreeSet::new();
-        for name in names_after(code, "crate::") {
-            if modules.contains(&name) {
-                used.insert(name);
-            } else {
-                upward.push((module.to_string(), name));
+        for path in paths_named(&code, module, root, &top) {
+            let mut longest = None;
+            let mut prefix = String::new();
+            for part in path.split("::") {
+                prefix = if prefix.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{prefix}::{part}")
+                };
+                if modules.contains(&prefix) {
+                    longest = Some(prefix.clone());
+                }
+            }
+            match longest {
+                Some(target) => {
+                    used.insert(target);
+                }
+                None => upward.push((module.clone(), path)),
             }
         }
-        if module == "main" {
-            used.extend(
-                names_after(code, "sp_wrapper::")
-                    .into_iter()
-                    .filter(|name| modules.contains(name)),
-            );
+        let folders: Vec<String> = used
+            .iter()
+            .filter(|m| used.iter().any(|n| n.starts_with(&format!("{m}::"))))
+            .cloned()
+            .collect();
+        for folder in folders {
+            used.remove(&folder);
         }
         used.remove(module);
         used.remove("fuzz");
-        edges.insert(module.to_string(), used);
+        edges.insert(module.clone(), used);
     }
     (edges, upward)
 }
@@ -172,9 +271,29 @@ fn the_module_map_in_the_docs_is_the_codes_own() {
     let (edges, upward) = code_edges(&root.join("src"));
     assert!(
         upward.is_empty(),
-        "modules use items defined in main.rs (an edge pointing up): {upward:?}"
+        "modules use items of lib.rs that are not modules (an edge pointing up): {upward:?}"
     );
     assert_eq!(cycle(&edges), None, "module imports form a cycle");
+    // The folders are layers too: `run` may use `report`, never the reverse.
+    let mut folders = Edges::new();
+    for (from, to) in &edges {
+        let Some((from_folder, _)) = from.split_once("::") else {
+            continue;
+        };
+        for (to_folder, _) in to.iter().filter_map(|t| t.split_once("::")) {
+            if to_folder != from_folder {
+                folders
+                    .entry(from_folder.to_string())
+                    .or_default()
+                    .insert(to_folder.to_string());
+            }
+        }
+    }
+    assert_eq!(
+        cycle(&folders),
+        None,
+        "the folders' imports form a cycle: {folders:?}"
+    );
     let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("docs");
     let documented = documented_edges(&doc);
     assert!(
@@ -185,13 +304,22 @@ fn the_module_map_in_the_docs_is_the_codes_own() {
 }
 
 #[test]
-fn edges_are_read_from_paths_groups_and_not_from_tests_or_longer_names() {
-    let code = "use crate::{alpha, beta::Thing};\nlet x = crate::gamma::f();\n\
-                let y = notcrate::delta;\n#[cfg(test)]\nmod tests { use crate::epsilon; }";
-    let shipped = shipped_part(code);
+fn edges_are_read_from_paths_groups_and_not_from_tests_comments_or_longer_names() {
+    let code = "use crate::{alpha, beta::{Thing, gamma::f}};\nlet x = crate::delta::f();\n\
+                use super::eta::G;\nlet z = theta::iota::h(); // crate::omega\n\
+                let y = notcrate::kappa;\n#[cfg(test)]\nmod tests { use crate::epsilon; }";
+    let top: BTreeSet<String> = ["theta".to_string()].into();
+    let shipped = without_comments(shipped_part(code));
     assert_eq!(
-        names_after(shipped, "crate::"),
-        ["alpha", "beta", "gamma"],
+        paths_named(&shipped, "folder::file", "crate", &top),
+        [
+            "alpha",
+            "beta::Thing",
+            "beta::gamma::f",
+            "delta::f",
+            "folder::eta::G",
+            "theta::iota::h"
+        ],
         "{shipped}"
     );
     let mut edges = Edges::new();
@@ -263,22 +391,16 @@ fn the_files_table_is_each_files_opening_sentence() {
     let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("docs");
     let table = files_table(&doc);
     let mut sentences = BTreeMap::new();
-    for entry in std::fs::read_dir(root.join("src")).expect("src") {
-        let path = entry.expect("src entry").path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path).expect("source");
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .to_string();
-            let sentence = opening_sentence(&text);
-            assert!(
-                sentence.ends_with('.') && sentence.len() > 20,
-                "{name}: its opening comment does not start with a sentence: {sentence:?}"
-            );
-            sentences.insert(name, sentence);
-        }
+    let mut files = Vec::new();
+    source_files(&root.join("src"), &root.join("src"), &mut files);
+    for (name, _) in files {
+        let text = std::fs::read_to_string(root.join("src").join(&name)).expect("source");
+        let sentence = opening_sentence(&text);
+        assert!(
+            sentence.ends_with('.') && sentence.len() > 20,
+            "{name}: its opening comment does not start with a sentence: {sentence:?}"
+        );
+        sentences.insert(name, sentence);
     }
     let wrong: Vec<String> = sentences
         .iter()

@@ -2,7 +2,7 @@
 written the way fleets write them -- PyYAML / Salt's `file.serialize`
 (`safe_dump`: lists unindented under their key), Ansible's `to_nice_yaml`
 (indent 4), hand-written files, config-management leftovers in minion.d/ --
-plus every construct and lookup path the agent's machine_id.rs covers.
+plus every construct and lookup path the agent's src/minion/ covers.
 
 Each case: `files` (paths under the case's root, which is mounted over /etc
 in the test's namespace), and optionally `hostname` (the UTS name), `env`

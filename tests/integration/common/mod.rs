@@ -12,7 +12,7 @@ pub mod scenarios;
 pub mod scripted;
 pub mod seccomp;
 pub mod throttle;
-pub use sp_wrapper::xorshift;
+pub use sp_wrapper::wire::xorshift;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

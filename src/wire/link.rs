@@ -47,11 +47,11 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::config::WsUrl;
-use crate::frames::FramePool;
 use crate::messages::{Event, LinkCommand, LinkEvent};
-use crate::protocol;
-use crate::threads::SpawnDetached;
-use crate::xorshift::XorShift;
+use crate::os::threads::SpawnDetached;
+use crate::wire::frames::FramePool;
+use crate::wire::protocol;
+use crate::wire::xorshift::XorShift;
 
 /// Per-address TCP connect bound: an unroutable server must not hold us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,7 +84,7 @@ pub struct LinkHandle {
     commands: Sender<LinkCommand>,
     wake: OwnedFd,
     /// Ends its wait when the link thread has returned (its sender is dropped).
-    finished: crate::oneshot::Receiver<()>,
+    finished: crate::os::oneshot::Receiver<()>,
 }
 
 impl LinkHandle {
@@ -114,9 +114,9 @@ pub fn spawn_link(
     resolve_machine: impl FnOnce() -> String + Send + 'static,
 ) -> io::Result<LinkHandle> {
     let (commands_tx, commands_rx) = channel();
-    let (finished_tx, finished_rx) = crate::oneshot::oneshot::<()>();
-    let (wake_read, wake_write) = crate::pipe::cloexec(libc::O_NONBLOCK)?;
-    let seed = crate::clock::now()
+    let (finished_tx, finished_rx) = crate::os::oneshot::oneshot::<()>();
+    let (wake_read, wake_write) = crate::os::pipe::cloexec(libc::O_NONBLOCK)?;
+    let seed = crate::os::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64

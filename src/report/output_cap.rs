@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::tail::Tail;
+use crate::report::tail::Tail;
 
 /// The most of the output's end sent after the cap.
 pub const CAP_TAIL_BYTES: usize = 256 * 1024;

@@ -15,12 +15,12 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use crate::effects::Effects;
 use crate::exit_codes::KillReason;
-use crate::job::{JobChange, JobLifecycle};
 use crate::messages::Event;
-use crate::readers;
-use crate::session::{Outcome, Request, Session};
+use crate::run::effects::Effects;
+use crate::run::job::{JobChange, JobLifecycle};
+use crate::run::readers;
+use crate::run::session::{Outcome, Request, Session};
 
 pub struct Supervisor<E: Effects> {
     effects: E,
@@ -211,11 +211,11 @@ mod tests {
 
     use serde_json::Value;
 
-    use crate::frames::FramePool;
-    use crate::job::KILL_GRACE;
     use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent};
-    use crate::outbox::Outbox;
-    use crate::session::{DELIVERY_WINDOW, HEARTBEAT_INTERVAL, Settings};
+    use crate::report::outbox::Outbox;
+    use crate::run::job::KILL_GRACE;
+    use crate::run::session::{DELIVERY_WINDOW, HEARTBEAT_INTERVAL, Settings};
+    use crate::wire::frames::FramePool;
 
     /// Records what the supervisor does; the job's group "exists" until told.
     #[derive(Default)]
@@ -392,7 +392,7 @@ mod tests {
     }
 
     fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
-        job_ends_at(sup, status, now, crate::clock::now());
+        job_ends_at(sup, status, now, crate::os::clock::now());
     }
 
     /// The job's main process exited at wall-clock time `at`.
@@ -506,7 +506,7 @@ mod tests {
         sup.handle(
             Event::ChildExited {
                 status: libc::SIGTERM,
-                at: crate::clock::now(),
+                at: crate::os::clock::now(),
             },
             t0,
         );

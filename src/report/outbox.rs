@@ -40,8 +40,8 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crate::messages::Stream;
-use crate::spool::{Adopted, Pos, Spool};
-use crate::tail::Tail;
+use crate::report::spool::{Adopted, Pos, Spool};
+use crate::report::tail::Tail;
 
 /// Most text in one `output` message (500 KiB, as the Python wrapper).
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
@@ -1177,7 +1177,7 @@ mod tests {
             }
             ob.on_ack(sent.last().map(|(s, _)| *s as i64).unwrap_or(-1));
             // At every ACK the journal holds exactly the rest.
-            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            let (rest, missing) = crate::report::spool::unacked_text(&spool_path);
             assert!(!missing);
             assert_eq!(format!("{delivered}{rest}"), expected);
         }
@@ -1200,7 +1200,7 @@ mod tests {
         let mut written = String::new();
         let mut acked = String::new();
         let check = |written: &str, acked: &str| {
-            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            let (rest, missing) = crate::report::spool::unacked_text(&spool_path);
             assert!(!missing);
             assert_eq!(format!("{acked}{rest}"), written, "acked {acked:?}");
         };
@@ -1244,7 +1244,7 @@ mod tests {
         let (dir, spool_path) = temp_spool("cut");
         let mut ob = Outbox::with_batch_limit(1 << 20, vec![spool_path.clone()], 1000);
         let check = |acked: &str, written: &str| {
-            let (rest, missing) = crate::spool::unacked_text(&spool_path);
+            let (rest, missing) = crate::report::spool::unacked_text(&spool_path);
             assert!(!missing);
             assert_eq!(format!("{acked}{rest}"), written, "acked {acked:?}");
         };
@@ -1277,7 +1277,7 @@ mod tests {
         let (dir, spool_path) = temp_spool("cap");
         let mut ob = Outbox::build(1 << 20, std::slice::from_ref(&spool_path), 100, 300);
         let lines = push_lines(&mut ob, 0, 5, 100);
-        let (rest, missing) = crate::spool::unacked_text(&spool_path);
+        let (rest, missing) = crate::report::spool::unacked_text(&spool_path);
         assert!(missing, "the header says output is held only in memory");
         assert!(
             lines.starts_with(&rest) && rest.len() < lines.len(),
@@ -1286,12 +1286,15 @@ mod tests {
         let delivered = drain(&mut ob, 8);
         assert_eq!(delivered, lines, "nothing was lost: memory had room");
         assert_eq!(
-            crate::spool::unacked_text(&spool_path),
+            crate::report::spool::unacked_text(&spool_path),
             (String::new(), false)
         );
         // Whole again: the next output is written ahead.
         let more = push_lines(&mut ob, 5, 2, 100);
-        assert_eq!(crate::spool::unacked_text(&spool_path), (more, false));
+        assert_eq!(
+            crate::report::spool::unacked_text(&spool_path),
+            (more, false)
+        );
         drop(ob);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -11,14 +11,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::effects::Effects;
-use crate::frames::FramePool;
-use crate::job::Finished;
 use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent, Stream};
-use crate::outbox::{MAX_BATCH_BYTES, Outbox};
-use crate::output_cap::OutputCap;
-use crate::pacing::Pacer;
-use crate::protocol::Encoder;
+use crate::report::outbox::{MAX_BATCH_BYTES, Outbox};
+use crate::report::output_cap::OutputCap;
+use crate::report::pacing::Pacer;
+use crate::run::effects::Effects;
+use crate::run::job::Finished;
+use crate::wire::frames::FramePool;
+use crate::wire::protocol::Encoder;
 
 /// PROTOCOL.md: a heartbeat every 5 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -265,7 +265,7 @@ impl Session {
     /// We are killing the job at the server's request: tell it so, once.
     pub fn announce_kill(&mut self, effects: &mut impl Effects) {
         log::info!("kill requested by the server");
-        self.send(effects, self.encoder.killed(crate::clock::now()));
+        self.send(effects, self.encoder.killed(crate::os::clock::now()));
     }
 
     pub fn on_link(
@@ -362,7 +362,7 @@ impl Session {
             complete_sent: None,
             closing: false,
         });
-        let wall = crate::clock::now();
+        let wall = crate::os::clock::now();
         self.send(effects, self.encoder.connect(wall));
         if !self.start_acked {
             // The spawn time, not now: the server stores it as the run's
@@ -498,7 +498,7 @@ impl Session {
             Inbound::Ack { .. } => {}
             Inbound::Nack { expected_seq } => {
                 let outcome = self.outbox.on_nack(expected_seq);
-                if outcome == crate::outbox::NackOutcome::Resend {
+                if outcome == crate::report::outbox::NackOutcome::Resend {
                     self.pacer.forget_in_flight();
                 }
                 log::debug!("nack, server expects seq {expected_seq}: {outcome:?}");
@@ -644,7 +644,7 @@ impl Session {
                 Deadline::Heartbeat => {
                     // Also while killing and while delivering after the end,
                     // so the server does not declare the machine lost (253).
-                    self.send(effects, self.encoder.heartbeat(crate::clock::now()));
+                    self.send(effects, self.encoder.heartbeat(crate::os::clock::now()));
                     while self.next_heartbeat <= now {
                         self.next_heartbeat += HEARTBEAT_INTERVAL;
                     }
@@ -778,7 +778,7 @@ impl Session {
                     conn.ack_progress = now;
                 }
             }
-            let wall = crate::clock::now();
+            let wall = crate::os::clock::now();
             while self.pacer.may_send(now) {
                 let budget = self.pacer.budget();
                 let Some((seq, batch)) = self.outbox.next_to_send(WINDOW, budget) else {

@@ -14,13 +14,16 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::effects::Effects;
-use crate::frames::FramePool;
-use crate::link::LinkHandle;
 use crate::messages::{Event, LinkCommand, Stream};
-use crate::outbox::Outbox;
-use crate::session::{DELIVERY_WINDOW, Session, Settings};
-use crate::{child, link, logger, minion, output_cap, protocol, to_guardian};
+use crate::os::child;
+use crate::report::outbox::Outbox;
+use crate::report::output_cap;
+use crate::run::effects::Effects;
+use crate::run::session::{DELIVERY_WINDOW, Session, Settings};
+use crate::wire::frames::FramePool;
+use crate::wire::link::LinkHandle;
+use crate::wire::{link, protocol};
+use crate::{logger, minion, to_guardian};
 
 /// How long the process waits at exit for the link thread to close the
 /// connection cleanly (a close frame, then the server's reply).

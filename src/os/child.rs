@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::messages::Event;
-use crate::nss::{self, Nss, PasswdEntry};
-use crate::threads::SpawnDetached;
+use crate::os::nss::{self, Nss, PasswdEntry};
+use crate::os::threads::SpawnDetached;
 use crate::to_guardian;
 
 /// The job's main process (the group's leader) has exited and is reaped or
@@ -193,7 +193,7 @@ pub struct Job {
 /// close-on-exec (std dups the write end onto the job's 1 and 2, which
 /// clears the flag there).
 fn output_pipe() -> io::Result<(File, OwnedFd)> {
-    let (read_end, write_end) = crate::pipe::cloexec(0)?;
+    let (read_end, write_end) = crate::os::pipe::cloexec(0)?;
     Ok((File::from(read_end), write_end))
 }
 
@@ -273,7 +273,7 @@ pub fn spawn(cfg: &Config, user: Option<&UserInfo>) -> io::Result<Job> {
         });
     }
     let mut child = command.spawn()?;
-    let spawned_at = crate::clock::now();
+    let spawned_at = crate::os::clock::now();
     // Our copies of the merged pipe's write end went into `command`: drop
     // them, or the reader would never see end-of-file.
     drop(command);
@@ -375,7 +375,7 @@ pub fn spawn_waiter(job_pid: i32, events: SyncSender<Event>) -> io::Result<()> {
                 // either may be the last member of the group the supervisor waits on.
                 let event = if pid == job_pid {
                     // Stamped here, when it happened, not when handled or sent.
-                    let at = crate::clock::now();
+                    let at = crate::os::clock::now();
                     let status = wait_status(info.si_code, unsafe { info.si_status() });
                     JOB_LEADER_REAPED.store(true, Ordering::SeqCst);
                     to_guardian::job_exited(status, at);

@@ -23,7 +23,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::{exit_codes, regular_file};
+use crate::exit_codes;
+use crate::os::regular_file;
 
 pub struct Lock {
     file: File,

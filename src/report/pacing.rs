@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::outbox::MAX_BATCH_BYTES;
+use crate::report::outbox::MAX_BATCH_BYTES;
 
 /// The bounds before anything is known of the link: 4 s at 8 KiB/s, well
 /// inside the 30 s ACK check; one round trip on a fast link reaches 500 KiB.

@@ -20,13 +20,13 @@ use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::sync::mpsc::SyncSender;
 
-use crate::frames::BufferPool;
 use crate::messages::{Event, Stream};
-use crate::threads::SpawnDetached;
-use crate::utf8::Utf8Stream;
+use crate::os::threads::SpawnDetached;
+use crate::run::utf8::Utf8Stream;
+use crate::wire::frames::BufferPool;
 
 /// As large as a pool keeps (`frames::MIN_KEPT`), so every read buffer is kept.
-const READ_SIZE: usize = crate::frames::MIN_KEPT;
+const READ_SIZE: usize = crate::wire::frames::MIN_KEPT;
 
 /// Buffers of texts the supervisor is done with, for the next reads (the
 /// reader takes one back per event it sends, so a few suffice).
@@ -170,7 +170,7 @@ mod tests {
     /// reads and an invalid byte still decode as `from_utf8_lossy` would.
     #[test]
     fn ready_bytes_become_the_text_and_cut_characters_are_joined() {
-        let (read_end, write_end) = crate::pipe::cloexec(0).expect("pipe");
+        let (read_end, write_end) = crate::os::pipe::cloexec(0).expect("pipe");
         let mut writer = File::from(write_end);
         writer.write_all(b"a\xC3").expect("write");
         let (events, inbox) = std::sync::mpsc::sync_channel(8);

@@ -75,7 +75,7 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xorshift::XorShift;
+    use crate::wire::xorshift::XorShift;
 
     #[test]
     fn keeps_the_last_bytes_on_character_boundaries_and_counts_the_rest() {
