@@ -3,7 +3,7 @@
 //! variables are declared once, in `VARIABLES`.
 //!
 //! `Config::from_lookup` is pure (it takes a lookup function, not the real
-//! environment) so it can be unit-tested and fuzzed. Every bad value is an
+//! environment) so it can be unit-tested and property-tested. Every bad value is an
 //! error naming its variable; nothing is silently ignored. An empty value
 //! counts as unset for optional variables, because Salt passes `""` for
 //! settings a job leaves out.
@@ -127,12 +127,12 @@ pub struct Variable {
 
 /// Every variable the configuration reads, declared once: `from_lookup`
 /// reads a name only through this table (and takes its default from it),
-/// `--help` prints it, the fuzzer sets these names, and the unit tests check
+/// `--help` prints it, the property tests set these names, and the unit tests check
 /// that docs/configuration.md has a row for each and no other. The order is
 /// the doc's. Test-only variables are not configuration and are not here:
 /// `SP_TEST_RECONNECT_DELAY_MS` (link.rs), `SP_TEST_DELIVERY_WINDOW_MS`
 /// (live.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON` (minion/id.rs's tests,
-/// build.sh) and `SP_FUZZ_ITERATIONS` (fuzz.rs).
+/// build.sh) and `SP_PROPERTY_CASES` (property_tests.rs).
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SP_WEBSOCKET_URL",

@@ -18,12 +18,12 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod exit_codes;
-#[cfg(test)]
-pub mod fuzz;
 pub mod guardian;
 pub mod launcher;
 pub mod logger;
 pub mod messages;
+#[cfg(test)]
+pub mod property_tests;
 pub mod to_guardian;
 
 pub mod minion;

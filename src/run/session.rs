@@ -864,9 +864,162 @@ impl Session {
     }
 }
 
+/// What the session's and the supervisor's unit tests build a session from.
+#[cfg(test)]
+pub mod testing {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::{DELIVERY_WINDOW, Session, Settings};
+    use crate::report::outbox::Outbox;
+    use crate::wire::frames::FramePool;
+
+    /// The instance the test session reports (job "job", machine "m1").
+    pub const INSTANCE: &str = "job_1";
+    /// The fake job's spawn time: 2026-11-22T08:40:02.123456+00:00.
+    const SPAWNED_MICROS: u64 = 1_795_336_802_123_456;
+
+    pub fn spawned_at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(SPAWNED_MICROS)
+    }
+
+    /// A session as the daemon builds one, begun at `t0`.
+    pub fn session(t0: Instant) -> Session {
+        let settings = Settings {
+            job_name: "job".into(),
+            job_instance: INSTANCE.into(),
+            machine: "m1".into(),
+            version: "test".into(),
+            job_pid: 4242,
+            spawned_at: spawned_at(),
+            output_interval: Duration::from_millis(1000),
+            delivery_window: DELIVERY_WINDOW,
+        };
+        Session::new(
+            settings,
+            Outbox::new(1 << 20, vec![], u64::MAX),
+            FramePool::default(),
+            t0,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use super::testing::{session, spawned_at};
+    use crate::exit_codes;
+    use crate::messages::Event;
+    use crate::run::effects::fake::FakeEffects;
+
+    /// A session and the fake world it acts on: the supervisor's part of
+    /// the wiring without the job's lifecycle (a test ends the job itself).
+    struct Run {
+        session: Session,
+        effects: FakeEffects,
+    }
+
+    impl Run {
+        fn new(t0: Instant) -> Run {
+            Run {
+                session: session(t0),
+                effects: FakeEffects::new(),
+            }
+        }
+
+        /// What the supervisor does with an output or link event.
+        fn handle(&mut self, event: Event, now: Instant) {
+            match event {
+                Event::Output { stream, text } => self.session.on_output(stream, &text, now),
+                Event::Link(event) => {
+                    let _ = self.session.on_link(event, now, &mut self.effects);
+                }
+                _ => panic!("not an event the session handles"),
+            }
+        }
+
+        fn on_time(&mut self, now: Instant) {
+            self.session.on_time(now, &mut self.effects);
+        }
+
+        fn pump(&mut self, now: Instant) {
+            self.session.pump(now, &mut self.effects);
+        }
+
+        fn next_deadline(&self) -> Option<Instant> {
+            self.session.next_deadline()
+        }
+
+        fn take_outcome(&mut self) -> Option<Outcome> {
+            self.session.take_outcome()
+        }
+
+        fn effects(&self) -> &FakeEffects {
+            &self.effects
+        }
+    }
+
+    fn frame(run: &mut Run, generation: u64, frame: Inbound, now: Instant) {
+        run.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
+        run.pump(now);
+    }
+
+    fn ack(kind: AckKind, seq: Option<i64>) -> Inbound {
+        Inbound::Ack { kind, seq }
+    }
+
+    fn types(run: &Run) -> Vec<String> {
+        run.effects().types()
+    }
+
+    fn outputs(run: &Run) -> Vec<(i64, String)> {
+        run.effects().outputs()
+    }
+
+    /// A session on connection 1, its start ACKed and numbering settled.
+    fn synced(t0: Instant) -> Run {
+        let mut run = Run::new(t0);
+        connect(&mut run, 1, t0);
+        frame(&mut run, 1, ack(AckKind::Start, None), t0);
+        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        run
+    }
+
+    fn delivered(retcode: i32) -> Outcome {
+        Outcome {
+            retcode,
+            delivered: true,
+        }
+    }
+
+    /// A new connection, answered as the real server does: `ack connect` first.
+    fn connect(run: &mut Run, generation: u64, now: Instant) {
+        run.handle(Event::Link(LinkEvent::Connected { generation }), now);
+        run.pump(now);
+        frame(run, generation, ack(AckKind::Connect, None), now);
+    }
+
+    fn job_ends(run: &mut Run, status: i32, now: Instant) {
+        job_ends_at(run, status, now, crate::os::clock::now());
+    }
+
+    /// The job's main process exited (wait status `status`) at wall-clock
+    /// time `at`, its output pipes closed.
+    fn job_ends_at(run: &mut Run, status: i32, now: Instant, at: SystemTime) {
+        let finished = Finished {
+            retcode: exit_codes::job_retcode(status, None),
+            at: now,
+            exited_at: at,
+        };
+        run.session.on_job_finished(finished, now);
+        run.pump(now);
+    }
+
+    fn sent_timestamps(run: &Run, kind: &str) -> Vec<String> {
+        run.effects().sent_timestamps(kind)
+    }
 
     #[test]
     fn server_strings_are_clipped_for_the_log() {
@@ -875,5 +1028,335 @@ mod tests {
         let clipped = clip(&long);
         assert!(clipped.len() < LOGGED_TEXT_MAX + 20, "{}", clipped.len());
         assert!(clipped.ends_with("... (600 bytes)"), "{clipped}");
+    }
+
+    #[test]
+    fn a_sync_response_before_the_connect_ack_is_not_ours() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "kept\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut run, 0, t0);
+        run.handle(Event::Link(LinkEvent::Connected { generation: 1 }), t0);
+        // A hostile or confused server answers before reading our frames.
+        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert!(
+            !types(&run).contains(&"complete".to_string()),
+            "the start is not yet known to be ignored"
+        );
+        frame(&mut run, 1, ack(AckKind::Connect, None), t0);
+        frame(&mut run, 1, ack(AckKind::Start, None), t0);
+        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(outputs(&run), [(0, "kept\n".to_string())]);
+    }
+
+    #[test]
+    fn start_carries_the_spawn_time_and_complete_the_exit_time_on_every_resend() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        let exited = spawned_at() + Duration::from_millis(1500);
+        // The server is away while the job runs and ends.
+        job_ends_at(&mut run, 0, t0 + Duration::from_secs(1), exited);
+        let late = t0 + Duration::from_secs(30);
+        // First connection: start is not ACKed (cut), then a second one.
+        run.handle(Event::Link(LinkEvent::Connected { generation: 1 }), late);
+        run.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "cut".into(),
+            }),
+            late,
+        );
+        connect(&mut run, 2, late);
+        frame(&mut run, 2, ack(AckKind::Start, None), late);
+        frame(&mut run, 2, Inbound::SyncResponse { last_seq: -1 }, late);
+        // complete goes out; its ACK is lost with the connection; resent.
+        run.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 2,
+                reason: "cut".into(),
+            }),
+            late,
+        );
+        connect(&mut run, 3, late + Duration::from_secs(5));
+        frame(
+            &mut run,
+            3,
+            Inbound::SyncResponse { last_seq: -1 },
+            late + Duration::from_secs(5),
+        );
+        let starts = sent_timestamps(&run, "start");
+        let completes = sent_timestamps(&run, "complete");
+        assert_eq!(starts, ["2026-11-22T08:40:02.123456+00:00"; 2]);
+        assert_eq!(completes, ["2026-11-22T08:40:03.623456+00:00"; 2]);
+    }
+
+    #[test]
+    fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "never acked\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut run, 0, t0);
+        // Every 20 s a new connection whose start is ACKed, output never is.
+        let mut now = t0;
+        let mut generation = 0;
+        while run.take_outcome().is_none() {
+            assert!(
+                now < t0 + DELIVERY_WINDOW + Duration::from_secs(1),
+                "still delivering {:?} after the job ended",
+                now - t0
+            );
+            generation += 1;
+            connect(&mut run, generation, now);
+            frame(&mut run, generation, ack(AckKind::Start, None), now);
+            frame(
+                &mut run,
+                generation,
+                Inbound::SyncResponse { last_seq: -1 },
+                now,
+            );
+            now += Duration::from_secs(20);
+            run.on_time(now);
+            run.handle(
+                Event::Link(LinkEvent::Disconnected {
+                    generation,
+                    reason: "cut".into(),
+                }),
+                now,
+            );
+        }
+        assert!(run.effects().undelivered.contains("never acked"));
+    }
+
+    #[test]
+    fn happy_path_output_waits_for_start_ack_then_complete_after_all_acks() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "hello\n".into(),
+            },
+            t0,
+        );
+        connect(&mut run, 1, t0);
+        assert_eq!(types(&run), ["connect", "start", "sync_request"]);
+        frame(&mut run, 1, ack(AckKind::Connect, None), t0);
+        frame(&mut run, 1, ack(AckKind::Start, None), t0);
+        assert!(
+            outputs(&run).is_empty(),
+            "no output before the numbering is settled"
+        );
+        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(outputs(&run), [(0, "hello\n".to_string())]);
+        job_ends(&mut run, 3 << 8, t0);
+        assert!(
+            !types(&run).contains(&"complete".to_string()),
+            "complete only after every ACK"
+        );
+        frame(&mut run, 1, ack(AckKind::Output, Some(0)), t0);
+        let complete = &run.effects().sent.last().expect("sent").1;
+        assert_eq!(
+            (
+                complete["type"].as_str(),
+                complete["retcode"].as_i64(),
+                complete["seq"].as_i64()
+            ),
+            (Some("complete"), Some(3), Some(1))
+        );
+        frame(&mut run, 1, ack(AckKind::Complete, Some(1)), t0);
+        assert_eq!(run.take_outcome(), Some(delivered(3)));
+    }
+
+    #[test]
+    fn reconnect_renumbers_and_resends_only_unacked_output() {
+        let t0 = Instant::now();
+        let mut run = synced(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "a".into(),
+            },
+            t0,
+        );
+        run.on_time(t0 + Duration::from_secs(1));
+        run.pump(t0 + Duration::from_secs(1));
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "b".into(),
+            },
+            t0 + Duration::from_secs(2),
+        );
+        run.pump(t0 + Duration::from_secs(2));
+        assert_eq!(outputs(&run), [(0, "a".to_string()), (1, "b".to_string())]);
+        frame(&mut run, 1, ack(AckKind::Output, Some(0)), t0);
+        run.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "cut".into(),
+            }),
+            t0,
+        );
+        connect(&mut run, 2, t0);
+        // start was ACKed once: it is not sent again (it would reset the output).
+        assert_eq!(
+            types(&run)[types(&run).len() - 2..],
+            ["connect", "sync_request"]
+        );
+        frame(&mut run, 2, Inbound::SyncResponse { last_seq: -1 }, t0);
+        let resent: Vec<_> = run
+            .effects()
+            .sent
+            .iter()
+            .filter(|(g, v)| *g == 2 && v["type"] == "output")
+            .collect();
+        assert_eq!(resent.len(), 1);
+        assert_eq!(
+            (resent[0].1["seq"].as_i64(), resent[0].1["data"].as_str()),
+            (Some(0), Some("b"))
+        );
+    }
+
+    /// Issue 24: a connection we drop may still carry our messages to the
+    /// server, which appends them (and shares its sequence state between
+    /// our sockets). Until the link reports it gone, nothing more is sent
+    /// on it, no new connection is made, and its late ACKs still retire
+    /// output, so what the server appended there is not sent again.
+    #[test]
+    fn a_dropped_connection_sends_nothing_more_and_its_late_acks_still_count() {
+        let t0 = Instant::now();
+        let mut run = synced(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "a".into(),
+            },
+            t0,
+        );
+        run.pump(t0);
+        assert_eq!(outputs(&run), [(0, "a".to_string())]);
+        let stalled = t0 + Duration::from_secs(31);
+        run.on_time(stalled);
+        assert_eq!(run.effects().drops, [1], "no ACK for 30 s: dropped");
+        let sent_before = run.effects().sent.len();
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "b".into(),
+            },
+            stalled,
+        );
+        run.on_time(stalled + Duration::from_secs(6));
+        run.pump(stalled + Duration::from_secs(6));
+        assert_eq!(
+            run.effects().sent.len(),
+            sent_before,
+            "nothing on a closing connection"
+        );
+        assert_eq!(run.effects().drops, [1], "dropped once");
+        // The server's ACK for "a", late, before it closes the socket.
+        frame(&mut run, 1, ack(AckKind::Output, Some(0)), stalled);
+        run.handle(
+            Event::Link(LinkEvent::Disconnected {
+                generation: 1,
+                reason: "no ACK for 30 s".into(),
+            }),
+            stalled,
+        );
+        connect(&mut run, 2, stalled);
+        frame(&mut run, 2, Inbound::SyncResponse { last_seq: -1 }, stalled);
+        let resent: Vec<_> = run
+            .effects()
+            .sent
+            .iter()
+            .filter(|(g, v)| *g == 2 && v["type"] == "output")
+            .map(|(_, v)| (v["seq"].as_i64(), v["data"].as_str().map(str::to_string)))
+            .collect();
+        assert_eq!(resent, [(Some(0), Some("b".to_string()))]);
+    }
+
+    #[test]
+    fn job_not_found_keeps_the_output_in_the_log() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stdout,
+                text: "precious output\n".into(),
+            },
+            t0,
+        );
+        job_ends(&mut run, 0, t0);
+        connect(&mut run, 1, t0);
+        // The server ignores start for an instance it does not run.
+        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        assert_eq!(types(&run).last().map(String::as_str), Some("complete"));
+        let not_found = Inbound::Error {
+            code: "JOB_NOT_FOUND".into(),
+            message: "gone".into(),
+        };
+        frame(&mut run, 1, not_found, t0);
+        assert_eq!(
+            run.take_outcome(),
+            Some(Outcome {
+                retcode: 0,
+                delivered: false
+            })
+        );
+        assert!(
+            run.effects().undelivered.contains("precious output"),
+            "{}",
+            run.effects().undelivered
+        );
+    }
+
+    #[test]
+    fn unreachable_server_gives_up_sixty_seconds_after_the_end() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        run.handle(
+            Event::Output {
+                stream: Stream::Stderr,
+                text: "x".into(),
+            },
+            t0,
+        );
+        job_ends(&mut run, 0, t0);
+        run.on_time(t0 + DELIVERY_WINDOW - Duration::from_millis(1));
+        assert_eq!(run.take_outcome(), None);
+        run.on_time(t0 + DELIVERY_WINDOW);
+        assert_eq!(
+            run.take_outcome(),
+            Some(Outcome {
+                retcode: 0,
+                delivered: false
+            })
+        );
+        assert!(run.effects().undelivered.contains("UNDELIVERED"));
+    }
+
+    #[test]
+    fn heartbeats_every_five_seconds_while_connected() {
+        let t0 = Instant::now();
+        let mut run = Run::new(t0);
+        connect(&mut run, 1, t0);
+        for i in 1..=3 {
+            let at = t0 + HEARTBEAT_INTERVAL * i;
+            assert_eq!(run.next_deadline().map(|d| d <= at), Some(true));
+            run.on_time(at);
+        }
+        assert_eq!(types(&run).iter().filter(|t| *t == "heartbeat").count(), 3);
     }
 }

@@ -207,80 +207,17 @@ mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
 
-    use crate::messages::Stream;
-
-    use serde_json::Value;
-
-    use crate::messages::{AckKind, Inbound, LinkCommand, LinkEvent};
-    use crate::report::outbox::Outbox;
+    use crate::messages::{AckKind, Inbound, LinkEvent, Stream};
+    use crate::run::effects::fake::FakeEffects;
     use crate::run::job::KILL_GRACE;
-    use crate::run::session::{DELIVERY_WINDOW, HEARTBEAT_INTERVAL, Settings};
-    use crate::wire::frames::FramePool;
+    use crate::run::session::DELIVERY_WINDOW;
+    use crate::run::session::testing::{INSTANCE, session};
 
-    /// Records what the supervisor does; the job's group "exists" until told.
-    #[derive(Default)]
-    struct Fake {
-        sent: Vec<(u64, Value)>,
-        drops: Vec<u64>,
-        signals: Vec<i32>,
-        group_alive: bool,
-        undelivered: String,
-        /// What the guardian was told, in order.
-        told: Vec<String>,
-    }
+    // The session's own behaviour (the wire, ACKs, reconnects, giving up)
+    // is tested in session.rs; here, the job's lifecycle and the session
+    // together, as the supervisor joins them.
 
-    impl Effects for Fake {
-        fn link(&mut self, command: LinkCommand) {
-            match command {
-                LinkCommand::Send { generation, frame } => self.sent.push((
-                    generation,
-                    serde_json::from_str(&frame).expect("frames are JSON"),
-                )),
-                LinkCommand::Drop { generation, .. } => self.drops.push(generation),
-                LinkCommand::Shutdown => {}
-            }
-        }
-        fn signal_group(&mut self, signal: i32) -> bool {
-            if signal != 0 {
-                self.signals.push(signal);
-            }
-            if signal == libc::SIGKILL {
-                self.group_alive = false;
-            }
-            self.group_alive
-        }
-        fn tee(&mut self, _: Stream, _: &str) {}
-        fn reopen_log(&mut self) {}
-        fn log_undelivered(&mut self, text: &str) {
-            self.undelivered.push_str(text);
-        }
-        fn close_link(&mut self) {}
-        fn machine_identified(&mut self, machine: &str) {
-            self.told.push(format!("M {machine}"));
-        }
-        fn start_acked(&mut self) {
-            self.told.push("A".into());
-        }
-        fn complete_sent(&mut self) {
-            self.told.push("C".into());
-        }
-        fn job_group_gone(&mut self) {
-            self.told.push("G".into());
-        }
-        fn settled(&mut self) {
-            self.told.push("D".into());
-        }
-    }
-
-    const INSTANCE: &str = "job_1";
-    /// The fake job's spawn time: 2026-11-22T08:40:02.123456+00:00.
-    const SPAWNED_MICROS: u64 = 1_795_336_802_123_456;
-
-    fn spawned_at() -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_micros(SPAWNED_MICROS)
-    }
-
-    fn supervisor(t0: Instant, timeout: Option<Duration>) -> Supervisor<Fake> {
+    fn supervisor(t0: Instant, timeout: Option<Duration>) -> Supervisor<FakeEffects> {
         supervisor_with_output(t0, timeout, false)
     }
 
@@ -288,32 +225,12 @@ mod tests {
         t0: Instant,
         timeout: Option<Duration>,
         merged_output: bool,
-    ) -> Supervisor<Fake> {
-        let settings = Settings {
-            job_name: "job".into(),
-            job_instance: INSTANCE.into(),
-            machine: "m1".into(),
-            version: "test".into(),
-            job_pid: 4242,
-            spawned_at: spawned_at(),
-            output_interval: Duration::from_millis(1000),
-            delivery_window: DELIVERY_WINDOW,
-        };
-        let fake = Fake {
-            group_alive: true,
-            ..Fake::default()
-        };
-        let session = Session::new(
-            settings,
-            Outbox::new(1 << 20, vec![], u64::MAX),
-            FramePool::default(),
-            t0,
-        );
+    ) -> Supervisor<FakeEffects> {
         let job = JobLifecycle::new(timeout, merged_output, t0);
-        Supervisor::new(fake, session, job, false)
+        Supervisor::new(FakeEffects::new(), session(t0), job, false)
     }
 
-    fn frame(sup: &mut Supervisor<Fake>, generation: u64, frame: Inbound, now: Instant) {
+    fn frame(sup: &mut Supervisor<FakeEffects>, generation: u64, frame: Inbound, now: Instant) {
         sup.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
         sup.pump(now);
     }
@@ -322,29 +239,16 @@ mod tests {
         Inbound::Ack { kind, seq }
     }
 
-    fn types(sup: &Supervisor<Fake>) -> Vec<String> {
-        sup.effects()
-            .sent
-            .iter()
-            .map(|(_, v)| v["type"].as_str().unwrap_or("?").to_string())
-            .collect()
+    fn types(sup: &Supervisor<FakeEffects>) -> Vec<String> {
+        sup.effects().types()
     }
 
-    fn outputs(sup: &Supervisor<Fake>) -> Vec<(i64, String)> {
-        let sent = &sup.effects().sent;
-        sent.iter()
-            .filter(|(_, v)| v["type"] == "output")
-            .map(|(_, v)| {
-                (
-                    v["seq"].as_i64().unwrap_or(-9),
-                    v["data"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+    fn outputs(sup: &Supervisor<FakeEffects>) -> Vec<(i64, String)> {
+        sup.effects().outputs()
     }
 
     /// A supervisor on connection 1, its start ACKed and numbering settled.
-    fn synced(t0: Instant) -> Supervisor<Fake> {
+    fn synced(t0: Instant) -> Supervisor<FakeEffects> {
         let mut sup = supervisor(t0, None);
         connect(&mut sup, 1, t0);
         frame(&mut sup, 1, ack(AckKind::Start, None), t0);
@@ -360,140 +264,22 @@ mod tests {
     }
 
     /// A new connection, answered as the real server does: `ack connect` first.
-    fn connect(sup: &mut Supervisor<Fake>, generation: u64, now: Instant) {
+    fn connect(sup: &mut Supervisor<FakeEffects>, generation: u64, now: Instant) {
         sup.handle(Event::Link(LinkEvent::Connected { generation }), now);
         sup.pump(now);
         frame(sup, generation, ack(AckKind::Connect, None), now);
     }
 
-    #[test]
-    fn a_sync_response_before_the_connect_ack_is_not_ours() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "kept\n".into(),
-            },
-            t0,
-        );
-        job_ends(&mut sup, 0, t0);
-        sup.handle(Event::Link(LinkEvent::Connected { generation: 1 }), t0);
-        // A hostile or confused server answers before reading our frames.
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
-        assert!(
-            !types(&sup).contains(&"complete".to_string()),
-            "the start is not yet known to be ignored"
-        );
-        frame(&mut sup, 1, ack(AckKind::Connect, None), t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
-        assert_eq!(outputs(&sup), [(0, "kept\n".to_string())]);
-    }
-
-    fn job_ends(sup: &mut Supervisor<Fake>, status: i32, now: Instant) {
+    fn job_ends(sup: &mut Supervisor<FakeEffects>, status: i32, now: Instant) {
         job_ends_at(sup, status, now, crate::os::clock::now());
     }
 
     /// The job's main process exited at wall-clock time `at`.
-    fn job_ends_at(sup: &mut Supervisor<Fake>, status: i32, now: Instant, at: SystemTime) {
+    fn job_ends_at(sup: &mut Supervisor<FakeEffects>, status: i32, now: Instant, at: SystemTime) {
         sup.handle(Event::StreamClosed(Stream::Stdout), now);
         sup.handle(Event::StreamClosed(Stream::Stderr), now);
         sup.handle(Event::ChildExited { status, at }, now);
         sup.pump(now);
-    }
-
-    fn sent_timestamps(sup: &Supervisor<Fake>, kind: &str) -> Vec<String> {
-        sup.effects()
-            .sent
-            .iter()
-            .filter(|(_, v)| v["type"] == kind)
-            .map(|(_, v)| v["timestamp"].as_str().unwrap_or("?").to_string())
-            .collect()
-    }
-
-    #[test]
-    fn start_carries_the_spawn_time_and_complete_the_exit_time_on_every_resend() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        let exited = spawned_at() + Duration::from_millis(1500);
-        // The server is away while the job runs and ends.
-        job_ends_at(&mut sup, 0, t0 + Duration::from_secs(1), exited);
-        let late = t0 + Duration::from_secs(30);
-        // First connection: start is not ACKed (cut), then a second one.
-        sup.handle(Event::Link(LinkEvent::Connected { generation: 1 }), late);
-        sup.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 1,
-                reason: "cut".into(),
-            }),
-            late,
-        );
-        connect(&mut sup, 2, late);
-        frame(&mut sup, 2, ack(AckKind::Start, None), late);
-        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, late);
-        // complete goes out; its ACK is lost with the connection; resent.
-        sup.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 2,
-                reason: "cut".into(),
-            }),
-            late,
-        );
-        connect(&mut sup, 3, late + Duration::from_secs(5));
-        frame(
-            &mut sup,
-            3,
-            Inbound::SyncResponse { last_seq: -1 },
-            late + Duration::from_secs(5),
-        );
-        let starts = sent_timestamps(&sup, "start");
-        let completes = sent_timestamps(&sup, "complete");
-        assert_eq!(starts, ["2026-11-22T08:40:02.123456+00:00"; 2]);
-        assert_eq!(completes, ["2026-11-22T08:40:03.623456+00:00"; 2]);
-    }
-
-    #[test]
-    fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "never acked\n".into(),
-            },
-            t0,
-        );
-        job_ends(&mut sup, 0, t0);
-        // Every 20 s a new connection whose start is ACKed, output never is.
-        let mut now = t0;
-        let mut generation = 0;
-        while sup.take_outcome().is_none() {
-            assert!(
-                now < t0 + DELIVERY_WINDOW + Duration::from_secs(1),
-                "still delivering {:?} after the job ended",
-                now - t0
-            );
-            generation += 1;
-            connect(&mut sup, generation, now);
-            frame(&mut sup, generation, ack(AckKind::Start, None), now);
-            frame(
-                &mut sup,
-                generation,
-                Inbound::SyncResponse { last_seq: -1 },
-                now,
-            );
-            now += Duration::from_secs(20);
-            sup.on_time(now);
-            sup.handle(
-                Event::Link(LinkEvent::Disconnected {
-                    generation,
-                    reason: "cut".into(),
-                }),
-                now,
-            );
-        }
-        assert!(sup.effects().undelivered.contains("never acked"));
     }
 
     #[test]
@@ -516,46 +302,6 @@ mod tests {
             .outbox_mut()
             .take_undelivered(|batch| streams.push(batch.stream));
         assert_eq!(streams, [Stream::Stdout]);
-    }
-
-    #[test]
-    fn happy_path_output_waits_for_start_ack_then_complete_after_all_acks() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "hello\n".into(),
-            },
-            t0,
-        );
-        connect(&mut sup, 1, t0);
-        assert_eq!(types(&sup), ["connect", "start", "sync_request"]);
-        frame(&mut sup, 1, ack(AckKind::Connect, None), t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        assert!(
-            outputs(&sup).is_empty(),
-            "no output before the numbering is settled"
-        );
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
-        assert_eq!(outputs(&sup), [(0, "hello\n".to_string())]);
-        job_ends(&mut sup, 3 << 8, t0);
-        assert!(
-            !types(&sup).contains(&"complete".to_string()),
-            "complete only after every ACK"
-        );
-        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), t0);
-        let complete = &sup.effects().sent.last().expect("sent").1;
-        assert_eq!(
-            (
-                complete["type"].as_str(),
-                complete["retcode"].as_i64(),
-                complete["seq"].as_i64()
-            ),
-            (Some("complete"), Some(3), Some(1))
-        );
-        frame(&mut sup, 1, ack(AckKind::Complete, Some(1)), t0);
-        assert_eq!(sup.take_outcome(), Some(delivered(3)));
     }
 
     #[test]
@@ -638,114 +384,6 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_renumbers_and_resends_only_unacked_output() {
-        let t0 = Instant::now();
-        let mut sup = synced(t0);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "a".into(),
-            },
-            t0,
-        );
-        sup.on_time(t0 + Duration::from_secs(1));
-        sup.pump(t0 + Duration::from_secs(1));
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "b".into(),
-            },
-            t0 + Duration::from_secs(2),
-        );
-        sup.pump(t0 + Duration::from_secs(2));
-        assert_eq!(outputs(&sup), [(0, "a".to_string()), (1, "b".to_string())]);
-        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), t0);
-        sup.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 1,
-                reason: "cut".into(),
-            }),
-            t0,
-        );
-        connect(&mut sup, 2, t0);
-        // start was ACKed once: it is not sent again (it would reset the output).
-        assert_eq!(
-            types(&sup)[types(&sup).len() - 2..],
-            ["connect", "sync_request"]
-        );
-        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, t0);
-        let resent: Vec<_> = sup
-            .effects()
-            .sent
-            .iter()
-            .filter(|(g, v)| *g == 2 && v["type"] == "output")
-            .collect();
-        assert_eq!(resent.len(), 1);
-        assert_eq!(
-            (resent[0].1["seq"].as_i64(), resent[0].1["data"].as_str()),
-            (Some(0), Some("b"))
-        );
-    }
-
-    /// Issue 24: a connection we drop may still carry our messages to the
-    /// server, which appends them (and shares its sequence state between
-    /// our sockets). Until the link reports it gone, nothing more is sent
-    /// on it, no new connection is made, and its late ACKs still retire
-    /// output, so what the server appended there is not sent again.
-    #[test]
-    fn a_dropped_connection_sends_nothing_more_and_its_late_acks_still_count() {
-        let t0 = Instant::now();
-        let mut sup = synced(t0);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "a".into(),
-            },
-            t0,
-        );
-        sup.pump(t0);
-        assert_eq!(outputs(&sup), [(0, "a".to_string())]);
-        let stalled = t0 + Duration::from_secs(31);
-        sup.on_time(stalled);
-        assert_eq!(sup.effects().drops, [1], "no ACK for 30 s: dropped");
-        let sent_before = sup.effects().sent.len();
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "b".into(),
-            },
-            stalled,
-        );
-        sup.on_time(stalled + Duration::from_secs(6));
-        sup.pump(stalled + Duration::from_secs(6));
-        assert_eq!(
-            sup.effects().sent.len(),
-            sent_before,
-            "nothing on a closing connection"
-        );
-        assert_eq!(sup.effects().drops, [1], "dropped once");
-        // The server's ACK for "a", late, before it closes the socket.
-        frame(&mut sup, 1, ack(AckKind::Output, Some(0)), stalled);
-        sup.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 1,
-                reason: "no ACK for 30 s".into(),
-            }),
-            stalled,
-        );
-        connect(&mut sup, 2, stalled);
-        frame(&mut sup, 2, Inbound::SyncResponse { last_seq: -1 }, stalled);
-        let resent: Vec<_> = sup
-            .effects()
-            .sent
-            .iter()
-            .filter(|(g, v)| *g == 2 && v["type"] == "output")
-            .map(|(_, v)| (v["seq"].as_i64(), v["data"].as_str().map(str::to_string)))
-            .collect();
-        assert_eq!(resent, [(Some(0), Some("b".to_string()))]);
-    }
-
-    #[test]
     fn repeated_kills_count_once_and_escalate_to_sigkill() {
         let t0 = Instant::now();
         let mut sup = synced(t0);
@@ -791,78 +429,5 @@ mod tests {
         sup.effects.group_alive = false;
         job_ends(&mut sup, libc::SIGTERM, t0 + Duration::from_secs(2));
         assert_eq!(sup.job.finished().map(|f| f.retcode), Some(124));
-    }
-
-    #[test]
-    fn job_not_found_keeps_the_output_in_the_log() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "precious output\n".into(),
-            },
-            t0,
-        );
-        job_ends(&mut sup, 0, t0);
-        connect(&mut sup, 1, t0);
-        // The server ignores start for an instance it does not run.
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
-        assert_eq!(types(&sup).last().map(String::as_str), Some("complete"));
-        let not_found = Inbound::Error {
-            code: "JOB_NOT_FOUND".into(),
-            message: "gone".into(),
-        };
-        frame(&mut sup, 1, not_found, t0);
-        assert_eq!(
-            sup.take_outcome(),
-            Some(Outcome {
-                retcode: 0,
-                delivered: false
-            })
-        );
-        assert!(
-            sup.effects().undelivered.contains("precious output"),
-            "{}",
-            sup.effects().undelivered
-        );
-    }
-
-    #[test]
-    fn unreachable_server_gives_up_sixty_seconds_after_the_end() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stderr,
-                text: "x".into(),
-            },
-            t0,
-        );
-        job_ends(&mut sup, 0, t0);
-        sup.on_time(t0 + DELIVERY_WINDOW - Duration::from_millis(1));
-        assert_eq!(sup.take_outcome(), None);
-        sup.on_time(t0 + DELIVERY_WINDOW);
-        assert_eq!(
-            sup.take_outcome(),
-            Some(Outcome {
-                retcode: 0,
-                delivered: false
-            })
-        );
-        assert!(sup.effects().undelivered.contains("UNDELIVERED"));
-    }
-
-    #[test]
-    fn heartbeats_every_five_seconds_while_connected() {
-        let t0 = Instant::now();
-        let mut sup = supervisor(t0, None);
-        connect(&mut sup, 1, t0);
-        for i in 1..=3 {
-            let at = t0 + HEARTBEAT_INTERVAL * i;
-            assert_eq!(sup.next_deadline().map(|d| d <= at), Some(true));
-            sup.on_time(at);
-        }
-        assert_eq!(types(&sup).iter().filter(|t| *t == "heartbeat").count(), 3);
     }
 }

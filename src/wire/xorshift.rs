@@ -1,5 +1,5 @@
 //! xorshift64*: a tiny deterministic pseudo-random generator, the one copy
-//! shared by the link thread (reconnect jitter), the seeded fuzzers and the
+//! shared by the link thread (reconnect jitter), the property tests and the
 //! test harness (which imports it from the library). Not for anything secret.
 
 /// The state; it must never be zero (`new` makes sure).

@@ -43,13 +43,39 @@ fn source_files(src: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
     }
 }
 
-/// A file's text without its `#[cfg(test)] mod tests { ... }` (the tests
-/// may reach anything; the map is of the shipped code).
-fn shipped_part(text: &str) -> &str {
-    match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => &text[..at],
-        None => text,
+/// A file's text without its test-only items: each `#[cfg(test)]` and the
+/// item after it, to its `;` or its matching `}` (the tests may reach
+/// anything; the map is of the shipped code).
+fn shipped_part(text: &str) -> String {
+    const TEST_ONLY: &str = "#[cfg(test)]";
+    let mut shipped = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(TEST_ONLY) {
+        shipped.push_str(&rest[..at]);
+        let item = &rest[at + TEST_ONLY.len()..];
+        let mut depth = 0;
+        let mut end = item.len();
+        for (i, c) in item.char_indices() {
+            match c {
+                ';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
     }
+    shipped.push_str(rest);
+    shipped
 }
 
 /// The code without its comments (a module named in a doc comment is not
@@ -153,11 +179,11 @@ fn code_edges(src: &Path) -> (Edges, Vec<(String, String)>) {
     let mut edges = Edges::new();
     let mut upward = Vec::new();
     for (file, module) in &files {
-        if module.is_empty() || module == "fuzz" {
-            continue; // the crate root declares; fuzz is test builds only
+        if module.is_empty() || module == "property_tests" {
+            continue; // the crate root declares; property_tests is test builds only
         }
         let text = std::fs::read_to_string(src.join(file)).expect("source");
-        let code = without_comments(shipped_part(&text));
+        let code = without_comments(&shipped_part(&text));
         let root = if module == "main" {
             "sp_wrapper"
         } else {
@@ -193,7 +219,7 @@ fn code_edges(src: &Path) -> (Edges, Vec<(String, String)>) {
             used.remove(&folder);
         }
         used.remove(module);
-        used.remove("fuzz");
+        used.remove("property_tests");
         edges.insert(module.clone(), used);
     }
     (edges, upward)
@@ -307,9 +333,10 @@ fn the_module_map_in_the_docs_is_the_codes_own() {
 fn edges_are_read_from_paths_groups_and_not_from_tests_comments_or_longer_names() {
     let code = "use crate::{alpha, beta::{Thing, gamma::f}};\nlet x = crate::delta::f();\n\
                 use super::eta::G;\nlet z = theta::iota::h(); // crate::omega\n\
-                let y = notcrate::kappa;\n#[cfg(test)]\nmod tests { use crate::epsilon; }";
+                let y = notcrate::kappa;\n#[cfg(test)]\nmod tests { use crate::epsilon; }\n\
+                #[cfg(test)]\nuse crate::lambda;\nlet w = crate::mu::x;";
     let top: BTreeSet<String> = ["theta".to_string()].into();
-    let shipped = without_comments(shipped_part(code));
+    let shipped = without_comments(&shipped_part(code));
     assert_eq!(
         paths_named(&shipped, "folder::file", "crate", &top),
         [
@@ -318,7 +345,8 @@ fn edges_are_read_from_paths_groups_and_not_from_tests_comments_or_longer_names(
             "beta::gamma::f",
             "delta::f",
             "folder::eta::G",
-            "theta::iota::h"
+            "theta::iota::h",
+            "mu::x"
         ],
         "{shipped}"
     );

@@ -4,7 +4,7 @@
 //! Salt gives where Salt gives one. The two configurations the issue
 //! reproduced (seven `minion.d` files each including `*.conf`; 24 levels of
 //! merge keys), then a seeded generator of nested merges and include graphs
-//! (`SP_FUZZ_ITERATIONS` scales it, as for src/fuzz.rs).
+//! (`SP_PROPERTY_CASES` scales it, as for src/property_tests.rs).
 //!
 //! Each run is measured: its CPU time (user and system, from `wait4`, so a
 //! loaded machine does not make it flaky) and its peak resident memory
@@ -325,8 +325,8 @@ fn the_largest_files_stay_bounded() {
 
 /// Random nested merges and include graphs: each run within the bounds.
 #[test]
-fn fuzz_nested_merges_and_include_graphs_stay_bounded() {
-    let iterations = std::env::var("SP_FUZZ_ITERATIONS")
+fn nested_merges_and_include_graphs_stay_bounded() {
+    let iterations = std::env::var("SP_PROPERTY_CASES")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(60, |n| n / 100 + 1);

@@ -1,10 +1,11 @@
-//! Seeded random-input tests ("fuzzers") for what takes hostile input: the
-//! inbound frame decoder, the configuration parser, the minion-config YAML
-//! reader, and the outbox driven by a simulated server that cuts connections
-//! at random.
+//! Property tests: properties that must hold for every input, checked on
+//! seeded random inputs, for what takes hostile input (the inbound frame
+//! decoder, the configuration parser, the minion-config YAML reader) and for
+//! the outbox and its journal driven by a simulated server that cuts
+//! connections at random.
 //!
 //! The seeds are fixed here (the kept corpus is the seed plus the generator),
-//! so a failure reproduces exactly; `SP_FUZZ_ITERATIONS` scales the run
+//! so a failure reproduces exactly; `SP_PROPERTY_CASES` scales the run
 //! (CI runs the default, a few seconds).
 
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ impl Draw for Rng {
 }
 
 fn iterations(default: usize) -> usize {
-    std::env::var("SP_FUZZ_ITERATIONS")
+    std::env::var("SP_PROPERTY_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
@@ -103,7 +104,7 @@ fn mutate(rng: &mut Rng, seed: &str) -> String {
 }
 
 #[test]
-fn fuzz_inbound_frames_never_panic() {
+fn inbound_frames_never_panic() {
     let mut rng = Rng(0x5eed_f4a3_0000_0001);
     for _ in 0..iterations(200_000) {
         let seed = rng.pick(FRAME_SEEDS);
@@ -121,7 +122,7 @@ fn fuzz_inbound_frames_never_panic() {
 }
 
 #[test]
-fn fuzz_configuration_never_panics_and_paths_stay_inside() {
+fn configuration_never_panics_and_paths_stay_inside() {
     let mut rng = Rng(0x5eed_c0f1_0000_0002);
     let values = [
         "",
@@ -149,7 +150,7 @@ fn fuzz_configuration_never_panics_and_paths_stay_inside() {
         "ws://",
     ];
     // Every variable the configuration reads (its one table), so a new one
-    // is fuzzed without being added here.
+    // is drawn at random without being added here.
     let vars: Vec<&str> = crate::config::VARIABLES.iter().map(|v| v.name).collect();
     for _ in 0..iterations(50_000) {
         let mut env: HashMap<&str, String> = HashMap::new();
@@ -195,7 +196,7 @@ struct SimServer {
 /// simulated server. Without lost ACKs the server must end with exactly the
 /// job's output; with them, only whole batches whose ACK was lost may repeat.
 #[test]
-fn fuzz_outbox_against_a_cutting_per_socket_server() {
+fn outbox_against_a_cutting_per_socket_server() {
     let mut rng = Rng(0x5eed_0b0c_0000_0003);
     for round in 0..iterations(300).max(1) {
         let lose_acks = round % 2 == 1;
@@ -307,7 +308,7 @@ fn fuzz_outbox_against_a_cutting_per_socket_server() {
 /// most batches are read back from disk: at every step, what a guardian
 /// would adopt if the daemon died then is exactly what the server lacks.
 #[test]
-fn fuzz_the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
+fn the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
     let mut rng = Rng(0x5eed_0b0c_0000_0004);
     let dir = std::env::temp_dir().join(format!("sp_fuzz_journal_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -447,7 +448,7 @@ const YAML_FRAGMENTS: &[&str] = &[
 ];
 
 #[test]
-fn fuzz_minion_config_yaml_never_panics() {
+fn minion_config_yaml_never_panics() {
     let mut rng = Rng::new(0x5a17_1d5e);
     for _ in 0..iterations(20_000) {
         let seed = rng.pick(YAML_SEEDS);
