@@ -73,7 +73,9 @@ case "${1:-build}" in
     build)
         if [ -n "${2:-}" ]; then
             SKIP_REASON=
-            build_arch "$(triple_of "$2")" || {
+            # (An assignment, so an unknown ARCH stops here, under set -e.)
+            triple=$(triple_of "$2")
+            build_arch "$triple" || {
                 echo "build.sh: $2 cannot be built here: $SKIP_REASON" >&2
                 exit 1
             }
