@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # packaging/arches.sh: the one table of architectures we build, prove and
-# package, and how to run a binary of each on this host. Sourced by build.sh,
-# packaging/package.sh and tests/packaging/check.sh; defines variables and
-# functions only. A new arch is one row here, plus what is truly its own:
-# a kernel floor the old-kernel filter cannot play (the floor column says it),
-# a toolchain that rustup lacks (armv7's std from rust-src in build.sh), and
-# the Salt state's grains (tests/packaging/salt_state_test.py, docs/deploy.md).
+# package, and how to run a binary of each on this host. Sourced by
+# build.sh (.ci/lib.sh), packaging/package.sh and tests/packaging/check.sh;
+# defines variables and functions only. A new arch is one row here, plus
+# what is truly its own: a kernel floor the old-kernel filter cannot play
+# (the floor column says it), a toolchain that rustup lacks (armv7's std
+# from rust-src in .ci/binaries.sh), and the Salt state's grains
+# (tests/packaging/salt_state_test.py, docs/deploy.md).
 #
 # Each row: Rust target triple (its first word, x86_64, is the arch's short
 # name for ./build.sh build ARCH), Debian architecture, RPM architecture, the

@@ -62,8 +62,8 @@ changelog=${SP_PACKAGE_CHANGELOG:-$here/changelog}
 read -r _ top_version _ <"$changelog"
 [ "$top_version" = "($version)" ] || die "$changelog starts with $top_version, not ($version): add an entry for $version"
 # Reproducible packages (docs/packaging.md, "Reproducible builds"): every
-# date inside is SOURCE_DATE_EPOCH: as given (build.sh repro_check passes the
-# commit's time), else the time of the checkout's last commit, else (a
+# date inside is SOURCE_DATE_EPOCH: as given (.ci/package.sh's repro_check
+# passes the commit's time), else the time of the checkout's last commit, else (a
 # source tree without git) the date of the changelog's top entry.
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$top" log -1 --format=%ct 2>/dev/null) || SOURCE_DATE_EPOCH=

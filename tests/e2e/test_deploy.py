@@ -22,7 +22,7 @@ cannot drift from what is tested:
 - a minion reporting an unsupported arch fails with the reason as comment.
 
 N+1 (1.0.1 for 1.0.0) is the x86_64 binary built again with
-SP_WRAPPER_VERSION set (build.sh, build_e2e_next: SP_E2E_NEXT_WRAPPER names
+SP_WRAPPER_VERSION set (.ci/e2e.sh, build_e2e_next: SP_E2E_NEXT_WRAPPER names
 it), packaged by packaging/package.sh with a changelog that starts with it.
 (Rewriting the version string in N's file is not enough: the compiler also
 stores the version's bytes as immediates in the code that builds the
@@ -65,7 +65,7 @@ def cargo_version():
 VERSION = cargo_version()
 
 
-# N+1: the x86_64 binary built again with SP_WRAPPER_VERSION set (build.sh,
+# N+1: the x86_64 binary built again with SP_WRAPPER_VERSION set (.ci/e2e.sh,
 # build_e2e_next), so the version it reports really differs.
 NEXT_WRAPPER = os.environ.get('SP_E2E_NEXT_WRAPPER', '')
 

@@ -697,7 +697,7 @@ fn a_job_killed_by_sigpipe_when_its_daemon_died_counts_as_killed() {
 #[test]
 fn a_panic_of_the_binary_aborts_with_its_message_and_nothing_unwinds() {
     // The shipped binaries are linked without unwind tables (.eh_frame,
-    // build.sh shipped_link_flags): a panic must still print its message
+    // .ci/binaries.sh shipped_link_flags): a panic must still print its message
     // and abort (SIGABRT), never fault in the unwinder or hang, even when
     // RUST_BACKTRACE asks std to walk the stack. `--version` into a full
     // device is a real panic of std's println! ("failed printing to

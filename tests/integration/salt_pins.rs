@@ -9,14 +9,15 @@ use std::path::Path;
 
 /// Where what is tested against Salt is stated: the README, the pages on
 /// testing, Saltpeter and Salt, and configuration, the Salt suites' own
-/// descriptions and build.sh. (Not docs/performance.md: its figures were
-/// measured on the Salt it names.)
+/// descriptions, build.sh and its jobs in .ci/. (Not docs/performance.md:
+/// its figures were measured on the Salt it names.)
 const STATING: &[&str] = &[
     "README.md",
     "docs/testing.md",
     "docs/saltpeter.md",
     "docs/configuration.md",
     "build.sh",
+    ".ci",
     "tests/e2e",
     "tests/salt_call",
     "tests/salt_id",
