@@ -25,6 +25,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 /// `lookup(var)`, with an empty value counted as unset; `None` for a
 /// variable not in `VARIABLES` (a unit test checks that the parser reads
 /// each name there and no other).

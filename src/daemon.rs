@@ -10,6 +10,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::exit_codes::LaunchError;
 use crate::launcher::{Launch, StatusReporter};
 use crate::messages::{Event, Stream};
 use crate::os::threads::SpawnDetached;
@@ -27,22 +28,15 @@ use crate::{exit_codes, launcher, logger, to_guardian};
 /// How long a panic waits for its log line before the process aborts.
 const PANIC_LOG_WAIT: Duration = Duration::from_millis(500);
 
-/// `--foreground`: take the lock, run the job, exit with its result.
-pub fn run_in_foreground(launch: &Launch) -> i32 {
+/// `--foreground`: take the lock, run the job; its result is our exit code.
+pub fn run_in_foreground(launch: &Launch) -> Result<i32, LaunchError> {
     // `detach` does this for the guardian and daemon; here the job must not
     // inherit our caller's descriptors either.
     launcher::close_inherited_fds(&[]);
-    let started = lockfile::acquire_for_job(&launch.cfg).and_then(|lock| start_job(launch, lock));
-    match started {
-        Ok(started) => {
-            remove_stale_spools(&launch.cfg);
-            supervise(&launch.cfg, started, true).retcode
-        }
-        Err((code, message)) => {
-            eprintln!("{message}");
-            code
-        }
-    }
+    let lock = lockfile::acquire_for_job(&launch.cfg)?;
+    let started = start_job(launch, lock)?;
+    remove_stale_spools(&launch.cfg);
+    Ok(supervise(&launch.cfg, started, true).retcode)
 }
 
 /// The detached daemon (the guardian's child, holding the lock with it):
@@ -51,21 +45,20 @@ pub fn run_detached(
     launch: &Launch,
     lock: Option<lockfile::Lock>,
     reporter: StatusReporter,
-) -> i32 {
-    match start_job(launch, lock) {
-        Err((code, message)) => {
-            reporter.failed(code, &message);
-            code
+) -> Result<i32, LaunchError> {
+    let started = match start_job(launch, lock) {
+        Ok(started) => started,
+        Err(error) => {
+            reporter.failed(&error);
+            return Err(error);
         }
-        Ok(started) => {
-            reporter.started(started.job.pid);
-            remove_stale_spools(&launch.cfg);
-            // (The guardian was told the run is settled as soon as it was,
-            // before the link closed and the lock was released.)
-            supervise(&launch.cfg, started, false);
-            exit_codes::SUCCESS
-        }
-    }
+    };
+    reporter.started(started.job.pid);
+    remove_stale_spools(&launch.cfg);
+    // (The guardian was told the run is settled as soon as it was,
+    // before the link closed and the lock was released.)
+    supervise(&launch.cfg, started, false);
+    Ok(exit_codes::SUCCESS)
 }
 
 /// What `start_job` hands to `supervise`.
@@ -91,7 +84,7 @@ fn remove_stale_spools(cfg: &Config) {
 
 /// Everything that can fail before the job runs, in the process that will
 /// supervise it: the log, the spawn. `lock` is held already.
-fn start_job(launch: &Launch, lock: Option<lockfile::Lock>) -> Result<Started, (i32, String)> {
+fn start_job(launch: &Launch, lock: Option<lockfile::Lock>) -> Result<Started, LaunchError> {
     let cfg = &launch.cfg;
     block_wrapper_signals();
     child::become_subreaper();
@@ -106,10 +99,7 @@ fn start_job(launch: &Launch, lock: Option<lockfile::Lock>) -> Result<Started, (
             if let Some(lock) = lock {
                 lock.release();
             }
-            return Err((
-                exit_codes::spawn_failure(&e),
-                format!("sp_wrapper: cannot run /bin/sh for SP_COMMAND: {e}"),
-            ));
+            return Err(LaunchError::CannotRunShell(e));
         }
     };
     to_guardian::job_started(job.pid, job.spawned_at);

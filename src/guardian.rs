@@ -49,6 +49,7 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
+use crate::exit_codes::LaunchError;
 use crate::messages::Stream;
 use crate::os::lockfile::Lock;
 use crate::os::{child, pipe, regular_file};
@@ -86,20 +87,20 @@ pub struct Guardian {
 
 /// In the detached child, holding the lock: fork the daemon. Must be called
 /// while single-threaded. On failure the lock is released.
-pub fn fork_daemon(lock: Option<Lock>) -> io::Result<Role> {
+pub fn fork_daemon(lock: Option<Lock>) -> Result<Role, LaunchError> {
     // Orphans of the job come to us once the daemon is gone (Linux 3.4+).
     child::become_subreaper();
     let (read_end, write_end) = match pipe::cloexec(libc::O_NONBLOCK) {
         Ok(ends) => ends,
         Err(e) => {
             release(lock);
-            return Err(e);
+            return Err(LaunchError::ForkFailed(e));
         }
     };
     match launcher::fork() {
         Err(e) => {
             release(lock);
-            Err(e)
+            Err(LaunchError::ForkFailed(e))
         }
         Ok(0) => {
             drop(read_end);

@@ -15,6 +15,8 @@
 //!
 //! Before any of that, `prepare` reads and checks the configuration in the
 //! launcher itself, so a bad variable is one line to Salt with exit code 1.
+//! Every failure here is an `exit_codes::LaunchError`, which decides its
+//! code; `main` prints it and exits with that code.
 //!
 //! All of this happens before the process has any thread, as `fork` requires.
 
@@ -24,8 +26,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::exit_codes::LaunchError;
+use crate::minion;
 use crate::os::child;
-use crate::{exit_codes, minion};
 
 /// How long the daemon waits for the launcher to exit after reporting.
 const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
@@ -40,36 +43,22 @@ pub struct Launch {
 }
 
 /// The configuration from the environment, checked: `SP_*` values, the
-/// user, the working directory. A problem is one line on stderr, and
-/// `Err(its exit code)`.
-pub fn prepare() -> Result<Launch, i32> {
-    check().map_err(|(code, message)| {
-        eprintln!("{message}");
-        code
-    })
-}
-
-fn check() -> Result<Launch, (i32, String)> {
+/// user, the working directory.
+pub fn prepare() -> Result<Launch, LaunchError> {
     let cfg =
         Config::from_lookup(|var| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned()))
-            .map_err(|e| (exit_codes::CONFIG, format!("sp_wrapper: {e}")))?;
+            .map_err(LaunchError::InvalidVariable)?;
     let user = match &cfg.user {
         None => None,
         Some(name) => Some(
             child::lookup_user(name)
                 .and_then(|u| child::check_user_allowed(&u).map(|_| u))
-                .map_err(|e| (exit_codes::CONFIG, format!("sp_wrapper: SP_USER: {e}")))?,
+                .map_err(LaunchError::UnusableUser)?,
         ),
     };
     if let Some(cwd) = &cfg.cwd {
         if !cwd.is_dir() {
-            return Err((
-                exit_codes::CONFIG,
-                format!(
-                    "sp_wrapper: SP_CWD: {} is not an existing directory",
-                    cwd.display()
-                ),
-            ));
+            return Err(LaunchError::CwdNotADirectory(cwd.clone()));
         }
     }
     // Before detaching: once detached, the salt-minion that started us is
@@ -81,8 +70,8 @@ fn check() -> Result<Launch, (i32, String)> {
 }
 
 pub enum Detached {
-    /// In the launcher: the daemon has reported; exit with this code.
-    Launcher(i32),
+    /// In the launcher: the daemon has reported that the job runs.
+    Launcher,
     /// In the detached child (the guardian-to-be, then also the daemon after
     /// `guardian::fork_daemon`): report how the start went.
     Child(StatusReporter),
@@ -107,8 +96,10 @@ impl StatusReporter {
         unsafe { libc::poll(&mut gone, 1, LAUNCHER_EXIT_WAIT_MS) };
     }
 
-    pub fn failed(mut self, code: i32, message: &str) {
-        let _ = writeln!(self.pipe, "ERR {code} {}", message.replace('\n', " "));
+    /// Tell the launcher why the run did not start: `ERR <code> <line>`,
+    /// which it prints and exits with.
+    pub fn failed(mut self, error: &LaunchError) {
+        let _ = self.pipe.write_all(&failure_report(error));
     }
 }
 
@@ -120,24 +111,15 @@ pub fn fork() -> io::Result<libc::pid_t> {
 }
 
 /// Fork into the launcher and a detached child. Must be called while
-/// single-threaded. If that fails, the launcher says so and exits 255.
-pub fn detach() -> Detached {
-    match fork_detached() {
-        Ok(detached) => detached,
-        Err(e) => {
-            eprintln!("sp_wrapper: fork failed: {e}");
-            Detached::Launcher(exit_codes::WRAPPER_ERROR)
-        }
-    }
-}
-
-fn fork_detached() -> io::Result<Detached> {
-    let (read_end, write_end) = crate::os::pipe::cloexec(0)?;
-    let child = fork()?;
+/// single-threaded. In the launcher, `Ok` once the daemon reported that the
+/// job runs; `Err` if the fork failed or the daemon reported a failure.
+pub fn detach() -> Result<Detached, LaunchError> {
+    let (read_end, write_end) = crate::os::pipe::cloexec(0).map_err(LaunchError::ForkFailed)?;
+    let child = fork().map_err(LaunchError::ForkFailed)?;
     if child > 0 {
         drop(write_end);
         // No waitpid: the child is the guardian and outlives us; init reaps it.
-        return Ok(Detached::Launcher(await_report(read_end)));
+        return await_report(read_end).map(|()| Detached::Launcher);
     }
     drop(read_end);
     unsafe { libc::setsid() };
@@ -147,8 +129,8 @@ fn fork_detached() -> io::Result<Detached> {
     }))
 }
 
-/// In the launcher: wait for the daemon's report, print it, give the exit code.
-fn await_report(read_end: OwnedFd) -> i32 {
+/// In the launcher: wait for the daemon's report; print it if the job runs.
+fn await_report(read_end: OwnedFd) -> Result<(), LaunchError> {
     let mut poll = libc::pollfd {
         fd: read_end.as_raw_fd(),
         events: libc::POLLIN,
@@ -156,11 +138,7 @@ fn await_report(read_end: OwnedFd) -> i32 {
     };
     let ready = unsafe { libc::poll(&mut poll, 1, REPORT_TIMEOUT.as_millis() as i32) };
     if ready <= 0 {
-        eprintln!(
-            "sp_wrapper: the daemon did not report within {} s",
-            REPORT_TIMEOUT.as_secs()
-        );
-        return exit_codes::WRAPPER_ERROR;
+        return Err(LaunchError::NoReport(REPORT_TIMEOUT));
     }
     // One line, not to EOF: the daemon keeps the pipe open until we are gone.
     let mut report = Vec::with_capacity(256);
@@ -175,18 +153,36 @@ fn await_report(read_end: OwnedFd) -> i32 {
         }
     }
     let report = String::from_utf8_lossy(&report);
-    let line = report.lines().next().unwrap_or("");
+    read_report(report.lines().next().unwrap_or(""))?;
+    println!("Wrapper started successfully");
+    Ok(())
+}
+
+/// The status pipe's line: `OK <pid>`, or `ERR <code> <line>` as
+/// `failure_report` wrote it; anything else (EOF) means the daemon died
+/// before reporting.
+fn read_report(line: &str) -> Result<(), LaunchError> {
     if line.starts_with("OK ") {
-        println!("Wrapper started successfully");
-        return exit_codes::SUCCESS;
+        return Ok(());
     }
     if let Some(rest) = line.strip_prefix("ERR ") {
         let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-        eprintln!("{message}");
-        return code.parse().unwrap_or(exit_codes::WRAPPER_ERROR);
+        return Err(LaunchError::Reported {
+            code: code.parse().ok(),
+            line: message.to_string(),
+        });
     }
-    eprintln!("sp_wrapper: the daemon exited before starting the job");
-    exit_codes::WRAPPER_ERROR
+    Err(LaunchError::DaemonGone)
+}
+
+/// `ERR <code> <line>`: a failure on the status pipe, on one line.
+fn failure_report(error: &LaunchError) -> Vec<u8> {
+    let mut report = format!("ERR {} {error}", error.exit_code()).into_bytes();
+    for byte in report.iter_mut().filter(|byte| **byte == b'\n') {
+        *byte = b' ';
+    }
+    report.push(b'\n');
+    report
 }
 
 /// /dev/null on 0, 1, 2; close every other inherited descriptor but `keep`.
@@ -224,5 +220,45 @@ pub fn close_inherited_fds(keep: &[RawFd]) {
         if fd > 2 && !keep.contains(&fd) {
             unsafe { libc::close(fd) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the guardian or the daemon reports is what the launcher prints
+    /// and exits with: the same line, the same code.
+    #[test]
+    fn a_failure_crosses_the_status_pipe_unchanged() {
+        let failures = [
+            LaunchError::Overlap {
+                job: "backup".into(),
+                pid: Some(4242),
+            },
+            LaunchError::CannotRunShell(io::Error::from_raw_os_error(libc::ENOENT)),
+            LaunchError::UnusableUser("two\nlines".into()),
+        ];
+        for failure in failures {
+            let report = String::from_utf8(failure_report(&failure)).expect("UTF-8");
+            let line = report.strip_suffix('\n').expect("one line");
+            assert!(!line.contains('\n'), "{line:?}");
+            let received = read_report(line).expect_err("a failure");
+            assert_eq!(received.exit_code(), failure.exit_code(), "{line:?}");
+            assert_eq!(
+                received.to_string(),
+                failure.to_string().replace('\n', " "),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_started_job_or_silence_is_read_as_such() {
+        assert!(read_report("OK 4242").is_ok());
+        assert_eq!(read_report("").expect_err("EOF").exit_code(), 255);
+        let garbled = read_report("ERR x the line").expect_err("garbled");
+        assert_eq!(garbled.exit_code(), 255);
+        assert_eq!(garbled.to_string(), "the line");
     }
 }

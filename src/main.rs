@@ -9,12 +9,19 @@
 
 use std::io::Write;
 
+use sp_wrapper::exit_codes::{self, LaunchError};
 use sp_wrapper::os::lockfile;
 use sp_wrapper::wire::protocol::VERSION;
-use sp_wrapper::{check, config, daemon, exit_codes, guardian, launcher, minion};
+use sp_wrapper::{check, config, daemon, guardian, launcher, minion};
 
+/// A launch failure is printed and exited with here, and only here (in the
+/// detached processes stderr is /dev/null: they told the launcher already).
 fn main() {
-    std::process::exit(run());
+    let code = run().unwrap_or_else(|error| {
+        eprintln!("{error}");
+        error.exit_code()
+    });
+    std::process::exit(code);
 }
 
 /// `--print-machine-id`: the id on stdout and where it came from on stderr;
@@ -28,65 +35,52 @@ fn print_machine_id() -> i32 {
     exit_codes::SUCCESS
 }
 
-fn run() -> i32 {
+fn run() -> Result<i32, LaunchError> {
     let mut foreground = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--version" | "-V" => {
                 println!("sp_wrapper {VERSION}");
-                return exit_codes::SUCCESS;
+                return Ok(exit_codes::SUCCESS);
             }
             "--help" | "-h" => {
                 print!("{}", config::usage());
-                return exit_codes::SUCCESS;
+                return Ok(exit_codes::SUCCESS);
             }
             "--foreground" => foreground = true,
-            "--check" => return check::run(),
+            "--check" => return Ok(check::run()),
             // Hidden (not in --help): the machine id this agent would
             // report here, for tests/salt_id's comparison with Salt and for
             // an operator's check (docs/configuration.md, "The machine id").
-            "--print-machine-id" => return print_machine_id(),
-            other => {
-                eprintln!("sp_wrapper: unknown argument {other:?} (see --help)");
-                return exit_codes::CONFIG;
-            }
+            "--print-machine-id" => return Ok(print_machine_id()),
+            other => return Err(LaunchError::UnknownFlag(other.to_string())),
         }
     }
     println!("Saltpeter Wrapper version {VERSION}");
     let _ = std::io::stdout().flush();
 
-    let launch = match launcher::prepare() {
-        Ok(launch) => launch,
-        Err(code) => return code, // (said on stderr)
-    };
+    let launch = launcher::prepare()?;
     if foreground {
         // No guardian: we are the caller's child, and the caller sees us die.
         return daemon::run_in_foreground(&launch);
     }
-    let reporter = match launcher::detach() {
-        launcher::Detached::Launcher(code) => return code,
+    let reporter = match launcher::detach()? {
+        launcher::Detached::Launcher => return Ok(exit_codes::SUCCESS),
         launcher::Detached::Child(reporter) => reporter,
     };
     // The guardian takes the lock before the daemon exists, so the lock
     // outlives the daemon (guardian.rs).
-    let lock = match lockfile::acquire_for_job(&launch.cfg) {
-        Ok(lock) => lock,
-        Err((code, message)) => {
-            reporter.failed(code, &message);
-            return code;
-        }
-    };
-    match guardian::fork_daemon(lock) {
-        Err(e) => {
-            let message = format!("sp_wrapper: fork failed: {e}");
-            reporter.failed(exit_codes::WRAPPER_ERROR, &message);
-            exit_codes::WRAPPER_ERROR
+    let role = lockfile::acquire_for_job(&launch.cfg).and_then(guardian::fork_daemon);
+    match role {
+        Err(error) => {
+            reporter.failed(&error);
+            Err(error)
         }
         Ok(guardian::Role::Guardian(guardian)) => {
             // Only the daemon reports to the launcher: without our copy of the
             // pipe, a daemon that dies before reporting gives it EOF at once.
             drop(reporter);
-            guardian.watch(&launch.cfg)
+            Ok(guardian.watch(&launch.cfg))
         }
         Ok(guardian::Role::Daemon(lock)) => daemon::run_detached(&launch, lock, reporter),
     }

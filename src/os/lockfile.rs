@@ -18,12 +18,12 @@
 //! - On release the file is unlinked (if it is still ours), then closed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::exit_codes;
+use crate::exit_codes::LaunchError;
 use crate::os::regular_file;
 
 pub struct Lock {
@@ -53,11 +53,12 @@ fn pid_alive(pid: i32) -> bool {
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
-fn read_pid(file: &mut File) -> Option<i32> {
-    let mut text = String::new();
-    file.seek(SeekFrom::Start(0)).ok()?;
-    file.take(64).read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+fn read_pid(file: &File) -> Option<i32> {
+    // One `pread` of a small buffer: a PID is a few digits, and this is
+    // smaller code than a reader over the file.
+    let mut text = [0u8; 64];
+    let read = file.read_at(&mut text, 0).ok()?;
+    std::str::from_utf8(&text[..read]).ok()?.trim().parse().ok()
 }
 
 impl Lock {
@@ -98,7 +99,7 @@ impl Lock {
                 let error = io::Error::last_os_error();
                 if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
                     return Err(LockError::Held {
-                        pid: read_pid(&mut file),
+                        pid: read_pid(&file),
                     });
                 }
                 return Err(io_error(path, "flock", error));
@@ -108,7 +109,7 @@ impl Lock {
                 Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
                 _ => continue,
             }
-            if let Some(holder) = read_pid(&mut file) {
+            if let Some(holder) = read_pid(&file) {
                 if holder != pid && pid_alive(holder) {
                     // Live PID without a flock: a Python wrapper holds it.
                     return Err(LockError::Held { pid: Some(holder) });
@@ -143,27 +144,17 @@ impl Lock {
 
 /// The job's overlap lock, unless overlap is allowed, for this process
 /// (the guardian; with `--foreground`, the agent itself) and its children.
-/// `Err((exit code, the line to report))`.
-pub fn acquire_for_job(cfg: &Config) -> Result<Option<Lock>, (i32, String)> {
+pub fn acquire_for_job(cfg: &Config) -> Result<Option<Lock>, LaunchError> {
     if cfg.allow_overlap {
         return Ok(None);
     }
     match Lock::acquire(&cfg.lockfile, std::process::id() as i32) {
         Ok(lock) => Ok(Some(lock)),
-        Err(LockError::Held { pid }) => {
-            let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-            Err((
-                exit_codes::OVERLAP,
-                format!(
-                    "LOCKFILE ERROR: Job {} already running (PID {pid}), overlap not allowed",
-                    cfg.job_name
-                ),
-            ))
-        }
-        Err(LockError::Io { path, error }) => Err((
-            exit_codes::WRAPPER_ERROR,
-            format!("LOCKFILE ERROR: SP_LOCKFILE {}: {error}", path.display()),
-        )),
+        Err(LockError::Held { pid }) => Err(LaunchError::Overlap {
+            job: cfg.job_name.clone(),
+            pid,
+        }),
+        Err(LockError::Io { path, error }) => Err(LaunchError::LockUnusable { path, error }),
     }
 }
 
