@@ -20,21 +20,33 @@ import sys
 import jinja2
 import yaml
 
-# (os_family, osarch grain) -> the package file, per packaging/arches.sh.
+# The arches: packaging/arches.sh, the one table (its Debian and RPM
+# columns name the package files packaging/package.sh makes).
+ARCHES_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'packaging', 'arches.sh')
 # osarch is dpkg's arch on Debian-family and rpm's %{_host_cpu} on
-# RedHat-family; old 32-bit RHEL/CentOS report i386 or i686.
-PLATFORMS = {
-    ('Debian', 'amd64'): 'saltpeter-agent_{v}_amd64.deb',
-    ('Debian', 'arm64'): 'saltpeter-agent_{v}_arm64.deb',
-    ('Debian', 'i386'): 'saltpeter-agent_{v}_i386.deb',
-    ('Debian', 'armhf'): 'saltpeter-agent_{v}_armhf.deb',
-    ('RedHat', 'x86_64'): 'saltpeter-agent-{v}-1.x86_64.rpm',
-    ('RedHat', 'aarch64'): 'saltpeter-agent-{v}-1.aarch64.rpm',
-    ('RedHat', 'i686'): 'saltpeter-agent-{v}-1.i686.rpm',
-    ('RedHat', 'i386'): 'saltpeter-agent-{v}-1.i686.rpm',
-    ('RedHat', 'armv7hl'): 'saltpeter-agent-{v}-1.armv7hl.rpm',
-    ('RedHat', 'armv7l'): 'saltpeter-agent-{v}-1.armv7hl.rpm',
-}
+# RedHat-family, where some hosts report another name for an arch we
+# package: old 32-bit RHEL/CentOS say i386, some ARM boards armv7l.
+RPM_GRAIN_ALIASES = {'i386': 'i686', 'armv7l': 'armv7hl'}
+
+
+def platforms():
+    """(os_family, osarch grain) -> the package file, one pair per row of
+    packaging/arches.sh and per grain alias."""
+    text = open(ARCHES_SH, encoding='utf-8').read()
+    rows = re.search(r'PACKAGING_ARCHES=\((.*?)\n\)', text, re.S).group(1)
+    found = {}
+    for row in re.findall(r'"([^"]+)"', rows):
+        _triple, deb, rpm = row.split()[:3]
+        found[('Debian', deb)] = 'saltpeter-agent_{v}_%s.deb' % deb
+        found[('RedHat', rpm)] = 'saltpeter-agent-{v}-1.%s.rpm' % rpm
+        for alias, name in RPM_GRAIN_ALIASES.items():
+            if name == rpm:
+                found[('RedHat', alias)] = 'saltpeter-agent-{v}-1.%s.rpm' % rpm
+    assert len(found) >= 8, 'packaging/arches.sh: PACKAGING_ARCHES not found or too short'
+    return found
+
+
+PLATFORMS = platforms()
 UNSUPPORTED = [('Debian', 'ppc64el'), ('RedHat', 's390x'), ('Suse', 'x86_64')]
 
 
