@@ -869,7 +869,8 @@ impl Session {
 pub mod testing {
     use std::time::{Duration, Instant, SystemTime};
 
-    use super::{DELIVERY_WINDOW, Session, Settings};
+    use super::{DELIVERY_WINDOW, Outcome, Session, Settings};
+    use crate::messages::{AckKind, Event, Inbound, LinkEvent, Stream};
     use crate::report::outbox::Outbox;
     use crate::wire::frames::FramePool;
 
@@ -901,6 +902,59 @@ pub mod testing {
             t0,
         )
     }
+
+    /// What the tests drive: the supervisor, or a session alone (with the
+    /// supervisor's handling of output and link events).
+    pub trait Drive {
+        fn handle(&mut self, event: Event, now: Instant);
+        fn pump(&mut self, now: Instant);
+    }
+
+    /// A frame from the server on connection `generation`.
+    pub fn frame(driven: &mut impl Drive, generation: u64, frame: Inbound, now: Instant) {
+        driven.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
+        driven.pump(now);
+    }
+
+    pub fn ack(kind: AckKind, seq: Option<i64>) -> Inbound {
+        Inbound::Ack { kind, seq }
+    }
+
+    /// A new connection, answered as the real server does: `ack connect` first.
+    pub fn connect(driven: &mut impl Drive, generation: u64, now: Instant) {
+        driven.handle(Event::Link(LinkEvent::Connected { generation }), now);
+        driven.pump(now);
+        frame(driven, generation, ack(AckKind::Connect, None), now);
+    }
+
+    /// Output of the job's, as a reader thread sends it.
+    pub fn output(driven: &mut impl Drive, stream: Stream, text: &str, now: Instant) {
+        let text = text.into();
+        driven.handle(Event::Output { stream, text }, now);
+    }
+
+    /// Connection `generation` lost (the link's report).
+    pub fn cut(driven: &mut impl Drive, generation: u64, now: Instant) {
+        let reason = "cut".into();
+        driven.handle(
+            Event::Link(LinkEvent::Disconnected { generation, reason }),
+            now,
+        );
+    }
+
+    /// Connection 1, its start ACKed and numbering settled.
+    pub fn sync(driven: &mut impl Drive, t0: Instant) {
+        connect(driven, 1, t0);
+        frame(driven, 1, ack(AckKind::Start, None), t0);
+        frame(driven, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+    }
+
+    pub fn delivered(retcode: i32) -> Outcome {
+        Outcome {
+            retcode,
+            delivered: true,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -909,7 +963,9 @@ mod tests {
 
     use std::time::Duration;
 
-    use super::testing::{session, spawned_at};
+    use super::testing::{
+        Drive, ack, connect, cut, delivered, frame, output, session, spawned_at, sync,
+    };
     use crate::exit_codes;
     use crate::messages::Event;
     use crate::run::effects::fake::FakeEffects;
@@ -929,23 +985,8 @@ mod tests {
             }
         }
 
-        /// What the supervisor does with an output or link event.
-        fn handle(&mut self, event: Event, now: Instant) {
-            match event {
-                Event::Output { stream, text } => self.session.on_output(stream, &text, now),
-                Event::Link(event) => {
-                    let _ = self.session.on_link(event, now, &mut self.effects);
-                }
-                _ => panic!("not an event the session handles"),
-            }
-        }
-
         fn on_time(&mut self, now: Instant) {
             self.session.on_time(now, &mut self.effects);
-        }
-
-        fn pump(&mut self, now: Instant) {
-            self.session.pump(now, &mut self.effects);
         }
 
         fn next_deadline(&self) -> Option<Instant> {
@@ -961,13 +1002,21 @@ mod tests {
         }
     }
 
-    fn frame(run: &mut Run, generation: u64, frame: Inbound, now: Instant) {
-        run.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
-        run.pump(now);
-    }
+    impl Drive for Run {
+        /// What the supervisor does with an output or link event.
+        fn handle(&mut self, event: Event, now: Instant) {
+            match event {
+                Event::Output { stream, text } => self.session.on_output(stream, &text, now),
+                Event::Link(event) => {
+                    let _ = self.session.on_link(event, now, &mut self.effects);
+                }
+                _ => panic!("not an event the session handles"),
+            }
+        }
 
-    fn ack(kind: AckKind, seq: Option<i64>) -> Inbound {
-        Inbound::Ack { kind, seq }
+        fn pump(&mut self, now: Instant) {
+            self.session.pump(now, &mut self.effects);
+        }
     }
 
     fn types(run: &Run) -> Vec<String> {
@@ -981,24 +1030,8 @@ mod tests {
     /// A session on connection 1, its start ACKed and numbering settled.
     fn synced(t0: Instant) -> Run {
         let mut run = Run::new(t0);
-        connect(&mut run, 1, t0);
-        frame(&mut run, 1, ack(AckKind::Start, None), t0);
-        frame(&mut run, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        sync(&mut run, t0);
         run
-    }
-
-    fn delivered(retcode: i32) -> Outcome {
-        Outcome {
-            retcode,
-            delivered: true,
-        }
-    }
-
-    /// A new connection, answered as the real server does: `ack connect` first.
-    fn connect(run: &mut Run, generation: u64, now: Instant) {
-        run.handle(Event::Link(LinkEvent::Connected { generation }), now);
-        run.pump(now);
-        frame(run, generation, ack(AckKind::Connect, None), now);
     }
 
     fn job_ends(run: &mut Run, status: i32, now: Instant) {
@@ -1034,13 +1067,7 @@ mod tests {
     fn a_sync_response_before_the_connect_ack_is_not_ours() {
         let t0 = Instant::now();
         let mut run = Run::new(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "kept\n".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "kept\n", t0);
         job_ends(&mut run, 0, t0);
         run.handle(Event::Link(LinkEvent::Connected { generation: 1 }), t0);
         // A hostile or confused server answers before reading our frames.
@@ -1065,24 +1092,12 @@ mod tests {
         let late = t0 + Duration::from_secs(30);
         // First connection: start is not ACKed (cut), then a second one.
         run.handle(Event::Link(LinkEvent::Connected { generation: 1 }), late);
-        run.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 1,
-                reason: "cut".into(),
-            }),
-            late,
-        );
+        cut(&mut run, 1, late);
         connect(&mut run, 2, late);
         frame(&mut run, 2, ack(AckKind::Start, None), late);
         frame(&mut run, 2, Inbound::SyncResponse { last_seq: -1 }, late);
         // complete goes out; its ACK is lost with the connection; resent.
-        run.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 2,
-                reason: "cut".into(),
-            }),
-            late,
-        );
+        cut(&mut run, 2, late);
         connect(&mut run, 3, late + Duration::from_secs(5));
         frame(
             &mut run,
@@ -1100,13 +1115,7 @@ mod tests {
     fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
         let t0 = Instant::now();
         let mut run = Run::new(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "never acked\n".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "never acked\n", t0);
         job_ends(&mut run, 0, t0);
         // Every 20 s a new connection whose start is ACKed, output never is.
         let mut now = t0;
@@ -1128,13 +1137,7 @@ mod tests {
             );
             now += Duration::from_secs(20);
             run.on_time(now);
-            run.handle(
-                Event::Link(LinkEvent::Disconnected {
-                    generation,
-                    reason: "cut".into(),
-                }),
-                now,
-            );
+            cut(&mut run, generation, now);
         }
         assert!(run.effects().undelivered.contains("never acked"));
     }
@@ -1143,13 +1146,7 @@ mod tests {
     fn happy_path_output_waits_for_start_ack_then_complete_after_all_acks() {
         let t0 = Instant::now();
         let mut run = Run::new(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "hello\n".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "hello\n", t0);
         connect(&mut run, 1, t0);
         assert_eq!(types(&run), ["connect", "start", "sync_request"]);
         frame(&mut run, 1, ack(AckKind::Connect, None), t0);
@@ -1183,32 +1180,14 @@ mod tests {
     fn reconnect_renumbers_and_resends_only_unacked_output() {
         let t0 = Instant::now();
         let mut run = synced(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "a".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "a", t0);
         run.on_time(t0 + Duration::from_secs(1));
         run.pump(t0 + Duration::from_secs(1));
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "b".into(),
-            },
-            t0 + Duration::from_secs(2),
-        );
+        output(&mut run, Stream::Stdout, "b", t0 + Duration::from_secs(2));
         run.pump(t0 + Duration::from_secs(2));
         assert_eq!(outputs(&run), [(0, "a".to_string()), (1, "b".to_string())]);
         frame(&mut run, 1, ack(AckKind::Output, Some(0)), t0);
-        run.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 1,
-                reason: "cut".into(),
-            }),
-            t0,
-        );
+        cut(&mut run, 1, t0);
         connect(&mut run, 2, t0);
         // start was ACKed once: it is not sent again (it would reset the output).
         assert_eq!(
@@ -1238,26 +1217,14 @@ mod tests {
     fn a_dropped_connection_sends_nothing_more_and_its_late_acks_still_count() {
         let t0 = Instant::now();
         let mut run = synced(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "a".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "a", t0);
         run.pump(t0);
         assert_eq!(outputs(&run), [(0, "a".to_string())]);
         let stalled = t0 + Duration::from_secs(31);
         run.on_time(stalled);
         assert_eq!(run.effects().drops, [1], "no ACK for 30 s: dropped");
         let sent_before = run.effects().sent.len();
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "b".into(),
-            },
-            stalled,
-        );
+        output(&mut run, Stream::Stdout, "b", stalled);
         run.on_time(stalled + Duration::from_secs(6));
         run.pump(stalled + Duration::from_secs(6));
         assert_eq!(
@@ -1291,13 +1258,7 @@ mod tests {
     fn job_not_found_keeps_the_output_in_the_log() {
         let t0 = Instant::now();
         let mut run = Run::new(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "precious output\n".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stdout, "precious output\n", t0);
         job_ends(&mut run, 0, t0);
         connect(&mut run, 1, t0);
         // The server ignores start for an instance it does not run.
@@ -1326,13 +1287,7 @@ mod tests {
     fn unreachable_server_gives_up_sixty_seconds_after_the_end() {
         let t0 = Instant::now();
         let mut run = Run::new(t0);
-        run.handle(
-            Event::Output {
-                stream: Stream::Stderr,
-                text: "x".into(),
-            },
-            t0,
-        );
+        output(&mut run, Stream::Stderr, "x", t0);
         job_ends(&mut run, 0, t0);
         run.on_time(t0 + DELIVERY_WINDOW - Duration::from_millis(1));
         assert_eq!(run.take_outcome(), None);

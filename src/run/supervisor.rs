@@ -211,7 +211,19 @@ mod tests {
     use crate::run::effects::fake::FakeEffects;
     use crate::run::job::KILL_GRACE;
     use crate::run::session::DELIVERY_WINDOW;
-    use crate::run::session::testing::{INSTANCE, session};
+    use crate::run::session::testing::{
+        Drive, INSTANCE, ack, connect, cut, delivered, frame, output, session, sync,
+    };
+
+    impl Drive for Supervisor<FakeEffects> {
+        fn handle(&mut self, event: Event, now: Instant) {
+            Supervisor::handle(self, event, now);
+        }
+
+        fn pump(&mut self, now: Instant) {
+            Supervisor::pump(self, now);
+        }
+    }
 
     // The session's own behaviour (the wire, ACKs, reconnects, giving up)
     // is tested in session.rs; here, the job's lifecycle and the session
@@ -230,15 +242,6 @@ mod tests {
         Supervisor::new(FakeEffects::new(), session(t0), job, false)
     }
 
-    fn frame(sup: &mut Supervisor<FakeEffects>, generation: u64, frame: Inbound, now: Instant) {
-        sup.handle(Event::Link(LinkEvent::Frame { generation, frame }), now);
-        sup.pump(now);
-    }
-
-    fn ack(kind: AckKind, seq: Option<i64>) -> Inbound {
-        Inbound::Ack { kind, seq }
-    }
-
     fn types(sup: &Supervisor<FakeEffects>) -> Vec<String> {
         sup.effects().types()
     }
@@ -250,24 +253,8 @@ mod tests {
     /// A supervisor on connection 1, its start ACKed and numbering settled.
     fn synced(t0: Instant) -> Supervisor<FakeEffects> {
         let mut sup = supervisor(t0, None);
-        connect(&mut sup, 1, t0);
-        frame(&mut sup, 1, ack(AckKind::Start, None), t0);
-        frame(&mut sup, 1, Inbound::SyncResponse { last_seq: -1 }, t0);
+        sync(&mut sup, t0);
         sup
-    }
-
-    fn delivered(retcode: i32) -> Outcome {
-        Outcome {
-            retcode,
-            delivered: true,
-        }
-    }
-
-    /// A new connection, answered as the real server does: `ack connect` first.
-    fn connect(sup: &mut Supervisor<FakeEffects>, generation: u64, now: Instant) {
-        sup.handle(Event::Link(LinkEvent::Connected { generation }), now);
-        sup.pump(now);
-        frame(sup, generation, ack(AckKind::Connect, None), now);
     }
 
     fn job_ends(sup: &mut Supervisor<FakeEffects>, status: i32, now: Instant) {
@@ -318,13 +305,7 @@ mod tests {
         // output has gone out, and a second start loses nothing.
         for generation in 1..=3 {
             connect(&mut sup, generation, t0);
-            sup.handle(
-                Event::Link(LinkEvent::Disconnected {
-                    generation,
-                    reason: "cut".into(),
-                }),
-                t0,
-            );
+            cut(&mut sup, generation, t0);
         }
         assert_eq!(sup.effects().told, ["M minion-7"]);
         connect(&mut sup, 4, t0);
@@ -348,13 +329,7 @@ mod tests {
         assert_eq!(sup.take_outcome(), None);
         // An unanswered complete is sent again on the next connection, but
         // told only once.
-        sup.handle(
-            Event::Link(LinkEvent::Disconnected {
-                generation: 4,
-                reason: "cut".into(),
-            }),
-            t0,
-        );
+        cut(&mut sup, 4, t0);
         connect(&mut sup, 5, t0);
         frame(&mut sup, 5, Inbound::SyncResponse { last_seq: -1 }, t0);
         sup.pump(t0);
@@ -368,13 +343,7 @@ mod tests {
     fn giving_up_writes_the_log_before_the_guardian_is_released() {
         let t0 = Instant::now();
         let mut sup = supervisor(t0, None);
-        sup.handle(
-            Event::Output {
-                stream: Stream::Stdout,
-                text: "kept\n".into(),
-            },
-            t0,
-        );
+        output(&mut sup, Stream::Stdout, "kept\n", t0);
         sup.effects.group_alive = false;
         job_ends(&mut sup, 0, t0);
         assert_eq!(sup.effects().told, ["G"]);
