@@ -14,7 +14,7 @@
 # binfmt_misc entry, qemu-user's execve hands a native executable to the kernel.
 
 # prove_arch TRIPLE: unit tests built for it, the conformance, record,
-# delivery, guardian, crash, security, check, minion_config and dead_dns
+# delivery, guardian, crash, security, check, minion_config, dead_dns and bounded
 # suites (root-only tests included), the
 # old-kernel suite where the filter has the arch's table, and the after-2038
 # check. Prints each suite's time. (The tests of giving up shorten the 60 s
@@ -56,7 +56,7 @@ prove_arch() {
             cargo test --release --locked --test integration -- --include-ignored --exact arch::a_job_in_2040_is_recorded_with_2040_times
         return 0
     fi
-    say "$triple: the conformance, record, delivery, guardian, crash, security, check, minion_config and dead_dns suites${runner:+, under $runner}"
+    say "$triple: the conformance, record, delivery, guardian, crash, security, check, minion_config, dead_dns and bounded suites${runner:+, under $runner}"
     local skip=()
     if [ -n "$runner" ]; then
         # Slow links (36 + 25 + 25 s) with nothing arch-specific in them: the
@@ -65,9 +65,9 @@ prove_arch() {
         say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and by the arches packaging/arches.sh runs natively)"
         skip=(--skip _link_arrive_exact_and_in_order)
     fi
-    timed "conformance .. security, check, minion_config, dead_dns" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
+    timed "conformance .. security, check, minion_config, dead_dns, bounded" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
-        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: "${skip[@]}"
+        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: bounded:: "${skip[@]}"
     # (The host's own old-kernel run is in run_tests; it returned above.)
     if [ -z "$runner" ]; then
         say "$triple: old-kernel tests ($kernel_floor, $deb_arch table) and the conformance suite under the filter"

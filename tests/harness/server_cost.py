@@ -111,7 +111,7 @@ def generator(size_mb):
             f"for (i = 0; i < {lines}; i++) printf \"%09d %s\\n\", i, pad }}'")
 
 
-def measure(wrapper, size_mb, cap_mb, record_out=None, deadline=600, agent_logdir=None):
+def measure(wrapper, size_mb, cap_mb, record_out=None, deadline=600, agent_logdir=None, runner=()):
     work = tempfile.mkdtemp(prefix="sp_server_cost_")
     children = []
     try:
@@ -162,7 +162,7 @@ def measure(wrapper, size_mb, cap_mb, record_out=None, deadline=600, agent_logdi
                    SP_TIMEOUT="0")
         if cap_mb is not None:
             env["SP_OUTPUT_MAX_MB"] = str(cap_mb)
-        launched = subprocess.run([wrapper], env=env, capture_output=True, text=True, timeout=30)
+        launched = subprocess.run([*runner, wrapper], env=env, capture_output=True, text=True, timeout=30)
         if launched.returncode != 0:
             raise SystemExit(f"server_cost: the agent did not start: {launched.stderr.strip()}")
         finished = None
@@ -212,6 +212,8 @@ def main():
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--record-out")
     parser.add_argument("--agent-logdir", help="the agent's SP_WRAPPER_LOGDIR (kept)")
+    parser.add_argument("--runner", default="",
+                        help="what runs the wrapper, e.g. qemu-aarch64 (words; the tests' SP_WRAPPER_RUNNER)")
     args = parser.parse_args()
     multiprocessing.set_start_method("fork")
     if not args.json:
@@ -219,7 +221,7 @@ def main():
         print("|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         row = measure(args.wrapper, size, args.cap_mb, args.record_out, args.deadline,
-                      args.agent_logdir)
+                      args.agent_logdir, args.runner.split())
         if args.json:
             print(json.dumps(row), flush=True)
         else:
