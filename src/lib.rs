@@ -24,6 +24,7 @@ pub mod logger;
 pub mod messages;
 #[cfg(test)]
 pub mod property_tests;
+pub mod timings;
 pub mod to_guardian;
 
 pub mod minion;
