@@ -15,16 +15,16 @@
 //! link's own byte-progress watchdog did the same job and is gone. The link
 //! keeps its ping (`ping_after`, `pong_timeout`) for a peer that neither
 //! takes bytes nor talks while nothing of ours awaits an ACK
-//! (docs/delivery.md, "Dead connections").
+//! (docs/delivery.md, "Reconnects and dead peers").
 //!
 //! Kept where they are used, as they are no protocol or watchdog durations:
-//! polling steps (`job.rs`'s `GROUP_RECHECK` and `KILL_REPEAT`, the
+//! polling steps (`run/job.rs`'s `GROUP_RECHECK` and `KILL_REPEAT`, the
 //! guardian's `GROUP_RECHECK` and `GROUP_RECHECK_SLOW`), the pacer's control
-//! constants (`pacing.rs`'s `TARGET_FRAME` and `FLIGHT_TIME`: how big a
-//! message is, not when something is given up), the daemon's
+//! constants (`report/pacing.rs`'s `TARGET_FRAME` and `FLIGHT_TIME`: how
+//! big a message is, not when something is given up), the daemon's
 //! `PANIC_LOG_WAIT`, and the bounds on the minion's own lookups
-//! (`machine_id::DNS_BOUND`, `nss::NSS_BUDGET`), which run before and apart
-//! from the run's reporting.
+//! (`minion::host_names::DNS_BOUND`, `os::nss::NSS_BUDGET`), which run
+//! before and apart from the run's reporting.
 
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub struct Timings {
     /// server that reads and does not answer): it is dropped and another
     /// opened. The one stall watchdog (see the module comment). Long enough
     /// for a slow link: an ACK comes per message, and messages follow the
-    /// link's speed (`pacing.rs`).
+    /// link's speed (`report/pacing.rs`).
     pub stall: Duration,
     /// 40 s: the server waits up to 30 s for the job's state before it
     /// answers `complete`; after this without an answer we reconnect.
@@ -63,7 +63,7 @@ pub struct Timings {
     pub retry_interval: Duration,
     /// 10 s: a connection we drop is still read (its ACKs) this long while
     /// the server takes what we sent before our close frame, and closes
-    /// (session.rs, `reconnect`).
+    /// (`run/session.rs`, `reconnect`).
     pub close_drain: Duration,
     /// 15 s: silence (no frame, no byte moving) after which we ping.
     pub ping_after: Duration,

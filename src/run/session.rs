@@ -1223,9 +1223,19 @@ mod tests {
         output(&mut run, Stream::Stdout, "a", t0);
         run.pump(t0);
         assert_eq!(outputs(&run), [(0, "a".to_string())]);
-        let stalled = t0 + Duration::from_secs(31);
+        // The one stall watchdog (timings.rs): no ACK progress for `stall`.
+        let stalled = t0 + Timings::DEFAULT.stall;
+        run.on_time(stalled - Duration::from_millis(1));
+        assert!(
+            run.effects().drops.is_empty(),
+            "dropped before the stall bound"
+        );
         run.on_time(stalled);
-        assert_eq!(run.effects().drops, [1], "no ACK for 30 s: dropped");
+        assert_eq!(
+            run.effects().drops,
+            [1],
+            "no ACK for the stall bound: dropped"
+        );
         let sent_before = run.effects().sent.len();
         output(&mut run, Stream::Stdout, "b", stalled);
         run.on_time(stalled + Duration::from_secs(6));

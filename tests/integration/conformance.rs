@@ -296,6 +296,11 @@ fn bad_configuration_fails_at_launch_naming_the_variable() {
             "SP_USER",
             Launch::new(url, "bad", "bad_1", "true", &dir).env("SP_USER", "no-such-user-sp"),
         ),
+        // The test-only timings too: a bad value is refused, not ignored.
+        (
+            "SP_TEST_TIMINGS",
+            Launch::new(url, "bad", "bad_1", "true", &dir).timings("stall=forever"),
+        ),
     ] {
         let launched = launch.run();
         assert_eq!(launched.code, Some(1), "{var}: {launched:?}");
