@@ -115,63 +115,72 @@ impl Timings {
         check_bound: Duration::from_secs(5),
     };
 
-    /// Every field by its name in `SP_TEST_TIMINGS`.
-    fn field(&mut self, name: &str) -> Option<&mut Duration> {
-        Some(match name {
-            "heartbeat" => &mut self.heartbeat,
-            "sync_timeout" => &mut self.sync_timeout,
-            "stall" => &mut self.stall,
-            "complete_timeout" => &mut self.complete_timeout,
-            "delivery_window" => &mut self.delivery_window,
-            "connect_timeout" => &mut self.connect_timeout,
-            "handshake_timeout" => &mut self.handshake_timeout,
-            "retry_interval" => &mut self.retry_interval,
-            "close_drain" => &mut self.close_drain,
-            "ping_after" => &mut self.ping_after,
-            "pong_timeout" => &mut self.pong_timeout,
-            "close_wait" => &mut self.close_wait,
-            "link_close_bound" => &mut self.link_close_bound,
-            "kill_grace" => &mut self.kill_grace,
-            "drain_grace" => &mut self.drain_grace,
-            "group_wait" => &mut self.group_wait,
-            "report_timeout" => &mut self.report_timeout,
-            "check_bound" => &mut self.check_bound,
-            _ => return None,
-        })
+    /// The names of the fields in `SP_TEST_TIMINGS`, in the order of `fields`.
+    const NAMES: [&'static str; 18] = [
+        "heartbeat",
+        "sync_timeout",
+        "stall",
+        "complete_timeout",
+        "delivery_window",
+        "connect_timeout",
+        "handshake_timeout",
+        "retry_interval",
+        "close_drain",
+        "ping_after",
+        "pong_timeout",
+        "close_wait",
+        "link_close_bound",
+        "kill_grace",
+        "drain_grace",
+        "group_wait",
+        "report_timeout",
+        "check_bound",
+    ];
+
+    /// Every field, in the order of `NAMES`.
+    fn fields(&mut self) -> [&mut Duration; 18] {
+        [
+            &mut self.heartbeat,
+            &mut self.sync_timeout,
+            &mut self.stall,
+            &mut self.complete_timeout,
+            &mut self.delivery_window,
+            &mut self.connect_timeout,
+            &mut self.handshake_timeout,
+            &mut self.retry_interval,
+            &mut self.close_drain,
+            &mut self.ping_after,
+            &mut self.pong_timeout,
+            &mut self.close_wait,
+            &mut self.link_close_bound,
+            &mut self.kill_grace,
+            &mut self.drain_grace,
+            &mut self.group_wait,
+            &mut self.report_timeout,
+            &mut self.check_bound,
+        ]
     }
 
     /// The defaults with a test's shorter values (`stall=3000,heartbeat=500`:
     /// milliseconds). Only shorter, and at least 1 ms: a real server never
     /// sees a longer or a zero timing. An error is one line for the user.
     pub fn from_test_spec(spec: &str) -> Result<Timings, String> {
-        let mut timings = Timings::DEFAULT;
-        for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
-            let (name, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("{TEST_VARIABLE}: {pair:?} is not name=milliseconds"))?;
-            let (name, value) = (name.trim(), value.trim());
-            let shipped = Timings::DEFAULT.field_value(name).ok_or_else(|| {
-                format!("{TEST_VARIABLE}: {name:?} is not a timing (see src/timings.rs)")
-            })?;
-            let ms: u64 = value
-                .parse()
-                .map_err(|_| format!("{TEST_VARIABLE}: {name}={value:?} is not milliseconds"))?;
-            let wanted = Duration::from_millis(ms);
-            if ms == 0 || wanted > shipped {
+        let (mut timings, mut shipped) = (Timings::DEFAULT, Timings::DEFAULT);
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let shortened = pair.split_once('=').and_then(|(name, ms)| {
+                let index = Self::NAMES.iter().position(|n| *n == name.trim())?;
+                let wanted = Duration::from_millis(ms.trim().parse().ok()?);
+                (!wanted.is_zero() && wanted <= *shipped.fields()[index]).then_some((index, wanted))
+            });
+            let Some((index, wanted)) = shortened else {
                 return Err(format!(
-                    "{TEST_VARIABLE}: {name}={ms} must be from 1 to {} ms (it can only shorten)",
-                    shipped.as_millis()
+                    "{TEST_VARIABLE}: {pair:?} is not name=milliseconds with a name of \
+                     src/timings.rs and a value from 1 to its default (it can only shorten)"
                 ));
-            }
-            if let Some(field) = timings.field(name) {
-                *field = wanted;
-            }
+            };
+            *timings.fields()[index] = wanted;
         }
         Ok(timings)
-    }
-
-    fn field_value(mut self, name: &str) -> Option<Duration> {
-        self.field(name).map(|d| *d)
     }
 
     /// This process's timings: the defaults, or a test's (`SP_TEST_TIMINGS`).
@@ -205,6 +214,25 @@ mod tests {
         assert_eq!(t.retry_interval, Duration::from_millis(1));
         assert_eq!(t.heartbeat, Timings::DEFAULT.heartbeat);
         assert_eq!(Timings::from_test_spec(""), Ok(Timings::DEFAULT));
+    }
+
+    #[test]
+    fn every_field_has_its_name() {
+        // Each field set through its name alone: a name in the wrong place
+        // would set another field.
+        let mut shipped = Timings::DEFAULT;
+        for (index, name) in Timings::NAMES.iter().enumerate() {
+            let t = Timings::from_test_spec(&format!("{name}=1")).expect(name);
+            let mut t = t;
+            for (other, value) in t.fields().into_iter().enumerate() {
+                let want = if other == index {
+                    Duration::from_millis(1)
+                } else {
+                    *shipped.fields()[other]
+                };
+                assert_eq!(*value, want, "{name}");
+            }
+        }
     }
 
     #[test]
