@@ -142,7 +142,7 @@ fn check_setup(cfg: &Config, url_given: bool, machine: &str, report: &mut Report
 /// The server accepts a WebSocket and ACKs our `connect`, each step within
 /// `Timings::check_bound` (this process's timings are built here, once).
 fn server(cfg: &Config, machine: &str) -> Result<String, String> {
-    let timings = Timings::from_env()?;
+    let timings = Timings::from_env().map_err(|e| e.to_string())?;
     let url = &cfg.url.raw;
     let frame = protocol::Encoder::new(JOB_NAME, JOB_INSTANCE, machine).connect(clock::now());
     let answer = link::ask_once(&cfg.url, frame, &timings).map_err(|e| format!("{url}: {e}"))?;

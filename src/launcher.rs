@@ -67,12 +67,7 @@ pub fn prepare() -> Result<Launch, LaunchError> {
     if cfg.machine_id.is_none() {
         minion::id::note_salt_ancestor();
     }
-    let timings = Timings::from_env().map_err(|problem| {
-        LaunchError::InvalidVariable(crate::config::ConfigError {
-            var: crate::timings::TEST_VARIABLE,
-            problem,
-        })
-    })?;
+    let timings = Timings::from_env().map_err(LaunchError::InvalidVariable)?;
     Ok(Launch { cfg, user, timings })
 }
 

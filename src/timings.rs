@@ -28,6 +28,8 @@
 
 use std::time::Duration;
 
+use crate::config::ConfigError;
+
 /// The durations a run's processes go by. Every field says its default and
 /// why; a test may only shorten them (`from_test_spec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +166,7 @@ impl Timings {
     /// The defaults with a test's shorter values (`stall=3000,heartbeat=500`:
     /// milliseconds). Only shorter, and at least 1 ms: a real server never
     /// sees a longer or a zero timing. An error is one line for the user.
-    pub fn from_test_spec(spec: &str) -> Result<Timings, String> {
+    pub fn from_test_spec(spec: &str) -> Result<Timings, ConfigError> {
         let (mut timings, mut shipped) = (Timings::DEFAULT, Timings::DEFAULT);
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let shortened = pair.split_once('=').and_then(|(name, ms)| {
@@ -173,10 +175,13 @@ impl Timings {
                 (!wanted.is_zero() && wanted <= *shipped.fields()[index]).then_some((index, wanted))
             });
             let Some((index, wanted)) = shortened else {
-                return Err(format!(
-                    "{TEST_VARIABLE}: {pair:?} is not name=milliseconds with a name of \
-                     src/timings.rs and a value from 1 to its default (it can only shorten)"
-                ));
+                return Err(ConfigError {
+                    var: TEST_VARIABLE,
+                    problem: format!(
+                        "{pair:?} is not name=milliseconds with a name of src/timings.rs \
+                         and a value from 1 to its default (it can only shorten)"
+                    ),
+                });
             };
             *timings.fields()[index] = wanted;
         }
@@ -184,12 +189,15 @@ impl Timings {
     }
 
     /// This process's timings: the defaults, or a test's (`SP_TEST_TIMINGS`).
-    pub fn from_env() -> Result<Timings, String> {
+    pub fn from_env() -> Result<Timings, ConfigError> {
         match std::env::var_os(TEST_VARIABLE) {
             None => Ok(Timings::DEFAULT),
             Some(spec) => match spec.to_str() {
                 Some(spec) => Timings::from_test_spec(spec),
-                None => Err(format!("{TEST_VARIABLE}: not UTF-8")),
+                None => Err(ConfigError {
+                    var: TEST_VARIABLE,
+                    problem: "not UTF-8".into(),
+                }),
             },
         }
     }
@@ -248,7 +256,7 @@ mod tests {
             "nonsense=5",
             "=5",
         ] {
-            let error = Timings::from_test_spec(spec).expect_err(spec);
+            let error = Timings::from_test_spec(spec).expect_err(spec).to_string();
             assert!(
                 error.starts_with("SP_TEST_TIMINGS: ") && !error.contains('\n'),
                 "{spec}: {error}"
