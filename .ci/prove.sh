@@ -17,9 +17,9 @@
 # delivery, guardian, crash, security, check, minion_config, dead_dns and bounded
 # suites (root-only tests included), the
 # old-kernel suite where the filter has the arch's table, and the after-2038
-# check. Prints each suite's time. (The tests of giving up shorten the 60 s
-# delivery window with the test-only SP_TEST_DELIVERY_WINDOW_MS, so they run
-# everywhere, the old-kernel filter and qemu included.)
+# check. Prints each suite's time. (The tests of giving up and the slow
+# links shorten the agent's timings with the test-only SP_TEST_TIMINGS, so
+# they run everywhere, the old-kernel filter and qemu included.)
 
 prove_arch() {
     local triple=$1 runner='' unit_runner_var faker started
@@ -57,17 +57,9 @@ prove_arch() {
         return 0
     fi
     say "$triple: the conformance, record, delivery, guardian, crash, security, check, minion_config, dead_dns and bounded suites${runner:+, under $runner}"
-    local skip=()
-    if [ -n "$runner" ]; then
-        # Slow links (36 + 25 + 25 s) with nothing arch-specific in them: the
-        # pacing is integer arithmetic on ACK times, TIOCOUTQ the same number
-        # on every arch we build.
-        say "SKIPPED under $runner: the three *_link_arrive_exact_and_in_order tests (8 KiB/s shallow, 8 and 64 KiB/s deep; 86 s, arch-independent; run by the host build and by the arches packaging/arches.sh runs natively)"
-        skip=(--skip _link_arrive_exact_and_in_order)
-    fi
     timed "conformance .. security, check, minion_config, dead_dns, bounded" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
-        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: bounded:: "${skip[@]}"
+        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: bounded::
     # (The host's own old-kernel run is in run_tests; it returned above.)
     if [ -z "$runner" ]; then
         say "$triple: old-kernel tests ($kernel_floor, $deb_arch table) and the conformance suite under the filter"

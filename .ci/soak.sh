@@ -24,13 +24,14 @@ soak_hog_stop() {
 }
 
 # The host's part of ./build.sh test: every integration test (root-only and
-# old-kernel ones included; arch:: is per arch), then the conformance and
-# guardian suites again under the 2.6.32 filter.
+# old-kernel ones included; arch:: is per arch), then the conformance,
+# guardian, crash, record, delivery and security suites again under the
+# 2.6.32 filter.
 soak_host() {
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked --test integration -- \
         --include-ignored --skip arch:: &&
         SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked \
-            --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash::
+            --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash:: record:: delivery:: security::
 }
 
 # soak_summary LOG STATUS: "ok, N passed" (summed over the log's test

@@ -15,11 +15,11 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::messages::{AckKind, Inbound};
 use crate::os::{child, clock};
+use crate::timings::Timings;
 use crate::wire::{link, protocol};
 use crate::{exit_codes, minion};
 
@@ -31,9 +31,6 @@ pub const JOB_NAME: &str = "sp_wrapper --check";
 /// can never be a run's: the server keys a connection by
 /// `<instance>:<machine>`, and this key is never a real job's.
 pub const JOB_INSTANCE: &str = "sp_wrapper --check";
-/// How long the server has to accept, shake hands and ACK the `connect`
-/// (each bounded by it).
-const SERVER_BOUND: Duration = Duration::from_secs(5);
 /// What stands for `SP_WEBSOCKET_URL` when it is not set: a
 /// name that cannot resolve (`.invalid`, RFC 2606), never contacted.
 const NO_URL: &str = "ws://sp-wrapper-check.invalid/";
@@ -142,12 +139,13 @@ fn check_setup(cfg: &Config, url_given: bool, machine: &str, report: &mut Report
     report.say("SP_USER", user(cfg.user.as_deref()));
 }
 
-/// The server accepts a WebSocket and ACKs our `connect`.
+/// The server accepts a WebSocket and ACKs our `connect`, each step within
+/// `Timings::check_bound` (this process's timings are built here, once).
 fn server(cfg: &Config, machine: &str) -> Result<String, String> {
+    let timings = Timings::from_env().map_err(|e| e.to_string())?;
     let url = &cfg.url.raw;
     let frame = protocol::Encoder::new(JOB_NAME, JOB_INSTANCE, machine).connect(clock::now());
-    let answer =
-        link::ask_once(&cfg.url, frame, SERVER_BOUND).map_err(|e| format!("{url}: {e}"))?;
+    let answer = link::ask_once(&cfg.url, frame, &timings).map_err(|e| format!("{url}: {e}"))?;
     match protocol::decode(&answer) {
         Ok(Inbound::Ack {
             kind: AckKind::Connect,

@@ -132,9 +132,9 @@ pub struct Variable {
 /// `--help` prints it, the property tests set these names, and the unit tests check
 /// that docs/configuration.md has a row for each and no other. The order is
 /// the doc's. Test-only variables are not configuration and are not here:
-/// `SP_TEST_RECONNECT_DELAY_MS` (link.rs), `SP_TEST_DELIVERY_WINDOW_MS`
-/// (live.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON` (minion/id.rs's tests,
-/// build.sh) and `SP_PROPERTY_CASES` (property_tests.rs).
+/// `SP_TEST_TIMINGS` (timings.rs), `SP_TEST_PYTHON`/`SP_TEST_SALT_PYTHON`
+/// (minion/id.rs's tests, build.sh) and `SP_PROPERTY_CASES`
+/// (property_tests.rs).
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SP_WEBSOCKET_URL",

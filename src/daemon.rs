@@ -36,7 +36,7 @@ pub fn run_in_foreground(launch: &Launch) -> Result<i32, LaunchError> {
     let lock = lockfile::acquire_for_job(&launch.cfg)?;
     let started = start_job(launch, lock)?;
     remove_stale_spools(&launch.cfg);
-    Ok(supervise(&launch.cfg, started, true).retcode)
+    Ok(supervise(launch, started, true).retcode)
 }
 
 /// The detached daemon (the guardian's child, holding the lock with it):
@@ -57,7 +57,7 @@ pub fn run_detached(
     remove_stale_spools(&launch.cfg);
     // (The guardian was told the run is settled as soon as it was,
     // before the link closed and the lock was released.)
-    supervise(&launch.cfg, started, false);
+    supervise(launch, started, false);
     Ok(exit_codes::SUCCESS)
 }
 
@@ -185,7 +185,8 @@ fn install_panic_hook() {
 }
 
 /// Wire the threads around the supervisor and run it to the end.
-fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
+fn supervise(launch: &Launch, started: Started, foreground: bool) -> Outcome {
+    let (cfg, timings) = (&launch.cfg, &launch.timings);
     let Started {
         job,
         lock,
@@ -202,7 +203,7 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         })
         .and_then(|_| child::spawn_waiter(job.pid, events.clone()))
         .and_then(|_| spawn_signal_thread(events.clone()))
-        .and_then(|_| live::spawn_link(cfg, None, events.clone(), frame_pool.clone()));
+        .and_then(|_| live::spawn_link(cfg, timings, None, events.clone(), frame_pool.clone()));
     let link = match threads {
         Ok(link) => link,
         Err(e) => {
@@ -232,10 +233,17 @@ fn supervise(cfg: &Config, started: Started, foreground: bool) -> Outcome {
         job.pid,
     );
     let outbox = live::outbox(cfg, spool_candidates);
-    let session = live::session(cfg, (job.pid, job.spawned_at), outbox, frame_pool, at);
+    let session = live::session(
+        cfg,
+        timings,
+        (job.pid, job.spawned_at),
+        outbox,
+        frame_pool,
+        at,
+    );
     let session = live::with_output_cap(cfg, session);
     let effects = LiveEffects::for_job(link, job.pid, log);
-    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, at);
+    let lifecycle = JobLifecycle::new(cfg.timeout, !cfg.separate_streams, timings, at);
     let mut supervisor = Supervisor::new(effects, session, lifecycle, foreground);
     if let Some(error) = log_error {
         supervisor.handle(

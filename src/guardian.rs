@@ -57,16 +57,13 @@ use crate::report::spool;
 use crate::run::job::{Finished, JobLifecycle};
 use crate::run::live::{self, LiveEffects};
 use crate::run::supervisor::Supervisor;
+use crate::timings::Timings;
 use crate::to_guardian::Told;
 use crate::wire::frames::FramePool;
 use crate::{exit_codes, launcher, logger, to_guardian};
 
-/// How long the group may take to die before the guardian reports anyway
-/// (SIGKILL is immediate unless a process is in uninterruptible sleep); the
-/// lock stays held until the group is gone, however long that takes.
-const GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between looks at the group while it is dying; later (a
-/// process stuck past `GROUP_WAIT`, the lock still held for it),
+/// process stuck past `Timings::group_wait`, the lock still held for it),
 /// `GROUP_RECHECK_SLOW`.
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
 const GROUP_RECHECK_SLOW: Duration = Duration::from_secs(1);
@@ -256,7 +253,7 @@ fn reap(pid: libc::pid_t) -> i32 {
 impl Guardian {
     /// Wait for the daemon; if it died before its run was settled, take
     /// over. Returns the guardian's exit code (nobody waits for it).
-    pub fn watch(self, cfg: &Config) -> i32 {
+    pub fn watch(self, cfg: &Config, timings: &Timings) -> i32 {
         let Guardian {
             daemon,
             mut messages,
@@ -294,7 +291,7 @@ impl Guardian {
         }
         let told = Told::parse(&String::from_utf8_lossy(&said));
         match told.job {
-            Some(job) if !told.settled => take_over(cfg, daemon, job, &told, lock),
+            Some(job) if !told.settled => take_over(cfg, timings, daemon, job, &told, lock),
             // Settled, or no job was started (the launcher was told why).
             _ => {
                 reap(daemon);
@@ -307,6 +304,7 @@ impl Guardian {
 
 fn take_over(
     cfg: &Config,
+    timings: &Timings,
     daemon: libc::pid_t,
     (job_pid, spawned_at): (i32, SystemTime),
     told: &Told,
@@ -353,11 +351,17 @@ fn take_over(
         // The daemon saw the group empty after the job's exit: the run
         // ended then.
         Some((_, exited_at)) if told.group_gone => Some(exited_at),
-        _ => group.kill_until_gone(Some(Instant::now() + GROUP_WAIT)),
+        // SIGKILL is immediate unless a process is in uninterruptible
+        // sleep; the lock stays held until the group is gone, however long.
+        _ => group.kill_until_gone(Some(Instant::now() + timings.group_wait)),
     };
     let log = logger::init(cfg).ok().flatten();
     let job_retcode = job_result.map(|(retcode, _)| retcode);
-    let what = what_happened(job_retcode, job_was_running, gone_at.is_some());
+    let what = what_happened(
+        job_retcode,
+        job_was_running,
+        gone_at.is_none().then_some(timings.group_wait),
+    );
     log::error!(
         "guardian: the agent (pid {daemon}) {how} while supervising the job (pid {job_pid}); {what}"
     );
@@ -379,6 +383,7 @@ fn take_over(
         .then(|| format!("\n[sp_wrapper: the agent (pid {daemon}) {how}; {what}]\n"));
     let recorded = report(
         cfg,
+        timings,
         Report {
             job: (job_pid, spawned_at),
             machine: told.machine.clone(),
@@ -414,7 +419,12 @@ fn leader_exit_status(pid: i32) -> Option<i32> {
 }
 
 /// The job's side of the story, for the log and the output line.
-fn what_happened(job_retcode: Option<i32>, was_running: bool, gone: bool) -> String {
+/// `alive_after`: processes of it were still alive that long after the kill.
+fn what_happened(
+    job_retcode: Option<i32>,
+    was_running: bool,
+    alive_after: Option<Duration>,
+) -> String {
     let mut parts = Vec::new();
     if let Some(retcode) = job_retcode {
         parts.push(format!("the job had ended with retcode {retcode}"));
@@ -424,10 +434,10 @@ fn what_happened(job_retcode: Option<i32>, was_running: bool, gone: bool) -> Str
     } else if job_retcode.is_none() {
         parts.push("no process of the job was left".to_string());
     }
-    if !gone {
+    if let Some(wait) = alive_after {
         parts.push(format!(
             "processes of it were still alive {} s later",
-            GROUP_WAIT.as_secs()
+            wait.as_secs()
         ));
     }
     parts.join("; ")
@@ -475,10 +485,10 @@ struct Report {
 /// journal the server had not ACKed (or a line saying what may be missing),
 /// the line, then `complete` with the retcode and `ended_at`. Whatever is not delivered within the session's delivery
 /// window goes to the log. `true` when the server recorded the result.
-fn report(cfg: &Config, report: Report, log: Option<logger::LogHandle>) -> bool {
+fn report(cfg: &Config, timings: &Timings, report: Report, log: Option<logger::LogHandle>) -> bool {
     let (events, inbox) = live::event_channel();
     let frames = FramePool::default();
-    let link = match live::spawn_link(cfg, report.machine, events, frames.clone()) {
+    let link = match live::spawn_link(cfg, timings, report.machine, events, frames.clone()) {
         Ok(link) => link,
         Err(e) => {
             log::error!("guardian: cannot start the link thread to report: {e}");
@@ -508,7 +518,7 @@ fn report(cfg: &Config, report: Report, log: Option<logger::LogHandle>) -> bool 
         ),
         None => {}
     }
-    let mut session = live::session(cfg, report.job, outbox, frames, now);
+    let mut session = live::session(cfg, timings, report.job, outbox, frames, now);
     if report.start_acked {
         session = session.with_start_acked();
     }
@@ -533,19 +543,19 @@ mod tests {
     #[test]
     fn the_jobs_side_is_described() {
         assert_eq!(
-            what_happened(None, true, true),
+            what_happened(None, true, None),
             "the job's process group was killed"
         );
         assert_eq!(
-            what_happened(None, false, true),
+            what_happened(None, false, None),
             "no process of the job was left"
         );
         assert_eq!(
-            what_happened(Some(0), false, true),
+            what_happened(Some(0), false, None),
             "the job had ended with retcode 0"
         );
         assert_eq!(
-            what_happened(Some(3), true, false),
+            what_happened(Some(3), true, Some(Duration::from_secs(5))),
             "the job had ended with retcode 3; the job's process group was killed; \
              processes of it were still alive 5 s later"
         );

@@ -29,17 +29,18 @@ use crate::config::Config;
 use crate::exit_codes::LaunchError;
 use crate::minion;
 use crate::os::child;
+use crate::timings::Timings;
 
 /// How long the daemon waits for the launcher to exit after reporting.
 const LAUNCHER_EXIT_WAIT_MS: i32 = 10;
-/// Salt gives the wrapper 30 s; answer before that even if the daemon hangs.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// What the launcher checked, handed to the daemon.
 pub struct Launch {
     pub cfg: Config,
     /// `SP_USER`, looked up and allowed.
     pub user: Option<child::UserInfo>,
+    /// Built here, once: the guardian and the daemon are forks of us.
+    pub timings: Timings,
 }
 
 /// The configuration from the environment, checked: `SP_*` values, the
@@ -66,7 +67,8 @@ pub fn prepare() -> Result<Launch, LaunchError> {
     if cfg.machine_id.is_none() {
         minion::id::note_salt_ancestor();
     }
-    Ok(Launch { cfg, user })
+    let timings = Timings::from_env().map_err(LaunchError::InvalidVariable)?;
+    Ok(Launch { cfg, user, timings })
 }
 
 pub enum Detached {
@@ -113,13 +115,13 @@ pub fn fork() -> io::Result<libc::pid_t> {
 /// Fork into the launcher and a detached child. Must be called while
 /// single-threaded. In the launcher, `Ok` once the daemon reported that the
 /// job runs; `Err` if the fork failed or the daemon reported a failure.
-pub fn detach() -> Result<Detached, LaunchError> {
+pub fn detach(report_timeout: Duration) -> Result<Detached, LaunchError> {
     let (read_end, write_end) = crate::os::pipe::cloexec(0).map_err(LaunchError::ForkFailed)?;
     let child = fork().map_err(LaunchError::ForkFailed)?;
     if child > 0 {
         drop(write_end);
         // No waitpid: the child is the guardian and outlives us; init reaps it.
-        return await_report(read_end).map(|()| Detached::Launcher);
+        return await_report(read_end, report_timeout).map(|()| Detached::Launcher);
     }
     drop(read_end);
     unsafe { libc::setsid() };
@@ -130,15 +132,15 @@ pub fn detach() -> Result<Detached, LaunchError> {
 }
 
 /// In the launcher: wait for the daemon's report; print it if the job runs.
-fn await_report(read_end: OwnedFd) -> Result<(), LaunchError> {
+fn await_report(read_end: OwnedFd, report_timeout: Duration) -> Result<(), LaunchError> {
     let mut poll = libc::pollfd {
         fd: read_end.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    let ready = unsafe { libc::poll(&mut poll, 1, REPORT_TIMEOUT.as_millis() as i32) };
+    let ready = unsafe { libc::poll(&mut poll, 1, report_timeout.as_millis() as i32) };
     if ready <= 0 {
-        return Err(LaunchError::NoReport(REPORT_TIMEOUT));
+        return Err(LaunchError::NoReport(report_timeout));
     }
     // One line, not to EOF: the daemon keeps the pipe open until we are gone.
     let mut report = Vec::with_capacity(256);

@@ -5,9 +5,9 @@
 //! The three processes a run has (docs/architecture.md): the launcher
 //! (`launcher.rs`), the guardian (`guardian.rs`) and the daemon
 //! (`daemon.rs`); `check.rs` is `--check`. They sit at the top with what
-//! every part reads (the configuration, the exit codes, the log, the
-//! messages between threads, what the daemon tells its guardian); the
-//! folders are the seams below them, and their imports point one way
+//! every part reads (the configuration, the timings, the exit codes, the
+//! log, the messages between threads, what the daemon tells its guardian);
+//! the folders are the seams below them, and their imports point one way
 //! (`run` → `report`, `wire`, `minion`, `os`; `wire` and `minion` → `os`):
 //! `run/` (the supervisor, its session with the server and its threads),
 //! `report/` (the output on its way), `wire/` (the WebSocket), `minion/`
@@ -24,6 +24,7 @@ pub mod logger;
 pub mod messages;
 #[cfg(test)]
 pub mod property_tests;
+pub mod timings;
 pub mod to_guardian;
 
 pub mod minion;

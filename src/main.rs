@@ -64,7 +64,7 @@ fn run() -> Result<i32, LaunchError> {
         // No guardian: we are the caller's child, and the caller sees us die.
         return daemon::run_in_foreground(&launch);
     }
-    let reporter = match launcher::detach()? {
+    let reporter = match launcher::detach(launch.timings.report_timeout)? {
         launcher::Detached::Launcher => return Ok(exit_codes::SUCCESS),
         launcher::Detached::Child(reporter) => reporter,
     };
@@ -80,7 +80,7 @@ fn run() -> Result<i32, LaunchError> {
             // Only the daemon reports to the launcher: without our copy of the
             // pipe, a daemon that dies before reporting gives it EOF at once.
             drop(reporter);
-            Ok(guardian.watch(&launch.cfg))
+            Ok(guardian.watch(&launch.cfg, &launch.timings))
         }
         Ok(guardian::Role::Daemon(lock)) => daemon::run_detached(&launch, lock, reporter),
     }

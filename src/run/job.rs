@@ -12,18 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::exit_codes::{self, KillReason};
 use crate::messages::Stream;
+use crate::timings::Timings;
 
-/// SIGTERM, then this long, then SIGKILL.
-pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After a killed job's main process is gone, how often to look whether the
 /// rest of its group is gone too (zombies still count as members until
 /// reaped; on kernels without subreaper init reaps them and tells us nothing).
 const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// How often SIGKILL is repeated until the group is gone (only while killing).
 const KILL_REPEAT: Duration = Duration::from_millis(100);
-/// After the job's main process exits, how long a background process may keep
-/// its stdout/stderr open before we complete without the rest.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// The job's result, once its main process is gone and its output drained.
 #[derive(Clone, Copy, Debug)]
@@ -77,12 +73,23 @@ pub struct JobLifecycle {
     exit: Option<Exit>,
     kill: Option<Kill>,
     finished: Option<Finished>,
+    /// SIGTERM, then this long, then SIGKILL (`Timings::kill_grace`).
+    kill_grace: Duration,
+    /// After the main process exits, how long a background process may keep
+    /// the output pipes open before we finish without the rest
+    /// (`Timings::drain_grace`).
+    drain_grace: Duration,
 }
 
 impl JobLifecycle {
     /// `merged_output`: one pipe carries both streams, so only stdout is
     /// waited for.
-    pub fn new(timeout: Option<Duration>, merged_output: bool, started: Instant) -> Self {
+    pub fn new(
+        timeout: Option<Duration>,
+        merged_output: bool,
+        timings: &Timings,
+        started: Instant,
+    ) -> Self {
         JobLifecycle {
             timeout,
             merged_output,
@@ -91,6 +98,8 @@ impl JobLifecycle {
             exit: None,
             kill: None,
             finished: None,
+            kill_grace: timings.kill_grace,
+            drain_grace: timings.drain_grace,
         }
     }
 
@@ -105,6 +114,8 @@ impl JobLifecycle {
             exit: None,
             kill: None,
             finished: Some(finished),
+            kill_grace: Timings::DEFAULT.kill_grace,
+            drain_grace: Timings::DEFAULT.drain_grace,
         }
     }
 
@@ -147,7 +158,7 @@ impl JobLifecycle {
         self.check_finished(now, group)
     }
 
-    /// SIGTERM to the group, SIGKILL `KILL_GRACE` later. Repeated kills count
+    /// SIGTERM to the group, SIGKILL `kill_grace` later. Repeated kills count
     /// once; a finished job has nothing to kill.
     pub fn kill(
         &mut self,
@@ -175,7 +186,7 @@ impl JobLifecycle {
         let alive = group(libc::SIGTERM);
         self.kill = Some(Kill {
             reason,
-            next_signal: now + KILL_GRACE,
+            next_signal: now + self.kill_grace,
             group_gone: !alive,
             recheck: None,
         });
@@ -196,7 +207,7 @@ impl JobLifecycle {
     fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> {
         let kill = self.kill.as_ref();
         let drained = match (self.finished, self.exit) {
-            (None, Some(exit)) => Some(exit.at + DRAIN_GRACE),
+            (None, Some(exit)) => Some(exit.at + self.drain_grace),
             _ => None,
         };
         [
@@ -257,7 +268,7 @@ impl JobLifecycle {
     }
 
     /// The job is finished when its main process has exited, its output is
-    /// drained (or `DRAIN_GRACE` has passed), and, if we killed it, no
+    /// drained (or `drain_grace` has passed), and, if we killed it, no
     /// process of its group is left.
     fn check_finished(&mut self, now: Instant, group: &mut dyn FnMut(i32) -> bool) -> JobChange {
         let unchanged = JobChange::default();
@@ -268,13 +279,13 @@ impl JobLifecycle {
             return unchanged;
         };
         let all_closed = self.streams_open == [false, false];
-        if !all_closed && now < exit.at + DRAIN_GRACE {
+        if !all_closed && now < exit.at + self.drain_grace {
             return unchanged;
         }
         if !all_closed {
             log::warn!(
                 "job output still open {} s after its main process exited; completing without the rest",
-                DRAIN_GRACE.as_secs()
+                self.drain_grace.as_secs()
             );
         }
         if let Some(kill) = self.kill.as_mut() {

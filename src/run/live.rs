@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
 use crate::messages::{Event, LinkCommand, Stream};
@@ -19,15 +19,12 @@ use crate::os::child;
 use crate::report::outbox::Outbox;
 use crate::report::output_cap;
 use crate::run::effects::Effects;
-use crate::run::session::{DELIVERY_WINDOW, Session, Settings};
+use crate::run::session::{Session, Settings};
+use crate::timings::Timings;
 use crate::wire::frames::FramePool;
 use crate::wire::link::LinkHandle;
 use crate::wire::{link, protocol};
 use crate::{logger, minion, to_guardian};
-
-/// How long the process waits at exit for the link thread to close the
-/// connection cleanly (a close frame, then the server's reply).
-const LINK_CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// Memory beside the outbox's batches that also holds output: up to 4 MiB of
 /// frames in flight (`pacing::MAX_IN_FLIGHT_BYTES`), recycled frame and batch
@@ -56,6 +53,7 @@ pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
 /// under) is used as it is instead.
 pub fn spawn_link(
     cfg: &Config,
+    timings: &Timings,
     known_machine: Option<String>,
     events: SyncSender<Event>,
     frames: FramePool,
@@ -63,7 +61,7 @@ pub fn spawn_link(
     let machine_override = known_machine.or_else(|| cfg.machine_id.clone());
     let resolve_machine =
         move || minion::id::resolve(machine_override.as_deref(), &|var| std::env::var(var).ok()).0;
-    link::spawn_link(cfg.url.clone(), events, frames, resolve_machine)
+    link::spawn_link(cfg.url.clone(), *timings, events, frames, resolve_machine)
 }
 
 /// The outbox: SP_BUFFER_MAX_MB is the whole budget, so room is kept beside
@@ -77,16 +75,10 @@ pub fn outbox(cfg: &Config, spool_candidates: Vec<std::path::PathBuf>) -> Outbox
     Outbox::new(batch_memory, spool_candidates, cfg.spool_limit)
 }
 
-/// Tests only (docs/testing.md): a shorter delivery window, in
-/// milliseconds, so that tests of giving up wait seconds, not a minute. It
-/// can only shorten `session::DELIVERY_WINDOW`, and never below
-/// `MIN_TEST_DELIVERY_WINDOW`.
-const TEST_DELIVERY_WINDOW_VARIABLE: &str = "SP_TEST_DELIVERY_WINDOW_MS";
-const MIN_TEST_DELIVERY_WINDOW: Duration = Duration::from_millis(500);
-
 /// The session that reports the job `job_pid`, spawned at `spawned_at`.
 pub fn session(
     cfg: &Config,
+    timings: &Timings,
     (job_pid, spawned_at): (i32, SystemTime),
     outbox: Outbox,
     frames: FramePool,
@@ -100,11 +92,7 @@ pub fn session(
         job_pid,
         spawned_at,
         output_interval: cfg.output_interval,
-        delivery_window: std::env::var_os(TEST_DELIVERY_WINDOW_VARIABLE)
-            .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
-            .map_or(DELIVERY_WINDOW, |ms| {
-                Duration::from_millis(ms).clamp(MIN_TEST_DELIVERY_WINDOW, DELIVERY_WINDOW)
-            }),
+        timings: *timings,
     };
     Session::new(settings, outbox, frames, at)
 }
@@ -217,6 +205,6 @@ impl Effects for LiveEffects {
     }
 
     fn close_link(&mut self) {
-        self.link.shutdown(LINK_CLOSE_BOUND);
+        self.link.shutdown();
     }
 }

@@ -17,22 +17,10 @@ use crate::report::output_cap::OutputCap;
 use crate::report::pacing::Pacer;
 use crate::run::effects::Effects;
 use crate::run::job::Finished;
+use crate::timings::Timings;
 use crate::wire::frames::FramePool;
 use crate::wire::protocol::Encoder;
 
-/// PROTOCOL.md: a heartbeat every 5 s.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// How long to wait for `sync_response` before assuming a per-socket server.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Output in flight with no ACK progress for this long: the peer is stuck.
-const ACK_STALL: Duration = Duration::from_secs(30);
-/// The server waits up to 30 s for the job state before answering `complete`.
-const COMPLETE_TIMEOUT: Duration = Duration::from_secs(40);
-/// After the job ends, keep trying to deliver for this long after the later
-/// of the end and the last delivery progress (an ACK for something not ACKed
-/// before). Contact alone does not count: a server that answers but never
-/// ACKs output must not keep the agent alive forever (docs/delivery.md).
-pub const DELIVERY_WINDOW: Duration = Duration::from_secs(60);
 /// `complete` attempts that got no answer before we stop trying.
 const MAX_COMPLETE_ATTEMPTS: u32 = 5;
 /// Output messages in flight at once: enough to keep the pipe full, few
@@ -78,8 +66,8 @@ pub struct Settings {
     /// starttime, the same on every (re)send.
     pub spawned_at: SystemTime,
     pub output_interval: Duration,
-    /// `DELIVERY_WINDOW`, or shorter in tests (`live::session`).
-    pub delivery_window: Duration,
+    /// The heartbeat, the watchdogs and the delivery window (timings.rs).
+    pub timings: Timings,
 }
 
 /// How the run ended.
@@ -166,6 +154,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(settings: Settings, mut outbox: Outbox, frames: FramePool, began: Instant) -> Self {
+        let heartbeat = settings.timings.heartbeat;
         let pacer = Pacer::new();
         outbox.set_send_limit(pacer.limit());
         let encoder = Encoder::new(
@@ -190,7 +179,7 @@ impl Session {
             conn_fruitful: false,
             complete_attempts: 0,
             finished: None,
-            next_heartbeat: began + HEARTBEAT_INTERVAL,
+            next_heartbeat: began + heartbeat,
             last_seal: None,
             outcome: None,
             spill_noted: false,
@@ -598,8 +587,9 @@ impl Session {
     /// When delivery is abandoned: the delivery window after the later of the
     /// job's end and the last delivery progress.
     fn delivery_deadline(&self) -> Option<Instant> {
-        self.finished
-            .map(|finished| finished.at.max(self.last_progress) + self.settings.delivery_window)
+        self.finished.map(|finished| {
+            finished.at.max(self.last_progress) + self.settings.timings.delivery_window
+        })
     }
 
     /// Every deadline the session has now, each once.
@@ -608,13 +598,18 @@ impl Session {
         let conn = self.conn.as_ref().filter(|c| !c.closing);
         // Open output with no seal yet is due at once (from the beginning).
         let seal = (self.outbox.open_bytes() > 0).then(|| self.batch_due().unwrap_or(self.began));
-        let sync = conn.filter(|c| !c.synced).map(|c| c.opened + SYNC_TIMEOUT);
+        let timings = &self.settings.timings;
+        let sync = conn
+            .filter(|c| !c.synced)
+            .map(|c| c.opened + timings.sync_timeout);
+        // The one stall watchdog (timings.rs): ACKs are the end of the way,
+        // so this also catches a socket whose writes stopped moving.
         let ack_stall = conn
             .filter(|_| self.outbox.in_flight() > 0)
-            .map(|c| c.ack_progress + ACK_STALL);
+            .map(|c| c.ack_progress + timings.stall);
         let complete = conn
             .and_then(|c| c.complete_sent)
-            .map(|at| at + COMPLETE_TIMEOUT);
+            .map(|at| at + timings.complete_timeout);
         let give_up = self.delivery_deadline().filter(|_| self.outcome.is_none());
         [
             (Deadline::Heartbeat, Some(self.next_heartbeat)),
@@ -646,28 +641,32 @@ impl Session {
                     // so the server does not declare the machine lost (253).
                     self.send(effects, self.encoder.heartbeat(crate::os::clock::now()));
                     while self.next_heartbeat <= now {
-                        self.next_heartbeat += HEARTBEAT_INTERVAL;
+                        self.next_heartbeat += self.settings.timings.heartbeat;
                     }
                 }
                 Deadline::SealBatch => self.seal(now),
                 Deadline::SyncTimeout => {
                     log::warn!(
                         "no sync_response within {} s; assuming per-socket sequence numbers",
-                        SYNC_TIMEOUT.as_secs()
+                        self.settings.timings.sync_timeout.as_secs()
                     );
                     self.on_synced(None);
                 }
                 Deadline::AckStall => {
-                    self.reconnect(format!("no ACK for {} s", ACK_STALL.as_secs()), effects);
+                    let stall = self.settings.timings.stall;
+                    self.reconnect(format!("no ACK for {} s", stall.as_secs()), effects);
                 }
                 Deadline::CompleteTimeout => self.reconnect(
-                    format!("no answer to complete for {} s", COMPLETE_TIMEOUT.as_secs()),
+                    format!(
+                        "no answer to complete for {} s",
+                        self.settings.timings.complete_timeout.as_secs()
+                    ),
                     effects,
                 ),
                 Deadline::GiveUp => self.give_up(
                     &format!(
                         "no delivery progress for {} s after the job ended (server unreachable, or not acknowledging)",
-                        self.settings.delivery_window.as_secs()
+                        self.settings.timings.delivery_window.as_secs()
                     ),
                     effects,
                 ),
@@ -869,9 +868,10 @@ impl Session {
 pub mod testing {
     use std::time::{Duration, Instant, SystemTime};
 
-    use super::{DELIVERY_WINDOW, Outcome, Session, Settings};
+    use super::{Outcome, Session, Settings};
     use crate::messages::{AckKind, Event, Inbound, LinkEvent, Stream};
     use crate::report::outbox::Outbox;
+    use crate::timings::Timings;
     use crate::wire::frames::FramePool;
 
     /// The instance the test session reports (job "job", machine "m1").
@@ -893,7 +893,7 @@ pub mod testing {
             job_pid: 4242,
             spawned_at: spawned_at(),
             output_interval: Duration::from_millis(1000),
-            delivery_window: DELIVERY_WINDOW,
+            timings: Timings::DEFAULT,
         };
         Session::new(
             settings,
@@ -969,6 +969,9 @@ mod tests {
     use crate::exit_codes;
     use crate::messages::Event;
     use crate::run::effects::fake::FakeEffects;
+
+    const DELIVERY_WINDOW: Duration = Timings::DEFAULT.delivery_window;
+    const HEARTBEAT_INTERVAL: Duration = Timings::DEFAULT.heartbeat;
 
     /// A session and the fake world it acts on: the supervisor's part of
     /// the wiring without the job's lifecycle (a test ends the job itself).
@@ -1220,9 +1223,19 @@ mod tests {
         output(&mut run, Stream::Stdout, "a", t0);
         run.pump(t0);
         assert_eq!(outputs(&run), [(0, "a".to_string())]);
-        let stalled = t0 + Duration::from_secs(31);
+        // The one stall watchdog (timings.rs): no ACK progress for `stall`.
+        let stalled = t0 + Timings::DEFAULT.stall;
+        run.on_time(stalled - Duration::from_millis(1));
+        assert!(
+            run.effects().drops.is_empty(),
+            "dropped before the stall bound"
+        );
         run.on_time(stalled);
-        assert_eq!(run.effects().drops, [1], "no ACK for 30 s: dropped");
+        assert_eq!(
+            run.effects().drops,
+            [1],
+            "no ACK for the stall bound: dropped"
+        );
         let sent_before = run.effects().sent.len();
         output(&mut run, Stream::Stdout, "b", stalled);
         run.on_time(stalled + Duration::from_secs(6));

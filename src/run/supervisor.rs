@@ -209,11 +209,13 @@ mod tests {
 
     use crate::messages::{AckKind, Inbound, LinkEvent, Stream};
     use crate::run::effects::fake::FakeEffects;
-    use crate::run::job::KILL_GRACE;
-    use crate::run::session::DELIVERY_WINDOW;
     use crate::run::session::testing::{
         Drive, INSTANCE, ack, connect, cut, delivered, frame, output, session, sync,
     };
+    use crate::timings::Timings;
+
+    const KILL_GRACE: Duration = Timings::DEFAULT.kill_grace;
+    const DELIVERY_WINDOW: Duration = Timings::DEFAULT.delivery_window;
 
     impl Drive for Supervisor<FakeEffects> {
         fn handle(&mut self, event: Event, now: Instant) {
@@ -238,7 +240,7 @@ mod tests {
         timeout: Option<Duration>,
         merged_output: bool,
     ) -> Supervisor<FakeEffects> {
-        let job = JobLifecycle::new(timeout, merged_output, t0);
+        let job = JobLifecycle::new(timeout, merged_output, &Timings::DEFAULT, t0);
         Supervisor::new(FakeEffects::new(), session(t0), job, false)
     }
 

@@ -14,15 +14,16 @@
 //! Each connection has a generation number; commands for an older generation
 //! are dropped, so a frame meant for a dead socket is never sent on a new one.
 //!
-//! Reconnects: 2 s apart with ±25% jitter (thousands of minions must not
-//! reconnect in lockstep after a server restart; `SP_TEST_RECONNECT_DELAY_MS`
-//! shortens it, for tests only: docs/testing.md). A connection the
+//! Every duration is the run's `Timings` (timings.rs). Reconnects:
+//! `retry_interval` (2 s) apart with ±25% jitter (thousands of minions must
+//! not reconnect in lockstep after a server restart). A connection the
 //! supervisor drops is closed gracefully: a close frame behind what was
 //! sent, and the server's frames (its ACKs) are still read until it closes
-//! the socket, at most `CLOSE_DRAIN` (session.rs, `reconnect`, says why).
-//! Dead peers: a connect timeout, a handshake timeout, TCP keepalive, a
-//! WebSocket ping after 15 s of silence answered within 15 s, and 30 s
-//! without progress while there are bytes to move all end the connection.
+//! the socket, at most `close_drain` (session.rs, `reconnect`, says why).
+//! Dead peers: a connect timeout, a handshake timeout, TCP keepalive, and a
+//! WebSocket ping after `ping_after` (15 s) of silence answered within
+//! `pong_timeout` (15 s) end the connection here; a socket whose writes
+//! stopped moving is the session's stall watchdog's (no ACK comes either).
 //! Inbound frames over 1 MiB are a protocol error.
 //!
 //! `ask_once` is `sp_wrapper --check`'s one exchange on the same connection
@@ -49,33 +50,11 @@ use tungstenite::{Message, WebSocket};
 use crate::config::WsUrl;
 use crate::messages::{Event, LinkCommand, LinkEvent};
 use crate::os::threads::SpawnDetached;
+use crate::timings::Timings;
 use crate::wire::frames::FramePool;
 use crate::wire::protocol;
 use crate::wire::xorshift::XorShift;
 
-/// Per-address TCP connect bound: an unroutable server must not hold us.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on the WebSocket handshake (a server that accepts and says nothing).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Between connection attempts (PROTOCOL.md: 2 s), before jitter.
-const RETRY_INTERVAL: Duration = Duration::from_secs(2);
-/// Tests only (docs/testing.md): a shorter interval between attempts, in
-/// milliseconds, read once. It can only shorten: a real server is never to
-/// see it.
-const TEST_RETRY_VARIABLE: &str = "SP_TEST_RECONNECT_DELAY_MS";
-/// ... and never below this, even in a test.
-const MIN_TEST_RETRY_MS: u64 = 1;
-/// How long a dropped connection is still read (its ACKs) while the server
-/// takes what we sent before our close frame, and closes.
-const CLOSE_DRAIN: Duration = Duration::from_secs(10);
-/// Silence after which we ping the server.
-const PING_AFTER: Duration = Duration::from_secs(15);
-/// Silence after a ping after which the server is considered dead.
-const PONG_TIMEOUT: Duration = Duration::from_secs(15);
-/// No byte moved for this long, with bytes to move, means a stuck peer.
-const WRITE_STALL: Duration = Duration::from_secs(30);
-/// How long a shutdown waits for the server's close reply.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Largest inbound frame: the server sends small control frames only.
 pub const MAX_INBOUND_FRAME: usize = 1 << 20;
 
@@ -85,6 +64,8 @@ pub struct LinkHandle {
     wake: OwnedFd,
     /// Ends its wait when the link thread has returned (its sender is dropped).
     finished: crate::os::oneshot::Receiver<()>,
+    /// How long `shutdown` waits (`Timings::link_close_bound`).
+    close_bound: Duration,
 }
 
 impl LinkHandle {
@@ -97,11 +78,11 @@ impl LinkHandle {
 
     /// Tell the link thread to close the connection (a close frame, and the
     /// server's answer when it comes quickly) and wait until it has returned,
-    /// at most `bound`. Without the wait the process would exit first and
-    /// the server would see an abrupt disconnect.
-    pub fn shutdown(&self, bound: Duration) {
+    /// at most `Timings::link_close_bound`. Without the wait the process
+    /// would exit first and the server would see an abrupt disconnect.
+    pub fn shutdown(&self) {
         self.send(LinkCommand::Shutdown);
-        let _ = self.finished.recv_timeout(bound);
+        let _ = self.finished.recv_timeout(self.close_bound);
     }
 }
 
@@ -109,6 +90,7 @@ impl LinkHandle {
 /// connection; its answer goes to the supervisor as `LinkEvent::Identified`.
 pub fn spawn_link(
     url: WsUrl,
+    timings: Timings,
     events: SyncSender<Event>,
     frames: FramePool,
     resolve_machine: impl FnOnce() -> String + Send + 'static,
@@ -121,14 +103,9 @@ pub fn spawn_link(
         .unwrap_or_default()
         .as_nanos() as u64
         ^ (u64::from(std::process::id()) << 32);
-    let retry_interval = std::env::var_os(TEST_RETRY_VARIABLE)
-        .and_then(|ms| ms.to_str()?.parse::<u64>().ok())
-        .map_or(RETRY_INTERVAL, |ms| {
-            Duration::from_millis(ms.max(MIN_TEST_RETRY_MS)).min(RETRY_INTERVAL)
-        });
     let link = Link {
         url,
-        retry_interval,
+        timings,
         events,
         commands: commands_rx,
         wake: wake_read,
@@ -151,13 +128,13 @@ pub fn spawn_link(
         commands: commands_tx,
         wake: wake_write,
         finished: finished_rx,
+        close_bound: timings.link_close_bound,
     })
 }
 
 struct Link {
     url: WsUrl,
-    /// `RETRY_INTERVAL`, or shorter in tests (`TEST_RETRY_VARIABLE`).
-    retry_interval: Duration,
+    timings: Timings,
     events: SyncSender<Event>,
     commands: Receiver<LinkCommand>,
     wake: OwnedFd,
@@ -248,11 +225,15 @@ impl Counted {
     }
 }
 
-/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address,
-/// by `bound` too), handshake (bounded by `bound`). The socket is left
+/// Open a WebSocket to `url`: resolve, TCP connect (bounded per address by
+/// `connect_timeout`, and by `bound` too), handshake (bounded by `bound`). The socket is left
 /// blocking, with `bound` as its read and write timeouts; the link thread
 /// then makes it non-blocking.
-fn open(url: &WsUrl, bound: Duration) -> Result<WebSocket<Counted>, String> {
+fn open(
+    url: &WsUrl,
+    connect_timeout: Duration,
+    bound: Duration,
+) -> Result<WebSocket<Counted>, String> {
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
@@ -260,7 +241,7 @@ fn open(url: &WsUrl, bound: Duration) -> Result<WebSocket<Counted>, String> {
     let mut last_error = format!("{} resolved to no address", url.host);
     let mut stream = None;
     for addr in &addrs {
-        match TcpStream::connect_timeout(addr, bound.min(CONNECT_TIMEOUT)) {
+        match TcpStream::connect_timeout(addr, bound.min(connect_timeout)) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -289,13 +270,13 @@ fn open(url: &WsUrl, bound: Duration) -> Result<WebSocket<Counted>, String> {
 }
 
 /// `sp_wrapper --check`'s one exchange, on the calling thread: open a
-/// connection (connect and handshake bounded by `bound`), send `frame`,
-/// and return the server's first text frame, each read bounded by `bound`
-/// (a few other frames, pings say, are let by); then close with the
-/// WebSocket closing handshake (its reply waited for at most
-/// `CLOSE_WAIT` for its first frame), as a finished run does.
-pub fn ask_once(url: &WsUrl, frame: String, bound: Duration) -> Result<String, String> {
-    let mut ws = open(url, bound)?;
+/// connection (connect and handshake bounded by `Timings::check_bound`),
+/// send `frame`, and return the server's first text frame, each read bounded
+/// by it too (a few other frames, pings say, are let by); then close with
+/// the WebSocket closing handshake (its reply waited for at most
+/// `close_wait` for its first frame), as a finished run does.
+pub fn ask_once(url: &WsUrl, frame: String, timings: &Timings) -> Result<String, String> {
+    let mut ws = open(url, timings.connect_timeout, timings.check_bound)?;
     let mut answer = match ws.send(Message::text(frame)) {
         Ok(()) => Err("no answer in time".to_string()),
         Err(e) => Err(format!("send failed: {e}")),
@@ -313,8 +294,11 @@ pub fn ask_once(url: &WsUrl, frame: String, bound: Duration) -> Result<String, S
     let _ = ws.close(None);
     let _ = ws.flush();
     // One read for the server's close reply (the connection then ends), at
-    // most CLOSE_WAIT.
-    let _ = ws.get_ref().stream.set_read_timeout(Some(CLOSE_WAIT));
+    // most `close_wait`.
+    let _ = ws
+        .get_ref()
+        .stream
+        .set_read_timeout(Some(timings.close_wait));
     let _ = ws.read();
     answer
 }
@@ -326,7 +310,7 @@ impl Link {
 
     /// 2 s ± 25%.
     fn retry_delay(&mut self) -> Duration {
-        let interval = self.retry_interval.as_millis() as u64;
+        let interval = self.timings.retry_interval.as_millis() as u64;
         let spread = interval / 2; // the ±25% band is 50% wide
         let low = interval - spread / 2;
         Duration::from_millis(low + self.rng.next_u64() % (spread + 1))
@@ -416,7 +400,12 @@ impl Link {
     }
 
     fn connect(&mut self) -> Result<WebSocket<Counted>, String> {
-        let ws = open(&self.url, HANDSHAKE_TIMEOUT)?;
+        let timings = &self.timings;
+        let ws = open(
+            &self.url,
+            timings.connect_timeout,
+            timings.handshake_timeout,
+        )?;
         ws.get_ref()
             .stream
             .set_nonblocking(true)
@@ -425,7 +414,7 @@ impl Link {
     }
 
     /// At shutdown: send what is still queued, then a close frame, and wait
-    /// up to `CLOSE_WAIT` for the server's close reply so the connection
+    /// up to `close_wait` for the server's close reply so the connection
     /// ends with the WebSocket closing handshake, not a reset.
     fn close_cleanly(&self, ws: &mut WebSocket<Counted>, pending: VecDeque<String>) {
         for frame in pending {
@@ -434,7 +423,7 @@ impl Link {
             }
         }
         let _ = ws.close(None);
-        let deadline = Instant::now() + CLOSE_WAIT;
+        let deadline = Instant::now() + self.timings.close_wait;
         let socket_fd = ws.get_ref().stream.as_raw_fd();
         loop {
             let flushed = match ws.flush() {
@@ -476,13 +465,13 @@ impl Link {
         let mut flushing = false;
         let mut last_heard = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        // Byte progress: the counts last seen, when they last grew, and since
-        // when we have had bytes to move (None: nothing to move).
+        // Byte progress (a sign of life for the ping): the counts last
+        // seen, and when they last grew.
         let (mut written_seen, mut acknowledged_seen) = (0u64, 0u64);
         let mut last_moved = Instant::now();
-        let mut busy_since: Option<Instant> = None;
+        let (ping_after, pong_timeout) = (self.timings.ping_after, self.timings.pong_timeout);
         // The supervisor dropped this connection: why, and until when the
-        // server's frames are still read (`CLOSE_DRAIN`).
+        // server's frames are still read (`close_drain`).
         let mut closing: Option<(String, Instant)> = None;
         let socket_fd = ws.get_ref().stream.as_raw_fd();
 
@@ -505,7 +494,7 @@ impl Link {
                         pending.clear();
                         let _ = ws.close(None);
                         flushing = true;
-                        closing = Some((reason, Instant::now() + CLOSE_DRAIN));
+                        closing = Some((reason, Instant::now() + self.timings.close_drain));
                     }
                     Ok(LinkCommand::Drop { .. }) => {}
                     Ok(LinkCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -600,12 +589,6 @@ impl Link {
                 last_moved = now;
                 (written_seen, acknowledged_seen) = (written, acknowledged);
             }
-            let busy = flushing || !pending.is_empty() || acknowledged < written;
-            busy_since = match (busy, busy_since) {
-                (false, _) => None,
-                (true, None) => Some(now),
-                (true, since) => since,
-            };
 
             // Liveness deadlines.
             if let Some((reason, until)) = &closing {
@@ -613,27 +596,20 @@ impl Link {
                     return Ended::Reconnect(reason.clone());
                 }
             }
-            let stall_at = busy_since.map(|since| since.max(last_moved) + WRITE_STALL);
-            if stall_at.is_some_and(|at| now >= at) {
-                return ended(
-                    &closing,
-                    format!("no write progress for {} s", WRITE_STALL.as_secs()),
-                );
-            }
             // Bytes the peer takes are a sign of life too: on a slow link a
             // pong waits behind everything queued before it.
             let alive = last_heard.max(last_moved);
             match ping_sent {
-                Some(at) if now - at.max(last_moved) >= PONG_TIMEOUT => {
+                Some(at) if now - at.max(last_moved) >= pong_timeout => {
                     return ended(
                         &closing,
                         format!(
                             "server silent for {} s after a ping",
-                            PONG_TIMEOUT.as_secs()
+                            pong_timeout.as_secs()
                         ),
                     );
                 }
-                None if closing.is_none() && now - alive >= PING_AFTER => {
+                None if closing.is_none() && now - alive >= ping_after => {
                     if let Err(e) = ws.write(Message::Ping(Vec::new().into())) {
                         if !would_block(&e) {
                             return Ended::Reconnect(format!("ping failed: {e}"));
@@ -646,14 +622,11 @@ impl Link {
                 _ => {}
             }
             let mut deadline = match (ping_sent, &closing) {
-                (Some(at), _) => at.max(last_moved) + PONG_TIMEOUT,
+                (Some(at), _) => at.max(last_moved) + pong_timeout,
                 // No ping while closing: the drain's own bound.
                 (None, Some((_, until))) => *until,
-                (None, None) => alive + PING_AFTER,
+                (None, None) => alive + ping_after,
             };
-            if let Some(at) = stall_at {
-                deadline = deadline.min(at);
-            }
             if let Some((_, until)) = &closing {
                 deadline = deadline.min(*until);
             }

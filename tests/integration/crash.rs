@@ -638,7 +638,7 @@ fn a_kill_of_the_daemon_while_it_gives_up_leaves_the_output_in_the_log() {
     .env("SP_ALLOW_OVERLAP", "false")
     .env("SP_LOCKFILE", lock.to_str().expect("utf-8"))
     .env("SP_SPOOL_DIR", dir.path.to_str().expect("utf-8"))
-    .env("SP_TEST_DELIVERY_WINDOW_MS", "2000")
+    .timings("delivery_window=2000")
     .run()
     .expect_started();
     let (daemon, shell, guardian) = job_pids(&dir);

@@ -305,7 +305,7 @@ fn spool_file_in(dir: &TestDir) -> Option<std::path::PathBuf> {
         .find(|p| p.extension().is_some_and(|x| x == "spool"))
 }
 
-/// `delivery_window`: the test-only `SP_TEST_DELIVERY_WINDOW_MS`, if any.
+/// `delivery_window`: a shorter one for the run (`Launch::timings`), if any.
 fn spill_then_kill_the_daemon(
     server: &mut Harness,
     dir: &TestDir,
@@ -318,10 +318,7 @@ fn spill_then_kill_the_daemon(
     let mut launch = locked_launch(server, dir, "spool", &with_pid_files(dir, writer))
         .env("SP_BUFFER_MAX_MB", "1");
     if let Some(window) = delivery_window {
-        launch = launch.env(
-            "SP_TEST_DELIVERY_WINDOW_MS",
-            &window.as_millis().to_string(),
-        );
+        launch = launch.timings(&format!("delivery_window={}", window.as_millis()));
     }
     launch.run().expect_started();
     let job = job_processes(dir);

@@ -1,6 +1,6 @@
 //! Ten thousand reconnects (issue 24 item 4): a server that completes each
 //! WebSocket handshake and closes at once, and the reconnect delay shortened
-//! for the test (`SP_TEST_RECONNECT_DELAY_MS`, docs/testing.md). Between a
+//! for the test (`retry_interval=1` in `SP_TEST_TIMINGS`, docs/testing.md). Between a
 //! sample after the first connections and one after 10,000, the daemon's
 //! memory, its open descriptors, its log and the pipe to its guardian must
 //! stay flat: nothing may grow per connection. And a connection the agent
@@ -109,7 +109,7 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
         d = dir.path.display()
     );
     let launch = Launch::new(&server.url(), "reconnects", "reconnects_1", &command, &dir)
-        .env("SP_TEST_RECONNECT_DELAY_MS", "1");
+        .timings("retry_interval=1");
     launch_ok(&launch);
     let daemon = read_pid_file(&dir.join("daemon.pid"), Duration::from_secs(10));
     let guardian = parent_of(daemon).expect("the daemon's parent, its guardian");
@@ -180,16 +180,20 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
 /// sockets of an instance: a message appended on the old socket whose ACK
 /// the agent never saw is appended again when the agent resends it on a new
 /// one. Here the server's ACK for the job's output is held back (by the
-/// proxy) past the agent's 30 s ACK check: the agent drops the connection,
-/// and must keep reading it, gracefully closed, until the server's ACK and
-/// close come (4 s later), and only then reconnect, sending nothing again.
-/// The record is the output once. (Before, the agent reconnected at once
-/// and resent it: recorded twice.) Takes about 37 s.
+/// proxy) past the agent's stall watchdog (30 s; 4 s here, `STALL`): the
+/// agent drops the connection, and must keep reading it, gracefully closed,
+/// until the server's ACK and close come (3 s later, within the default
+/// `close_drain`), and only then reconnect, sending nothing again. The
+/// record is the output once. (Before, the agent reconnected at once and
+/// resent it: recorded twice.) Takes about 10 s.
 #[test]
 fn a_connection_dropped_for_late_acks_is_closed_first_so_the_output_is_recorded_once() {
     let dir = TestDir::new("lateacks");
     let mut server = Harness::start(&dir);
     server.add_job("lateacks", "lateacks_1", &[MACHINE]);
+    const STALL: Duration = Duration::from_secs(4);
+    const LATE: Duration = Duration::from_secs(3);
+    assert!(LATE < sp_wrapper::timings::Timings::DEFAULT.close_drain);
     let proxy = ThrottlingProxy::deep(server.port(), 1 << 20);
     let go = dir.join("go");
     let expected: String = (0..100)
@@ -200,13 +204,10 @@ fn a_connection_dropped_for_late_acks_is_closed_first_so_the_output_is_recorded_
          awk 'BEGIN {{ for (i = 0; i < 100; i++) printf \"late ack line %03d\\n\", i }}'",
         go.display()
     );
-    launch_ok(&Launch::new(
-        &proxy.url(),
-        "lateacks",
-        "lateacks_1",
-        &command,
-        &dir,
-    ));
+    launch_ok(
+        &Launch::new(&proxy.url(), "lateacks", "lateacks_1", &command, &dir)
+            .timings(&format!("stall={}", STALL.as_millis())),
+    );
     // Output is sent once the numbering is settled: hold the server's
     // frames from then on, and let the job print.
     assert!(
@@ -215,14 +216,14 @@ fn a_connection_dropped_for_late_acks_is_closed_first_so_the_output_is_recorded_
         "no sync: {}",
         log_text(&dir, "lateacks")
     );
-    proxy.hold_downstream(Duration::from_secs(33));
+    proxy.hold_downstream(STALL + LATE);
     std::fs::write(&go, "").expect("go");
     let result = server
-        .wait_result("lateacks", MACHINE, Duration::from_secs(90))
+        .wait_result("lateacks", MACHINE, Duration::from_secs(60))
         .unwrap_or_else(|partial| panic!("not recorded: {partial:?}"));
     let log = log_text(&dir, "lateacks");
     assert!(
-        log.contains("reconnecting: no ACK for 30 s"),
+        log.contains(&format!("reconnecting: no ACK for {} s", STALL.as_secs())),
         "the agent never dropped the connection, so this proved nothing: {log}"
     );
     assert_eq!(proxy.connections(), 2, "{log}");

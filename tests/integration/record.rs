@@ -8,7 +8,7 @@
 //! | `a_background_process_holding_the_pipes_does_not_stretch_the_end` | endtime = the main process's exit |
 //! | `output_reads_in_the_order_the_job_wrote_it` | merged stdout+stderr equals `sh -c '...' 2>&1` |
 //! | `separate_streams_keep_every_line_labelled` | `SP_OUTPUT=separate`: each line once, in the right stream |
-//! | `a_server_that_never_acks_output_cannot_keep_the_agent_alive` | exit within the delivery window (60 s; 3 s here, `SP_TEST_DELIVERY_WINDOW_MS`) after the end without progress; output in the log |
+//! | `a_server_that_never_acks_output_cannot_keep_the_agent_alive` | exit within the delivery window (60 s; 3 s here, `SP_TEST_TIMINGS`) after the end without progress; output in the log |
 //! | `every_connection_ends_with_a_close_frame` | 30 agents at once: no abrupt disconnect |
 //!
 //! Times are compared with the wall clock read by the test around the
@@ -254,11 +254,12 @@ fn a_server_that_never_acks_output_cannot_keep_the_agent_alive() {
     let pid_file = dir.join("daemon.pid");
     // The daemon is the job's parent.
     let command = format!("echo $PPID > {}; echo precious output", pid_file.display());
-    // The documented bound is 60 s without delivery progress after the end
-    // (session.rs's own tests hold it to that); here the test-only window
-    // of 3 s stands for it, so the test waits seconds, on every arch.
+    // The documented bound is `Timings::DEFAULT.delivery_window` (60 s)
+    // without delivery progress after the end (the session's own tests hold
+    // it to that); here a window of 3 s stands for it, so the test waits
+    // seconds, on every arch.
     Launch::new(&server.url(), "stingy", "stingy_1", &command, &dir)
-        .env("SP_TEST_DELIVERY_WINDOW_MS", "3000")
+        .timings("delivery_window=3000")
         .run()
         .expect_started();
     let daemon = crate::common::read_pid_file(&pid_file, Duration::from_secs(20));

@@ -377,6 +377,13 @@ impl Launch {
         self
     }
 
+    /// Shorter timings for this run (`stall=5000,retry_interval=1`: names
+    /// and milliseconds, src/timings.rs), through the one test-only
+    /// variable, `SP_TEST_TIMINGS` (docs/testing.md).
+    pub fn timings(self, spec: &str) -> Launch {
+        self.env(sp_wrapper::timings::TEST_VARIABLE, spec)
+    }
+
     pub fn unset(mut self, key: &str) -> Launch {
         self.env.retain(|(k, _)| k != key);
         self
