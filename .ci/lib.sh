@@ -34,6 +34,12 @@ CACHE_DIR=${SP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saltpeter-agent}
 # shellcheck source=tests/salt_pins
 . tests/salt_pins
 
+# The suites run again under the 2.6.32 seccomp filter (the old-kernel
+# step of `test` and of the soak): every suite whose launches go through the
+# harness's Launch, which applies the filter (check::, minion_config:: and
+# bounded::'s server-cost run start the binary otherwise).
+# shellcheck disable=SC2034 # read by test.sh and soak.sh
+OLD_KERNEL_SUITES=(old_kernel:: conformance:: guardian:: crash:: record:: delivery:: security:: reconnects::)
 # shellcheck disable=SC2034 # read by the jobs
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # A test-only override of the version compiled in (src/wire/protocol.rs): set

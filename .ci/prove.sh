@@ -14,7 +14,8 @@
 # binfmt_misc entry, qemu-user's execve hands a native executable to the kernel.
 
 # prove_arch TRIPLE: unit tests built for it, the conformance, record,
-# delivery, guardian, crash, security, check, minion_config, dead_dns and bounded
+# delivery, guardian, crash, security, check, minion_config, dead_dns,
+# bounded and reconnects
 # suites (root-only tests included), the
 # old-kernel suite where the filter has the arch's table, and the after-2038
 # check. Prints each suite's time. (The tests of giving up and the slow
@@ -56,10 +57,10 @@ prove_arch() {
             cargo test --release --locked --test integration -- --include-ignored --exact arch::a_job_in_2040_is_recorded_with_2040_times
         return 0
     fi
-    say "$triple: the conformance, record, delivery, guardian, crash, security, check, minion_config, dead_dns and bounded suites${runner:+, under $runner}"
-    timed "conformance .. security, check, minion_config, dead_dns, bounded" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
+    say "$triple: the conformance, record, delivery, guardian, crash, security, check, minion_config, dead_dns, bounded and reconnects suites${runner:+, under $runner}"
+    timed "conformance .. security, check, minion_config, dead_dns, bounded, reconnects" fail_if_selects_nothing env SP_WRAPPER_BIN="$bin" SP_WRAPPER_RUNNER="$runner" \
         cargo test --release --locked --test integration -- --include-ignored \
-        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: bounded::
+        conformance:: record:: delivery:: guardian:: crash:: security:: check:: minion_config:: dead_dns:: bounded:: reconnects::
     # (The host's own old-kernel run is in run_tests; it returned above.)
     if [ -z "$runner" ]; then
         say "$triple: old-kernel tests ($kernel_floor, $deb_arch table) and the conformance suite under the filter"

@@ -24,14 +24,13 @@ soak_hog_stop() {
 }
 
 # The host's part of ./build.sh test: every integration test (root-only and
-# old-kernel ones included; arch:: is per arch), then the conformance,
-# guardian, crash, record, delivery and security suites again under the
-# 2.6.32 filter.
+# old-kernel ones included; arch:: is per arch), then OLD_KERNEL_SUITES
+# (lib.sh) again under the 2.6.32 filter.
 soak_host() {
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked --test integration -- \
         --include-ignored --skip arch:: &&
         SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked \
-            --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash:: record:: delivery:: security::
+            --test integration -- --include-ignored "${OLD_KERNEL_SUITES[@]}"
 }
 
 # soak_summary LOG STATUS: "ok, N passed" (summed over the log's test

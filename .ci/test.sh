@@ -38,8 +38,8 @@ run_tests() {
     step "directory users (SP_USER known only to NSS, libnss-extrausers), static binary"
     SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked --test integration -- --include-ignored --exact \
         security::sp_user_known_only_to_nss_runs_with_its_directory_ids_and_groups
-    step "old-kernel tests: the conformance, guardian, crash, record, delivery and security suites again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
-    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked --test integration -- --include-ignored old_kernel:: conformance:: guardian:: crash:: record:: delivery:: security::
+    step "old-kernel tests: ${OLD_KERNEL_SUITES[*]} again, static binary under a seccomp filter (syscalls after 2.6.32 -> ENOSYS)"
+    SP_TEST_OLD_KERNEL=1 SP_WRAPPER_BIN="$PWD/dist/sp_wrapper" fail_if_selects_nothing cargo test --release --locked --test integration -- --include-ignored "${OLD_KERNEL_SUITES[@]}"
     step "every arch: build-all, then each binary proven (under qemu-user where it is not native)"
     prove_all_arches
     step "packages: build, lint, contents, each arch's binary against the real endpoint, log rotation"

@@ -148,9 +148,21 @@ fn ten_thousand_reconnects_leave_memory_fds_log_and_guardian_pipe_flat() {
         started.elapsed().as_secs_f64()
     );
     let between = last.handshakes - first.handshakes;
+    // Under qemu-user the process measured is qemu, whose own memory grows
+    // by about 110 bytes a connection: the x86_64 binary, flat when it
+    // runs itself, grew 1,048 KiB over 9,500 connections under qemu-x86_64.
+    // There the bound allows 160 bytes a connection more, which a leak of
+    // ours of a few hundred bytes a connection still exceeds; the native
+    // runs (x86_64, i686) hold the exact bound.
+    let runner_allowance = if wrapper_runner().is_empty() {
+        0
+    } else {
+        between * 160 / 1024
+    };
     assert!(
-        last.rss_kib <= first.rss_kib + 256,
-        "the daemon's VmRSS grew from {} to {} KiB over {between} connections",
+        last.rss_kib <= first.rss_kib + 256 + runner_allowance,
+        "the daemon's VmRSS grew from {} to {} KiB over {between} connections \
+         (allowed: 256 KiB + {runner_allowance} KiB for the runner)",
         first.rss_kib,
         last.rss_kib
     );
