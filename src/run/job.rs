@@ -313,3 +313,173 @@ impl JobLifecycle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job's process group, as the lifecycle sees it through `group`:
+    /// alive until SIGKILL or a test says; every signal recorded.
+    struct Group {
+        signals: Vec<i32>,
+        alive: bool,
+    }
+
+    impl Group {
+        fn new() -> Group {
+            Group {
+                signals: Vec::new(),
+                alive: true,
+            }
+        }
+
+        fn signal(&mut self, signal: i32) -> bool {
+            if signal != 0 {
+                self.signals.push(signal);
+            }
+            if signal == libc::SIGKILL {
+                self.alive = false;
+            }
+            self.alive
+        }
+    }
+
+    fn exited(code: i32) -> i32 {
+        code << 8
+    }
+
+    fn job(timeout: Option<Duration>, merged_output: bool, t0: Instant) -> JobLifecycle {
+        JobLifecycle::new(timeout, merged_output, &Timings::DEFAULT, t0)
+    }
+
+    #[test]
+    fn finished_once_the_main_process_exited_and_every_pipe_closed() {
+        let t0 = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut group = Group::new();
+        let mut job = job(None, false, t0);
+        let mut g = |s| group.signal(s);
+        assert!(job.on_exit(exited(3), wall, t0, &mut g).finished.is_none());
+        assert!(
+            job.on_stream_closed(Stream::Stdout, t0, &mut g)
+                .finished
+                .is_none()
+        );
+        let change = job.on_stream_closed(Stream::Stderr, t0, &mut g);
+        let finished = change.finished.expect("finished");
+        assert_eq!((finished.retcode, finished.exited_at), (3, wall));
+        assert!(job.beyond_kill(), "a finished job has nothing to kill");
+        assert!(
+            job.kill(KillReason::Request, t0, &mut g)
+                .kill_marker
+                .is_none()
+        );
+        assert!(group.signals.is_empty());
+    }
+
+    #[test]
+    fn merged_output_waits_for_its_one_pipe() {
+        let t0 = Instant::now();
+        let mut group = Group::new();
+        let mut job = job(None, true, t0);
+        let mut g = |s| group.signal(s);
+        assert!(
+            job.on_stream_closed(Stream::Stdout, t0, &mut g)
+                .finished
+                .is_none()
+        );
+        let change = job.on_exit(exited(0), SystemTime::now(), t0, &mut g);
+        assert_eq!(change.finished.map(|f| f.retcode), Some(0));
+    }
+
+    #[test]
+    fn a_background_process_holding_the_output_open_is_waited_for_drain_grace_only() {
+        let t0 = Instant::now();
+        let grace = Timings::DEFAULT.drain_grace;
+        let mut group = Group::new();
+        let mut job = job(None, false, t0);
+        let mut g = |s| group.signal(s);
+        job.on_exit(exited(0), SystemTime::now(), t0, &mut g);
+        assert_eq!(job.next_deadline(), Some(t0 + grace));
+        let early = t0 + grace - Duration::from_millis(1);
+        assert!(job.on_time(early, &mut g).finished.is_none());
+        assert_eq!(
+            job.on_time(t0 + grace, &mut g).finished.map(|f| f.retcode),
+            Some(0)
+        );
+        assert!(group.signals.is_empty(), "draining kills nothing");
+    }
+
+    #[test]
+    fn a_timeout_sends_sigterm_then_sigkill_after_the_grace_and_gives_124() {
+        let t0 = Instant::now();
+        let grace = Timings::DEFAULT.kill_grace;
+        let timeout = Duration::from_secs(2);
+        let mut group = Group::new();
+        let mut job = job(Some(timeout), false, t0);
+        let mut g = |s| group.signal(s);
+        assert_eq!(job.next_deadline(), Some(t0 + timeout));
+        let change = job.on_time(t0 + timeout, &mut g);
+        assert_eq!(
+            change.kill_marker,
+            Some((
+                Stream::Stderr,
+                "\n[Job exceeded timeout of 2 seconds]\n".into()
+            ))
+        );
+        // The job traps SIGTERM and exits 0: still cut short, 124.
+        job.on_exit(exited(0), SystemTime::now(), t0 + timeout, &mut g);
+        job.on_stream_closed(Stream::Stdout, t0 + timeout, &mut g);
+        let change = job.on_stream_closed(Stream::Stderr, t0 + timeout, &mut g);
+        assert!(change.finished.is_none(), "its group is still alive");
+        let change = job.on_time(t0 + timeout + grace, &mut g);
+        assert_eq!(
+            change.finished.map(|f| f.retcode),
+            Some(exit_codes::TIMEOUT)
+        );
+        assert_eq!(group.signals, [libc::SIGTERM, libc::SIGKILL]);
+    }
+
+    #[test]
+    fn a_killed_job_is_finished_when_its_group_is_gone_and_kills_count_once() {
+        let t0 = Instant::now();
+        let mut group = Group::new();
+        let mut job = job(None, true, t0);
+        {
+            let mut g = |s| group.signal(s);
+            let first = job.kill(KillReason::Request, t0, &mut g);
+            assert_eq!(
+                first.kill_marker,
+                Some((
+                    Stream::Stdout,
+                    "\n[Job terminated by user request]\n".into()
+                ))
+            );
+            for _ in 0..3 {
+                assert!(
+                    job.kill(KillReason::Request, t0, &mut g)
+                        .kill_marker
+                        .is_none()
+                );
+            }
+            job.on_exit(libc::SIGTERM, SystemTime::now(), t0, &mut g);
+            let change = job.on_stream_closed(Stream::Stdout, t0, &mut g);
+            assert!(change.finished.is_none(), "an orphan is left in the group");
+        }
+        assert_eq!(group.signals, [libc::SIGTERM]);
+        // The orphan exits on its own: the next look finds the group empty.
+        group.alive = false;
+        let recheck = job.next_deadline().expect("a look at the group");
+        assert!(recheck < t0 + Timings::DEFAULT.kill_grace, "{recheck:?}");
+        let change = job.on_time(recheck, &mut |s| group.signal(s));
+        assert_eq!(
+            change.finished.map(|f| f.retcode),
+            Some(exit_codes::KILLED_BY_REQUEST)
+        );
+        assert_eq!(
+            group.signals,
+            [libc::SIGTERM],
+            "no SIGKILL for an empty group"
+        );
+    }
+}
