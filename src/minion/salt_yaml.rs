@@ -15,7 +15,7 @@
 //! (`MAX_NODES` a document, `WORK_BUDGET` a lookup, shared by its files):
 //! each mapping is flattened once and each node checked once, as Salt's
 //! loader does, and the same pair merged twice is counted, not copied.
-//! Pure: text in, value out; used by `machine_id` on whatever thread
+//! Pure: text in, value out; used by `salt_config` on whatever thread
 //! resolves the id.
 //!
 //! Why a parser crate and not our own: the constructs real fleets write
@@ -1135,7 +1135,7 @@ mod tests {
             assert!(load(&text).is_err(), "{:?}", &text[..40]);
         }
         // Just within the bound, on half the link thread's 256 KiB stack
-        // (machine_id runs there): nested mappings, sequences and merges.
+        // (the machine id is read there): nested mappings, sequences and merges.
         let deepest = format!(
             "b: &b {{x: 1}}\nid: {}{{<<: *b, y: [z]}}{}\n",
             "{a: [".repeat(30),

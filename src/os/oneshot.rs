@@ -1,6 +1,6 @@
 //! One value handed from a helper thread to a thread that waits for it with
 //! a bound, or just the helper's end: the DNS lookups' answer
-//! (`machine_id`), the panic hook's "logged" (`daemon`), the link thread's
+//! (`minion::host_names`), the panic hook's "logged" (`daemon`), the link thread's
 //! return (`link`). `std::sync::mpsc` did this before, but std compiles all
 //! three of its channel flavours for each value type, some 3 KB of binary
 //! each; this is a mutex and `Thread::unpark`.
