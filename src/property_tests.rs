@@ -310,7 +310,7 @@ fn outbox_against_a_cutting_per_socket_server() {
 #[test]
 fn the_journal_holds_exactly_what_the_server_lacks_at_every_step() {
     let mut rng = Rng(0x5eed_0b0c_0000_0004);
-    let dir = std::env::temp_dir().join(format!("sp_fuzz_journal_{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sp_property_journal_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     for round in 0..iterations(40).max(1) {
