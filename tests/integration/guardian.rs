@@ -776,6 +776,12 @@ fn decoy_with_pid(pid: i32) -> std::process::Child {
     panic!("could not give pid {pid} to a decoy in {tries} tries (30 s)");
 }
 
+/// The state letter of `pid` in /proc/<pid>/stat (`T`: stopped).
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 /// Issue 24: nothing the daemon has read dies with it. The server appends
 /// and ACKs the first 100 KB, then takes nothing more on that connection;
 /// the daemon holds the rest unACKed, in memory (far under its bound, never
@@ -835,6 +841,16 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
     );
     let log = log_text(&dir, "journal");
     assert!(!log.contains("spilling"), "output went past memory: {log}");
+    // Only the guardian's connections may be honest: the daemon, stopped
+    // first, can open none after the server resumes (on a loaded machine its
+    // 30 s stall watchdog may already have reconnected it, to a connection
+    // that drops output like the first, so no ACK is on its way at the kill).
+    kill(job.daemon, libc::SIGSTOP);
+    assert!(
+        wait_until(STARTUP, || process_state(job.daemon) == Some('T')),
+        "the daemon did not stop"
+    );
+    server.resume_new_connections();
     kill(job.daemon, libc::SIGKILL);
     wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
     assert!(

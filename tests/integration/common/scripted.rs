@@ -31,9 +31,10 @@ pub enum Plan {
     /// stops reading and holds the socket): the agent lingers in its
     /// bounded closing handshake after its result was recorded.
     HonestNoCloseReply,
-    /// As `Honest`, except that on the first connection, once it has
-    /// appended this many bytes, it drops every later output frame
-    /// (neither appended nor ACKed): the agent holds the rest unACKed.
+    /// As `Honest`, except that once it has appended this many bytes it
+    /// drops every later output frame (neither appended nor ACKed) on every
+    /// connection opened before `resume_new_connections`: the agent holds
+    /// the rest unACKed, even if its stall watchdog reconnects.
     StopAckingAfter(usize),
 }
 
@@ -60,6 +61,8 @@ pub struct Seen {
     pub machines: Vec<String>,
     /// `ack`s sent for output.
     pub output_acks: usize,
+    /// Connections opened from now on are honest (`StopAckingAfter`).
+    pub resumed: bool,
 }
 
 /// Where a frame is when the hook sees it.
@@ -111,6 +114,12 @@ impl ScriptedServer {
         format!("ws://127.0.0.1:{}", self.port)
     }
 
+    /// `StopAckingAfter`: connections opened from now on append and ACK
+    /// every output frame; those already open go on dropping them.
+    pub fn resume_new_connections(&self) {
+        self.seen.lock().expect("scripted server state").resumed = true;
+    }
+
     /// Look at what was seen so far.
     pub fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
         look(&self.seen.lock().expect("scripted server state"))
@@ -121,10 +130,10 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>, hook: &Hook, counted
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
-    let index = {
+    let (index, opened_after_resume) = {
         let mut seen = seen.lock().expect("scripted server state");
         seen.connections.push(Connection::default());
-        seen.connections.len() - 1
+        (seen.connections.len() - 1, seen.resumed)
     };
     let record = |update: &mut dyn FnMut(&mut Seen, usize)| {
         update(&mut seen.lock().expect("scripted server state"), index);
@@ -180,7 +189,7 @@ fn serve(stream: TcpStream, plan: Plan, seen: &Mutex<Seen>, hook: &Hook, counted
             }
             ("sync_request", _) => Some(json!({"type": "sync_response", "last_seq": last_acked})),
             ("output", Plan::StopAckingAfter(bytes))
-                if index == 0
+                if !opened_after_resume
                     && seen.lock().expect("scripted server state").appended.len() >= bytes =>
             {
                 None
