@@ -317,32 +317,8 @@ impl JobLifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The job's process group, as the lifecycle sees it through `group`:
-    /// alive until SIGKILL or a test says; every signal recorded.
-    struct Group {
-        signals: Vec<i32>,
-        alive: bool,
-    }
-
-    impl Group {
-        fn new() -> Group {
-            Group {
-                signals: Vec::new(),
-                alive: true,
-            }
-        }
-
-        fn signal(&mut self, signal: i32) -> bool {
-            if signal != 0 {
-                self.signals.push(signal);
-            }
-            if signal == libc::SIGKILL {
-                self.alive = false;
-            }
-            self.alive
-        }
-    }
+    use crate::run::effects::Effects;
+    use crate::run::effects::fake::FakeEffects;
 
     fn exited(code: i32) -> i32 {
         code << 8
@@ -356,9 +332,9 @@ mod tests {
     fn finished_once_the_main_process_exited_and_every_pipe_closed() {
         let t0 = Instant::now();
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut group = Group::new();
+        let mut group = FakeEffects::new();
         let mut job = job(None, false, t0);
-        let mut g = |s| group.signal(s);
+        let mut g = |s| group.signal_group(s);
         assert!(job.on_exit(exited(3), wall, t0, &mut g).finished.is_none());
         assert!(
             job.on_stream_closed(Stream::Stdout, t0, &mut g)
@@ -380,9 +356,9 @@ mod tests {
     #[test]
     fn merged_output_waits_for_its_one_pipe() {
         let t0 = Instant::now();
-        let mut group = Group::new();
+        let mut group = FakeEffects::new();
         let mut job = job(None, true, t0);
-        let mut g = |s| group.signal(s);
+        let mut g = |s| group.signal_group(s);
         assert!(
             job.on_stream_closed(Stream::Stdout, t0, &mut g)
                 .finished
@@ -396,9 +372,9 @@ mod tests {
     fn a_background_process_holding_the_output_open_is_waited_for_drain_grace_only() {
         let t0 = Instant::now();
         let grace = Timings::DEFAULT.drain_grace;
-        let mut group = Group::new();
+        let mut group = FakeEffects::new();
         let mut job = job(None, false, t0);
-        let mut g = |s| group.signal(s);
+        let mut g = |s| group.signal_group(s);
         job.on_exit(exited(0), SystemTime::now(), t0, &mut g);
         assert_eq!(job.next_deadline(), Some(t0 + grace));
         let early = t0 + grace - Duration::from_millis(1);
@@ -415,9 +391,9 @@ mod tests {
         let t0 = Instant::now();
         let grace = Timings::DEFAULT.kill_grace;
         let timeout = Duration::from_secs(2);
-        let mut group = Group::new();
+        let mut group = FakeEffects::new();
         let mut job = job(Some(timeout), false, t0);
-        let mut g = |s| group.signal(s);
+        let mut g = |s| group.signal_group(s);
         assert_eq!(job.next_deadline(), Some(t0 + timeout));
         let change = job.on_time(t0 + timeout, &mut g);
         assert_eq!(
@@ -443,10 +419,10 @@ mod tests {
     #[test]
     fn a_killed_job_is_finished_when_its_group_is_gone_and_kills_count_once() {
         let t0 = Instant::now();
-        let mut group = Group::new();
+        let mut group = FakeEffects::new();
         let mut job = job(None, true, t0);
         {
-            let mut g = |s| group.signal(s);
+            let mut g = |s| group.signal_group(s);
             let first = job.kill(KillReason::Request, t0, &mut g);
             assert_eq!(
                 first.kill_marker,
@@ -468,10 +444,10 @@ mod tests {
         }
         assert_eq!(group.signals, [libc::SIGTERM]);
         // The orphan exits on its own: the next look finds the group empty.
-        group.alive = false;
+        group.group_alive = false;
         let recheck = job.next_deadline().expect("a look at the group");
         assert!(recheck < t0 + Timings::DEFAULT.kill_grace, "{recheck:?}");
-        let change = job.on_time(recheck, &mut |s| group.signal(s));
+        let change = job.on_time(recheck, &mut |s| group.signal_group(s));
         assert_eq!(
             change.finished.map(|f| f.retcode),
             Some(exit_codes::KILLED_BY_REQUEST)

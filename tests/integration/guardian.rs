@@ -846,10 +846,10 @@ fn output_the_daemon_held_only_in_memory_reaches_the_server_after_its_death() {
     // 30 s stall watchdog may already have reconnected it, to a connection
     // that drops output like the first, so no ACK is on its way at the kill).
     kill(job.daemon, libc::SIGSTOP);
-    assert!(
-        wait_until(STARTUP, || process_state(job.daemon) == Some('T')),
-        "the daemon did not stop"
-    );
+    if !wait_until(STARTUP, || process_state(job.daemon) == Some('T')) {
+        kill(job.daemon, libc::SIGKILL); // never left stopped, holding the lock
+        panic!("the daemon did not stop within {STARTUP:?}");
+    }
     server.resume_new_connections();
     kill(job.daemon, libc::SIGKILL);
     wait_group_gone_holding_lock(job.pgid, &lock, GROUP_GONE_WITHIN);
